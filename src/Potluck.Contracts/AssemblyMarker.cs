@@ -1,0 +1,1 @@
+namespace Potluck.Contracts; internal static class AssemblyMarker { }

@@ -1,0 +1,1 @@
+namespace Potluck.Gateway; internal static class AssemblyMarker { }

@@ -1,0 +1,80 @@
+using System.Reflection;
+using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics.X86;
+using LLama.Native;
+
+namespace Potluck.Inference.Native;
+
+/// <summary>
+/// Loads exactly one copy of ggml and llama.cpp per process: the CPU variant folder shipped by
+/// LLamaSharp.Backend.Cpu that matches this CPU, used both by our P/Invokes and by LLamaSharp.
+/// </summary>
+public static class NativeRuntime
+{
+    internal const string GgmlBase = "ggml-base";
+    internal const string GgmlCpu = "ggml-cpu";
+    internal const string Ggml = "ggml";
+
+    private static readonly Lock Gate = new();
+    private static string? _folder;
+    private static IntPtr _ggmlBase, _ggmlCpu, _ggml;
+
+    /// <summary>The folder the native libraries were loaded from.</summary>
+    public static string Folder => EnsureLoaded();
+
+    /// <summary>The CPU variant in use: avx512, avx2, avx or noavx.</summary>
+    public static string Variant => Path.GetFileName(EnsureLoaded());
+
+    /// <summary>Loads the libraries once; safe to call from anywhere, any number of times.</summary>
+    public static string EnsureLoaded()
+    {
+        if (_folder is not null) return _folder;
+        lock (Gate)
+        {
+            if (_folder is not null) return _folder;
+            var folder = ResolveFolder();
+            _ggmlBase = NativeLibrary.Load(Path.Combine(folder, "libggml-base.so"));
+            _ggmlCpu = NativeLibrary.Load(Path.Combine(folder, "libggml-cpu.so"));
+            _ggml = NativeLibrary.Load(Path.Combine(folder, "libggml.so"));
+            NativeLibrary.SetDllImportResolver(typeof(NativeRuntime).Assembly, Resolve);
+            // LLamaSharp must bind the libllama next to the ggml we just loaded, never a second copy.
+            NativeLibraryConfig.All.WithLibrary(
+                Path.Combine(folder, "libllama.so"),
+                Path.Combine(folder, "libmtmd.so"));
+            _folder = folder;
+            return folder;
+        }
+    }
+
+    private static IntPtr Resolve(string name, Assembly assembly, DllImportSearchPath? path) => name switch
+    {
+        GgmlBase => _ggmlBase,
+        GgmlCpu => _ggmlCpu,
+        Ggml => _ggml,
+        _ => IntPtr.Zero,
+    };
+
+    private static string ResolveFolder()
+    {
+        if (!OperatingSystem.IsLinux() || RuntimeInformation.ProcessArchitecture != Architecture.X64)
+            throw new PlatformNotSupportedException(
+                $"Potluck's engine ships native ggml for linux-x64 only; this is {RuntimeInformation.OSDescription} {RuntimeInformation.ProcessArchitecture}.");
+
+        var root = Path.Combine(AppContext.BaseDirectory, "runtimes", "linux-x64", "native");
+        var requested = Environment.GetEnvironmentVariable("POTLUCK_GGML_VARIANT");
+        var variant = string.IsNullOrWhiteSpace(requested) ? DetectVariant() : requested.Trim();
+        var folder = Path.Combine(root, variant);
+        if (!File.Exists(Path.Combine(folder, "libggml-base.so")))
+            throw new DllNotFoundException(
+                $"native ggml variant '{variant}' not found under {root}; the LLamaSharp.Backend.Cpu runtimes folder is missing from the build output.");
+        return folder;
+    }
+
+    private static string DetectVariant()
+    {
+        if (Avx512F.IsSupported) return "avx512";
+        if (Avx2.IsSupported && Fma.IsSupported) return "avx2";
+        if (Avx.IsSupported) return "avx";
+        return "noavx";
+    }
+}

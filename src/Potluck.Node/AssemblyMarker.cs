@@ -1,0 +1,1 @@
+namespace Potluck.Node; internal static class AssemblyMarker { }

@@ -27,6 +27,8 @@ public sealed record ModelInfo
     public required float RopeFreqBase { get; init; }
     public required float RopeFreqScale { get; init; }
     public required RopeKind Rope { get; init; }
+    /// <summary>rope.scaling.type when the file sets one (linear, yarn, ...).</summary>
+    public string? RopeScalingType { get; init; }
     public int? SlidingWindow { get; init; }
     public required int VocabSize { get; init; }
     public string? ChatTemplate { get; init; }

@@ -1,0 +1,130 @@
+using System.Globalization;
+using System.Security.Cryptography;
+using System.Text;
+
+namespace Potluck.Inference.Models;
+
+/// <summary>
+/// Hyperparameters of a deterministic random test model. Equal specs produce byte-identical files.
+/// </summary>
+/// <remarks>
+/// K-quants (Q4_K, Q6_K...) use 256-wide blocks: llama.cpp quantizes a tensor whose rows (ne[0]) are not a
+/// multiple of 256 with a fallback type instead (Q4_K→Q5_0, Q6_K→Q8_0). To test real K-quant weights, make
+/// EmbeddingLength, FeedForwardLength and HeadCount×HeadDim multiples of 256. Q4_0/Q8_0 need multiples of 32.
+/// </remarks>
+public sealed record TestModelSpec
+{
+    /// <summary>Bumped whenever the generator's output for an unchanged spec changes, so caches never serve stale files.</summary>
+    internal const int GeneratorVersion = 1;
+
+    /// <summary>"llama", "mistral", "qwen2" or "qwen3".</summary>
+    public string Architecture { get; init; } = "llama";
+    public int EmbeddingLength { get; init; } = 64;
+    public int LayerCount { get; init; } = 4;
+    public int HeadCount { get; init; } = 4;
+    public int KvHeadCount { get; init; } = 2;
+    public int FeedForwardLength { get; init; } = 128;
+    public int ContextLength { get; init; } = 512;
+    public int Seed { get; init; } = 1;
+    /// <summary>
+    /// Standard deviation of the uniform random weights. At 0.1 every family decodes varied greedy text;
+    /// at 0.02 greedy output collapses to one token (engine.md).
+    /// </summary>
+    public float WeightScale { get; init; } = 0.1f;
+    /// <summary>Omit output.weight: the LM head reuses token_embd.weight.</summary>
+    public bool TiedEmbeddings { get; init; }
+    /// <summary>Llama-3 style rope_freqs.weight [head_dim/2] (llama and mistral only).</summary>
+    public bool RopeFreqFactors { get; init; }
+    public float RopeFreqBase { get; init; } = 10000f;
+    public float RmsNormEps { get; init; } = 1e-5f;
+    /// <summary>Per-head dimension; null means EmbeddingLength / HeadCount. Qwen3 models often differ (e.g. 1024 wide, 16 heads of 128).</summary>
+    public int? HeadDim { get; init; }
+    /// <summary>Mistral sliding-window size written to the metadata; null means 4096 (Mistral 7B v0.1) for "mistral", none otherwise.</summary>
+    public int? SlidingWindow { get; init; }
+
+    /// <summary>Jinja chat template stored as tokenizer.chat_template; null writes none. Default: ChatML.</summary>
+    public string? ChatTemplate { get; init; } = TestModelGenerator.ChatMlTemplate;
+
+    public int EffectiveHeadDim => HeadDim ?? EmbeddingLength / HeadCount;
+
+    /// <summary>
+    /// The embedded default model for `potluck serve` (use with <see cref="DemoWeightType"/>). 256 wide, 8 layers,
+    /// 8 heads of 32 with 4 KV heads: about 6.4M parameters, so F32 generation plus Q8_0 quantization takes well under
+    /// two seconds and decode on 2 cores costs a few ms per token per node, while 8 layers still split across several
+    /// nodes. FeedForwardLength is 768 rather than the Llama ratio's 688 so that every row width is a multiple of 256
+    /// and the same spec also yields genuine K-quant files.
+    /// </summary>
+    public static TestModelSpec Demo { get; } = new()
+    {
+        Architecture = "llama",
+        EmbeddingLength = 256,
+        LayerCount = 8,
+        HeadCount = 8,
+        KvHeadCount = 4,
+        FeedForwardLength = 768,
+        ContextLength = 2048,
+        Seed = 1,
+    };
+
+    /// <summary>Q8_0: 4× smaller than F32 and matches llama.cpp's logits exactly (engine.md).</summary>
+    public static Gguf.GgmlType DemoWeightType => Gguf.GgmlType.Q8_0;
+
+    /// <summary>The architectures the generator writes.</summary>
+    public static IReadOnlyList<string> Architectures { get; } = ["llama", "mistral", "qwen2", "qwen3"];
+
+    /// <summary>A small spec with the traits that distinguish each family, for cross-architecture tests.</summary>
+    public static TestModelSpec ForArchitecture(string architecture) => architecture switch
+    {
+        "llama" => new TestModelSpec(),
+        // Mistral 7B: GQA 4:1 and rope base 1e6.
+        "mistral" => new TestModelSpec { Architecture = "mistral", KvHeadCount = 1, RopeFreqBase = 1_000_000f },
+        // Qwen2 small models: Q/K/V biases, tied embeddings, rope base 1e6, eps 1e-6.
+        "qwen2" => new TestModelSpec { Architecture = "qwen2", TiedEmbeddings = true, RopeFreqBase = 1_000_000f, RmsNormEps = 1e-6f },
+        // Qwen3: per-head Q/K norms and a head size that is not EmbeddingLength / HeadCount.
+        "qwen3" => new TestModelSpec { Architecture = "qwen3", HeadDim = 32, RopeFreqBase = 1_000_000f, RmsNormEps = 1e-6f },
+        _ => throw new ArgumentException($"no test model family '{architecture}'; known: {string.Join(", ", Architectures)}", nameof(architecture)),
+    };
+
+    /// <summary>Throws ArgumentException when the hyperparameters cannot form a valid model.</summary>
+    public void Validate()
+    {
+        if (!Architectures.Contains(Architecture))
+            throw new ArgumentException($"unknown architecture '{Architecture}'; known: {string.Join(", ", Architectures)}");
+        Positive(EmbeddingLength, nameof(EmbeddingLength));
+        Positive(LayerCount, nameof(LayerCount));
+        Positive(HeadCount, nameof(HeadCount));
+        Positive(KvHeadCount, nameof(KvHeadCount));
+        Positive(FeedForwardLength, nameof(FeedForwardLength));
+        Positive(ContextLength, nameof(ContextLength));
+        if (HeadDim is null && EmbeddingLength % HeadCount != 0)
+            throw new ArgumentException($"EmbeddingLength {EmbeddingLength} is not divisible by HeadCount {HeadCount}");
+        if (EffectiveHeadDim <= 0 || EffectiveHeadDim % 2 != 0)
+            throw new ArgumentException($"head dimension {EffectiveHeadDim} must be positive and even (RoPE rotates pairs)");
+        if (HeadCount % KvHeadCount != 0)
+            throw new ArgumentException($"HeadCount {HeadCount} is not a multiple of KvHeadCount {KvHeadCount}");
+        if (RopeFreqFactors && Architecture is not ("llama" or "mistral"))
+            throw new ArgumentException($"rope frequency factors are a Llama 3 feature; llama.cpp's {Architecture} loader rejects rope_freqs.weight");
+        if (!(WeightScale > 0) || !float.IsFinite(WeightScale)) throw new ArgumentException("WeightScale must be positive and finite");
+        if (!(RmsNormEps > 0)) throw new ArgumentException("RmsNormEps must be positive");
+        if (!(RopeFreqBase > 0)) throw new ArgumentException("RopeFreqBase must be positive");
+    }
+
+    /// <summary>A short stable hash of every field that affects the file, plus the generator version and weight type.</summary>
+    public string CacheKey(Gguf.GgmlType type)
+    {
+        var canonical = string.Join('|',
+            GeneratorVersion, Architecture, EmbeddingLength, LayerCount, HeadCount, KvHeadCount, FeedForwardLength,
+            ContextLength, Seed, Bits(WeightScale), TiedEmbeddings, RopeFreqFactors, Bits(RopeFreqBase), Bits(RmsNormEps),
+            HeadDim?.ToString(CultureInfo.InvariantCulture) ?? "-", SlidingWindow?.ToString(CultureInfo.InvariantCulture) ?? "-",
+            ChatTemplate is null ? "-" : Convert.ToHexStringLower(SHA256.HashData(Encoding.UTF8.GetBytes(ChatTemplate))), (int)type);
+        var hash = SHA256.HashData(Encoding.UTF8.GetBytes(canonical));
+        return Convert.ToHexStringLower(hash.AsSpan(0, 8));
+    }
+
+    private static string Bits(float value) => BitConverter.SingleToInt32Bits(value).ToString("x8", CultureInfo.InvariantCulture);
+
+    private static void Positive(int value, string name)
+    {
+        if (value <= 0) throw new ArgumentException($"{name} must be positive, got {value}");
+    }
+}

@@ -41,6 +41,9 @@ public static class NativeRuntime
             NativeLibraryConfig.All.WithLibrary(
                 Path.Combine(folder, "libllama.so"),
                 Path.Combine(folder, "libmtmd.so"));
+            // LLamaSharp installs its import resolver in NativeApi's static constructor; types with their own
+            // imports (the quantizer's default params) fail if they run first, so trigger it now.
+            NativeApi.llama_empty_call();
             _folder = folder;
             return folder;
         }

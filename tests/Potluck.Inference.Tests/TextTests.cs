@@ -79,6 +79,14 @@ public sealed class TextTests : IDisposable
     }
 
     [Fact]
+    public void OutOfRangeTokenIdsAreRejectedBeforeReachingLlamaCpp()
+    {
+        Assert.Throws<ArgumentOutOfRangeException>(() => _tokenizer.Decode([Vocab.Size]));
+        Assert.Throws<ArgumentOutOfRangeException>(() => _tokenizer.Decode([-1]));
+        Assert.Throws<ArgumentOutOfRangeException>(() => _tokenizer.CreateStreamingDecoder().Add(Vocab.Size + 5));
+    }
+
+    [Fact]
     public void ChatTemplateFormatsRolesAndContent()
     {
         (string, string)[] messages = [("system", "Be brief."), ("user", "Hi there")];

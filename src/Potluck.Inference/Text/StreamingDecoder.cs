@@ -12,11 +12,20 @@ public sealed class StreamingDecoder
     private readonly StreamingTokenDecoder _decoder;
     private readonly List<char> _chars = new(64);
 
-    internal StreamingDecoder(StreamingTokenDecoder decoder) => _decoder = decoder;
+    private readonly int _vocabSize;
+
+    internal StreamingDecoder(StreamingTokenDecoder decoder, int vocabSize)
+    {
+        _decoder = decoder;
+        _vocabSize = vocabSize;
+    }
 
     /// <summary>Adds a token and returns the text it completes (empty while a character is still partial).</summary>
     public string Add(int token)
     {
+        // llama.cpp aborts the process on an out-of-range id, so bad input must stop here.
+        if ((uint)token >= (uint)_vocabSize)
+            throw new ArgumentOutOfRangeException(nameof(token), token, $"token id outside the vocabulary [0, {_vocabSize})");
         _decoder.Add(token);
         if (_decoder.AvailableCharacters == 0) return string.Empty;
         _chars.Clear();

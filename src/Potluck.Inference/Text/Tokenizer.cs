@@ -70,6 +70,8 @@ public sealed class Tokenizer : IDisposable
     /// <summary>Decodes a whole sequence. Control tokens (BOS, EOS, ChatML markers) render as nothing.</summary>
     public string Decode(ReadOnlySpan<int> tokens)
     {
+        // llama.cpp aborts the process on an out-of-range id, so bad input must stop here.
+        foreach (var token in tokens) CheckToken(token);
         var decoder = new StreamingTokenDecoder(Encoding.UTF8, _weights.NativeHandle) { DecodeSpecialTokens = false };
         decoder.AddRange(MemoryMarshal.Cast<int, LLamaToken>(tokens));
         return decoder.Read();
@@ -77,7 +79,13 @@ public sealed class Tokenizer : IDisposable
 
     /// <summary>A decoder for one output stream; it emits only complete UTF-8 characters.</summary>
     public StreamingDecoder CreateStreamingDecoder(bool renderSpecialTokens = false) =>
-        new(new StreamingTokenDecoder(Encoding.UTF8, _weights.NativeHandle) { DecodeSpecialTokens = renderSpecialTokens });
+        new(new StreamingTokenDecoder(Encoding.UTF8, _weights.NativeHandle) { DecodeSpecialTokens = renderSpecialTokens }, VocabSize);
+
+    internal void CheckToken(int token)
+    {
+        if ((uint)token >= (uint)VocabSize)
+            throw new ArgumentOutOfRangeException(nameof(token), token, $"token id outside the vocabulary [0, {VocabSize})");
+    }
 
     /// <summary>True for EOS, EOT and every other token llama.cpp treats as end of generation (e.g. &lt;|im_end|&gt;).</summary>
     public bool IsEndOfGeneration(int token) =>

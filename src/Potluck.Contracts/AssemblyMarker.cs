@@ -1,1 +1,0 @@
-namespace Potluck.Contracts; internal static class AssemblyMarker { }

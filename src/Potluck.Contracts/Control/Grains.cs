@@ -1,0 +1,47 @@
+namespace Potluck.Contracts.Control;
+
+/// <summary>
+/// One loaded span on one node, keyed by <see cref="ShardKeys.For"/> and pinned to that node's silo,
+/// so calls reach the process that holds the weights and KV caches.
+/// </summary>
+[Alias("potluck.IShardGrain")]
+public interface IShardGrain : IGrainWithStringKey
+{
+    [Alias("GetStatus")]
+    Task<ShardStatus> GetStatus();
+
+    /// <summary>Reserves KV room ahead of the data-plane open (idempotent per session id).</summary>
+    [Alias("ReserveSession")]
+    Task<SessionReservation> ReserveSession(string sessionId, int maxTokens);
+
+    /// <summary>
+    /// Frees the session's KV on this stage and ends its data-plane streams, which closes it on every
+    /// later stage of its route as well. <paramref name="cancelled"/> ends the streams with Cancelled
+    /// instead of OK. Returns false when the stage did not hold the session.
+    /// </summary>
+    [Alias("CloseSession")]
+    Task<bool> CloseSession(string sessionId, bool cancelled);
+}
+
+/// <summary>
+/// The pool view: which shards exist, with their latest status. Soft state rebuilt from the nodes'
+/// periodic reports, so it survives its own reactivation elsewhere. Use key <see cref="PoolKeys.Default"/>.
+/// </summary>
+[Alias("potluck.IPoolDirectoryGrain")]
+public interface IPoolDirectoryGrain : IGrainWithStringKey
+{
+    [Alias("Report")]
+    Task Report(ShardStatus status);
+
+    [Alias("Withdraw")]
+    Task Withdraw(string shardKey);
+
+    /// <summary>Shards of every model; dead silos' shards are gone, stale ones are unhealthy.</summary>
+    [Alias("GetView")]
+    Task<PoolView> GetView();
+}
+
+public static class PoolKeys
+{
+    public const string Default = "pool";
+}

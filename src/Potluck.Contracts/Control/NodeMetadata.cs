@@ -1,0 +1,16 @@
+namespace Potluck.Contracts.Control;
+
+/// <summary>
+/// Silo metadata keys a node advertises (fixed for the silo's lifetime; changing state goes through
+/// <see cref="IPoolDirectoryGrain"/>).
+/// </summary>
+public static class NodeMetadataKeys
+{
+    public const string NodeId = "potluck.node-id";
+    public const string ModelId = "potluck.model-id";
+    public const string Layers = "potluck.layers";
+    public const string GrpcEndpoint = "potluck.grpc";
+    public const string KvBudgetTokens = "potluck.kv-budget-tokens";
+    public const string MsPerToken = "potluck.ms-per-token";
+    public const string Role = "potluck.role";
+}

@@ -1,1 +1,0 @@
-namespace Potluck.Node; internal static class AssemblyMarker { }

@@ -1,0 +1,217 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Net;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Logging;
+using Orleans.Configuration;
+using Potluck.Contracts.Control;
+using Potluck.Inference;
+using Potluck.Inference.Engine;
+using Potluck.Node.Compute;
+using Potluck.Node.Control;
+using Potluck.Node.Hosting;
+using Potluck.Node.Telemetry;
+
+namespace Potluck.Node;
+
+/// <summary>
+/// One node process: an Orleans silo (control plane) plus a Kestrel gRPC server (data plane) around one
+/// loaded layer span.
+/// </summary>
+public static class NodeHost
+{
+    /// <summary>Runs a node until <paramref name="ct"/> fires or the process gets SIGTERM/Ctrl+C. Returns an exit code.</summary>
+    public static async Task<int> RunAsync(NodeOptions options, CancellationToken ct)
+    {
+        WebApplication app;
+        try
+        {
+            app = Build(options);
+        }
+        catch (EngineException e)
+        {
+            await Console.Error.WriteLineAsync($"potluck node: cannot load layers [{options.LayerStart},{options.LayerEnd}) of {options.ModelPath}: {e.Message}");
+            return 2;
+        }
+        catch (Exception e) when (e is ArgumentException or FormatException or FileNotFoundException)
+        {
+            await Console.Error.WriteLineAsync($"potluck node: {e.Message}");
+            return 2;
+        }
+        await using (app)
+        {
+            await app.StartAsync(ct);
+            await app.WaitForShutdownAsync(ct);
+        }
+        return 0;
+    }
+
+    /// <summary>
+    /// Loads the span (the expensive part) and builds the node's host without starting it. Tests start
+    /// several in one process; they share the model object through <see cref="SharedModel"/>.
+    /// </summary>
+    public static WebApplication Build(NodeOptions options, Action<ILoggingBuilder>? configureLogging = null)
+    {
+        var nodeId = options.ResolvedNodeId;
+        ShardKeys.ValidateNodeId(nodeId);
+        var lease = SharedModel.Acquire(options.ModelPath);
+        IStageCompute compute;
+        try
+        {
+            var spanOptions = new SpanOptions { KvBudgetTokens = options.KvBudgetTokens };
+            if (options.Threads > 0) spanOptions = spanOptions with { Threads = options.Threads };
+            compute = new LayerSpanCompute(lease, options.LayerStart, options.LayerEnd, spanOptions);
+        }
+        catch
+        {
+            lease.Dispose();
+            throw;
+        }
+        try
+        {
+            return Build(options, compute, configureLogging);
+        }
+        catch
+        {
+            compute.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>Builds a node around an already loaded compute (which the host then owns and disposes).</summary>
+    internal static WebApplication Build(NodeOptions options, IStageCompute compute, Action<ILoggingBuilder>? configureLogging)
+    {
+        var nodeId = options.ResolvedNodeId;
+        var msPerToken = SpanHost.MeasureDecodeMs(compute);
+        var builder = WebApplication.CreateBuilder(new WebApplicationOptions
+        {
+            Args = [],
+            ApplicationName = "Potluck.Node",
+            ContentRootPath = AppContext.BaseDirectory,
+        });
+        configureLogging?.Invoke(builder.Logging);
+        builder.Services.Configure<HostOptions>(o => o.ShutdownTimeout = TimeSpan.FromSeconds(20));
+
+        var listen = StageHosting.ListenAddressFor(options.AdvertisedHost, options.ListenAddress);
+        var maxMessage = StageHosting.MaxMessageBytes(options.MaxRowsPerStep, compute.Width);
+        StageHosting.AddStage(builder, listen, options.GrpcPort, maxMessage);
+        builder.Services.AddSingleton(sp => new SpanHost(compute, nodeId, sp.GetRequiredService<ILogger<SpanHost>>(),
+            sp.GetRequiredService<NodeTelemetry>(), options.MaxRowsPerStep) { MeasuredMsPerToken = msPerToken });
+
+        var metadata = new Dictionary<string, string>
+        {
+            [NodeMetadataKeys.Role] = "node",
+            [NodeMetadataKeys.NodeId] = nodeId,
+            [NodeMetadataKeys.ModelId] = compute.ModelId,
+            [NodeMetadataKeys.Layers] = $"{compute.LayerStart}-{compute.LayerEnd}",
+            [NodeMetadataKeys.GrpcEndpoint] = options.GrpcEndpoint,
+            [NodeMetadataKeys.KvBudgetTokens] = compute.KvBudgetTokens.ToString(CultureInfo.InvariantCulture),
+            [NodeMetadataKeys.MsPerToken] = msPerToken.ToString("F3", CultureInfo.InvariantCulture),
+        };
+
+        builder.UseOrleans(silo =>
+        {
+            ConfigureMembership(silo, options, listen);
+            silo.AddPotluckControlPlane(metadata);
+            silo.AddActivityPropagation();
+        });
+
+        builder.Services.AddSingleton(sp =>
+        {
+            var local = sp.GetRequiredService<ILocalSiloDetails>();
+            return new ShardStatusSource(sp.GetRequiredService<SpanHost>(), options.GrpcEndpoint, () => local.SiloAddress.ToParsableString());
+        });
+        // Registered after the silo: starts once the silo is up, stops (withdraws) before it leaves.
+        builder.Services.AddSingleton(sp => new ShardReporter(sp.GetRequiredService<IGrainFactory>(),
+            sp.GetRequiredService<ShardStatusSource>(), options.ReportPeriod, sp.GetRequiredService<ILogger<ShardReporter>>()));
+        builder.Services.AddHostedService(sp => sp.GetRequiredService<ShardReporter>());
+
+        var app = builder.Build();
+        StageHosting.MapStage(app);
+        WireLifecycle(app, options, nodeId);
+        return app;
+    }
+
+    private static void ConfigureMembership(ISiloBuilder silo, NodeOptions options, IPAddress listen)
+    {
+        silo.Configure<ClusterOptions>(o =>
+        {
+            o.ClusterId = options.ClusterId;
+            o.ServiceId = "potluck";
+        });
+        var advertised = ResolveAdvertised(options.AdvertisedHost);
+        silo.Configure<EndpointOptions>(o =>
+        {
+            o.AdvertisedIPAddress = advertised;
+            o.SiloPort = options.SiloPort;
+            o.GatewayPort = options.GatewayPort;
+            o.SiloListeningEndpoint = new IPEndPoint(listen, options.SiloPort);
+            if (options.GatewayPort > 0) o.GatewayListeningEndpoint = new IPEndPoint(listen, options.GatewayPort);
+        });
+        if (!string.IsNullOrWhiteSpace(options.RedisConnectionString))
+        {
+            silo.UseRedisClustering(options.RedisConnectionString);
+        }
+        else
+        {
+            var primary = string.IsNullOrWhiteSpace(options.PrimarySiloEndpoint)
+                ? new IPEndPoint(advertised, options.SiloPort)
+                : ParseEndpoint(options.PrimarySiloEndpoint);
+            silo.UseDevelopmentClustering(primary);
+        }
+        if (options.FastFailureDetection)
+        {
+            silo.Configure<ClusterMembershipOptions>(o =>
+            {
+                o.ProbeTimeout = TimeSpan.FromSeconds(1);
+                o.NumMissedProbesLimit = 2;
+                o.NumVotesForDeathDeclaration = 1;
+                o.TableRefreshTimeout = TimeSpan.FromSeconds(1);
+                o.IAmAliveTablePublishTimeout = TimeSpan.FromSeconds(2);
+            });
+        }
+    }
+
+    internal static IPAddress ResolveAdvertised(string host)
+    {
+        if (IPAddress.TryParse(host, out var ip)) return ip;
+        foreach (var address in Dns.GetHostAddresses(host))
+            if (address.AddressFamily == System.Net.Sockets.AddressFamily.InterNetwork) return address;
+        throw new ArgumentException($"advertised host '{host}' does not resolve to an IPv4 address");
+    }
+
+    internal static IPEndPoint ParseEndpoint(string endpoint)
+    {
+        if (IPEndPoint.TryParse(endpoint, out var parsed) && parsed.Port != 0) return parsed;
+        var colon = endpoint.LastIndexOf(':');
+        if (colon <= 0 || !int.TryParse(endpoint[(colon + 1)..], NumberStyles.None, CultureInfo.InvariantCulture, out var port))
+            throw new FormatException($"'{endpoint}' is not host:port");
+        return new IPEndPoint(ResolveAdvertised(endpoint[..colon]), port);
+    }
+
+    private static void WireLifecycle(WebApplication app, NodeOptions options, string nodeId)
+    {
+        var lifetime = app.Lifetime;
+        var host = app.Services.GetRequiredService<SpanHost>();
+        var log = app.Services.GetRequiredService<ILoggerFactory>().CreateLogger("Potluck.Node");
+        lifetime.ApplicationStarted.Register(() =>
+        {
+            using var process = Process.GetCurrentProcess();
+            log.LogInformation(
+                "Node {NodeId} serving layers [{Start},{End}) of {LayerCount} (model {ModelId}); gRPC {Grpc}; silo {Advertised}:{SiloPort}; " +
+                "KV budget {KvTokens} tokens ({KvMiB:F1} MiB); measured {MsPerToken:F2} ms/token; working set {WorkingSetMiB:F0} MiB, managed heap {HeapMiB:F0} MiB",
+                nodeId, host.LayerStart, host.LayerEnd, host.LayerCount, host.ModelId, options.GrpcEndpoint, options.AdvertisedHost, options.SiloPort,
+                host.KvBudgetTokens, host.KvBudgetTokens * host.KvBytesPerToken / 1048576.0, host.MeasuredMsPerToken,
+                process.WorkingSet64 / 1048576.0, GC.GetTotalMemory(false) / 1048576.0);
+        });
+        // Before any hosted service stops: end every session so streams close and downstream KV is freed,
+        // then the reporter withdraws the shard and the silo leaves the cluster.
+        lifetime.ApplicationStopping.Register(() =>
+        {
+            var closed = host.CloseAll(cancelled: false);
+            log.LogInformation("Node {NodeId} shutting down: closed {Sessions} sessions", nodeId, closed);
+        });
+    }
+}

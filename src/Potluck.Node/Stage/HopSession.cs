@@ -1,0 +1,488 @@
+using System.Buffers;
+using System.Diagnostics;
+using Google.Protobuf;
+using Grpc.Core;
+using Microsoft.Extensions.Logging;
+using Potluck.Contracts.Grpc;
+using Potluck.Contracts.Wire;
+using Potluck.Inference;
+using Potluck.Node.Compute;
+using Potluck.Node.Telemetry;
+using GrpcStage = Potluck.Contracts.Grpc.Stage;
+
+namespace Potluck.Node.Stage;
+
+/// <summary>
+/// One inbound Hop stream: validates every frame, runs steps on the span, pushes outputs to the next
+/// stage and relays the final stage's rows back up. The stream owns the session on this stage: when it
+/// ends, for whatever reason, the session's KV is freed and the outbound stream is ended too.
+/// </summary>
+internal sealed class HopSession
+{
+    private const int ReplayCacheSize = 4;
+    private static readonly TimeSpan DownstreamOpenTimeout = TimeSpan.FromSeconds(30);
+
+    private readonly SpanHost _host;
+    private readonly StageChannels _channels;
+    private readonly NodeTelemetry _telemetry;
+    private readonly ILogger _log;
+    private readonly IServerStreamWriter<HopResponse> _responses;
+    private readonly ServerCallContext _context;
+    private readonly SemaphoreSlim _writeGate = new(1, 1);
+    private readonly StepResult?[] _replayCache = new StepResult?[ReplayCacheSize];
+    private readonly CancellationTokenSource _downstreamFailed = new();
+
+    private StageSession? _session;
+    private HiddenType _wireType;
+    private ActivityContext _sessionParent;
+    private ulong _lastStepId;
+    private AsyncDuplexStreamingCall<HopRequest, HopResponse>? _downstream;
+    private string _downstreamName = "";
+    private Task? _relay;
+    private volatile RpcException? _downstreamError;
+    private volatile bool _finished;
+    private byte[] _encodeBuffer = [];
+    // Reused for every forwarded step: serialized inside WriteAsync, so safe to refill afterwards.
+    private readonly HopRequest _forwardRequest = new() { Step = new Step() };
+
+    public HopSession(SpanHost host, StageChannels channels, NodeTelemetry telemetry, ILogger log,
+        IServerStreamWriter<HopResponse> responses, ServerCallContext context)
+    {
+        _host = host;
+        _channels = channels;
+        _telemetry = telemetry;
+        _log = log;
+        _responses = responses;
+        _context = context;
+    }
+
+    private string Where => $"node {_host.NodeId} layers [{_host.LayerStart},{_host.LayerEnd})";
+
+    public async Task RunAsync(IAsyncStreamReader<HopRequest> requests)
+    {
+        var callToken = _context.CancellationToken;
+        if (!await requests.MoveNext(callToken)) return;
+        var first = requests.Current;
+        if (first.KindCase == HopRequest.KindOneofCase.Step)
+            throw Reject(StageErrors.NotFound($"{Where}: session '{first.Step.SessionId}' is not open on this stream; send open first"));
+        if (first.KindCase != HopRequest.KindOneofCase.Open)
+            throw Reject(StageErrors.Invalid($"{Where}: the first frame of a hop must be open, got {first.KindCase}"));
+
+        try
+        {
+            await OpenAsync(first.Open, callToken);
+            var session = _session!;
+            using var linked = CancellationTokenSource.CreateLinkedTokenSource(callToken, session.Closed, _downstreamFailed.Token);
+            try
+            {
+                while (await requests.MoveNext(linked.Token))
+                {
+                    var request = requests.Current;
+                    switch (request.KindCase)
+                    {
+                        case HopRequest.KindOneofCase.Step:
+                            await HandleStepAsync(request.Step, linked.Token);
+                            break;
+                        case HopRequest.KindOneofCase.Close:
+                            if (request.Close.SessionId != session.Id)
+                                throw Reject(StageErrors.Invalid($"{Where}: close for session '{request.Close.SessionId}' on the stream of session '{session.Id}'"));
+                            await FinishAsync(closeDownstreamGracefully: true);
+                            await WriteAsync(new HopResponse { Closed = new SessionClosed { SessionId = session.Id } }, callToken);
+                            return;
+                        case HopRequest.KindOneofCase.Open:
+                            throw Reject(StageErrors.Precondition($"{Where}: session '{session.Id}' is already open on this stream"));
+                        default:
+                            throw Reject(StageErrors.Invalid($"{Where}: empty frame"));
+                    }
+                }
+                // The caller completed its side: the session is over on this stage and downstream.
+                await FinishAsync(closeDownstreamGracefully: true);
+            }
+            catch (OperationCanceledException) when (!callToken.IsCancellationRequested)
+            {
+                if (_downstreamError is { } downstream) throw downstream;
+                if (session.IsClosed)
+                {
+                    if (session.WasCancelled) throw new RpcException(new Status(StatusCode.Cancelled, $"{Where}: session '{session.Id}' was cancelled"));
+                    return; // closed through the control plane: end the stream cleanly
+                }
+                throw;
+            }
+        }
+        catch (EngineException e)
+        {
+            throw Reject(StageErrors.FromException(e, Where));
+        }
+        catch (SessionClosedException e)
+        {
+            throw StageErrors.FromException(e, Where);
+        }
+        finally
+        {
+            await FinishAsync(closeDownstreamGracefully: false);
+        }
+    }
+
+    private RpcException Reject(RpcException error)
+    {
+        _telemetry.Rejected.Add(1);
+        _log.LogDebug("Rejected frame on {Where}: {Code} {Detail}", Where, error.StatusCode, error.Status.Detail);
+        return error;
+    }
+
+    private async Task OpenAsync(OpenSession open, CancellationToken ct)
+    {
+        if (string.IsNullOrEmpty(open.SessionId) || open.SessionId.Length > 200)
+            throw Reject(StageErrors.Invalid($"{Where}: session_id must be 1-200 characters"));
+        if (open.ModelId != _host.ModelId)
+            throw Reject(StageErrors.Precondition($"{Where}: holds model {_host.ModelId}, the route was planned for {open.ModelId}"));
+        if (open.LayerStart != _host.LayerStart || open.LayerEnd != _host.LayerEnd)
+            throw Reject(StageErrors.Precondition($"{Where}: asked to run layers [{open.LayerStart},{open.LayerEnd})"));
+        if (open.MaxTokens <= 0 || open.MaxTokens > _host.ContextLength)
+            throw Reject(StageErrors.Invalid($"{Where}: max_tokens {open.MaxTokens} must be in [1, {_host.ContextLength}]"));
+        if (!HiddenStateCodec.IsKnown(open.WireType))
+            throw Reject(StageErrors.Invalid($"{Where}: unknown wire_type {(int)open.WireType}"));
+        ValidateRouteTail(open);
+
+        _wireType = open.WireType;
+        _sessionParent = NodeTelemetry.ParentFrom(open.Traceparent, open.Tracestate);
+        using var activity = NodeTelemetry.Source.StartActivity("potluck.node.open", ActivityKind.Server, _sessionParent);
+        activity?.SetTag("potluck.session", open.SessionId);
+        activity?.SetTag("potluck.layers", $"{_host.LayerStart}-{_host.LayerEnd}");
+
+        var session = _host.Open(open.SessionId, open.MaxTokens);
+        if (!session.TryAttachStream())
+            throw Reject(new RpcException(new Status(StatusCode.AlreadyExists, $"{Where}: session '{open.SessionId}' is already attached to another stream")));
+        _session = session;
+
+        var opened = new SessionOpened { SessionId = session.Id };
+        opened.Stages.Add(new StageSlot { NodeId = _host.NodeId, LayerStart = _host.LayerStart, LayerEnd = _host.LayerEnd, FreeKvTokens = _host.FreeKvTokens });
+        if (!_host.IsFinal)
+        {
+            var downstreamOpened = await OpenDownstreamAsync(open, ct);
+            opened.Stages.AddRange(downstreamOpened.Stages);
+        }
+        await WriteAsync(new HopResponse { Opened = opened }, ct);
+    }
+
+    private void ValidateRouteTail(OpenSession open)
+    {
+        if (_host.IsFinal)
+        {
+            if (open.Next.Count != 0) throw Reject(StageErrors.Invalid($"{Where}: is the final stage but the route continues"));
+            return;
+        }
+        var expect = _host.LayerEnd;
+        foreach (var hop in open.Next)
+        {
+            if (hop.LayerStart != expect || hop.LayerEnd <= hop.LayerStart || hop.LayerEnd > _host.LayerCount)
+                throw Reject(StageErrors.Invalid($"{Where}: route hop {hop.NodeId} [{hop.LayerStart},{hop.LayerEnd}) does not continue at layer {expect}"));
+            if (!StageChannels.IsValidEndpoint(hop.Endpoint))
+                throw Reject(StageErrors.Invalid($"{Where}: route hop {hop.NodeId} has no valid http(s) endpoint: '{hop.Endpoint}'"));
+            expect = hop.LayerEnd;
+        }
+        if (expect != _host.LayerCount)
+            throw Reject(StageErrors.Invalid($"{Where}: route ends at layer {expect}, the model has {_host.LayerCount}"));
+    }
+
+    private async Task<SessionOpened> OpenDownstreamAsync(OpenSession open, CancellationToken ct)
+    {
+        var next = open.Next[0];
+        _downstreamName = $"node {next.NodeId} at {next.Endpoint}";
+        var client = new GrpcStage.StageClient(_channels.Get(next.Endpoint));
+        // The outbound call lives exactly as long as this session's inbound stream.
+        _downstream = client.Hop(cancellationToken: _downstreamFailed.Token);
+        var forward = new OpenSession
+        {
+            SessionId = open.SessionId,
+            ModelId = open.ModelId,
+            LayerStart = next.LayerStart,
+            LayerEnd = next.LayerEnd,
+            MaxTokens = open.MaxTokens,
+            WireType = open.WireType,
+            Traceparent = Activity.Current?.Id ?? open.Traceparent,
+            Tracestate = Activity.Current?.TraceStateString ?? open.Tracestate,
+        };
+        for (var i = 1; i < open.Next.Count; i++) forward.Next.Add(open.Next[i]);
+
+        using var timeout = CancellationTokenSource.CreateLinkedTokenSource(ct);
+        timeout.CancelAfter(DownstreamOpenTimeout);
+        try
+        {
+            await _downstream.RequestStream.WriteAsync(new HopRequest { Open = forward }, timeout.Token);
+            if (!await _downstream.ResponseStream.MoveNext(timeout.Token))
+                throw new RpcException(new Status(StatusCode.Unavailable, "ended the stream without answering open"));
+            var answer = _downstream.ResponseStream.Current;
+            if (answer.KindCase != HopResponse.KindOneofCase.Opened)
+                throw new RpcException(new Status(StatusCode.Internal, $"answered open with {answer.KindCase}"));
+            _relay = Task.Run(RelayAsync, CancellationToken.None);
+            return answer.Opened;
+        }
+        catch (RpcException e)
+        {
+            throw new RpcException(new Status(e.StatusCode, $"{Where} → {_downstreamName}: {e.Status.Detail}"));
+        }
+        catch (OperationCanceledException) when (!ct.IsCancellationRequested)
+        {
+            throw new RpcException(new Status(StatusCode.DeadlineExceeded, $"{Where} → {_downstreamName}: no answer to open within {DownstreamOpenTimeout.TotalSeconds} s"));
+        }
+    }
+
+    /// <summary>Carries the final stage's rows back up this stream; a downstream failure fails this stream.</summary>
+    private async Task RelayAsync()
+    {
+        var call = _downstream!;
+        try
+        {
+            while (await call.ResponseStream.MoveNext(_downstreamFailed.Token))
+            {
+                var response = call.ResponseStream.Current;
+                if (response.KindCase == HopResponse.KindOneofCase.Result)
+                {
+                    Remember(response.Result);
+                    _telemetry.BytesOut.Add(response.Result.Hidden.Length);
+                    await WriteAsync(response, _context.CancellationToken);
+                }
+                else if (response.KindCase == HopResponse.KindOneofCase.Closed)
+                {
+                    return;
+                }
+            }
+            if (!_finished) FailFromDownstream(new RpcException(new Status(StatusCode.Aborted, "ended the session")));
+        }
+        catch (RpcException e) when (!_finished)
+        {
+            FailFromDownstream(e);
+        }
+        catch (Exception e) when (e is OperationCanceledException || _finished)
+        {
+            // Our own shutdown of the call.
+        }
+        catch (Exception e)
+        {
+            FailFromDownstream(new RpcException(new Status(StatusCode.Internal, e.Message)));
+        }
+    }
+
+    private void FailFromDownstream(RpcException e)
+    {
+        _downstreamError = new RpcException(new Status(e.StatusCode, $"{Where} → {_downstreamName}: {e.Status.Detail}"));
+        try { _downstreamFailed.Cancel(); } catch (ObjectDisposedException) { }
+    }
+
+    private async ValueTask HandleStepAsync(Step step, CancellationToken ct)
+    {
+        var started = Stopwatch.GetTimestamp();
+        var session = _session!;
+        if (step.SessionId != session.Id)
+            throw Reject(StageErrors.Invalid($"{Where}: step for session '{step.SessionId}' on the stream of session '{session.Id}'"));
+        if (step.StepId == 0)
+            throw Reject(StageErrors.Invalid($"{Where}: step_id starts at 1"));
+        if (step.StepId <= _lastStepId)
+        {
+            if (TryReplay(step.StepId, out var cached))
+            {
+                _telemetry.Replayed.Add(1);
+                await WriteAsync(new HopResponse { Result = cached }, ct);
+                return;
+            }
+            // Applied and pushed downstream; its answer is still on its way back up.
+            if (step.StepId == _lastStepId && !_host.IsFinal) return;
+            throw Reject(StageErrors.Precondition($"{Where}: step {step.StepId} was already applied and is no longer cached (last applied {_lastStepId})"));
+        }
+        if (step.StepId != _lastStepId + 1)
+            throw Reject(StageErrors.Precondition($"{Where}: step {step.StepId} is out of order; expected {_lastStepId + 1}"));
+
+        var width = _host.Width;
+        if (step.Width != width)
+            throw Reject(StageErrors.Invalid($"{Where}: width {step.Width}, the model's hidden size is {width}"));
+        if (!HiddenStateCodec.IsKnown(step.Dtype))
+            throw Reject(StageErrors.Invalid($"{Where}: unknown dtype {(int)step.Dtype}"));
+        var rows = step.RowCount;
+        if (rows < 0 || rows > _host.MaxRowsPerStep)
+            throw Reject(StageErrors.Invalid($"{Where}: row_count {rows} must be in [0, {_host.MaxRowsPerStep}]"));
+        var truncateTo = step.HasTruncateTo ? step.TruncateTo : -1;
+        if (step.HasTruncateTo && (truncateTo < 0 || truncateTo > session.MaxTokens))
+            throw Reject(StageErrors.Invalid($"{Where}: truncate_to {truncateTo} outside [0, {session.MaxTokens}]"));
+        if (rows == 0 && !step.HasTruncateTo)
+            throw Reject(StageErrors.Invalid($"{Where}: a step needs rows or truncate_to"));
+        if (step.StartPosition < 0 || (long)step.StartPosition + rows > session.MaxTokens)
+            throw Reject(new RpcException(new Status(StatusCode.OutOfRange, $"{Where}: positions [{step.StartPosition},{(long)step.StartPosition + rows}) exceed the session's {session.MaxTokens} reserved tokens")));
+        var expectedBytes = (long)rows * width * HiddenStateCodec.BytesPerElement(step.Dtype);
+        if (step.Hidden.Length != expectedBytes)
+            throw Reject(StageErrors.Invalid($"{Where}: hidden holds {step.Hidden.Length} bytes, {rows}×{width} {step.Dtype} needs {expectedBytes}"));
+        if (step.LastRowOnly && step.ReturnRows.Count > 0)
+            throw Reject(StageErrors.Invalid($"{Where}: last_row_only and return_rows are exclusive"));
+        var previous = -1;
+        foreach (var r in step.ReturnRows)
+        {
+            if (r <= previous || r >= rows)
+                throw Reject(StageErrors.Invalid($"{Where}: return_rows must be ascending row indices below {rows}"));
+            previous = r;
+        }
+
+        var input = session.RentInput(rows);
+        if (!HiddenStateCodec.TryDecode(step.Hidden.Span, step.Dtype, input, out var finite))
+            throw Reject(StageErrors.Invalid($"{Where}: undecodable hidden payload"));
+        if (!finite)
+            throw Reject(StageErrors.Invalid($"{Where}: hidden states contain NaN or infinity"));
+        _telemetry.BytesIn.Add(expectedBytes);
+
+        using var activity = NodeTelemetry.Source.StartActivity("potluck.node.step", ActivityKind.Server,
+            NodeTelemetry.ParentFrom(step.Traceparent, null) is { TraceId: var t } parent && t != default ? parent : _sessionParent);
+        activity?.SetTag("potluck.session", session.Id);
+        activity?.SetTag("potluck.step", step.StepId);
+        activity?.SetTag("potluck.rows", rows);
+
+        var finalLastRowOnly = _host.IsFinal && step.LastRowOnly;
+        int outRows;
+        try
+        {
+            outRows = await session.StepAsync(truncateTo, step.StartPosition, rows, finalLastRowOnly);
+        }
+        catch (Exception e) when (e is EngineException or SessionClosedException)
+        {
+            throw Reject(StageErrors.FromException(e, Where));
+        }
+        _lastStepId = step.StepId;
+        _telemetry.Steps.Add(1);
+        _telemetry.Rows.Add(rows);
+
+        if (_host.IsFinal)
+        {
+            var result = BuildResult(step, session, outRows);
+            Remember(result);
+            _telemetry.BytesOut.Add(result.Hidden.Length);
+            await WriteAsync(new HopResponse { Result = result }, ct);
+        }
+        else
+        {
+            var bytes = EncodeForward(session.OutputRows(outRows), outRows);
+            await ForwardAsync(step, bytes, outRows, ct);
+        }
+        _telemetry.StepLatencyMs.Record(Stopwatch.GetElapsedTime(started).TotalMilliseconds);
+    }
+
+    private StepResult BuildResult(Step step, StageSession session, int outRows)
+    {
+        var width = _host.Width;
+        var output = session.OutputRows(outRows);
+        var element = HiddenStateCodec.BytesPerElement(_wireType);
+        var selected = step.ReturnRows.Count > 0 ? step.ReturnRows.Count : outRows;
+        var bytes = new byte[selected * width * element];
+        if (step.ReturnRows.Count > 0)
+        {
+            for (var i = 0; i < step.ReturnRows.Count; i++)
+                HiddenStateCodec.Encode(output.Slice(step.ReturnRows[i] * width, width), _wireType, bytes.AsSpan(i * width * element));
+        }
+        else
+        {
+            HiddenStateCodec.Encode(output, _wireType, bytes);
+        }
+        return new StepResult
+        {
+            SessionId = session.Id,
+            StepId = step.StepId,
+            RowCount = selected,
+            Width = width,
+            Dtype = _wireType,
+            Hidden = UnsafeByteOperations.UnsafeWrap(bytes), // owned by the result from here on
+            SessionLength = step.StartPosition + step.RowCount,
+        };
+    }
+
+    private int EncodeForward(ReadOnlySpan<float> output, int outRows)
+    {
+        var bytes = outRows * _host.Width * HiddenStateCodec.BytesPerElement(_wireType);
+        if (_encodeBuffer.Length < bytes) _encodeBuffer = new byte[bytes];
+        return HiddenStateCodec.Encode(output, _wireType, _encodeBuffer);
+    }
+
+    private async ValueTask ForwardAsync(Step step, int bytes, int outRows, CancellationToken ct)
+    {
+        var forward = _forwardRequest.Step;
+        forward.SessionId = step.SessionId;
+        forward.StepId = step.StepId;
+        if (step.HasTruncateTo) forward.TruncateTo = step.TruncateTo;
+        else forward.ClearTruncateTo();
+        forward.StartPosition = step.StartPosition;
+        forward.RowCount = outRows;
+        forward.Width = _host.Width;
+        forward.Dtype = _wireType;
+        forward.Hidden = UnsafeByteOperations.UnsafeWrap(_encodeBuffer.AsMemory(0, bytes));
+        forward.LastRowOnly = step.LastRowOnly;
+        forward.ReturnRows.Clear();
+        forward.ReturnRows.Add(step.ReturnRows);
+        forward.Traceparent = Activity.Current?.Id ?? "";
+        try
+        {
+            await _downstream!.RequestStream.WriteAsync(_forwardRequest, ct);
+        }
+        catch (RpcException e)
+        {
+            throw new RpcException(new Status(e.StatusCode, $"{Where} → {_downstreamName}: {e.Status.Detail}"));
+        }
+        catch (InvalidOperationException) when (_downstreamError is { } downstream)
+        {
+            throw downstream;
+        }
+        _telemetry.BytesOut.Add(bytes);
+    }
+
+    private void Remember(StepResult result) => _replayCache[(int)(result.StepId % ReplayCacheSize)] = result;
+
+    private bool TryReplay(ulong stepId, out StepResult result)
+    {
+        var cached = _replayCache[(int)(stepId % ReplayCacheSize)];
+        if (cached is not null && cached.StepId == stepId)
+        {
+            result = cached.Clone();
+            result.Replayed = true;
+            return true;
+        }
+        result = null!;
+        return false;
+    }
+
+    private async ValueTask WriteAsync(HopResponse response, CancellationToken ct)
+    {
+        await _writeGate.WaitAsync(ct);
+        try
+        {
+            await _responses.WriteAsync(response, ct);
+        }
+        finally
+        {
+            _writeGate.Release();
+        }
+    }
+
+    /// <summary>Frees this stage's KV and ends the outbound stream (gracefully, or by cancelling it).</summary>
+    private async Task FinishAsync(bool closeDownstreamGracefully)
+    {
+        if (_finished) return;
+        _finished = true;
+        if (_session is { } session) _host.Close(session.Id, cancelled: false);
+        if (_downstream is { } call)
+        {
+            try
+            {
+                if (closeDownstreamGracefully && _downstreamError is null)
+                {
+                    using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(5));
+                    await call.RequestStream.CompleteAsync().WaitAsync(timeout.Token);
+                    if (_relay is not null) await _relay.WaitAsync(timeout.Token);
+                }
+            }
+            catch (Exception e) when (e is RpcException or OperationCanceledException or InvalidOperationException or TimeoutException)
+            {
+                _log.LogDebug("Downstream {Downstream} did not end cleanly: {Error}", _downstreamName, e.Message);
+            }
+            finally
+            {
+                try { _downstreamFailed.Cancel(); } catch (ObjectDisposedException) { }
+                call.Dispose();
+            }
+        }
+    }
+}

@@ -1,0 +1,52 @@
+using Grpc.Core;
+using Microsoft.Extensions.Logging;
+using Potluck.Contracts.Grpc;
+using Potluck.Node.Compute;
+using Potluck.Node.Telemetry;
+using GrpcStage = Potluck.Contracts.Grpc.Stage;
+
+namespace Potluck.Node.Stage;
+
+/// <summary>The data-plane endpoint of one node: one Hop stream per session that passes through it.</summary>
+public sealed class StageService(SpanHost host, StageChannels channels, NodeTelemetry telemetry, ILogger<StageService> log)
+    : GrpcStage.StageBase
+{
+    public override async Task Hop(IAsyncStreamReader<HopRequest> requestStream, IServerStreamWriter<HopResponse> responseStream, ServerCallContext context)
+    {
+        var hop = new HopSession(host, channels, telemetry, log, responseStream, context);
+        try
+        {
+            await hop.RunAsync(requestStream);
+        }
+        catch (RpcException)
+        {
+            throw;
+        }
+        catch (OperationCanceledException) when (context.CancellationToken.IsCancellationRequested)
+        {
+            // The caller went away; the session is already freed.
+        }
+        catch (Exception e)
+        {
+            // Never let a hostile or broken stream take the node down: report and end this stream only.
+            log.LogWarning(e, "Hop stream on layers [{Start},{End}) failed", host.LayerStart, host.LayerEnd);
+            throw new RpcException(new Status(StatusCode.Internal, $"node {host.NodeId}: {e.GetType().Name}: {e.Message}"));
+        }
+    }
+
+    public override Task<StageDescription> Describe(DescribeRequest request, ServerCallContext context) =>
+        Task.FromResult(new StageDescription
+        {
+            NodeId = host.NodeId,
+            ModelId = host.ModelId,
+            LayerStart = host.LayerStart,
+            LayerEnd = host.LayerEnd,
+            LayerCount = host.LayerCount,
+            Width = host.Width,
+            IsFinal = host.IsFinal,
+            KvBudgetTokens = host.KvBudgetTokens,
+            FreeKvTokens = host.FreeKvTokens,
+            OpenSessions = host.OpenSessions,
+            MaxRowsPerStep = host.MaxRowsPerStep,
+        });
+}

@@ -1,0 +1,114 @@
+using System.Net;
+using System.Net.Sockets;
+using Grpc.Core;
+using Grpc.Net.Client;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Logging;
+using Potluck.Contracts.Grpc;
+using Potluck.Contracts.Wire;
+using Potluck.Node.Compute;
+
+namespace Potluck.Node.Tests;
+
+public static class Ports
+{
+    /// <summary>A currently free loopback port (the OS picks it).</summary>
+    public static int Free()
+    {
+        using var listener = new TcpListener(IPAddress.Loopback, 0);
+        listener.Start();
+        return ((IPEndPoint)listener.LocalEndpoint).Port;
+    }
+}
+
+/// <summary>Several real nodes (silo + gRPC) in this process, clustered over loopback.</summary>
+public sealed class InProcessPool : IAsyncDisposable
+{
+    public static readonly TimeSpan StepTimeout = TimeSpan.FromSeconds(30);
+
+    private InProcessPool(List<WebApplication> apps, List<NodeOptions> options)
+    {
+        Apps = apps;
+        Options = options;
+    }
+
+    public List<WebApplication> Apps { get; }
+    public List<NodeOptions> Options { get; }
+    public IGrainFactory Grains => Apps[0].Services.GetRequiredService<IGrainFactory>();
+    public SpanHost Host(int i) => Apps[i].Services.GetRequiredService<SpanHost>();
+
+    public static async Task<InProcessPool> StartAsync(string modelPath, IReadOnlyList<(int Start, int End)> spans, long? kvBudgetTokens = null,
+        string prefix = "node")
+    {
+        var apps = new List<WebApplication>();
+        var options = new List<NodeOptions>();
+        string? seed = null;
+        try
+        {
+            for (var i = 0; i < spans.Count; i++)
+            {
+                var o = new NodeOptions
+                {
+                    ModelPath = modelPath,
+                    LayerStart = spans[i].Start,
+                    LayerEnd = spans[i].End,
+                    NodeId = $"{prefix}-{i}",
+                    GrpcPort = Ports.Free(),
+                    SiloPort = Ports.Free(),
+                    PrimarySiloEndpoint = seed,
+                    KvBudgetTokens = kvBudgetTokens,
+                    Threads = 1,
+                    ReportPeriod = TimeSpan.FromMilliseconds(500),
+                };
+                seed ??= $"127.0.0.1:{o.SiloPort}";
+                var app = NodeHost.Build(o, logging => logging.SetMinimumLevel(LogLevel.Warning));
+                apps.Add(app);
+                options.Add(o);
+                using var startTimeout = new CancellationTokenSource(TimeSpan.FromSeconds(60));
+                await app.StartAsync(startTimeout.Token);
+            }
+            return new InProcessPool(apps, options);
+        }
+        catch
+        {
+            foreach (var app in apps) await app.DisposeAsync();
+            throw;
+        }
+    }
+
+    public OpenSession OpenMessage(string sessionId, string modelId, int maxTokens, HiddenType wire = HiddenType.F16)
+    {
+        var open = new OpenSession
+        {
+            SessionId = sessionId,
+            ModelId = modelId,
+            LayerStart = Options[0].LayerStart,
+            LayerEnd = Options[0].LayerEnd,
+            MaxTokens = maxTokens,
+            WireType = wire,
+        };
+        for (var i = 1; i < Options.Count; i++)
+            open.Next.Add(new RouteHop { NodeId = Options[i].ResolvedNodeId, Endpoint = Options[i].GrpcEndpoint, LayerStart = Options[i].LayerStart, LayerEnd = Options[i].LayerEnd });
+        return open;
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        for (var i = Apps.Count - 1; i >= 0; i--)
+        {
+            using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(30));
+            try { await Apps[i].StopAsync(timeout.Token); } catch (OperationCanceledException) { }
+            await Apps[i].DisposeAsync();
+        }
+    }
+}
+
+public static class Channels
+{
+    public static GrpcChannel For(string endpoint, int maxMessage = 256 * 1024 * 1024) =>
+        GrpcChannel.ForAddress(endpoint, new GrpcChannelOptions { MaxSendMessageSize = maxMessage, MaxReceiveMessageSize = maxMessage });
+
+    public static Task<SessionHopClient> OpenAsync(GrpcChannel channel, OpenSession open, int width) =>
+        SessionHopClient.OpenAsync(channel.CreateCallInvoker(), open, width, TimeSpan.FromSeconds(30));
+}

@@ -2,9 +2,5 @@ namespace Potluck.Cli;
 
 internal static class Program
 {
-    private static int Main(string[] args)
-    {
-        Console.Error.WriteLine("potluck: commands are being built; see README.md");
-        return 1;
-    }
+    private static Task<int> Main(string[] args) => CliApplication.RunAsync(args);
 }

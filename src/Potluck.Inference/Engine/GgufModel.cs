@@ -28,6 +28,9 @@ public sealed unsafe class GgufModel : IDisposable
 
     public ModelInfo Info { get; }
 
+    /// <summary>Start of the file mapping in this process (tests read its residency from /proc/self/smaps).</summary>
+    internal IntPtr MappedAddress => (IntPtr)(_base - _view.PointerOffset);
+
     /// <summary>Bytes of weights copied into repacked buffers (resident; the rest is mapped from the file).</summary>
     public long RepackedBytes => Interlocked.Read(ref _repackedBytes);
 

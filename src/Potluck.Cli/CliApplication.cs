@@ -1,0 +1,165 @@
+using System.CommandLine;
+using System.CommandLine.Help;
+using System.CommandLine.Invocation;
+using System.Reflection;
+using Potluck.Cli.Commands;
+
+namespace Potluck.Cli;
+
+/// <summary>Builds the `potluck` command tree and maps every outcome to one exit code and at most one error line.</summary>
+public static class CliApplication
+{
+    /// <summary>Prints full exception details; without it errors are one line.</summary>
+    public static readonly Option<bool> Verbose = new("--verbose", "-v")
+    {
+        Description = "Show debug logs and full exception details",
+        Recursive = true,
+    };
+
+    private static readonly Dictionary<Command, string[]> ExamplesByCommand = [];
+
+    public static async Task<int> RunAsync(string[] args)
+    {
+        var root = BuildRootCommand();
+        ParseResult parse;
+        try
+        {
+            parse = root.Parse(args);
+        }
+        catch (Exception error)
+        {
+            return ReportFailure(error, args.Contains("--verbose") || args.Contains("-v"));
+        }
+        if (parse.Action is ParseErrorAction)
+        {
+            // System.CommandLine would exit 1 and dump the help text; scripts need 2 and one clear line.
+            Console.Error.WriteLine($"potluck: error: {FirstParseError(parse)}");
+            Console.Error.WriteLine($"Run '{CommandPath(parse.CommandResult.Command)} --help' for usage.");
+            return ExitCodes.Usage;
+        }
+
+        var invocation = new InvocationConfiguration
+        {
+            EnableDefaultExceptionHandler = false,
+            // Commands install their own signal handling: serve must stop children, chat must stop a reply.
+            ProcessTerminationTimeout = null,
+        };
+        try
+        {
+            return await parse.InvokeAsync(invocation);
+        }
+        catch (Exception error)
+        {
+            return ReportFailure(error, parse.GetValue(Verbose));
+        }
+    }
+
+    /// <summary>The most specific parse error: an unknown word says more than the "required command" that follows from it.</summary>
+    private static string FirstParseError(ParseResult parse)
+    {
+        if (parse.UnmatchedTokens.Count > 0)
+            return parse.CommandResult.Command.Subcommands.Count > 0
+                ? $"unknown command or argument '{parse.UnmatchedTokens[0]}'"
+                : $"unexpected argument '{parse.UnmatchedTokens[0]}'";
+        return OneLine(parse.Errors[0].Message);
+    }
+
+    /// <summary>Writes the one-line error (or the whole exception with --verbose) and picks the exit code.</summary>
+    public static int ReportFailure(Exception error, bool verbose)
+    {
+        var root = Unwrap(error);
+        if (root is OperationCanceledException)
+        {
+            Console.Error.WriteLine("potluck: interrupted");
+            return ExitCodes.Interrupted;
+        }
+        Console.Error.WriteLine($"potluck: error: {OneLine(root.Message)}");
+        if (verbose) Console.Error.WriteLine(error.ToString());
+        return root is UsageException ? ExitCodes.Usage : ExitCodes.Failure;
+    }
+
+    public static RootCommand BuildRootCommand()
+    {
+        ExamplesByCommand.Clear();
+        var root = new RootCommand(
+            "Potluck: a pool of ordinary machines serving one large language model through an OpenAI-compatible API.");
+        root.Options.Add(Verbose);
+        root.Subcommands.Add(ServeCommand.Create());
+        root.Subcommands.Add(NodeCommand.Create());
+        root.Subcommands.Add(GatewayCommand.Create());
+        root.Subcommands.Add(ModelCommands.Create());
+        root.Subcommands.Add(ChatCommand.Create());
+        root.Subcommands.Add(BenchCommand.Create());
+        AddExamples(root,
+            "potluck serve",
+            "potluck model inspect ./Qwen2.5-0.5B-Instruct-Q8_0.gguf",
+            "potluck chat --url http://127.0.0.1:8080");
+        InstallExamplesSection(root);
+        return root;
+    }
+
+    /// <summary>Registers the lines shown under "Examples:" in that command's --help.</summary>
+    public static T AddExamples<T>(T command, params string[] examples) where T : Command
+    {
+        ExamplesByCommand[command] = examples;
+        return command;
+    }
+
+    public static string CommandPath(Command command)
+    {
+        var names = new List<string>();
+        for (Symbol? symbol = command; symbol is Command current; symbol = current.Parents.FirstOrDefault())
+            names.Add(current is RootCommand ? "potluck" : current.Name);
+        names.Reverse();
+        return string.Join(' ', names);
+    }
+
+    private static void InstallExamplesSection(RootCommand root)
+    {
+        var help = root.Options.OfType<HelpOption>().Single();
+        if (help.Action is HelpAction standard) help.Action = new HelpWithExamplesAction(standard, ExamplesByCommand);
+    }
+
+    /// <summary>The standard help text followed by an "Examples:" section for commands that registered some.</summary>
+    private sealed class HelpWithExamplesAction(HelpAction standard, IReadOnlyDictionary<Command, string[]> examples) : SynchronousCommandLineAction
+    {
+        public override bool ClearsParseErrors => true;
+
+        public override int Invoke(ParseResult parseResult)
+        {
+            standard.Invoke(parseResult);
+            if (examples.TryGetValue(parseResult.CommandResult.Command, out var lines) && lines.Length > 0)
+            {
+                var output = parseResult.InvocationConfiguration.Output;
+                output.WriteLine("Examples:");
+                foreach (var line in lines) output.WriteLine($"  {line}");
+                output.WriteLine();
+            }
+            return ExitCodes.Ok;
+        }
+    }
+
+    private static Exception Unwrap(Exception error)
+    {
+        while (true)
+        {
+            switch (error)
+            {
+                case AggregateException { InnerExceptions: [var only] }:
+                    error = only;
+                    continue;
+                case TargetInvocationException { InnerException: { } inner }:
+                    error = inner;
+                    continue;
+                case TypeInitializationException { InnerException: { } inner }:
+                    error = inner;
+                    continue;
+                default:
+                    return error;
+            }
+        }
+    }
+
+    private static string OneLine(string message) =>
+        string.Join(' ', message.Split(['\r', '\n'], StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries));
+}

@@ -1,0 +1,198 @@
+using System.CommandLine;
+using System.Text.Json;
+using Potluck.Inference.Engine;
+using Potluck.Inference.Gguf;
+using Potluck.Inference.Models;
+using Potluck.Inference.Native;
+using Spectre.Console;
+
+namespace Potluck.Cli.Commands;
+
+/// <summary>`potluck model inspect` and `potluck model create-demo`.</summary>
+public static class ModelCommands
+{
+    public static Command Create()
+    {
+        var model = new Command("model", "Inspect GGUF model files and create the generated demo model");
+        model.Subcommands.Add(CreateInspect());
+        model.Subcommands.Add(CreateDemo());
+        return CliApplication.AddExamples(model,
+            "potluck model inspect ./Meta-Llama-3-8B-Instruct.Q4_K_M.gguf",
+            "potluck model create-demo --output ./demo.gguf");
+    }
+
+    private static Command CreateInspect()
+    {
+        var path = new Argument<FileInfo>("PATH") { Description = "The GGUF file to read (only its header and tensor index are read)" };
+        var json = new Option<bool>("--json") { Description = "Print the summary as JSON instead of tables" };
+        var command = new Command("inspect", "Show a GGUF model's architecture, sizes, quant types and layer count") { path, json };
+        command.SetAction(parse =>
+        {
+            var file = parse.GetRequiredValue(path);
+            var info = InspectOrFail(file.FullName);
+            if (parse.GetValue(json)) PrintJson(info);
+            else PrintTables(info);
+            return ExitCodes.Ok;
+        });
+        return CliApplication.AddExamples(command,
+            "potluck model inspect ./qwen2.5-7b-instruct-q8_0.gguf",
+            "potluck model inspect ./model.gguf --json | jq .LayerCount");
+    }
+
+    private static Command CreateDemo()
+    {
+        var output = new Option<FileInfo?>("--output", "-o") { Description = "Also copy the generated file here (it is always cached under $POTLUCK_HOME/models)" };
+        var type = new Option<GgmlType>("--type")
+        {
+            Description = "Weight type: F32, F16, Q8_0, Q4_0, Q4_K, Q6_K ...",
+            DefaultValueFactory = _ => TestModelSpec.DemoWeightType,
+        };
+        var command = new Command("create-demo", "Write the deterministic generated demo model (random weights at a fixed seed; no download)")
+        {
+            output, type,
+        };
+        command.SetAction(parse =>
+        {
+            var path = EnsureDemoModel(parse.GetValue(type));
+            var destination = parse.GetValue(output);
+            if (destination is not null)
+            {
+                destination.Directory?.Create();
+                File.Copy(path, destination.FullName, overwrite: true);
+                path = destination.FullName;
+            }
+            Console.Out.WriteLine(path);
+            return ExitCodes.Ok;
+        });
+        return CliApplication.AddExamples(command,
+            "potluck model create-demo",
+            "potluck model create-demo --type Q4_K --output ./demo-q4k.gguf");
+    }
+
+    /// <summary>Reads the header and tensor index; a missing or unreadable file becomes one clear line (exit 1).</summary>
+    public static ModelInfo InspectOrFail(string path)
+    {
+        if (!File.Exists(path)) throw new CliFailureException($"model file not found: {path}");
+        NativeRuntime.EnsureLoaded();
+        try
+        {
+            return GgufModel.Inspect(path);
+        }
+        catch (Exception error) when (error is not (CliFailureException or OperationCanceledException or OutOfMemoryException))
+        {
+            throw new CliFailureException($"cannot read model {path}: {error.Message}", error);
+        }
+    }
+
+    /// <summary>Returns the cached demo model for this weight type, generating it once with a progress bar.</summary>
+    public static string EnsureDemoModel(GgmlType type)
+    {
+        NativeRuntime.EnsureLoaded();
+        var cache = PotluckPaths.ModelCache;
+        Directory.CreateDirectory(cache);
+        string? path = null;
+        if (!AnsiConsole.Profile.Capabilities.Interactive)
+        {
+            // No terminal to draw on (CI, pipes): one line before and after instead of a bar.
+            Console.Error.WriteLine($"potluck: preparing demo model ({type}) in {cache}");
+            return TestModelGenerator.GetOrCreate(TestModelSpec.Demo, type, cache, progress: null);
+        }
+        AnsiConsole.Progress()
+            .AutoClear(false)
+            .Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new ElapsedTimeColumn())
+            .Start(context =>
+            {
+                var task = context.AddTask($"demo model ({type})", maxValue: 1.0);
+                path = TestModelGenerator.GetOrCreate(TestModelSpec.Demo, type, cache, new Progress<double>(fraction => task.Value = fraction));
+                task.Value = 1.0;
+            });
+        return path!;
+    }
+
+    private static void PrintTables(ModelInfo info)
+    {
+        var summary = new Table().Border(TableBorder.Rounded).Title($"[bold]{Markup.Escape(Path.GetFileName(info.Path))}[/]");
+        summary.AddColumn("Property");
+        summary.AddColumn("Value");
+        void Row(string name, string value) => summary.AddRow(Markup.Escape(name), Markup.Escape(value));
+        Row("Architecture", info.Architecture);
+        if (!string.IsNullOrEmpty(info.Name)) Row("Name", info.Name);
+        Row("Model id", info.ModelId);
+        Row("File size", FormatBytes(info.FileBytes));
+        Row("Weight type", info.WeightType.ToString());
+        Row("Layers", info.LayerCount.ToString());
+        Row("Embedding length", info.EmbeddingLength.ToString());
+        Row("Feed-forward length", info.FeedForwardLength.ToString());
+        Row("Attention heads", $"{info.HeadCount} (KV {info.KvHeadCount}, head dim {info.HeadDim})");
+        Row("Context length", info.ContextLength.ToString());
+        Row("Vocabulary", info.VocabSize.ToString());
+        Row("RoPE", $"{info.Rope}, base {info.RopeFreqBase:G}, scale {info.RopeFreqScale:G}{(info.HasRopeFreqFactors ? ", frequency factors" : "")}");
+        Row("RMS norm eps", info.RmsNormEps.ToString("G"));
+        Row("Sliding window", info.SlidingWindow?.ToString() ?? "none");
+        Row("Tied embeddings", info.TiedEmbeddings ? "yes" : "no");
+        Row("Chat template", info.ChatTemplate is null ? "none" : $"{info.ChatTemplate.Length} characters");
+        AnsiConsole.Write(summary);
+
+        var byType = new Table().Border(TableBorder.Rounded).Title("[bold]Tensors by type[/]");
+        byType.AddColumn("Type");
+        byType.AddColumn(new TableColumn("Tensors").RightAligned());
+        byType.AddColumn(new TableColumn("Bytes").RightAligned());
+        byType.AddColumn(new TableColumn("Share").RightAligned());
+        var totalBytes = Math.Max(1, info.Tensors.Sum(t => t.Bytes));
+        foreach (var group in TensorsByType(info))
+            byType.AddRow(group.Type.ToString(), group.Count.ToString(), FormatBytes(group.Bytes), $"{100.0 * group.Bytes / totalBytes:F1}%");
+        byType.AddRow("[bold]total[/]", info.Tensors.Count.ToString(), FormatBytes(totalBytes), "100.0%");
+        AnsiConsole.Write(byType);
+    }
+
+    private static void PrintJson(ModelInfo info)
+    {
+        var summary = new
+        {
+            info.Path,
+            info.Architecture,
+            info.Name,
+            info.ModelId,
+            info.FileBytes,
+            WeightType = info.WeightType.ToString(),
+            info.LayerCount,
+            info.EmbeddingLength,
+            info.FeedForwardLength,
+            info.HeadCount,
+            info.KvHeadCount,
+            info.HeadDim,
+            info.ContextLength,
+            info.VocabSize,
+            Rope = info.Rope.ToString(),
+            info.RopeFreqBase,
+            info.RopeFreqScale,
+            info.HasRopeFreqFactors,
+            info.RmsNormEps,
+            info.SlidingWindow,
+            info.TiedEmbeddings,
+            HasChatTemplate = info.ChatTemplate is not null,
+            TensorCount = info.Tensors.Count,
+            TensorsByType = TensorsByType(info).Select(g => new { Type = g.Type.ToString(), g.Count, g.Bytes }),
+        };
+        Console.Out.WriteLine(JsonSerializer.Serialize(summary, new JsonSerializerOptions { WriteIndented = true }));
+    }
+
+    private static IEnumerable<(GgmlType Type, int Count, long Bytes)> TensorsByType(ModelInfo info) =>
+        info.Tensors
+            .GroupBy(t => t.Type)
+            .Select(g => (g.Key, g.Count(), g.Sum(t => t.Bytes)))
+            .OrderByDescending(g => g.Item3);
+
+    public static string FormatBytes(long bytes)
+    {
+        string[] units = ["B", "KiB", "MiB", "GiB", "TiB"];
+        double value = bytes;
+        var unit = 0;
+        while (value >= 1024 && unit < units.Length - 1)
+        {
+            value /= 1024;
+            unit++;
+        }
+        return unit == 0 ? $"{bytes} B" : $"{value:F1} {units[unit]}";
+    }
+}

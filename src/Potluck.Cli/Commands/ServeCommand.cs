@@ -1,0 +1,199 @@
+using System.CommandLine;
+using System.Diagnostics;
+using Potluck.Cli.Serve;
+using Potluck.Cli.Supervision;
+using Potluck.Inference.Models;
+using Spectre.Console;
+
+namespace Potluck.Cli.Commands;
+
+/// <summary>
+/// `potluck serve`: a whole pool on one machine. The gateway and every node are separate OS processes
+/// (this same executable), so one can fail alone, the way it would in a real pool.
+/// </summary>
+public static class ServeCommand
+{
+    public static Command Create()
+    {
+        var model = new Option<FileInfo?>("--model") { Description = "GGUF file to serve (default: the generated demo model, created once and cached)" };
+        var nodes = new Option<int>("--nodes", "-n") { Description = "Node processes to start", DefaultValueFactory = _ => 2 };
+        var replicas = new Option<int>("--replicas", "-r") { Description = "Nodes holding each span: the layers split into nodes/replicas spans", DefaultValueFactory = _ => 1 };
+        var port = new Option<int>("--port", "-p") { Description = "HTTP port of the OpenAI API", DefaultValueFactory = _ => 8080 };
+        var host = new Option<string>("--host") { Description = "Address the gateway listens on", DefaultValueFactory = _ => "127.0.0.1" };
+        var readyTimeout = new Option<int>("--ready-timeout") { Description = "Seconds to wait for the pool to become ready", DefaultValueFactory = _ => 120 };
+        var command = new Command("serve", "Run a whole pool on this machine: a gateway plus N nodes that split the model's layers evenly")
+        {
+            model, nodes, replicas, port, host, readyTimeout,
+        };
+        command.SetAction(async (parse, _) =>
+        {
+            var nodeCount = parse.GetValue(nodes);
+            var replicaCount = parse.GetValue(replicas);
+            var listenPort = parse.GetValue(port);
+            if (listenPort is < 1 or > 65535) throw new UsageException($"--port must be between 1 and 65535 (got {listenPort})");
+            var timeoutSeconds = parse.GetValue(readyTimeout);
+            if (timeoutSeconds < 1) throw new UsageException($"--ready-timeout must be at least 1 second (got {timeoutSeconds})");
+            // Check the arithmetic before touching any file, so a typo fails in milliseconds.
+            LayerPlan.Split(Math.Max(nodeCount / Math.Max(replicaCount, 1), 1), nodeCount, replicaCount);
+
+            var modelPath = parse.GetValue(model)?.FullName ?? ModelCommands.EnsureDemoModel(TestModelSpec.DemoWeightType);
+            var info = ModelCommands.InspectOrFail(modelPath);
+            var plan = new LocalPoolPlan(modelPath, parse.GetRequiredValue(host), listenPort,
+                LayerPlan.Split(info.LayerCount, nodeCount, replicaCount));
+            LocalPoolCommands.EnsurePortFree(plan.Host, plan.Port);
+            var pool = new LocalPoolRunner(plan, TimeSpan.FromSeconds(timeoutSeconds), parse.GetValue(CliApplication.Verbose));
+            return await pool.RunAsync();
+        });
+        return CliApplication.AddExamples(command,
+            "potluck serve",
+            "potluck serve --model ./qwen2.5-7b-instruct-q4_k_m.gguf --nodes 4 --replicas 2",
+            "potluck serve --host 0.0.0.0 --port 9000");
+    }
+}
+
+/// <summary>Starts, watches and stops the child processes of one local pool.</summary>
+internal sealed class LocalPoolRunner(LocalPoolPlan plan, TimeSpan readyTimeout, bool verbose)
+{
+    private static readonly TimeSpan StopGrace = TimeSpan.FromSeconds(10);
+    private static readonly string[] Colors = ["cyan", "green", "yellow", "magenta", "blue", "aqua", "lime", "fuchsia"];
+    private readonly Lock _consoleGate = new();
+    private readonly bool _ansi = !Console.IsOutputRedirected && AnsiConsole.Profile.Capabilities.Ansi;
+    private readonly TaskCompletionSource<SupervisedProcess> _gatewayDied = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+    public async Task<int> RunAsync()
+    {
+        using var signals = new ShutdownSignals();
+        await using var supervisor = new ProcessSupervisor(WriteChildLine, StopGrace);
+        // A second Ctrl+C means "now": SIGKILL every child before this process goes down.
+        signals.Forced = supervisor.KillAll;
+        SupervisedProcess? earlyExit = null;
+        supervisor.UnexpectedExit += (child, code) =>
+        {
+            earlyExit ??= child;
+            if (child.Name == "gateway") _gatewayDied.TrySetResult(child);
+            else WriteNotice($"{child.Name} exited with code {code}; the pool goes on without it");
+        };
+
+        var parentPid = Environment.ProcessId;
+        supervisor.Start(LocalPoolCommands.Gateway(plan, parentPid, verbose));
+        foreach (var node in plan.Nodes) supervisor.Start(LocalPoolCommands.Node(plan, node, parentPid, verbose));
+
+        var ready = await WaitUntilReadyAsync(supervisor, () => earlyExit, signals.Token);
+        if (signals.Token.IsCancellationRequested)
+        {
+            WriteNotice("interrupted; stopping the pool");
+            await supervisor.StopAllAsync();
+            return ExitCodes.Ok;
+        }
+        if (ready is not null)
+        {
+            await supervisor.StopAllAsync();
+            throw new CliFailureException(ready);
+        }
+
+        PrintPool(supervisor);
+        var stopped = await Task.WhenAny(_gatewayDied.Task, Task.Delay(Timeout.Infinite, signals.Token).ContinueWith(_ => { }, TaskScheduler.Default));
+        if (stopped == _gatewayDied.Task)
+        {
+            var gateway = await _gatewayDied.Task;
+            await supervisor.StopAllAsync();
+            throw new CliFailureException($"the gateway exited unexpectedly (code {await gateway.Exited}); pool stopped");
+        }
+        WriteNotice("stopping the pool");
+        await supervisor.StopAllAsync();
+        WriteNotice("pool stopped");
+        return ExitCodes.Ok;
+    }
+
+    /// <summary>Polls GET /readyz until 200; returns null when ready, else why it never got there.</summary>
+    private async Task<string?> WaitUntilReadyAsync(ProcessSupervisor supervisor, Func<SupervisedProcess?> earlyExit, CancellationToken cancellationToken)
+    {
+        using var http = new HttpClient { Timeout = TimeSpan.FromSeconds(2) };
+        var readyz = new Uri(plan.Url, "readyz");
+        var clock = Stopwatch.StartNew();
+        while (clock.Elapsed < readyTimeout)
+        {
+            if (cancellationToken.IsCancellationRequested) return null;
+            if (earlyExit() is { } dead)
+                return $"{dead.Name} exited with code {await dead.Exited} before the pool was ready: {LastMeaningfulLine(dead)}";
+            try
+            {
+                using var response = await http.GetAsync(readyz, cancellationToken);
+                if (response.IsSuccessStatusCode) return null;
+            }
+            catch (HttpRequestException)
+            {
+                // Not listening yet.
+            }
+            catch (OperationCanceledException) when (!cancellationToken.IsCancellationRequested)
+            {
+                // One slow probe; try again.
+            }
+            catch (OperationCanceledException)
+            {
+                return null;
+            }
+            try
+            {
+                await Task.Delay(TimeSpan.FromMilliseconds(250), cancellationToken);
+            }
+            catch (OperationCanceledException)
+            {
+                return null;
+            }
+        }
+        return $"the pool was not ready within {readyTimeout.TotalSeconds:F0} s ({readyz} never answered 200); see the logs above";
+    }
+
+    private static string LastMeaningfulLine(SupervisedProcess child)
+    {
+        var tail = child.Tail;
+        for (var i = tail.Count - 1; i >= 0; i--)
+            if (tail[i].StartsWith("potluck: error:", StringComparison.Ordinal)) return tail[i]["potluck: error:".Length..].Trim();
+        for (var i = tail.Count - 1; i >= 0; i--)
+            if (!string.IsNullOrWhiteSpace(tail[i])) return tail[i].Trim();
+        return "no output";
+    }
+
+    private void PrintPool(ProcessSupervisor supervisor)
+    {
+        var table = new Table().Border(TableBorder.Rounded);
+        table.AddColumn("Process");
+        table.AddColumn("PID");
+        table.AddColumn("Layers");
+        table.AddColumn("Span");
+        table.AddColumn("Replica");
+        lock (_consoleGate)
+        {
+            table.AddRow("gateway", supervisor.Get("gateway").Pid.ToString(), "head", "-", "-");
+            foreach (var node in plan.Nodes)
+                table.AddRow(node.Name, supervisor.Get(node.Name).Pid.ToString(), $"[[{node.Start}, {node.End})", (node.SpanIndex + 1).ToString(), (node.Replica + 1).ToString());
+            AnsiConsole.Write(table);
+            Console.Out.WriteLine($"Pool ready: {plan.Url}  (OpenAI API at {plan.Url}v1, Ctrl+C to stop)");
+            Console.Out.WriteLine($"Try: curl {plan.Url}v1/chat/completions -H 'Content-Type: application/json' -d '{{\"model\":\"potluck\",\"messages\":[{{\"role\":\"user\",\"content\":\"Hello\"}}]}}'");
+        }
+    }
+
+    private void WriteChildLine(SupervisedProcess child, string line, bool isError)
+    {
+        var prefix = $"[{child.Name}]";
+        lock (_consoleGate)
+        {
+            if (_ansi)
+            {
+                var color = child.Name == "gateway" ? "white" : Colors[(child.Name.GetHashCode() & 0x7fffffff) % Colors.Length];
+                AnsiConsole.Markup($"[{color}]{Markup.Escape(prefix)}[/] ");
+                Console.Out.WriteLine(line);
+            }
+            else
+            {
+                Console.Out.WriteLine($"{prefix} {line}");
+            }
+        }
+    }
+
+    private void WriteNotice(string text)
+    {
+        lock (_consoleGate) Console.Out.WriteLine($"[serve] {text}");
+    }
+}

@@ -1,0 +1,47 @@
+namespace Potluck.Cli.Tests;
+
+/// <summary>Exit codes and messages of the real executable for help and bad command lines.</summary>
+public sealed class UsageTests : IClassFixture<TempHome>
+{
+    private static readonly TimeSpan Timeout = TimeSpan.FromSeconds(60);
+    private readonly TempHome _home;
+
+    public UsageTests(TempHome home) => _home = home;
+
+    [Theory]
+    [InlineData("serve")]
+    [InlineData("node")]
+    [InlineData("gateway")]
+    [InlineData("model")]
+    [InlineData("model inspect")]
+    [InlineData("model create-demo")]
+    [InlineData("chat")]
+    [InlineData("bench")]
+    public async Task HelpOnEveryCommandShowsUsageAndExamples(string command)
+    {
+        var run = await PotluckProcess.RunAsync(_home.Path, Timeout, [.. command.Split(' '), "--help"]);
+        Assert.True(run.ExitCode == 0, run.ToString());
+        Assert.Contains($"potluck {command}", run.Stdout);
+        Assert.Contains("Examples:", run.Stdout);
+        Assert.Contains("  potluck ", run.Stdout[run.Stdout.IndexOf("Examples:", StringComparison.Ordinal)..]);
+    }
+
+    [Theory]
+    [InlineData("unknown command or argument 'frobnicate'", "frobnicate")]
+    [InlineData("required command", "")]
+    [InlineData("cannot parse argument 'many'", "serve", "--nodes", "many")]
+    [InlineData("must be a multiple of --replicas", "serve", "--nodes", "3", "--replicas", "2")]
+    [InlineData("--port must be between", "serve", "--port", "70000")]
+    [InlineData("required argument missing", "model", "inspect")]
+    [InlineData("option '--model' is required", "node")]
+    [InlineData("--layers must look like", "node", "--model", "x.gguf", "--layers", "8-2")]
+    [InlineData("--url must be an http", "chat", "--url", "ftp://example")]
+    public async Task UsageErrorsExitTwoWithOneClearLine(string expected, params string[] arguments)
+    {
+        arguments = arguments.Where(a => a.Length > 0).ToArray();
+        var run = await PotluckProcess.RunAsync(_home.Path, Timeout, arguments);
+        Assert.True(run.ExitCode == 2, run.ToString());
+        TextAssert.OneLineError(run, expected);
+        Assert.Equal("", run.Stdout);
+    }
+}

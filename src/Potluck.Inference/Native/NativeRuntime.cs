@@ -41,12 +41,30 @@ public static class NativeRuntime
             NativeLibraryConfig.All.WithLibrary(
                 Path.Combine(folder, "libllama.so"),
                 Path.Combine(folder, "libmtmd.so"));
+            // llama.cpp logs every tensor it loads; keep warnings and errors unless a host routes the log.
+            NativeLibraryConfig.All.WithLogCallback(DefaultLog);
             // LLamaSharp installs its import resolver in NativeApi's static constructor; types with their own
             // imports (the quantizer's default params) fail if they run first, so trigger it now.
             NativeApi.llama_empty_call();
             _folder = folder;
             return folder;
         }
+    }
+
+    private static LLamaLogLevel _lastLevel = LLamaLogLevel.Info;
+
+    private static void DefaultLog(LLamaLogLevel level, string message)
+    {
+        // Continue lines belong to the previous message's level.
+        if (level != LLamaLogLevel.Continue) _lastLevel = level;
+        if (_lastLevel is LLamaLogLevel.Warning or LLamaLogLevel.Error) Console.Error.Write(message);
+    }
+
+    /// <summary>Sends llama.cpp and ggml log lines to <paramref name="logger"/> instead of stderr.</summary>
+    public static void RouteNativeLog(Microsoft.Extensions.Logging.ILogger logger)
+    {
+        EnsureLoaded();
+        NativeLogConfig.llama_log_set(logger);
     }
 
     private static IntPtr Resolve(string name, Assembly assembly, DllImportSearchPath? path) => name switch

@@ -22,9 +22,10 @@ public sealed class StageService(SpanHost host, StageChannels channels, NodeTele
         {
             throw;
         }
-        catch (OperationCanceledException) when (context.CancellationToken.IsCancellationRequested)
+        catch (Exception e) when (e is OperationCanceledException or IOException && context.CancellationToken.IsCancellationRequested)
         {
-            // The caller went away; the session is already freed.
+            // The caller went away (cancelled or reset the stream); the session is already freed.
+            log.LogDebug("Hop stream caller went away: {Error}", e.Message);
         }
         catch (Exception e)
         {

@@ -29,5 +29,6 @@ var options = new NodeOptions
     FastFailureDetection = fast,
     Threads = 1,
     ReportPeriod = TimeSpan.FromSeconds(1),
+    ClusterId = values.GetValueOrDefault("cluster") ?? "potluck",
 };
 return await NodeHost.RunAsync(options, CancellationToken.None);

@@ -16,14 +16,20 @@ public sealed class ClusterOracleTests
 {
     private static readonly TimeSpan Timeout = TimeSpan.FromSeconds(30);
 
-    private sealed record SessionRun(List<int> Tokens, double MaxLogitDelta, List<int> OracleTokens);
+    internal sealed record SessionRun(List<int> Tokens, double MaxLogitDelta, List<int> OracleTokens);
 
-    private static async Task<SessionRun> RunSession(InProcessPool pool, ModelHead head, LayerSpan oracle, string modelId, string sessionId,
-        int[] prompt, int decodeSteps, HiddenType wire)
+    private static Task<SessionRun> RunSession(InProcessPool pool, ModelHead head, LayerSpan oracle, string modelId, string sessionId,
+        int[] prompt, int decodeSteps, HiddenType wire) =>
+        RunSession(pool.Options[0].GrpcEndpoint, pool.OpenMessage(sessionId, modelId, 64, wire), head, oracle, prompt, decodeSteps);
+
+    /// <summary>Prefill then greedy decode through the route, checking each step's logits against the single-node oracle.</summary>
+    internal static async Task<SessionRun> RunSession(string firstEndpoint, OpenSession open, ModelHead head, LayerSpan oracle,
+        int[] prompt, int decodeSteps)
     {
         var width = head.Width;
-        using var channel = Channels.For(pool.Options[0].GrpcEndpoint);
-        await using var client = await Channels.OpenAsync(channel, pool.OpenMessage(sessionId, modelId, 64, wire), width);
+        var sessionId = open.SessionId;
+        using var channel = Channels.For(firstEndpoint);
+        await using var client = await Channels.OpenAsync(channel, open, width);
         Assert.Equal(3, client.Opened.Stages.Count);
         oracle.OpenSession(sessionId, 64);
         try

@@ -1,0 +1,274 @@
+using System.Buffers;
+using System.Diagnostics;
+using System.IO.Pipelines;
+using System.Text;
+using System.Text.Json;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Http;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Logging;
+using Potluck.Gateway.Generation;
+using Potluck.Gateway.Head;
+using Potluck.Gateway.Telemetry;
+using Potluck.Inference.Text;
+
+namespace Potluck.Gateway.Api;
+
+/// <summary>The OpenAI-compatible API: chat completions, completions and the model list.</summary>
+public static class OpenAiEndpoints
+{
+    public static void Map(WebApplication app)
+    {
+        app.MapPost("/v1/chat/completions", context => HandleAsync(context, CompletionKind.Chat));
+        app.MapPost("/v1/completions", context => HandleAsync(context, CompletionKind.Text));
+        app.MapGet("/v1/models", WriteModelsAsync);
+        app.MapGet("/v1/models/{**id}", WriteModelAsync);
+    }
+
+    private static async Task WriteModelsAsync(HttpContext context)
+    {
+        var model = context.RequestServices.GetRequiredService<ModelFrontEnd>();
+        context.Response.ContentType = "application/json";
+        await using var json = new Utf8JsonWriter(context.Response.BodyWriter);
+        json.WriteStartObject();
+        json.WriteString("object", "list");
+        json.WriteStartArray("data");
+        WriteModel(json, model);
+        json.WriteEndArray();
+        json.WriteEndObject();
+        await json.FlushAsync(context.RequestAborted);
+    }
+
+    private static async Task WriteModelAsync(HttpContext context)
+    {
+        var model = context.RequestServices.GetRequiredService<ModelFrontEnd>();
+        var id = context.Request.RouteValues["id"] as string;
+        if (id != model.Name)
+        {
+            await UnknownModel(id ?? "", model).WriteAsync(context);
+            return;
+        }
+        context.Response.ContentType = "application/json";
+        await using var json = new Utf8JsonWriter(context.Response.BodyWriter);
+        WriteModel(json, model);
+        await json.FlushAsync(context.RequestAborted);
+    }
+
+    private static void WriteModel(Utf8JsonWriter json, ModelFrontEnd model)
+    {
+        json.WriteStartObject();
+        json.WriteString("id", model.Name);
+        json.WriteString("object", "model");
+        json.WriteNumber("created", model.Created);
+        json.WriteString("owned_by", "potluck");
+        json.WriteNumber("context_length", model.ContextLength);
+        json.WriteString("architecture", model.Info.Architecture);
+        json.WriteNumber("layers", model.LayerCount);
+        json.WriteEndObject();
+    }
+
+    private static ApiError UnknownModel(string requested, ModelFrontEnd model) =>
+        new(404, $"The model '{requested}' does not exist; this gateway serves '{model.Name}'.", ApiError.InvalidRequest, "model", "model_not_found");
+
+    private static async Task HandleAsync(HttpContext context, CompletionKind kind)
+    {
+        var services = context.RequestServices;
+        var telemetry = services.GetRequiredService<GatewayTelemetry>();
+        var endpoint = kind == CompletionKind.Chat ? "chat.completions" : "completions";
+        var outcome = "error";
+        try
+        {
+            outcome = await RunAsync(context, kind, services);
+        }
+        catch (ApiErrorException e)
+        {
+            outcome = e.Error.Status.ToString(System.Globalization.CultureInfo.InvariantCulture);
+            await e.Error.WriteAsync(context);
+        }
+        finally
+        {
+            telemetry.Requests.Add(1, new KeyValuePair<string, object?>("endpoint", endpoint), new KeyValuePair<string, object?>("outcome", outcome));
+        }
+    }
+
+    private static async Task<string> RunAsync(HttpContext context, CompletionKind kind, IServiceProvider services)
+    {
+        var options = services.GetRequiredService<GatewayOptions>();
+        var model = services.GetRequiredService<ModelFrontEnd>();
+        var body = await ReadBodyAsync(context, options.MaxBodyBytes);
+        var request = CompletionRequestParser.Parse(body, kind);
+        if (request.Model != model.Name) throw new ApiErrorException(UnknownModel(request.Model, model));
+
+        var prompt = Tokenize(request, model);
+        var context_ = model.ContextLength;
+        var maxTokens = request.MaxTokens ?? (context_ - prompt.Length);
+        if (prompt.Length >= context_ || (long)prompt.Length + maxTokens > context_)
+        {
+            var what = kind == CompletionKind.Chat ? "messages" : "prompt";
+            throw new ApiErrorException(ApiError.BadRequest(
+                $"This model's maximum context length is {context_} tokens. However, you requested {(long)prompt.Length + Math.Max(maxTokens, 0)} tokens " +
+                $"({prompt.Length} in the {what}, {Math.Max(maxTokens, 0)} in the completion). Please reduce the length of the {what} or completion.",
+                request.MaxTokens is null ? what : "max_tokens", "context_length_exceeded"));
+        }
+
+        var generationRequest = new GenerationRequest(kind == CompletionKind.Chat ? "chat.completions" : "completions", prompt, maxTokens,
+            Sampling(request, context_), request.Stop, request.User);
+        var sessionId = (kind == CompletionKind.Chat ? "chatcmpl-" : "cmpl-") + Guid.NewGuid().ToString("N");
+        var service = services.GetRequiredService<GenerationService>();
+        using var activity = GatewayTelemetry.Source.StartActivity("potluck.gateway.generate");
+        activity?.SetTag("potluck.session", sessionId);
+        activity?.SetTag("potluck.prompt_tokens", prompt.Length);
+        activity?.SetTag("potluck.max_tokens", maxTokens);
+
+        var (generation, cancel) = await service.StartAsync(generationRequest, sessionId, context.RequestAborted);
+        using (cancel)
+        await using (generation)
+        {
+            var ct = cancel.Token;
+            try
+            {
+                await generation.PrepareAsync(ct);
+            }
+            catch (PoolUnavailableException e)
+            {
+                throw new ApiErrorException(new ApiError(503, e.Message, ApiError.ServerError, null, "pool_unavailable"));
+            }
+            catch (RouteFailedException e)
+            {
+                throw new ApiErrorException(new ApiError(503, e.Message, ApiError.ServerError, null, "route_failed"));
+            }
+            activity?.SetTag("potluck.route", generation.Route?.ToString());
+            var created = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
+            var responses = new CompletionResponses(context, kind, sessionId, model.Name, created, request.IncludeUsage);
+            if (request.Stream)
+                return await StreamAsync(context, generation, responses, kind, request.IncludeUsage, services, ct);
+
+            var text = new StringBuilder();
+            try
+            {
+                await foreach (var piece in generation.RunAsync(ct)) text.Append(piece);
+            }
+            catch (Exception e) when (e is PoolUnavailableException or RouteFailedException)
+            {
+                throw new ApiErrorException(new ApiError(503, e.Message, ApiError.ServerError, null, "route_failed"));
+            }
+            activity?.SetTag("potluck.completion_tokens", generation.CompletionTokens);
+            await responses.WriteCompleteAsync(text.ToString(), FinishName(generation.Finish), generation.PromptTokens, generation.CompletionTokens, ct);
+            return "200";
+        }
+    }
+
+    private static async Task<string> StreamAsync(HttpContext context, Generation.Generation generation, CompletionResponses responses,
+        CompletionKind kind, bool includeUsage, IServiceProvider services, CancellationToken ct)
+    {
+        await responses.StartStreamAsync();
+        if (kind == CompletionKind.Chat) await responses.WriteRoleChunkAsync(ct);
+        try
+        {
+            await foreach (var piece in generation.RunAsync(ct))
+                await responses.WriteTextChunkAsync(piece, ct);
+        }
+        catch (Exception e) when (e is PoolUnavailableException or RouteFailedException)
+        {
+            services.GetRequiredService<ILoggerFactory>().CreateLogger("Potluck.Gateway").LogWarning("Session {Session} failed mid-stream: {Error}", generation.SessionId, e.Message);
+            await responses.WriteStreamErrorAsync(new ApiError(503, e.Message, ApiError.ServerError, null, "route_failed"), ct);
+            return "503";
+        }
+        await responses.WriteFinishChunkAsync(FinishName(generation.Finish), ct);
+        if (includeUsage) await responses.WriteUsageChunkAsync(generation.PromptTokens, generation.CompletionTokens, ct);
+        await responses.WriteDoneAsync(ct);
+        return "200";
+    }
+
+    private static string FinishName(FinishReason? reason) => reason == FinishReason.Length ? "length" : "stop";
+
+    internal static SamplingOptions Sampling(CompletionRequest request, int contextLength)
+    {
+        var seed = request.Seed is { } s ? unchecked((uint)s) : (uint)Random.Shared.NextInt64(0, uint.MaxValue);
+        // llama.cpp reads seed 0xFFFFFFFF as "pick a random seed", which would break same-seed-same-text.
+        if (seed == uint.MaxValue) seed = uint.MaxValue - 1;
+        var greedy = request.Temperature == 0f || request.TopP == 0f;
+        return new SamplingOptions
+        {
+            Temperature = greedy ? 0f : request.Temperature,
+            TopK = greedy ? 0 : request.TopK,
+            TopP = greedy ? 1f : request.TopP,
+            MinP = greedy ? 0f : request.MinP,
+            RepeatPenalty = 1f,
+            PresencePenalty = request.PresencePenalty,
+            FrequencyPenalty = request.FrequencyPenalty,
+            // OpenAI's penalties look at everything generated so far.
+            PenaltyLastN = contextLength,
+            Seed = seed,
+        };
+    }
+
+    private static int[] Tokenize(CompletionRequest request, ModelFrontEnd model)
+    {
+        var tokenizer = model.Tokenizer;
+        int[] tokens;
+        if (request.Kind == CompletionKind.Chat)
+        {
+            var messages = new (string Role, string Content)[request.Messages.Count];
+            for (var i = 0; i < messages.Length; i++) messages[i] = (request.Messages[i].Role, request.Messages[i].Content);
+            string text;
+            try
+            {
+                text = tokenizer.ApplyChatTemplate(messages, addAssistantPrompt: true);
+            }
+            catch (ChatTemplateException e)
+            {
+                throw new ApiErrorException(ApiError.BadRequest($"This model cannot format chat messages: {e.Message}", "messages", "chat_template_unavailable"));
+            }
+            tokens = tokenizer.Encode(text, addBos: tokenizer.AddBosByDefault, parseSpecial: true);
+        }
+        else if (request.PromptTokens is { } ids)
+        {
+            foreach (var id in ids)
+                if ((uint)id >= (uint)model.VocabSize)
+                    throw new ApiErrorException(ApiError.OutOfRange("prompt", $"token ids in [0, {model.VocabSize})"));
+            tokens = ids;
+        }
+        else
+        {
+            tokens = tokenizer.Encode(request.PromptText ?? "", addBos: tokenizer.AddBosByDefault, parseSpecial: false);
+        }
+        if (tokens.Length == 0) throw new ApiErrorException(ApiError.OutOfRange(request.Kind == CompletionKind.Chat ? "messages" : "prompt", "non-empty once tokenized"));
+        return tokens;
+    }
+
+    /// <summary>Reads the whole body up to <paramref name="limit"/> bytes; larger bodies are 413.</summary>
+    private static async Task<byte[]> ReadBodyAsync(HttpContext context, long limit)
+    {
+        if (context.Request.ContentLength is { } declared && declared > limit) throw new ApiErrorException(TooLarge(limit));
+        var reader = context.Request.BodyReader;
+        while (true)
+        {
+            ReadResult read;
+            try
+            {
+                read = await reader.ReadAsync(context.RequestAborted);
+            }
+            catch (BadHttpRequestException e) when (e.StatusCode == StatusCodes.Status413PayloadTooLarge)
+            {
+                throw new ApiErrorException(TooLarge(limit));
+            }
+            var buffer = read.Buffer;
+            if (buffer.Length > limit)
+            {
+                reader.AdvanceTo(buffer.Start, buffer.End);
+                throw new ApiErrorException(TooLarge(limit));
+            }
+            if (read.IsCompleted)
+            {
+                var bytes = buffer.ToArray();
+                reader.AdvanceTo(buffer.End);
+                return bytes;
+            }
+            reader.AdvanceTo(buffer.Start, buffer.End);
+        }
+    }
+
+    private static ApiError TooLarge(long limit) =>
+        new(413, $"The request body exceeds the gateway's limit of {limit} bytes.", ApiError.InvalidRequest, null, "request_too_large");
+}

@@ -1,1 +1,0 @@
-namespace Potluck.Gateway; internal static class AssemblyMarker { }

@@ -1,0 +1,294 @@
+using System.Globalization;
+using System.Net;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Hosting;
+using Microsoft.AspNetCore.Hosting.Server;
+using Microsoft.AspNetCore.Hosting.Server.Features;
+using Microsoft.AspNetCore.Http;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Logging;
+using OpenTelemetry.Metrics;
+using OpenTelemetry.Resources;
+using OpenTelemetry.Trace;
+using Orleans.Configuration;
+using Potluck.Contracts.Control;
+using Potluck.Gateway.Api;
+using Potluck.Gateway.Generation;
+using Potluck.Gateway.Head;
+using Potluck.Gateway.Ops;
+using Potluck.Gateway.Routing;
+using Potluck.Gateway.Sessions;
+using Potluck.Gateway.Telemetry;
+using Potluck.Inference;
+
+namespace Potluck.Gateway;
+
+/// <summary>
+/// The gateway process: an ASP.NET Core app serving the OpenAI API, and an Orleans silo that holds no shards
+/// (session grains live here; the pool directory is reachable from here).
+/// </summary>
+public static class GatewayHost
+{
+    /// <summary>Runs the gateway until <paramref name="ct"/> fires or the process gets SIGTERM/Ctrl+C. Returns an exit code.</summary>
+    public static async Task<int> RunAsync(GatewayOptions options, CancellationToken ct)
+    {
+        GatewayApp app;
+        try
+        {
+            app = Build(options);
+        }
+        catch (EngineException e)
+        {
+            await Console.Error.WriteLineAsync($"potluck gateway: cannot load the head of {options.ModelPath}: {e.Message}");
+            return 2;
+        }
+        catch (Exception e) when (e is ArgumentException or FormatException or FileNotFoundException)
+        {
+            await Console.Error.WriteLineAsync($"potluck gateway: {e.Message}");
+            return 2;
+        }
+        await using (app)
+        {
+            await app.StartAsync(ct);
+            await app.App.WaitForShutdownAsync(ct);
+        }
+        return 0;
+    }
+
+    /// <summary>Loads the head and builds the gateway without starting it (tests start it on port 0).</summary>
+    public static GatewayApp Build(GatewayOptions options, Action<ILoggingBuilder>? configureLogging = null)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        ShardKeys.ValidateNodeId(options.GatewayId);
+        if (options.Port is < 0 or > 65535) throw new ArgumentException($"port {options.Port} is out of range");
+        if (options.PrefillChunkRows < 1) throw new ArgumentException("PrefillChunkRows must be at least 1");
+        if (options.MaxBodyBytes < 1024) throw new ArgumentException("MaxBodyBytes must be at least 1024");
+        var model = new ModelFrontEnd(options.ModelPath, options.Threads, options.ModelName);
+        try
+        {
+            return new GatewayApp(BuildApp(options, model, configureLogging));
+        }
+        catch
+        {
+            model.Dispose();
+            throw;
+        }
+    }
+
+    private static WebApplication BuildApp(GatewayOptions options, ModelFrontEnd model, Action<ILoggingBuilder>? configureLogging)
+    {
+        var builder = WebApplication.CreateBuilder(new WebApplicationOptions
+        {
+            Args = [],
+            ApplicationName = "Potluck.Gateway",
+            ContentRootPath = AppContext.BaseDirectory,
+        });
+        configureLogging?.Invoke(builder.Logging);
+        builder.Services.Configure<HostOptions>(o => o.ShutdownTimeout = TimeSpan.FromSeconds(20));
+        var listen = IPAddress.TryParse(options.Host, out var ip) ? ip : NodeAddress(options.Host);
+        builder.WebHost.ConfigureKestrel(kestrel =>
+        {
+            kestrel.Listen(listen, options.Port);
+            kestrel.Limits.MaxRequestBodySize = options.MaxBodyBytes;
+            kestrel.AddServerHeader = false;
+        });
+
+        builder.Services.AddSingleton(options);
+        builder.Services.AddSingleton(model);
+        builder.Services.AddSingleton<GatewayTelemetry>();
+        builder.Services.AddSingleton<StageChannelPool>();
+        builder.Services.AddSingleton<RunningSessions>();
+        builder.Services.AddSingleton<GenerationService>();
+        builder.Services.AddSingleton<PoolMonitor>();
+
+        var metadata = new Dictionary<string, string>
+        {
+            [NodeMetadataKeys.Role] = "gateway",
+            [NodeMetadataKeys.NodeId] = options.GatewayId,
+            [NodeMetadataKeys.ModelId] = model.ModelId,
+            [PoolMonitor.ProcessIdMetadataKey] = Environment.ProcessId.ToString(CultureInfo.InvariantCulture),
+        };
+        builder.UseOrleans(silo =>
+        {
+            ConfigureMembership(silo, options);
+            silo.AddPotluckControlPlane(metadata);
+            silo.AddActivityPropagation();
+        });
+        // After the silo: the monitor needs the cluster to read the pool directory.
+        builder.Services.AddHostedService(sp => sp.GetRequiredService<PoolMonitor>());
+
+        builder.Services.AddOpenTelemetry()
+            .ConfigureResource(r => r.AddService("potluck-gateway", serviceInstanceId: options.GatewayId))
+            .WithMetrics(metrics =>
+            {
+                metrics.AddMeter(GatewayTelemetry.Name, "Microsoft.Orleans");
+                metrics.AddAspNetCoreInstrumentation();
+                metrics.AddPrometheusExporter();
+            })
+            .WithTracing(tracing =>
+            {
+                tracing.AddSource(GatewayTelemetry.Name, "Microsoft.Orleans.Runtime", "Microsoft.Orleans.Application");
+                tracing.AddAspNetCoreInstrumentation();
+                // Exported only when an OTLP collector is configured (OTEL_EXPORTER_OTLP_ENDPOINT).
+                if (!string.IsNullOrWhiteSpace(Environment.GetEnvironmentVariable("OTEL_EXPORTER_OTLP_ENDPOINT"))) tracing.AddOtlpExporter();
+            });
+
+        var app = builder.Build();
+        app.Use(CatchAllAsync);
+        app.UseStatusCodePages(async context =>
+        {
+            var http = context.HttpContext;
+            var status = http.Response.StatusCode;
+            var message = status switch
+            {
+                404 => $"Unknown path {http.Request.Path}; the API lives under /v1 (see GET /v1/models).",
+                405 => $"Method {http.Request.Method} is not allowed on {http.Request.Path}.",
+                413 => $"The request body exceeds the gateway's limit of {options.MaxBodyBytes} bytes.",
+                _ => $"The request failed with HTTP {status}.",
+            };
+            await new ApiError(status, message, ApiError.InvalidRequest, null, status switch { 404 => "unknown_url", 405 => "method_not_allowed", 413 => "request_too_large", _ => null })
+                .WriteAsync(http);
+        });
+        OpenAiEndpoints.Map(app);
+        OpsEndpoints.Map(app);
+        app.MapPrometheusScrapingEndpoint("/metrics");
+        WireLifecycle(app, options, model);
+        return app;
+    }
+
+    /// <summary>Maps anything unexpected to an OpenAI-shaped error instead of a crash or an empty 500.</summary>
+    private static async Task CatchAllAsync(HttpContext context, RequestDelegate next)
+    {
+        try
+        {
+            await next(context);
+        }
+        catch (BadHttpRequestException e)
+        {
+            await new ApiError(e.StatusCode, $"Bad request: {e.Message}", ApiError.InvalidRequest, null,
+                e.StatusCode == 413 ? "request_too_large" : "bad_request").WriteAsync(context);
+        }
+        catch (OperationCanceledException) when (context.RequestAborted.IsCancellationRequested)
+        {
+            // The client went away; its generation was cancelled and its KV freed.
+        }
+        catch (Exception e)
+        {
+            var log = context.RequestServices.GetRequiredService<ILoggerFactory>().CreateLogger("Potluck.Gateway");
+            log.LogError(e, "Unhandled error serving {Method} {Path}", context.Request.Method, context.Request.Path);
+            await new ApiError(500, $"Internal error: {e.GetType().Name}. The gateway logged the details.", ApiError.ServerError, null, "internal_error")
+                .WriteAsync(context);
+        }
+    }
+
+    private static IPAddress NodeAddress(string host)
+    {
+        if (host is "localhost") return IPAddress.Loopback;
+        foreach (var address in Dns.GetHostAddresses(host))
+            if (address.AddressFamily == System.Net.Sockets.AddressFamily.InterNetwork) return address;
+        throw new ArgumentException($"host '{host}' does not resolve to an IPv4 address");
+    }
+
+    private static void ConfigureMembership(ISiloBuilder silo, GatewayOptions options)
+    {
+        silo.Configure<ClusterOptions>(o =>
+        {
+            o.ClusterId = options.ClusterId;
+            o.ServiceId = "potluck";
+        });
+        var advertised = IPAddress.TryParse(options.AdvertisedHost, out var ip) ? ip : NodeAddress(options.AdvertisedHost);
+        var listen = IPAddress.IsLoopback(advertised) ? IPAddress.Loopback : IPAddress.Any;
+        silo.Configure<EndpointOptions>(o =>
+        {
+            o.AdvertisedIPAddress = advertised;
+            o.SiloPort = options.SiloPort;
+            o.GatewayPort = options.GatewayPort;
+            o.SiloListeningEndpoint = new IPEndPoint(listen, options.SiloPort);
+            if (options.GatewayPort > 0) o.GatewayListeningEndpoint = new IPEndPoint(listen, options.GatewayPort);
+        });
+        if (!string.IsNullOrWhiteSpace(options.RedisConnectionString))
+        {
+            silo.UseRedisClustering(options.RedisConnectionString);
+        }
+        else
+        {
+            var primary = string.IsNullOrWhiteSpace(options.PrimarySiloEndpoint)
+                ? new IPEndPoint(advertised, options.SiloPort)
+                : ParseEndpoint(options.PrimarySiloEndpoint);
+            silo.UseDevelopmentClustering(primary);
+        }
+        if (options.FastFailureDetection)
+        {
+            silo.Configure<ClusterMembershipOptions>(o =>
+            {
+                o.ProbeTimeout = TimeSpan.FromSeconds(1);
+                o.NumMissedProbesLimit = 2;
+                o.NumVotesForDeathDeclaration = 1;
+                o.TableRefreshTimeout = TimeSpan.FromSeconds(1);
+                o.IAmAliveTablePublishTimeout = TimeSpan.FromSeconds(2);
+            });
+        }
+    }
+
+    private static IPEndPoint ParseEndpoint(string endpoint)
+    {
+        if (IPEndPoint.TryParse(endpoint, out var parsed) && parsed.Port != 0) return parsed;
+        var colon = endpoint.LastIndexOf(':');
+        if (colon <= 0 || !int.TryParse(endpoint[(colon + 1)..], NumberStyles.None, CultureInfo.InvariantCulture, out var port))
+            throw new FormatException($"'{endpoint}' is not host:port");
+        return new IPEndPoint(NodeAddress(endpoint[..colon]), port);
+    }
+
+    private static void WireLifecycle(WebApplication app, GatewayOptions options, ModelFrontEnd model)
+    {
+        var log = app.Services.GetRequiredService<ILoggerFactory>().CreateLogger("Potluck.Gateway");
+        app.Lifetime.ApplicationStarted.Register(() =>
+        {
+            var addresses = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()?.Addresses;
+            log.LogInformation("Gateway serving {Model} ({Layers} layers, context {Context}) at {Addresses}; silo port {SiloPort}; wire {Wire}",
+                model.Name, model.LayerCount, model.ContextLength, string.Join(", ", addresses ?? []), options.SiloPort, options.WireType);
+        });
+        app.Lifetime.ApplicationStopped.Register(model.Dispose);
+    }
+}
+
+/// <summary>A built gateway: start it, read its address, stop it.</summary>
+public sealed class GatewayApp(WebApplication app) : IAsyncDisposable
+{
+    public WebApplication App { get; } = app;
+    public IServiceProvider Services => App.Services;
+
+    /// <summary>http://host:port/ the API listens on (after start).</summary>
+    public Uri BaseAddress
+    {
+        get
+        {
+            var addresses = App.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()?.Addresses;
+            var first = addresses?.FirstOrDefault() ?? throw new InvalidOperationException("the gateway has not started");
+            return new Uri(first.EndsWith('/') ? first : first + "/");
+        }
+    }
+
+    public PoolMonitor Pool => App.Services.GetRequiredService<PoolMonitor>();
+
+    public Task StartAsync(CancellationToken ct) => App.StartAsync(ct);
+
+    public async Task StopAsync(CancellationToken ct)
+    {
+        try
+        {
+            await App.StopAsync(ct);
+        }
+        catch (OperationCanceledException)
+        {
+        }
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(30));
+        await StopAsync(timeout.Token);
+        await App.DisposeAsync();
+    }
+}

@@ -1,0 +1,336 @@
+using System.Buffers;
+using System.Diagnostics;
+using System.Runtime.CompilerServices;
+using Grpc.Core;
+using Microsoft.Extensions.Logging;
+using Potluck.Contracts.Control;
+using Potluck.Gateway.Head;
+using Potluck.Gateway.Routing;
+using Potluck.Gateway.Sessions;
+using Potluck.Gateway.Telemetry;
+using Potluck.Inference.Text;
+
+namespace Potluck.Gateway.Generation;
+
+/// <summary>
+/// One request's generation: plans and opens a route, prefills the prompt, then samples token by token with the
+/// head in this process and the layers on the nodes. A failed stage is replaced by re-planning around it and
+/// replaying the tokens so far, so the text continues unchanged. Not thread-safe; one consumer.
+/// </summary>
+public sealed class Generation : IAsyncDisposable
+{
+    private const int MaxRouteAttempts = 4;
+    private const int AppendBatch = 32;
+    private static readonly TimeSpan CloseTimeout = TimeSpan.FromSeconds(5);
+
+    private readonly GenerationService _service;
+    private readonly GenerationRequest _request;
+    private readonly ISessionGrain _grain;
+    private readonly Sampler _sampler;
+    private readonly StreamingDecoder _decoder;
+    private readonly StopSequenceMatcher _stops;
+    private readonly float[] _logits;
+    private readonly float[] _lastRow;
+    private readonly List<int> _fed;
+    private readonly List<int> _unrecorded = new(AppendBatch);
+    // Cumulative output chars after each generated token: maps a stop offset back to a KV length.
+    private readonly List<int> _textEnds = [];
+    private readonly HashSet<string> _failedNodes = new(StringComparer.Ordinal);
+    private RouteConnection? _route;
+    private int _routeGeneration;
+    private int _textLength;
+    private bool _released;
+    private long _startedTimestamp;
+
+    internal Generation(GenerationService service, GenerationRequest request, string sessionId, ISessionGrain grain)
+    {
+        _service = service;
+        _request = request;
+        SessionId = sessionId;
+        _grain = grain;
+        var model = service.Model;
+        _sampler = new Sampler(request.Sampling, model.VocabSize);
+        _decoder = model.Tokenizer.CreateStreamingDecoder();
+        _stops = new StopSequenceMatcher(request.Stop);
+        _logits = new float[model.VocabSize];
+        _lastRow = new float[model.Width];
+        _fed = new List<int>(request.PromptTokens.Length + request.MaxTokens);
+    }
+
+    public string SessionId { get; }
+    public int PromptTokens => _request.PromptTokens.Length;
+    public int CompletionTokens { get; private set; }
+    public FinishReason? Finish { get; private set; }
+    public RoutePlan? Route => _route?.Plan;
+    public int Reroutes { get; private set; }
+
+    private int SessionTokens => _request.PromptTokens.Length + _request.MaxTokens;
+
+    /// <summary>Plans and opens the route and prefills the prompt; errors here are still plain HTTP errors.</summary>
+    public async Task PrepareAsync(CancellationToken ct)
+    {
+        _startedTimestamp = Stopwatch.GetTimestamp();
+        await _grain.Begin(new SessionStart(_service.Model.Name, _request.Endpoint, _request.PromptTokens, _request.MaxTokens,
+            _request.Sampling.Temperature, _request.Sampling.TopP, _request.Sampling.TopK, _request.Sampling.MinP,
+            _request.Sampling.PresencePenalty, _request.Sampling.FrequencyPenalty, _request.Sampling.Seed, _request.User, DateTime.UtcNow));
+        await EvaluateAsync(_request.PromptTokens, ct);
+        _service.Telemetry.PromptTokens.Add(_request.PromptTokens.Length);
+    }
+
+    /// <summary>Generates until a stop condition; yields text pieces as they become safe to show.</summary>
+    public async IAsyncEnumerable<string> RunAsync([EnumeratorCancellation] CancellationToken ct)
+    {
+        var tokenizer = _service.Model.Tokenizer;
+        var telemetry = _service.Telemetry;
+        var last = Stopwatch.GetTimestamp();
+        int[] one = [0];
+        while (true)
+        {
+            ct.ThrowIfCancellationRequested();
+            var token = _sampler.SampleAndAccept(_logits);
+            CompletionTokens++;
+            _unrecorded.Add(token);
+            var now = Stopwatch.GetTimestamp();
+            if (CompletionTokens == 1) telemetry.TimeToFirstTokenMs.Record(Stopwatch.GetElapsedTime(_startedTimestamp, now).TotalMilliseconds);
+            else telemetry.InterTokenMs.Record(Stopwatch.GetElapsedTime(last, now).TotalMilliseconds);
+            last = now;
+            telemetry.CompletionTokens.Add(1);
+
+            if (tokenizer.IsEndOfGeneration(token))
+            {
+                _textEnds.Add(_textLength);
+                Finish = FinishReason.Stop;
+                var rest = _stops.Flush();
+                if (rest.Length > 0) yield return rest;
+                break;
+            }
+            var piece = _decoder.Add(token);
+            _textLength += piece.Length;
+            _textEnds.Add(_textLength);
+            var visible = piece.Length == 0 ? piece : _stops.Add(piece);
+            if (visible.Length > 0) yield return visible;
+            if (_stops.StopOffset is not null)
+            {
+                Finish = FinishReason.Stop;
+                break;
+            }
+            if (CompletionTokens >= _request.MaxTokens)
+            {
+                Finish = FinishReason.Length;
+                var rest = _stops.Flush();
+                if (rest.Length > 0) yield return rest;
+                break;
+            }
+            if (_unrecorded.Count >= AppendBatch) await FlushTokensAsync();
+            one[0] = token;
+            await EvaluateAsync(one, ct);
+        }
+        await CompleteAsync(ct);
+    }
+
+    /// <summary>Feeds <paramref name="tokens"/> after everything fed so far and leaves the next token's logits in _logits.</summary>
+    private async Task EvaluateAsync(int[] tokens, CancellationToken ct)
+    {
+        var start = _fed.Count;
+        _fed.AddRange(tokens);
+        for (var attempt = 1; ; attempt++)
+        {
+            try
+            {
+                if (_route is null)
+                {
+                    await ConnectAsync(ct);
+                    // A fresh route has no KV: replay everything fed so far, including these tokens.
+                    await PrefillAsync(0, _fed.Count, ct);
+                }
+                else
+                {
+                    await PrefillAsync(start, _fed.Count, ct);
+                }
+                _service.Model.Head.Logits(_lastRow, 1, _logits);
+                return;
+            }
+            catch (RpcException e) when (!ct.IsCancellationRequested && IsRouteFailure(e.StatusCode) && attempt < MaxRouteAttempts)
+            {
+                _service.Log.LogWarning("Session {Session}: route {Route} failed ({Status}: {Detail}); re-planning", SessionId,
+                    _route?.Plan.ToString() ?? "(opening)", e.StatusCode, e.Status.Detail);
+                await FindFailedStagesAsync(e, ct);
+                await DropRouteAsync(cancelled: true);
+                Reroutes++;
+                _service.Telemetry.Reroutes.Add(1);
+            }
+            catch (RpcException e) when (!ct.IsCancellationRequested)
+            {
+                throw new RouteFailedException($"the route failed: {e.Status.StatusCode}: {e.Status.Detail}", e);
+            }
+        }
+    }
+
+    private static bool IsRouteFailure(StatusCode code) => code is StatusCode.Unavailable or StatusCode.Aborted or StatusCode.Internal
+        or StatusCode.DeadlineExceeded or StatusCode.Cancelled or StatusCode.Unknown or StatusCode.ResourceExhausted or StatusCode.NotFound;
+
+    private async Task PrefillAsync(int from, int to, CancellationToken ct)
+    {
+        var head = _service.Model.Head;
+        var width = head.Width;
+        var chunk = Math.Max(1, _service.Options.PrefillChunkRows);
+        var rented = ArrayPool<float>.Shared.Rent(Math.Min(chunk, to - from) * width);
+        try
+        {
+            for (var at = from; at < to; at += chunk)
+            {
+                var rows = Math.Min(chunk, to - at);
+                var hidden = rented.AsMemory(0, rows * width);
+                head.Embed(System.Runtime.InteropServices.CollectionsMarshal.AsSpan(_fed).Slice(at, rows), hidden.Span);
+                var received = await _route!.StepAsync(hidden, rows, at, null, _lastRow, _service.Options.StepTimeout, ct);
+                if (received != 1) throw new RpcException(new Status(StatusCode.Internal, $"route returned {received} rows for a last-row step"));
+            }
+        }
+        finally
+        {
+            ArrayPool<float>.Shared.Return(rented);
+        }
+    }
+
+    private async Task ConnectAsync(CancellationToken ct)
+    {
+        var pool = _service.Pool.Current;
+        var plan = RoutePlanner.Plan(pool, SessionTokens, _failedNodes, out var failure);
+        if (plan is null)
+        {
+            // The view may simply be stale (a node just joined or freed KV): look again before giving up.
+            pool = await _service.Pool.RefreshAsync(ct);
+            plan = RoutePlanner.Plan(pool, SessionTokens, _failedNodes, out failure);
+        }
+        if (plan is null) throw new PoolUnavailableException(failure!.Message, failure.MissingLayers);
+
+        using var activity = GatewayTelemetry.Source.StartActivity("potluck.gateway.open_route");
+        activity?.SetTag("potluck.session", SessionId);
+        activity?.SetTag("potluck.route", plan.ToString());
+        var dataSession = _routeGeneration == 0 ? SessionId : $"{SessionId}~{_routeGeneration}";
+        _routeGeneration++;
+        _route = await RouteConnection.OpenAsync(_service.Channels, plan, dataSession, _service.Model.ModelId, SessionTokens,
+            _service.Model.Width, _service.Options.WireType, _service.Options.StepTimeout, _service.Telemetry, ct);
+        var hops = new RouteHopRecord[plan.Hops.Count];
+        for (var i = 0; i < hops.Length; i++)
+            hops[i] = new RouteHopRecord(plan.Hops[i].NodeId, plan.Hops[i].Endpoint, plan.Hops[i].LayerStart, plan.Hops[i].LayerEnd);
+        await _grain.SetRoute(hops, reroute: _routeGeneration > 1);
+    }
+
+    /// <summary>Works out which stages to avoid next time: those without KV room now, or that do not answer.</summary>
+    private async Task FindFailedStagesAsync(RpcException error, CancellationToken ct)
+    {
+        var plan = _route?.Plan ?? RoutePlanner.Plan(_service.Pool.Current, SessionTokens, _failedNodes, out _);
+        if (plan is null) return;
+        var before = _failedNodes.Count;
+        foreach (var hop in plan.Hops)
+        {
+            if (error.StatusCode == StatusCode.ResourceExhausted)
+            {
+                try
+                {
+                    var status = await _service.Grains.GetGrain<IShardGrain>(hop.ShardKey).GetStatus().WaitAsync(TimeSpan.FromSeconds(5), ct);
+                    if (status.FreeKvTokens < SessionTokens) _failedNodes.Add(hop.NodeId);
+                }
+                catch (Exception e) when (e is not OperationCanceledException)
+                {
+                    _failedNodes.Add(hop.NodeId);
+                }
+            }
+            else if (!await _service.Pool.ProbeAsync(hop.Endpoint, ct))
+            {
+                _failedNodes.Add(hop.NodeId);
+            }
+        }
+        // Nobody looks guilty (e.g. a stage restarted between probes): at least refresh the view.
+        if (_failedNodes.Count == before) await _service.Pool.RefreshAsync(ct);
+    }
+
+    private async Task FlushTokensAsync()
+    {
+        if (_unrecorded.Count == 0) return;
+        var batch = _unrecorded.ToArray();
+        _unrecorded.Clear();
+        await _grain.Append(batch);
+    }
+
+    /// <summary>Normal end: rewinds the KV past a stop sequence, closes the session on every stage, records the outcome.</summary>
+    private async Task CompleteAsync(CancellationToken ct)
+    {
+        await FlushTokensAsync();
+        var kvLength = _fed.Count;
+        if (_stops.StopOffset is { } stopAt && _route is not null)
+        {
+            // Keep only tokens whose text ends before the stop sequence began.
+            var kept = 0;
+            while (kept < _textEnds.Count && _textEnds[kept] <= stopAt) kept++;
+            var keepLength = Math.Min(_fed.Count, _request.PromptTokens.Length + kept);
+            if (keepLength < _fed.Count)
+            {
+                await _route.StepAsync(ReadOnlyMemory<float>.Empty, 0, keepLength, keepLength, _lastRow, _service.Options.StepTimeout, ct);
+                kvLength = keepLength;
+            }
+        }
+        if (_route is not null)
+        {
+            try
+            {
+                await _route.CloseAsync(CloseTimeout);
+            }
+            catch (Exception e) when (e is RpcException or OperationCanceledException)
+            {
+                _service.Log.LogDebug("Session {Session}: close did not complete cleanly: {Error}", SessionId, e.Message);
+            }
+            await _route.DisposeAsync();
+            _route = null;
+        }
+        await _grain.Finish("finished", Finish == FinishReason.Length ? "length" : "stop", kvLength);
+    }
+
+    /// <summary>Ends the route's streams and tells every stage to free the session at once (cancel, failure).</summary>
+    private async Task DropRouteAsync(bool cancelled)
+    {
+        if (_route is not { } route) return;
+        _route = null;
+        await route.DisposeAsync();
+        var closes = new List<Task>(route.Plan.Hops.Count);
+        foreach (var hop in route.Plan.Hops)
+            closes.Add(_service.Grains.GetGrain<IShardGrain>(hop.ShardKey).CloseSession(route.DataSessionId, cancelled));
+        try
+        {
+            await Task.WhenAll(closes).WaitAsync(CloseTimeout);
+        }
+        catch (Exception e)
+        {
+            // The streams' end frees the KV anyway; this is only the faster path.
+            _service.Log.LogDebug("Session {Session}: control-plane close incomplete: {Error}", SessionId, e.Message);
+        }
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        if (_released) return;
+        _released = true;
+        try
+        {
+            if (_route is not null)
+            {
+                await DropRouteAsync(cancelled: true);
+                await _grain.Finish("cancelled", null, 0);
+            }
+            else if (Finish is null)
+            {
+                await _grain.Finish("failed", null, 0);
+            }
+        }
+        catch (Exception e)
+        {
+            _service.Log.LogDebug("Session {Session}: cleanup error: {Error}", SessionId, e.Message);
+        }
+        finally
+        {
+            _sampler.Dispose();
+            _service.Release(this);
+        }
+    }
+}

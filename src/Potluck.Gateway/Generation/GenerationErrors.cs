@@ -1,0 +1,12 @@
+using Potluck.Gateway.Routing;
+
+namespace Potluck.Gateway.Generation;
+
+/// <summary>No chain of healthy stages can serve the request right now (HTTP 503).</summary>
+public sealed class PoolUnavailableException(string message, IReadOnlyList<LayerGap> missingLayers) : Exception(message)
+{
+    public IReadOnlyList<LayerGap> MissingLayers { get; } = missingLayers;
+}
+
+/// <summary>The route failed and could not be replaced within the retry budget (HTTP 503).</summary>
+public sealed class RouteFailedException(string message, Exception? inner = null) : Exception(message, inner);

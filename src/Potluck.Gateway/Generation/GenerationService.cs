@@ -1,0 +1,60 @@
+using Microsoft.Extensions.Logging;
+using Potluck.Gateway.Head;
+using Potluck.Gateway.Routing;
+using Potluck.Gateway.Sessions;
+using Potluck.Gateway.Telemetry;
+
+namespace Potluck.Gateway.Generation;
+
+/// <summary>Starts generations: admission (a bounded number at once), session ids and session grains.</summary>
+public sealed class GenerationService(
+    ModelFrontEnd model,
+    PoolMonitor pool,
+    StageChannelPool channels,
+    IGrainFactory grains,
+    RunningSessions running,
+    GatewayTelemetry telemetry,
+    GatewayOptions options,
+    ILogger<GenerationService> log)
+{
+    private readonly SemaphoreSlim _slots = new(Math.Max(1, options.MaxConcurrentSessions));
+
+    internal ModelFrontEnd Model => model;
+    internal PoolMonitor Pool => pool;
+    internal StageChannelPool Channels => channels;
+    internal IGrainFactory Grains => grains;
+    internal GatewayTelemetry Telemetry => telemetry;
+    internal GatewayOptions Options => options;
+    internal ILogger Log => log;
+
+    /// <summary>
+    /// Admits a generation (waiting for a free slot) and returns it; the caller must dispose it. Cancelling
+    /// <paramref name="ct"/> or cancelling the session grain stops it.
+    /// </summary>
+    public async Task<(Generation Generation, CancellationTokenSource Cancel)> StartAsync(GenerationRequest request, string sessionId, CancellationToken ct)
+    {
+        await _slots.WaitAsync(ct);
+        var cancel = CancellationTokenSource.CreateLinkedTokenSource(ct);
+        try
+        {
+            var grain = grains.GetGrain<ISessionGrain>(sessionId);
+            var generation = new Generation(this, request, sessionId, grain);
+            running.Add(sessionId, cancel);
+            telemetry.SessionStarted();
+            return (generation, cancel);
+        }
+        catch
+        {
+            cancel.Dispose();
+            _slots.Release();
+            throw;
+        }
+    }
+
+    internal void Release(Generation generation)
+    {
+        running.Remove(generation.SessionId);
+        telemetry.SessionEnded();
+        _slots.Release();
+    }
+}

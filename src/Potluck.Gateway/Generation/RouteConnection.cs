@@ -1,0 +1,111 @@
+using System.Diagnostics;
+using Google.Protobuf;
+using Grpc.Core;
+using Potluck.Contracts.Grpc;
+using Potluck.Contracts.Wire;
+using Potluck.Gateway.Routing;
+using Potluck.Gateway.Telemetry;
+
+namespace Potluck.Gateway.Generation;
+
+/// <summary>
+/// One session's data-plane connection along one route: a Hop stream to the first stage, which pushes every
+/// step down the chain; the final stage's rows come back up the same stream. One step in flight at a time.
+/// </summary>
+internal sealed class RouteConnection : IAsyncDisposable
+{
+    private readonly SessionHopClient _client;
+    private readonly HopRequest _request = new() { Step = new Step() };
+    private readonly GatewayTelemetry _telemetry;
+    private byte[] _payload = [];
+    private ulong _nextStepId = 1;
+
+    private RouteConnection(SessionHopClient client, RoutePlan plan, string dataSessionId, GatewayTelemetry telemetry)
+    {
+        _client = client;
+        Plan = plan;
+        DataSessionId = dataSessionId;
+        _telemetry = telemetry;
+    }
+
+    public RoutePlan Plan { get; }
+
+    /// <summary>The session id the stages know (a replayed route gets a fresh one).</summary>
+    public string DataSessionId { get; }
+
+    public int Width => _client.Width;
+
+    public static async Task<RouteConnection> OpenAsync(StageChannelPool channels, RoutePlan plan, string dataSessionId, string modelId,
+        int maxTokens, int width, HiddenType wireType, TimeSpan timeout, GatewayTelemetry telemetry, CancellationToken ct)
+    {
+        var first = plan.Hops[0];
+        var open = new OpenSession
+        {
+            SessionId = dataSessionId,
+            ModelId = modelId,
+            LayerStart = first.LayerStart,
+            LayerEnd = first.LayerEnd,
+            MaxTokens = maxTokens,
+            WireType = wireType,
+            Traceparent = Activity.Current?.Id ?? "",
+            Tracestate = Activity.Current?.TraceStateString ?? "",
+        };
+        for (var i = 1; i < plan.Hops.Count; i++)
+        {
+            var hop = plan.Hops[i];
+            open.Next.Add(new RouteHop { NodeId = hop.NodeId, Endpoint = hop.Endpoint, LayerStart = hop.LayerStart, LayerEnd = hop.LayerEnd });
+        }
+        var client = await SessionHopClient.OpenAsync(channels.Get(first.Endpoint).CreateCallInvoker(), open, width, timeout, ct);
+        return new RouteConnection(client, plan, dataSessionId, telemetry);
+    }
+
+    /// <summary>
+    /// Sends <paramref name="rows"/> hidden rows at <paramref name="startPosition"/> (after an optional rewind) and
+    /// decodes the final stage's last row into <paramref name="lastRow"/> (Width floats). Returns rows received.
+    /// </summary>
+    public async Task<int> StepAsync(ReadOnlyMemory<float> hidden, int rows, int startPosition, int? truncateTo, Memory<float> lastRow,
+        TimeSpan timeout, CancellationToken ct)
+    {
+        var width = _client.Width;
+        var wire = _client.WireType;
+        var bytes = rows * width * HiddenStateCodec.BytesPerElement(wire);
+        if (_payload.Length < bytes) _payload = new byte[Math.Max(bytes, _payload.Length * 2)];
+        HiddenStateCodec.Encode(hidden.Span[..(rows * width)], wire, _payload);
+        var step = _request.Step;
+        step.SessionId = DataSessionId;
+        step.StepId = _nextStepId;
+        if (truncateTo is { } t) step.TruncateTo = t;
+        else step.ClearTruncateTo();
+        step.StartPosition = startPosition;
+        step.RowCount = rows;
+        step.Width = width;
+        step.Dtype = wire;
+        step.Hidden = UnsafeByteOperations.UnsafeWrap(_payload.AsMemory(0, bytes));
+        step.LastRowOnly = true;
+        // Only when a trace is being recorded: per-token steps must not allocate otherwise.
+        step.Traceparent = Activity.Current is { Recorded: true } current ? current.Id ?? "" : "";
+
+        var started = Stopwatch.GetTimestamp();
+        var result = await _client.SendAsync(_request, timeout, ct);
+        _telemetry.HopRoundTripMs.Record(Stopwatch.GetElapsedTime(started).TotalMilliseconds);
+        _nextStepId++;
+        if (result.StepId != step.StepId)
+            throw new RpcException(new Status(StatusCode.Internal, $"route answered step {result.StepId}, expected {step.StepId}"));
+        if (result.RowCount == 0) return 0;
+        if (result.Width != width)
+            throw new RpcException(new Status(StatusCode.Internal, $"route answered rows of width {result.Width}, expected {width}"));
+        var element = HiddenStateCodec.BytesPerElement(result.Dtype);
+        var rowBytes = width * element;
+        var payload = result.Hidden.Span;
+        if (payload.Length != result.RowCount * rowBytes ||
+            !HiddenStateCodec.TryDecode(payload[((result.RowCount - 1) * rowBytes)..], result.Dtype, lastRow.Span[..width], out var finite) || !finite)
+            throw new RpcException(new Status(StatusCode.Internal, $"result of step {result.StepId} has a malformed or non-finite payload"));
+        return result.RowCount;
+    }
+
+    /// <summary>Closes the session on every stage and waits for the confirmation.</summary>
+    public Task CloseAsync(TimeSpan timeout) => _client.CloseAsync(timeout);
+
+    /// <summary>Ends the stream abruptly: every stage frees the session as its stream ends.</summary>
+    public ValueTask DisposeAsync() => _client.DisposeAsync();
+}

@@ -1,0 +1,184 @@
+using System.Text.Json;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Http;
+using Microsoft.Extensions.DependencyInjection;
+using Potluck.Gateway.Api;
+using Potluck.Gateway.Head;
+using Potluck.Gateway.Routing;
+using Potluck.Gateway.Sessions;
+using Potluck.Gateway.Telemetry;
+
+namespace Potluck.Gateway.Ops;
+
+/// <summary>Liveness, readiness, the pool view, session inspection and the dashboard page.</summary>
+public static class OpsEndpoints
+{
+    public static void Map(WebApplication app)
+    {
+        app.MapGet("/healthz", static context => WriteJsonAsync(context, 200, json =>
+        {
+            json.WriteString("status", "live");
+        }));
+        app.MapGet("/readyz", ReadyAsync);
+        app.MapGet("/api/pool", PoolAsync);
+        app.MapGet("/api/sessions/{id}", SessionAsync);
+        app.MapPost("/api/sessions/{id}/cancel", CancelAsync);
+        app.MapGet("/", static context =>
+        {
+            context.Response.ContentType = "text/html; charset=utf-8";
+            return context.Response.WriteAsync(Dashboard.Html, context.RequestAborted);
+        });
+    }
+
+    private static Task ReadyAsync(HttpContext context)
+    {
+        var pool = context.RequestServices.GetRequiredService<PoolMonitor>().Current;
+        var plan = RoutePlanner.Plan(pool, 1, null, out var failure);
+        return WriteJsonAsync(context, plan is null ? 503 : 200, json =>
+        {
+            json.WriteString("status", plan is null ? "not_ready" : "ready");
+            if (plan is null)
+            {
+                json.WriteString("reason", failure!.Message);
+                WriteGaps(json, "missing_layers", failure.MissingLayers);
+            }
+            else
+            {
+                json.WriteString("route", plan.ToString());
+            }
+        });
+    }
+
+    private static Task PoolAsync(HttpContext context)
+    {
+        var services = context.RequestServices;
+        var monitor = services.GetRequiredService<PoolMonitor>();
+        var model = services.GetRequiredService<ModelFrontEnd>();
+        var telemetry = services.GetRequiredService<GatewayTelemetry>();
+        var pool = monitor.Current;
+        var plan = RoutePlanner.Plan(pool, 1, null, out var failure);
+        var gaps = RoutePlanner.MissingLayers(pool);
+        return WriteJsonAsync(context, 200, json =>
+        {
+            json.WriteStartObject("model");
+            json.WriteString("name", model.Name);
+            json.WriteString("id", model.ModelId);
+            json.WriteString("architecture", model.Info.Architecture);
+            json.WriteNumber("layers", model.LayerCount);
+            json.WriteNumber("context_length", model.ContextLength);
+            json.WriteEndObject();
+            json.WriteString("as_of", pool.AsOfUtc);
+            json.WriteStartObject("gateway");
+            json.WriteNumber("process_id", Environment.ProcessId);
+            json.WriteNumber("active_sessions", telemetry.ActiveSessions);
+            json.WriteEndObject();
+            json.WriteStartArray("nodes");
+            foreach (var stage in pool.Stages)
+            {
+                json.WriteStartObject();
+                json.WriteString("id", stage.NodeId);
+                json.WriteString("endpoint", stage.Endpoint);
+                json.WriteStartObject("span");
+                json.WriteNumber("start", stage.LayerStart);
+                json.WriteNumber("end", stage.LayerEnd);
+                json.WriteEndObject();
+                json.WriteString("state", stage.Healthy ? "healthy" : "unhealthy");
+                if (stage.Problem is null) json.WriteNull("problem");
+                else json.WriteString("problem", stage.Problem);
+                json.WriteNumber("open_sessions", stage.OpenSessions);
+                json.WriteNumber("load_steps_per_second", Finite(stage.StepsPerSecond));
+                json.WriteNumber("free_kv_tokens", stage.FreeKvTokens);
+                json.WriteNumber("kv_budget_tokens", stage.KvBudgetTokens);
+                json.WriteNumber("ms_per_token", Finite(stage.MsPerToken));
+                if (double.IsFinite(stage.HopLatencyMs)) json.WriteNumber("hop_latency_ms", Math.Round(stage.HopLatencyMs, 3));
+                else json.WriteNull("hop_latency_ms");
+                if (stage.ProcessId is { } pid) json.WriteNumber("process_id", pid);
+                else json.WriteNull("process_id");
+                json.WriteEndObject();
+            }
+            json.WriteEndArray();
+            json.WriteStartObject("coverage");
+            json.WriteBoolean("full_chain", plan is not null);
+            WriteGaps(json, "gaps", gaps);
+            if (plan is not null) json.WriteString("route", plan.ToString());
+            else json.WriteString("problem", failure!.Message);
+            json.WriteEndObject();
+        });
+    }
+
+    private static double Finite(double value) => double.IsFinite(value) ? Math.Round(value, 3) : 0;
+
+    private static void WriteGaps(Utf8JsonWriter json, string name, IReadOnlyList<LayerGap> gaps)
+    {
+        json.WriteStartArray(name);
+        foreach (var gap in gaps)
+        {
+            json.WriteStartObject();
+            json.WriteNumber("start", gap.Start);
+            json.WriteNumber("end", gap.End);
+            json.WriteEndObject();
+        }
+        json.WriteEndArray();
+    }
+
+    private static async Task SessionAsync(HttpContext context)
+    {
+        var id = (string)context.Request.RouteValues["id"]!;
+        var snapshot = await context.RequestServices.GetRequiredService<IGrainFactory>().GetGrain<ISessionGrain>(id).Get();
+        if (snapshot.Start is null)
+        {
+            await new ApiError(404, $"No session '{id}' is known to this gateway.", ApiError.InvalidRequest, "id", "session_not_found").WriteAsync(context);
+            return;
+        }
+        await WriteJsonAsync(context, 200, json =>
+        {
+            json.WriteString("id", snapshot.SessionId);
+            json.WriteString("state", snapshot.State);
+            if (snapshot.FinishReason is null) json.WriteNull("finish_reason");
+            else json.WriteString("finish_reason", snapshot.FinishReason);
+            json.WriteNumber("prompt_tokens", snapshot.Start.PromptTokens.Length);
+            json.WriteNumber("seed", snapshot.Start.Seed);
+            json.WriteNumber("temperature", snapshot.Start.Temperature);
+            json.WriteNumber("kv_length", snapshot.KvLength);
+            json.WriteNumber("reroutes", snapshot.Reroutes);
+            json.WriteStartArray("generated_tokens");
+            foreach (var t in snapshot.GeneratedTokens) json.WriteNumberValue(t);
+            json.WriteEndArray();
+            json.WriteStartArray("route");
+            foreach (var hop in snapshot.Route)
+            {
+                json.WriteStartObject();
+                json.WriteString("node", hop.NodeId);
+                json.WriteString("endpoint", hop.Endpoint);
+                json.WriteNumber("start", hop.LayerStart);
+                json.WriteNumber("end", hop.LayerEnd);
+                json.WriteEndObject();
+            }
+            json.WriteEndArray();
+        });
+    }
+
+    private static async Task CancelAsync(HttpContext context)
+    {
+        var id = (string)context.Request.RouteValues["id"]!;
+        var cancelled = await context.RequestServices.GetRequiredService<IGrainFactory>().GetGrain<ISessionGrain>(id).Cancel();
+        if (!cancelled)
+        {
+            await new ApiError(404, $"No running session '{id}' in this gateway.", ApiError.InvalidRequest, "id", "session_not_found").WriteAsync(context);
+            return;
+        }
+        await WriteJsonAsync(context, 200, json => json.WriteBoolean("cancelled", true));
+    }
+
+    private static async Task WriteJsonAsync(HttpContext context, int status, Action<Utf8JsonWriter> body)
+    {
+        context.Response.StatusCode = status;
+        context.Response.ContentType = "application/json";
+        context.Response.Headers.CacheControl = "no-store";
+        await using var json = new Utf8JsonWriter(context.Response.BodyWriter);
+        json.WriteStartObject();
+        body(json);
+        json.WriteEndObject();
+        await json.FlushAsync(context.RequestAborted);
+    }
+}

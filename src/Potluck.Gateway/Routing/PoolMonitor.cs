@@ -1,0 +1,145 @@
+using System.Collections.Concurrent;
+using System.Diagnostics;
+using System.Globalization;
+using Grpc.Core;
+using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Logging;
+using Orleans.Runtime.MembershipService.SiloMetadata;
+using Potluck.Contracts.Control;
+using Potluck.Contracts.Grpc;
+using Potluck.Gateway.Head;
+using Potluck.Gateway.Telemetry;
+
+namespace Potluck.Gateway.Routing;
+
+/// <summary>
+/// Keeps the gateway's pool view fresh: pulls the pool directory's shard list every period and probes each
+/// stage's gRPC endpoint (Describe) for its hop latency and live KV room. Routing reads <see cref="Current"/>.
+/// </summary>
+public sealed class PoolMonitor(
+    IGrainFactory grains,
+    ISiloMetadataCache siloMetadata,
+    StageChannelPool channels,
+    ModelFrontEnd model,
+    GatewayTelemetry telemetry,
+    GatewayOptions options,
+    ILogger<PoolMonitor> log) : BackgroundService
+{
+    /// <summary>Silo metadata key a node may set to its OS process id (shown by /api/pool).</summary>
+    public const string ProcessIdMetadataKey = "potluck.process-id";
+
+    private static readonly TimeSpan ProbeTimeout = TimeSpan.FromSeconds(2);
+    private readonly ConcurrentDictionary<string, double> _hopMs = new(StringComparer.Ordinal);
+    private readonly TaskCompletionSource _firstRefresh = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private volatile PoolSnapshot _current = PoolSnapshot.Empty(model.ModelId, model.LayerCount);
+    private volatile PoolView _view = new([], DateTime.UtcNow);
+
+    /// <summary>The latest pool view for this gateway's model.</summary>
+    public PoolSnapshot Current => _current;
+
+    /// <summary>The latest raw directory view (every model).</summary>
+    public PoolView RawView => _view;
+
+    /// <summary>Refreshes now (routing calls this after a refusal so the next plan sees fresh KV numbers).</summary>
+    public async Task<PoolSnapshot> RefreshAsync(CancellationToken ct)
+    {
+        var view = await grains.GetGrain<IPoolDirectoryGrain>(PoolKeys.Default).GetView().WaitAsync(ProbeTimeout * 2, ct);
+        _view = view;
+        var stages = new List<StageCandidate>(view.Shards.Count);
+        var probes = new List<Task>();
+        foreach (var shard in view.Shards)
+        {
+            var s = shard.Status;
+            if (s.ModelId != model.ModelId) continue;
+            if (!_hopMs.ContainsKey(s.GrpcEndpoint)) probes.Add(ProbeAsync(s.GrpcEndpoint, ct));
+        }
+        if (probes.Count > 0) await Task.WhenAll(probes);
+        foreach (var shard in view.Shards)
+        {
+            var s = shard.Status;
+            if (s.ModelId != model.ModelId) continue;
+            stages.Add(new StageCandidate(s.NodeId, s.GrpcEndpoint, s.LayerStart, s.LayerEnd, shard.Healthy && !s.Draining, shard.Problem,
+                s.OpenSessions, s.FreeKvTokens, s.KvBudgetTokens, s.MeasuredMsPerToken,
+                _hopMs.TryGetValue(s.GrpcEndpoint, out var hop) ? hop : double.NaN, s.StepsPerSecond, ProcessIdOf(s.SiloAddress)));
+        }
+        var snapshot = new PoolSnapshot(model.ModelId, model.LayerCount, stages, view.AsOfUtc);
+        _current = snapshot;
+        _firstRefresh.TrySetResult();
+        return snapshot;
+    }
+
+    /// <summary>Waits until the first refresh finished (or the timeout passed).</summary>
+    public Task WaitForFirstRefreshAsync(TimeSpan timeout, CancellationToken ct) =>
+        _firstRefresh.Task.WaitAsync(timeout, ct).ContinueWith(static _ => { }, TaskScheduler.Default);
+
+    private int? ProcessIdOf(string siloAddress)
+    {
+        try
+        {
+            var metadata = siloMetadata.GetSiloMetadata(SiloAddress.FromParsableString(siloAddress)).Metadata;
+            return metadata.TryGetValue(ProcessIdMetadataKey, out var pid) && int.TryParse(pid, NumberStyles.None, CultureInfo.InvariantCulture, out var id)
+                ? id : null;
+        }
+        catch (Exception e) when (e is FormatException or ArgumentException or KeyNotFoundException)
+        {
+            return null;
+        }
+    }
+
+    /// <summary>Measures one Describe round trip to a stage: the hop latency the planner charges for entering it.</summary>
+    public async Task<bool> ProbeAsync(string endpoint, CancellationToken ct)
+    {
+        var started = Stopwatch.GetTimestamp();
+        try
+        {
+            var client = new Stage.StageClient(channels.Get(endpoint));
+            await client.DescribeAsync(new DescribeRequest(), deadline: DateTime.UtcNow + ProbeTimeout, cancellationToken: ct);
+            var ms = Stopwatch.GetElapsedTime(started).TotalMilliseconds;
+            // Smooth: one slow probe on a busy machine should not flip routes.
+            _hopMs.AddOrUpdate(endpoint, ms, (_, old) => old * 0.7 + ms * 0.3);
+            telemetry.HopLatencyMs.Record(ms, new KeyValuePair<string, object?>("endpoint", endpoint));
+            return true;
+        }
+        catch (RpcException e)
+        {
+            log.LogDebug("Probe of {Endpoint} failed: {Status}", endpoint, e.Status);
+            _hopMs.TryRemove(endpoint, out _);
+            return false;
+        }
+    }
+
+    protected override async Task ExecuteAsync(CancellationToken stoppingToken)
+    {
+        var round = 0;
+        while (!stoppingToken.IsCancellationRequested)
+        {
+            try
+            {
+                // Re-probe latencies every few rounds; new endpoints are probed as soon as they appear.
+                if (++round % 5 == 0)
+                {
+                    var endpoints = new List<Task>();
+                    foreach (var stage in _current.Stages) endpoints.Add(ProbeAsync(stage.Endpoint, stoppingToken));
+                    await Task.WhenAll(endpoints);
+                }
+                await RefreshAsync(stoppingToken);
+            }
+            catch (OperationCanceledException) when (stoppingToken.IsCancellationRequested)
+            {
+                return;
+            }
+            catch (Exception e)
+            {
+                log.LogDebug(e, "Pool view refresh failed");
+            }
+            try
+            {
+                await Task.Delay(options.PoolRefreshPeriod, stoppingToken);
+            }
+            catch (OperationCanceledException)
+            {
+                return;
+            }
+        }
+    }
+}

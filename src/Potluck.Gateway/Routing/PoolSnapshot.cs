@@ -1,0 +1,45 @@
+namespace Potluck.Gateway.Routing;
+
+/// <summary>One loaded span on one node, as the router sees it.</summary>
+/// <param name="MsPerToken">The node's measured decode time for its whole span (one token, one session).</param>
+/// <param name="HopLatencyMs">Measured network round trip from the gateway to this node; NaN when not measured yet.</param>
+public sealed record StageCandidate(
+    string NodeId,
+    string Endpoint,
+    int LayerStart,
+    int LayerEnd,
+    bool Healthy,
+    string? Problem,
+    int OpenSessions,
+    long FreeKvTokens,
+    long KvBudgetTokens,
+    double MsPerToken,
+    double HopLatencyMs,
+    double StepsPerSecond,
+    int? ProcessId = null)
+{
+    public string ShardKey => Contracts.Control.ShardKeys.For(NodeId, LayerStart, LayerEnd);
+}
+
+/// <summary>The pool for one model at one moment: what the planner and the ops endpoints read.</summary>
+public sealed record PoolSnapshot(string ModelId, int LayerCount, IReadOnlyList<StageCandidate> Stages, DateTime AsOfUtc)
+{
+    public static PoolSnapshot Empty(string modelId, int layerCount) => new(modelId, layerCount, [], DateTime.UtcNow);
+}
+
+/// <summary>A chain of stages covering [0, LayerCount) in order.</summary>
+public sealed record RoutePlan(IReadOnlyList<StageCandidate> Hops, double EstimatedMsPerToken)
+{
+    public override string ToString()
+    {
+        var parts = new string[Hops.Count];
+        for (var i = 0; i < Hops.Count; i++) parts[i] = $"{Hops[i].NodeId}[{Hops[i].LayerStart},{Hops[i].LayerEnd})";
+        return string.Join(" → ", parts);
+    }
+}
+
+/// <summary>Layers [Start, End) that no healthy stage holds.</summary>
+public readonly record struct LayerGap(int Start, int End)
+{
+    public override string ToString() => End - Start == 1 ? $"{Start}" : $"{Start}-{End - 1}";
+}

@@ -1,0 +1,131 @@
+namespace Potluck.Gateway.Routing;
+
+/// <summary>Why no route could be planned: a message for the 503 and the layers nobody holds.</summary>
+public sealed record RouteFailure(string Message, IReadOnlyList<LayerGap> MissingLayers);
+
+/// <summary>
+/// Petals-style route planning: layer boundaries 0..N are graph vertices and every usable stage [s, e) is an
+/// edge s → e weighted by its estimated time per decoded token. The cheapest path 0 → N is the route. Edges
+/// only go forward, so one pass over the boundaries in order is an exact shortest path.
+/// </summary>
+public static class RoutePlanner
+{
+    /// <summary>Extra cost per session already open on a stage, as a fraction of its measured step time.</summary>
+    public const double LoadPenaltyPerSession = 0.25;
+
+    /// <summary>Hop latency assumed for a stage that has not been probed yet.</summary>
+    public const double UnmeasuredHopMs = 1.0;
+
+    /// <summary>Step time assumed for a stage that has not measured itself.</summary>
+    public const double UnmeasuredMsPerToken = 10.0;
+
+    /// <summary>Estimated milliseconds one decode step spends on <paramref name="stage"/> including the hop into it.</summary>
+    public static double EdgeCost(StageCandidate stage, int sessionTokens)
+    {
+        var compute = stage.MsPerToken > 0 && double.IsFinite(stage.MsPerToken) ? stage.MsPerToken : UnmeasuredMsPerToken;
+        var hop = stage.HopLatencyMs >= 0 && double.IsFinite(stage.HopLatencyMs) ? stage.HopLatencyMs : UnmeasuredHopMs;
+        var load = 1.0 + LoadPenaltyPerSession * Math.Max(0, stage.OpenSessions);
+        // Nearly full KV means the next sessions will be refused: steer away before that happens.
+        var pressure = 0.0;
+        if (stage.KvBudgetTokens > 0)
+        {
+            var usedAfter = 1.0 - (double)(stage.FreeKvTokens - sessionTokens) / stage.KvBudgetTokens;
+            if (usedAfter > 0.8) pressure = compute * (usedAfter - 0.8) * 2.0;
+        }
+        return compute * load + pressure + hop;
+    }
+
+    /// <summary>The cheapest chain of healthy stages with room for <paramref name="sessionTokens"/> KV tokens, or a failure.</summary>
+    public static RoutePlan? Plan(PoolSnapshot pool, int sessionTokens, IReadOnlySet<string>? avoidNodes, out RouteFailure? failure)
+    {
+        var n = pool.LayerCount;
+        var best = new double[n + 1];
+        var via = new StageCandidate?[n + 1];
+        Array.Fill(best, double.PositiveInfinity);
+        best[0] = 0;
+        // Stages sorted by start so each boundary's outgoing edges are relaxed after its own distance is final.
+        var stages = new List<StageCandidate>(pool.Stages.Count);
+        foreach (var stage in pool.Stages)
+            if (Usable(stage, n, sessionTokens, avoidNodes)) stages.Add(stage);
+        stages.Sort(static (a, b) => a.LayerStart != b.LayerStart ? a.LayerStart.CompareTo(b.LayerStart) : string.CompareOrdinal(a.NodeId, b.NodeId));
+        foreach (var stage in stages)
+        {
+            if (double.IsPositiveInfinity(best[stage.LayerStart])) continue;
+            var cost = best[stage.LayerStart] + EdgeCost(stage, sessionTokens);
+            if (cost < best[stage.LayerEnd])
+            {
+                best[stage.LayerEnd] = cost;
+                via[stage.LayerEnd] = stage;
+            }
+        }
+        if (double.IsPositiveInfinity(best[n]))
+        {
+            failure = Explain(pool, sessionTokens, avoidNodes);
+            return null;
+        }
+        var hops = new List<StageCandidate>();
+        for (var at = n; at > 0; at = via[at]!.LayerStart) hops.Add(via[at]!);
+        hops.Reverse();
+        failure = null;
+        return new RoutePlan(hops, best[n]);
+    }
+
+    private static bool Usable(StageCandidate stage, int layerCount, int sessionTokens, IReadOnlySet<string>? avoidNodes) =>
+        stage.Healthy && stage.LayerStart >= 0 && stage.LayerEnd > stage.LayerStart && stage.LayerEnd <= layerCount &&
+        stage.FreeKvTokens >= sessionTokens && (avoidNodes is null || !avoidNodes.Contains(stage.NodeId));
+
+    /// <summary>Layers that no healthy stage holds at all (KV room and avoided nodes aside).</summary>
+    public static IReadOnlyList<LayerGap> MissingLayers(PoolSnapshot pool)
+    {
+        var covered = new bool[pool.LayerCount];
+        foreach (var stage in pool.Stages)
+        {
+            if (!stage.Healthy) continue;
+            for (var l = Math.Max(0, stage.LayerStart); l < Math.Min(pool.LayerCount, stage.LayerEnd); l++) covered[l] = true;
+        }
+        var gaps = new List<LayerGap>();
+        for (var l = 0; l < covered.Length; l++)
+        {
+            if (covered[l]) continue;
+            var start = l;
+            while (l < covered.Length && !covered[l]) l++;
+            gaps.Add(new LayerGap(start, l));
+        }
+        return gaps;
+    }
+
+    private static RouteFailure Explain(PoolSnapshot pool, int sessionTokens, IReadOnlySet<string>? avoidNodes)
+    {
+        var missing = MissingLayers(pool);
+        if (missing.Count > 0)
+        {
+            var list = string.Join(", ", missing);
+            return new RouteFailure(
+                $"no node in the pool serves layers {list} of the model's {pool.LayerCount}; start a node with those layers (potluck node --layers ...)",
+                missing);
+        }
+        // Every layer is held by someone: the chain breaks on KV room, avoided (failed) nodes or unaligned spans.
+        var reachable = new bool[pool.LayerCount + 1];
+        reachable[0] = true;
+        var withoutKv = new bool[pool.LayerCount + 1];
+        withoutKv[0] = true;
+        var sorted = new List<StageCandidate>(pool.Stages);
+        sorted.Sort(static (a, b) => a.LayerStart.CompareTo(b.LayerStart));
+        foreach (var s in sorted)
+        {
+            if (!s.Healthy || s.LayerStart < 0 || s.LayerEnd > pool.LayerCount || s.LayerEnd <= s.LayerStart) continue;
+            if (withoutKv[s.LayerStart]) withoutKv[s.LayerEnd] = true;
+            if (reachable[s.LayerStart] && Usable(s, pool.LayerCount, sessionTokens, avoidNodes)) reachable[s.LayerEnd] = true;
+        }
+        if (withoutKv[pool.LayerCount])
+            return new RouteFailure(
+                $"every layer is served, but no chain of nodes has room for {sessionTokens} more KV tokens right now" +
+                (avoidNodes is { Count: > 0 } ? $" (excluding failed nodes {string.Join(", ", avoidNodes)})" : "") + "; retry later or use fewer tokens",
+                []);
+        var furthest = 0;
+        for (var b = 0; b <= pool.LayerCount; b++) if (withoutKv[b]) furthest = b;
+        return new RouteFailure(
+            $"every layer is served, but the nodes' spans do not chain: no span starts at layer {furthest} after a chain covering [0,{furthest})",
+            [new LayerGap(furthest, pool.LayerCount)]);
+    }
+}

@@ -1,0 +1,143 @@
+using System.Collections.Concurrent;
+using Orleans.Placement;
+
+namespace Potluck.Gateway.Sessions;
+
+/// <summary>One stage of a session's route as the session grain records it.</summary>
+[GenerateSerializer, Immutable, Alias("potluck.gateway.RouteHopRecord")]
+public sealed record RouteHopRecord(string NodeId, string Endpoint, int LayerStart, int LayerEnd);
+
+/// <summary>What a session was asked to do (the sampling state is fully determined by these plus the tokens).</summary>
+[GenerateSerializer, Immutable, Alias("potluck.gateway.SessionStart")]
+public sealed record SessionStart(
+    string Model,
+    string Endpoint,
+    int[] PromptTokens,
+    int MaxTokens,
+    float Temperature,
+    float TopP,
+    int TopK,
+    float MinP,
+    float PresencePenalty,
+    float FrequencyPenalty,
+    uint Seed,
+    string? User,
+    DateTime StartedUtc);
+
+/// <summary>A session's control-plane record: request, route(s), tokens so far and how it ended.</summary>
+[GenerateSerializer, Immutable, Alias("potluck.gateway.SessionSnapshot")]
+public sealed record SessionSnapshot(
+    string SessionId,
+    SessionStart? Start,
+    IReadOnlyList<RouteHopRecord> Route,
+    int Reroutes,
+    int[] GeneratedTokens,
+    int KvLength,
+    string State,
+    string? FinishReason);
+
+/// <summary>
+/// One per request: holds the token history, sampling parameters (with the seed) and route. Control plane only:
+/// hidden states never pass through it. Lives on the gateway silo that runs the generation (prefer-local, and
+/// only gateway silos have this grain type), so calls are in-process.
+/// </summary>
+[Alias("potluck.gateway.ISessionGrain")]
+public interface ISessionGrain : IGrainWithStringKey
+{
+    [Alias("Begin")]
+    Task Begin(SessionStart start);
+
+    [Alias("SetRoute")]
+    Task SetRoute(IReadOnlyList<RouteHopRecord> route, bool reroute);
+
+    /// <summary>Appends generated tokens (batched by the generator).</summary>
+    [Alias("Append")]
+    Task Append(int[] tokens);
+
+    [Alias("Finish")]
+    Task Finish(string state, string? finishReason, int kvLength);
+
+    [Alias("Get")]
+    Task<SessionSnapshot> Get();
+
+    /// <summary>Stops the generation (if it runs in this gateway); true when one was running.</summary>
+    [Alias("Cancel")]
+    Task<bool> Cancel();
+}
+
+/// <summary>Generations running in this gateway process, by session id, so a grain can cancel its own.</summary>
+public sealed class RunningSessions
+{
+    private readonly ConcurrentDictionary<string, CancellationTokenSource> _running = new(StringComparer.Ordinal);
+
+    public int Count => _running.Count;
+
+    public void Add(string sessionId, CancellationTokenSource cancel) => _running[sessionId] = cancel;
+
+    public void Remove(string sessionId) => _running.TryRemove(sessionId, out _);
+
+    public bool Cancel(string sessionId)
+    {
+        if (!_running.TryGetValue(sessionId, out var cancel)) return false;
+        try
+        {
+            cancel.Cancel();
+        }
+        catch (ObjectDisposedException)
+        {
+            return false;
+        }
+        return true;
+    }
+}
+
+[PreferLocalPlacement]
+internal sealed class SessionGrain(RunningSessions running) : Grain, ISessionGrain
+{
+    // Finished sessions stay inspectable for a while, then the activation is collected.
+    private static readonly TimeSpan KeepFinished = TimeSpan.FromMinutes(2);
+    private SessionStart? _start;
+    private IReadOnlyList<RouteHopRecord> _route = [];
+    private int _reroutes;
+    private readonly List<int> _generated = [];
+    private int _kvLength;
+    private string _state = "new";
+    private string? _finishReason;
+
+    public Task Begin(SessionStart start)
+    {
+        _start = start;
+        _state = "routing";
+        _kvLength = 0;
+        return Task.CompletedTask;
+    }
+
+    public Task SetRoute(IReadOnlyList<RouteHopRecord> route, bool reroute)
+    {
+        _route = route;
+        if (reroute) _reroutes++;
+        _state = "generating";
+        return Task.CompletedTask;
+    }
+
+    public Task Append(int[] tokens)
+    {
+        _generated.AddRange(tokens);
+        _kvLength = (_start?.PromptTokens.Length ?? 0) + _generated.Count;
+        return Task.CompletedTask;
+    }
+
+    public Task Finish(string state, string? finishReason, int kvLength)
+    {
+        _state = state;
+        _finishReason = finishReason;
+        _kvLength = kvLength;
+        DelayDeactivation(KeepFinished);
+        return Task.CompletedTask;
+    }
+
+    public Task<SessionSnapshot> Get() =>
+        Task.FromResult(new SessionSnapshot(this.GetPrimaryKeyString(), _start, _route, _reroutes, _generated.ToArray(), _kvLength, _state, _finishReason));
+
+    public Task<bool> Cancel() => Task.FromResult(running.Cancel(this.GetPrimaryKeyString()));
+}

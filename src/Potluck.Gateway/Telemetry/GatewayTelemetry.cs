@@ -1,0 +1,45 @@
+using System.Diagnostics;
+using System.Diagnostics.Metrics;
+
+namespace Potluck.Gateway.Telemetry;
+
+/// <summary>The gateway's ActivitySource and Meter, both named "Potluck.Gateway".</summary>
+public sealed class GatewayTelemetry : IDisposable
+{
+    public const string Name = "Potluck.Gateway";
+
+    public static readonly ActivitySource Source = new(Name);
+
+    private readonly Meter _meter;
+    private long _activeSessions;
+
+    public GatewayTelemetry(IMeterFactory? meterFactory = null)
+    {
+        _meter = meterFactory?.Create(Name) ?? new Meter(Name);
+        Requests = _meter.CreateCounter<long>("potluck.gateway.requests", "{request}", "API requests by endpoint and outcome");
+        PromptTokens = _meter.CreateCounter<long>("potluck.gateway.prompt_tokens", "{token}", "Prompt tokens processed");
+        CompletionTokens = _meter.CreateCounter<long>("potluck.gateway.completion_tokens", "{token}", "Tokens generated");
+        TimeToFirstTokenMs = _meter.CreateHistogram<double>("potluck.gateway.time_to_first_token", "ms", "Request start to first generated token");
+        InterTokenMs = _meter.CreateHistogram<double>("potluck.gateway.inter_token_latency", "ms", "Time between generated tokens");
+        HopRoundTripMs = _meter.CreateHistogram<double>("potluck.gateway.step_round_trip", "ms", "One step through the whole route and back");
+        HopLatencyMs = _meter.CreateHistogram<double>("potluck.gateway.hop_latency", "ms", "Gateway to node round trip (Describe probe), per node");
+        Reroutes = _meter.CreateCounter<long>("potluck.gateway.reroutes", "{route}", "Routes re-planned after a stage refused or failed");
+        _meter.CreateObservableGauge("potluck.gateway.active_sessions", () => Interlocked.Read(ref _activeSessions), "{session}", "Generations in progress");
+    }
+
+    public Counter<long> Requests { get; }
+    public Counter<long> PromptTokens { get; }
+    public Counter<long> CompletionTokens { get; }
+    public Histogram<double> TimeToFirstTokenMs { get; }
+    public Histogram<double> InterTokenMs { get; }
+    public Histogram<double> HopRoundTripMs { get; }
+    public Histogram<double> HopLatencyMs { get; }
+    public Counter<long> Reroutes { get; }
+
+    public long ActiveSessions => Interlocked.Read(ref _activeSessions);
+
+    public void SessionStarted() => Interlocked.Increment(ref _activeSessions);
+    public void SessionEnded() => Interlocked.Decrement(ref _activeSessions);
+
+    public void Dispose() => _meter.Dispose();
+}

@@ -1,31 +1,197 @@
 using System.CommandLine;
+using System.Runtime.InteropServices;
+using System.Text.Json;
+using System.Text.Json.Serialization;
+using Potluck.Contracts.Grpc;
+using Potluck.Inference.Benchmarks;
+using Potluck.Inference.Gguf;
+using Potluck.Inference.Native;
+using Potluck.Node.Bench;
+using Spectre.Console;
 
 namespace Potluck.Cli.Commands;
 
-/// <summary>`potluck bench engine|hop|pool`: side-by-side benchmarks against llama.cpp with ratio tables and a JSON report.</summary>
+/// <summary>`potluck bench engine|hop|pool`: side-by-side benchmarks with ratio tables and a JSON report.</summary>
 public static class BenchCommand
 {
+    private static readonly JsonSerializerOptions ReportJson = new()
+    {
+        WriteIndented = true,
+        Converters = { new JsonStringEnumConverter() },
+        NumberHandling = JsonNumberHandling.AllowNamedFloatingPointLiterals,
+    };
+
     public static Command Create()
     {
         var bench = new Command("bench", "Benchmarks against llama.cpp in the same process or on the same machine; prints ratios and writes a JSON report");
-        bench.Subcommands.Add(Pending("engine", "Span engine vs llama.cpp (LLamaSharp) on one GGUF: prefill and decode speed",
-            "the engine benchmark is not part of this build yet"));
-        bench.Subcommands.Add(Pending("hop", "Cost of one gRPC hop between two nodes on loopback",
-            "the hop benchmark is not part of this build yet"));
-        bench.Subcommands.Add(Pending("pool", "A local pool end to end through the gateway vs a single llama.cpp process",
-            "the pool benchmark is not part of this build yet"));
+        bench.Subcommands.Add(CreateEngine());
+        bench.Subcommands.Add(CreateHop());
+        bench.Subcommands.Add(CreatePool());
         return CliApplication.AddExamples(bench,
-            "potluck bench engine --report bench-engine.json");
+            "potluck bench engine --report bench-engine.json",
+            "potluck bench hop --steps 500");
     }
 
     public static Option<FileInfo?> ReportOption() => new("--report") { Description = "Write the results as JSON to this file" };
 
-    private static Command Pending(string name, string description, string missing)
+    private static Command CreateEngine()
+    {
+        var model = new Option<FileInfo?>("--model") { Description = "GGUF to measure (default: a generated 2048-wide, 8-layer llama model per --types)" };
+        var types = new Option<GgmlType[]>("--types")
+        {
+            Description = "Weight types of the generated model (ignored with --model)",
+            DefaultValueFactory = _ => [GgmlType.Q8_0, GgmlType.Q4_K],
+            AllowMultipleArgumentsPerToken = true,
+        };
+        var prompt = new Option<int>("--prompt") { Description = "Prompt tokens (prefill)", DefaultValueFactory = _ => 128 };
+        var decode = new Option<int>("--decode") { Description = "Greedy tokens decoded after the prompt", DefaultValueFactory = _ => 16 };
+        var rounds = new Option<int>("--rounds") { Description = "Interleaved rounds (each runs both engines once)", DefaultValueFactory = _ => 5 };
+        var threads = new Option<int>("--threads") { Description = "Threads for both engines", DefaultValueFactory = _ => Math.Max(1, Environment.ProcessorCount) };
+        var spans = new Option<int>("--spans") { Description = "Split the model into this many spans on the Potluck side", DefaultValueFactory = _ => 1 };
+        var report = ReportOption();
+        var command = new Command("engine", """
+            The span engine vs llama.cpp (LLamaSharp) on the same GGUF in one process, interleaved round by round:
+            prefill of a fixed prompt, then greedy decode. Ratios are llama.cpp time / Potluck time (1.0 = parity, above 1 = faster).
+            """)
+        {
+            model, types, prompt, decode, rounds, threads, spans, report,
+        };
+        command.SetAction(parse =>
+        {
+            var options = new EngineBenchmarkOptions
+            {
+                ModelPath = parse.GetValue(model)?.FullName,
+                Types = parse.GetRequiredValue(types),
+                PromptTokens = Positive(parse.GetValue(prompt), "--prompt"),
+                DecodeTokens = Positive(parse.GetValue(decode), "--decode"),
+                Rounds = Positive(parse.GetValue(rounds), "--rounds"),
+                Threads = Positive(parse.GetValue(threads), "--threads"),
+                Spans = Positive(parse.GetValue(spans), "--spans"),
+                CacheDirectory = PotluckPaths.ModelCache,
+            };
+            if (options.ModelPath is { } path)
+            {
+                var info = ModelCommands.InspectOrFail(path);
+                options = options with { Types = [info.WeightType] };
+            }
+            NativeRuntime.EnsureLoaded();
+            var results = ProgressDisplay.Run("engine benchmark", progress => EngineBenchmark.Run(options, progress));
+            PrintEngine(results, options);
+            WriteReport(parse.GetValue(report), "engine", options, results);
+            return ExitCodes.Ok;
+        });
+        return CliApplication.AddExamples(command,
+            "potluck bench engine",
+            "potluck bench engine --types Q8_0 --rounds 3 --report engine.json",
+            "potluck bench engine --model ./qwen2.5-0.5b-instruct-q8_0.gguf --spans 2");
+    }
+
+    private static Command CreateHop()
+    {
+        var width = new Option<int>("--width") { Description = "Hidden size of a row (2048 = a 1B-3B class model)", DefaultValueFactory = _ => 2048 };
+        var stages = new Option<int>("--stages") { Description = "Stages in the long chain (at least 2)", DefaultValueFactory = _ => 3 };
+        var steps = new Option<int>("--steps") { Description = "Measured 1-row steps per chain", DefaultValueFactory = _ => 2000 };
+        var warmup = new Option<int>("--warmup") { Description = "Unmeasured steps first", DefaultValueFactory = _ => 200 };
+        var wire = new Option<HiddenType>("--wire") { Description = "Hidden-state type on the wire (F16 or F32)", DefaultValueFactory = _ => HiddenType.F16 };
+        var report = ReportOption();
+        var command = new Command("hop", """
+            What one extra node adds per decode step: real gRPC streams between Stage servers on loopback with transport-only
+            stages, a one-stage route vs a chain, per hop = (chain - single) / (stages - 1).
+            """)
+        {
+            width, stages, steps, warmup, wire, report,
+        };
+        command.SetAction(async (parse, cancellationToken) =>
+        {
+            var options = new HopBenchmarkOptions
+            {
+                Width = Positive(parse.GetValue(width), "--width"),
+                Stages = parse.GetValue(stages) >= 2 ? parse.GetValue(stages) : throw new UsageException("--stages must be at least 2"),
+                Steps = Positive(parse.GetValue(steps), "--steps"),
+                WarmupSteps = parse.GetValue(warmup) >= 0 ? parse.GetValue(warmup) : throw new UsageException("--warmup must be 0 or more"),
+                WireType = parse.GetValue(wire),
+            };
+            using var signals = new ShutdownSignals();
+            var result = await ProgressDisplay.RunAsync("hop benchmark", progress =>
+                HopBenchmark.RunAsync(options, new SynchronousProgress<string>(stage => progress.Report((stage, 0))), signals.Token));
+            PrintHop(result);
+            WriteReport(parse.GetValue(report), "hop", options, result);
+            return ExitCodes.Ok;
+        });
+        return CliApplication.AddExamples(command,
+            "potluck bench hop",
+            "potluck bench hop --wire F32 --steps 500 --report hop.json");
+    }
+
+    private static Command CreatePool()
     {
         var report = ReportOption();
-        var command = new Command(name, description) { report };
+        var command = new Command("pool", "A local pool end to end through the gateway vs a single llama.cpp process") { report };
         // Never pretend to have measured anything: say plainly that it is missing (exit 1).
-        command.SetAction(int (_) => throw new CliFailureException(missing));
+        command.SetAction(int (_) => throw new CliFailureException("the pool benchmark is not part of this build yet"));
         return command;
     }
+
+    private static void PrintEngine(IReadOnlyList<EngineBenchmarkResult> results, EngineBenchmarkOptions options)
+    {
+        var table = new Table().Border(TableBorder.Rounded)
+            .Title($"[bold]engine vs llama.cpp[/]: {options.PromptTokens}-token prefill, {options.DecodeTokens} decode, {options.Rounds} rounds, {options.Threads} threads, {options.Spans} span(s)")
+            .Caption("ratio = llama.cpp time / Potluck time, median (min); 1.0 = parity");
+        table.AddColumn("Type");
+        foreach (var heading in new[] { "Prefill ms\nllama.cpp", "Prefill ms\nPotluck", "Prefill\nratio", "Decode ms/tok\nllama.cpp", "Decode ms/tok\nPotluck", "Decode\nratio" })
+            table.AddColumn(new TableColumn(heading).RightAligned());
+        table.AddColumn("Greedy\ntokens");
+        foreach (var r in results)
+        {
+            table.AddRow(
+                r.Type.ToString(),
+                $"{r.LlamaCppPrefill.MedianMs:F1}",
+                $"{r.SpanPrefill.MedianMs:F1}",
+                $"{r.PrefillRatioMedian:F2} ({r.PrefillRatioMin:F2})",
+                $"{r.LlamaCppDecodePerToken.MedianMs:F2}",
+                $"{r.SpanDecodePerToken.MedianMs:F2}",
+                $"{r.DecodeRatioMedian:F2} ({r.DecodeRatioMin:F2})",
+                r.GreedyTokensMatch ? "[green]match[/]" : "[red]differ[/]");
+        }
+        AnsiConsole.Write(table);
+    }
+
+    private static void PrintHop(HopBenchmarkResult r)
+    {
+        var table = new Table().Border(TableBorder.Rounded)
+            .Title($"[bold]cost of one hop[/] (1x{r.Width} {r.WireType} rows, {r.Steps} steps)")
+            .Caption(Markup.Escape(r.Method));
+        table.AddColumn("Route");
+        table.AddColumn(new TableColumn("Median").RightAligned());
+        table.AddColumn(new TableColumn("p99").RightAligned());
+        table.AddRow("one stage", $"{r.SingleStageMedianMs:F3} ms", $"{r.SingleStageP99Ms:F3} ms");
+        table.AddRow($"chain of {r.Stages}", $"{r.ChainMedianMs:F3} ms", $"{r.ChainP99Ms:F3} ms");
+        table.AddRow("[bold]per extra hop[/]", $"{r.PerHopMedianMs:F3} ms", $"{r.PerHopP99Ms:F3} ms");
+        AnsiConsole.Write(table);
+    }
+
+    private static void WriteReport<TOptions, TResults>(FileInfo? file, string benchmark, TOptions options, TResults results)
+    {
+        if (file is null) return;
+        var report = new
+        {
+            Benchmark = benchmark,
+            CreatedUtc = DateTimeOffset.UtcNow,
+            Machine = new
+            {
+                Environment.ProcessorCount,
+                Os = RuntimeInformation.OSDescription,
+                Architecture = RuntimeInformation.ProcessArchitecture.ToString(),
+                GgmlVariant = NativeRuntime.Variant,
+            },
+            Options = options,
+            Results = results,
+        };
+        file.Directory?.Create();
+        File.WriteAllText(file.FullName, JsonSerializer.Serialize(report, ReportJson));
+        Console.Error.WriteLine($"potluck: report written to {file.FullName}");
+    }
+
+    private static int Positive(int value, string option) =>
+        value >= 1 ? value : throw new UsageException($"{option} must be at least 1 (got {value})");
 }

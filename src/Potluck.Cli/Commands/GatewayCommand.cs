@@ -1,4 +1,6 @@
 using System.CommandLine;
+using Potluck.Contracts.Grpc;
+using Potluck.Gateway;
 
 namespace Potluck.Cli.Commands;
 
@@ -7,24 +9,52 @@ public static class GatewayCommand
 {
     public static Command Create()
     {
+        var defaults = new GatewayOptions { ModelPath = "" };
         var model = new Option<FileInfo>("--model") { Description = "The GGUF file (only the embedding, final norm, LM head and tokenizer are used)", Required = true };
-        var host = new Option<string>("--host") { Description = "Address to listen on", DefaultValueFactory = _ => "127.0.0.1" };
-        var port = new Option<int>("--port") { Description = "HTTP port of the OpenAI API", DefaultValueFactory = _ => 8080 };
+        var host = new Option<string>("--host") { Description = "Address the HTTP API listens on", DefaultValueFactory = _ => defaults.Host };
+        var port = new Option<int>("--port") { Description = "HTTP port of the OpenAI API", DefaultValueFactory = _ => defaults.Port };
+        var siloPort = new Option<int>("--silo-port") { Description = "Orleans silo-to-silo port; every node must reach it (nodes --join HOST:this)", DefaultValueFactory = _ => defaults.SiloPort };
+        var advertise = new Option<string>("--advertise") { Description = "Host or IP nodes use to reach this gateway's silo", DefaultValueFactory = _ => defaults.AdvertisedHost };
+        var join = new Option<string?>("--join") { Description = "Seed silo HOST:PORT, when the gateway is not the pool's first member" };
+        var redis = new Option<string?>("--redis") { Description = "Use Redis membership at HOST:PORT instead of a seed" };
+        var clusterId = new Option<string>("--cluster-id") { Description = "Pool name shared by the gateway and its nodes", DefaultValueFactory = _ => defaults.ClusterId };
+        var modelName = new Option<string?>("--model-name") { Description = "Name the API serves the model under (default: the file's general.name)" };
+        var wire = new Option<HiddenType>("--wire") { Description = "Hidden states on the wire: F16 (half the bytes) or F32 (bit-exact)", DefaultValueFactory = _ => defaults.WireType };
+        var threads = new Option<int>("--threads") { Description = "Threads for the head (0 = all cores)", DefaultValueFactory = _ => 0 };
+        var maxSessions = new Option<int>("--max-sessions") { Description = "Generations at once; more wait in line", DefaultValueFactory = _ => defaults.MaxConcurrentSessions };
+        var fastFailure = new Option<bool>("--fast-failure-detection") { Description = "Tight membership probing (tests only)", Hidden = true };
         var parentPid = HostedCommand.ParentPidOption();
         var command = new Command("gateway", "Run the gateway alone: the OpenAI API, the model head, routing and failover")
         {
-            model, host, port, parentPid,
+            model, host, port, siloPort, advertise, join, redis, clusterId, modelName, wire, threads, maxSessions, fastFailure, parentPid,
         };
         command.SetAction(async (parse, _) =>
         {
-            HostedCommand.ValidatePort(parse.GetValue(port), "--port");
-            var modelFile = parse.GetRequiredValue(model);
-            ModelCommands.InspectOrFail(modelFile.FullName);
-            return await HostedCommand.RunAsync(parse.GetValue(parentPid), _ =>
-                throw new CliFailureException("the gateway service is not part of this build yet"));
+            if (parse.GetValue(threads) < 0) throw new UsageException("--threads must be 0 (all cores) or more");
+            if (parse.GetValue(maxSessions) < 1) throw new UsageException("--max-sessions must be at least 1");
+            var options = new GatewayOptions
+            {
+                ModelPath = parse.GetRequiredValue(model).FullName,
+                Host = parse.GetRequiredValue(host),
+                Port = HostedCommand.ValidatePort(parse.GetValue(port), "--port"),
+                SiloPort = HostedCommand.ValidatePort(parse.GetValue(siloPort), "--silo-port"),
+                AdvertisedHost = parse.GetRequiredValue(advertise),
+                PrimarySiloEndpoint = parse.GetValue(join),
+                RedisConnectionString = parse.GetValue(redis),
+                ClusterId = parse.GetRequiredValue(clusterId),
+                ModelName = parse.GetValue(modelName),
+                WireType = parse.GetValue(wire),
+                Threads = parse.GetValue(threads),
+                MaxConcurrentSessions = parse.GetValue(maxSessions),
+                FastFailureDetection = parse.GetValue(fastFailure),
+            };
+            // Read the header first: a missing or corrupt model is one clear line, not a host crash.
+            ModelCommands.InspectOrFail(options.ModelPath);
+            HostedCommand.ApplyVerbosity(parse.GetValue(CliApplication.Verbose));
+            return await HostedCommand.RunAsync(parse.GetValue(parentPid), "gateway", stop => GatewayHost.RunAsync(options, stop));
         });
         return CliApplication.AddExamples(command,
             "potluck gateway --model ./model.gguf --port 8080",
-            "potluck gateway --model ./model.gguf --host 0.0.0.0");
+            "potluck gateway --model ./model.gguf --host 0.0.0.0 --advertise 192.168.1.10 --silo-port 11110");
     }
 }

@@ -13,25 +13,37 @@ public static class HostedCommand
         Hidden = true,
     };
 
-    /// <summary>Runs a host until Ctrl+C/SIGTERM or parent death; a shutdown we asked for is a clean exit.</summary>
-    public static async Task<int> RunAsync(int? parentPid, Func<CancellationToken, Task> runHost)
+    /// <summary>
+    /// Runs a host until Ctrl+C/SIGTERM or parent death; a shutdown we asked for is a clean exit.
+    /// A host's own non-zero code (it failed to start and said why) becomes exit 1.
+    /// </summary>
+    public static async Task<int> RunAsync(int? parentPid, string what, Func<CancellationToken, Task<int>> runHost)
     {
         using var signals = new ShutdownSignals();
         using var watcher = parentPid is { } pid ? new ParentProcessWatcher(pid, TimeSpan.FromMilliseconds(500)) : null;
         using var stop = watcher is null
             ? CancellationTokenSource.CreateLinkedTokenSource(signals.Token)
             : CancellationTokenSource.CreateLinkedTokenSource(signals.Token, watcher.ParentGone);
+        int code;
         try
         {
-            await runHost(stop.Token);
+            code = await runHost(stop.Token);
         }
         catch (OperationCanceledException) when (stop.IsCancellationRequested)
         {
             // Asked to stop: that is success.
+            code = ExitCodes.Ok;
         }
         if (watcher is not null && watcher.ParentGone.IsCancellationRequested)
-            Console.Error.WriteLine("potluck: parent process is gone; shut down");
-        return ExitCodes.Ok;
+            Console.Error.WriteLine($"potluck: the supervising process is gone; {what} shut down");
+        if (code == ExitCodes.Ok) return ExitCodes.Ok;
+        throw new CliFailureException($"the {what} could not start (see the message above)");
+    }
+
+    /// <summary>--verbose turns on debug logs in the host (ASP.NET Core reads Logging__* from the environment).</summary>
+    public static void ApplyVerbosity(bool verbose)
+    {
+        if (verbose) Environment.SetEnvironmentVariable("Logging__LogLevel__Default", "Debug");
     }
 
     /// <summary>Parses "A-B" (layers A through B-1, like a half-open range) for --layers.</summary>

@@ -89,24 +89,12 @@ public static class ModelCommands
     {
         NativeRuntime.EnsureLoaded();
         var cache = PotluckPaths.ModelCache;
+        var cached = Path.Combine(cache, TestModelGenerator.FileName(TestModelSpec.Demo, type));
+        if (File.Exists(cached)) return cached;
         Directory.CreateDirectory(cache);
-        string? path = null;
-        if (!AnsiConsole.Profile.Capabilities.Interactive)
-        {
-            // No terminal to draw on (CI, pipes): one line before and after instead of a bar.
-            Console.Error.WriteLine($"potluck: preparing demo model ({type}) in {cache}");
-            return TestModelGenerator.GetOrCreate(TestModelSpec.Demo, type, cache, progress: null);
-        }
-        AnsiConsole.Progress()
-            .AutoClear(false)
-            .Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new ElapsedTimeColumn())
-            .Start(context =>
-            {
-                var task = context.AddTask($"demo model ({type})", maxValue: 1.0);
-                path = TestModelGenerator.GetOrCreate(TestModelSpec.Demo, type, cache, new Progress<double>(fraction => task.Value = fraction));
-                task.Value = 1.0;
-            });
-        return path!;
+        return ProgressDisplay.Run($"demo model ({type})", progress =>
+            TestModelGenerator.GetOrCreate(TestModelSpec.Demo, type, cache,
+                new SynchronousProgress<double>(fraction => progress.Report(("generating", fraction)))));
     }
 
     private static void PrintTables(ModelInfo info)

@@ -21,9 +21,10 @@ public static class ServeCommand
         var port = new Option<int>("--port", "-p") { Description = "HTTP port of the OpenAI API", DefaultValueFactory = _ => 8080 };
         var host = new Option<string>("--host") { Description = "Address the gateway listens on", DefaultValueFactory = _ => "127.0.0.1" };
         var readyTimeout = new Option<int>("--ready-timeout") { Description = "Seconds to wait for the pool to become ready", DefaultValueFactory = _ => 120 };
+        var fastFailure = new Option<bool>("--fast-failure-detection") { Description = "Tight membership probing in the children (tests only)", Hidden = true };
         var command = new Command("serve", "Run a whole pool on this machine: a gateway plus N nodes that split the model's layers evenly")
         {
-            model, nodes, replicas, port, host, readyTimeout,
+            model, nodes, replicas, port, host, readyTimeout, fastFailure,
         };
         command.SetAction(async (parse, _) =>
         {
@@ -38,8 +39,12 @@ public static class ServeCommand
 
             var modelPath = parse.GetValue(model)?.FullName ?? ModelCommands.EnsureDemoModel(TestModelSpec.DemoWeightType);
             var info = ModelCommands.InspectOrFail(modelPath);
-            var plan = new LocalPoolPlan(modelPath, parse.GetRequiredValue(host), listenPort,
-                LayerPlan.Split(info.LayerCount, nodeCount, replicaCount));
+            var assignments = LayerPlan.Split(info.LayerCount, nodeCount, replicaCount);
+            var plan = new LocalPoolPlan(modelPath, parse.GetRequiredValue(host), listenPort, assignments)
+            {
+                Ports = LocalPoolPorts.Allocate(assignments.Count),
+                FastFailureDetection = parse.GetValue(fastFailure),
+            };
             LocalPoolCommands.EnsurePortFree(plan.Host, plan.Port);
             var pool = new LocalPoolRunner(plan, TimeSpan.FromSeconds(timeoutSeconds), parse.GetValue(CliApplication.Verbose));
             return await pool.RunAsync();
@@ -76,13 +81,13 @@ internal sealed class LocalPoolRunner(LocalPoolPlan plan, TimeSpan readyTimeout,
 
         var parentPid = Environment.ProcessId;
         supervisor.Start(LocalPoolCommands.Gateway(plan, parentPid, verbose));
-        foreach (var node in plan.Nodes) supervisor.Start(LocalPoolCommands.Node(plan, node, parentPid, verbose));
+        for (var i = 0; i < plan.Nodes.Count; i++) supervisor.Start(LocalPoolCommands.Node(plan, plan.Nodes[i], i, parentPid, verbose));
 
         var ready = await WaitUntilReadyAsync(supervisor, () => earlyExit, signals.Token);
         if (signals.Token.IsCancellationRequested)
         {
             WriteNotice("interrupted; stopping the pool");
-            await supervisor.StopAllAsync();
+            await StopInOrderAsync(supervisor);
             return ExitCodes.Ok;
         }
         if (ready is not null)
@@ -100,9 +105,19 @@ internal sealed class LocalPoolRunner(LocalPoolPlan plan, TimeSpan readyTimeout,
             throw new CliFailureException($"the gateway exited unexpectedly (code {await gateway.Exited}); pool stopped");
         }
         WriteNotice("stopping the pool");
-        await supervisor.StopAllAsync();
+        await StopInOrderAsync(supervisor);
         WriteNotice("pool stopped");
         return ExitCodes.Ok;
+    }
+
+    /// <summary>
+    /// Nodes first, then the gateway: the gateway's silo is the pool's primary (it holds the membership table),
+    /// so nodes that leave while it is still up deregister cleanly instead of retrying against a closed port.
+    /// </summary>
+    private async Task StopInOrderAsync(ProcessSupervisor supervisor)
+    {
+        await supervisor.StopAsync(plan.Nodes.Select(node => node.Name));
+        await supervisor.StopAllAsync();
     }
 
     /// <summary>Polls GET /readyz until 200; returns null when ready, else why it never got there.</summary>

@@ -39,6 +39,15 @@ public sealed class ProcessSupervisor : IAsyncDisposable
 
     public SupervisedProcess Get(string name) => _children[name];
 
+    /// <summary>Stops the named children (in parallel) and waits for them; others keep running.</summary>
+    public async Task StopAsync(IEnumerable<string> names)
+    {
+        var stopping = new List<Task<int>>();
+        foreach (var name in names)
+            if (_children.TryGetValue(name, out var child)) stopping.Add(child.StopAsync(_stopGrace));
+        await Task.WhenAll(stopping);
+    }
+
     public async Task StopAllAsync()
     {
         await Task.WhenAll(_children.Values.Select(child => child.StopAsync(_stopGrace)));

@@ -6,6 +6,7 @@ namespace Potluck.Cli.Supervision;
 public sealed class SupervisedProcess : IDisposable
 {
     private const int TailLines = 40;
+    private const string SetsidPath = "/usr/bin/setsid";
     private readonly Process _process;
     private readonly TaskCompletionSource<int> _exited = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private readonly Queue<string> _tail = new();
@@ -16,7 +17,9 @@ public sealed class SupervisedProcess : IDisposable
     internal SupervisedProcess(ChildProcessSpec spec, Action<SupervisedProcess, string, bool> onLine)
     {
         Spec = spec;
-        var start = new ProcessStartInfo(spec.FileName)
+        // setsid(1) execs in place (a fresh child is never a group leader), so the pid stays the child's own.
+        var ownSession = spec.OwnSession && File.Exists(SetsidPath);
+        var start = new ProcessStartInfo(ownSession ? SetsidPath : spec.FileName)
         {
             RedirectStandardOutput = true,
             RedirectStandardError = true,
@@ -24,6 +27,7 @@ public sealed class SupervisedProcess : IDisposable
             UseShellExecute = false,
             WorkingDirectory = spec.WorkingDirectory ?? Environment.CurrentDirectory,
         };
+        if (ownSession) start.ArgumentList.Add(spec.FileName);
         foreach (var argument in spec.Arguments) start.ArgumentList.Add(argument);
         if (spec.Environment is not null)
             foreach (var (key, value) in spec.Environment) start.Environment[key] = value;

@@ -90,7 +90,7 @@ public static class GatewayHost
         builder.WebHost.ConfigureKestrel(kestrel =>
         {
             kestrel.Listen(listen, options.Port);
-            kestrel.Limits.MaxRequestBodySize = options.MaxBodyBytes;
+            kestrel.Limits.MaxRequestBodySize = DrainLimit(options);
             kestrel.AddServerHeader = false;
         });
 
@@ -181,6 +181,9 @@ public static class GatewayHost
                 .WriteAsync(context);
         }
     }
+
+    /// <summary>Bodies up to this size are read to the end even when over the limit, so the 413 arrives cleanly.</summary>
+    internal static long DrainLimit(GatewayOptions options) => Math.Max(options.MaxBodyBytes * 4, options.MaxBodyBytes + 1024 * 1024);
 
     private static IPAddress NodeAddress(string host)
     {

@@ -32,6 +32,8 @@ public sealed record CompletionRequest
     public bool Stream { get; init; }
     public bool IncludeUsage { get; init; }
     public string? User { get; init; }
+    /// <summary>llama.cpp server extension: keep going past end-of-generation tokens (benchmarks, fixed-length runs).</summary>
+    public bool IgnoreEos { get; init; }
 }
 
 /// <summary>
@@ -121,6 +123,7 @@ public static class CompletionRequestParser
                 Stream = stream,
                 IncludeUsage = includeUsage,
                 User = user,
+                IgnoreEos = OptionalBool(root, "ignore_eos") ?? false,
             };
         }
     }

@@ -112,7 +112,7 @@ public static class OpenAiEndpoints
         }
 
         var generationRequest = new GenerationRequest(kind == CompletionKind.Chat ? "chat.completions" : "completions", prompt, maxTokens,
-            Sampling(request, context_), request.Stop, request.User);
+            Sampling(request, context_), request.Stop, request.User, request.IgnoreEos);
         var sessionId = (kind == CompletionKind.Chat ? "chatcmpl-" : "cmpl-") + Guid.NewGuid().ToString("N");
         var service = services.GetRequiredService<GenerationService>();
         using var activity = GatewayTelemetry.Source.StartActivity("potluck.gateway.generate");
@@ -237,11 +237,14 @@ public static class OpenAiEndpoints
         return tokens;
     }
 
-    /// <summary>Reads the whole body up to <paramref name="limit"/> bytes; larger bodies are 413.</summary>
+    /// <summary>
+    /// Reads the whole body up to <paramref name="limit"/> bytes; larger bodies are 413. An oversized body is still
+    /// drained (Kestrel caps it at <see cref="GatewayHost.DrainLimit"/>), so the client reads a clean 413 instead of a reset.
+    /// </summary>
     private static async Task<byte[]> ReadBodyAsync(HttpContext context, long limit)
     {
-        if (context.Request.ContentLength is { } declared && declared > limit) throw new ApiErrorException(TooLarge(limit));
         var reader = context.Request.BodyReader;
+        var tooLarge = context.Request.ContentLength is { } declared && declared > limit;
         while (true)
         {
             ReadResult read;
@@ -254,10 +257,12 @@ public static class OpenAiEndpoints
                 throw new ApiErrorException(TooLarge(limit));
             }
             var buffer = read.Buffer;
-            if (buffer.Length > limit)
+            if (tooLarge || buffer.Length > limit)
             {
-                reader.AdvanceTo(buffer.Start, buffer.End);
-                throw new ApiErrorException(TooLarge(limit));
+                tooLarge = true;
+                reader.AdvanceTo(buffer.End);
+                if (read.IsCompleted) throw new ApiErrorException(TooLarge(limit));
+                continue;
             }
             if (read.IsCompleted)
             {

@@ -96,7 +96,7 @@ public sealed class Generation : IAsyncDisposable
             last = now;
             telemetry.CompletionTokens.Add(1);
 
-            if (tokenizer.IsEndOfGeneration(token))
+            if (!_request.IgnoreEos && tokenizer.IsEndOfGeneration(token))
             {
                 _textEnds.Add(_textLength);
                 Finish = FinishReason.Stop;
@@ -267,7 +267,13 @@ public sealed class Generation : IAsyncDisposable
             var keepLength = Math.Min(_fed.Count, _request.PromptTokens.Length + kept);
             if (keepLength < _fed.Count)
             {
-                await _route.StepAsync(ReadOnlyMemory<float>.Empty, 0, keepLength, keepLength, _lastRow, _service.Options.StepTimeout, ct);
+                // Rewind by re-feeding the last kept token after truncate_to: a pure 0-row rewind is refused by the
+                // stages today (HiddenStateCodec treats an empty payload as non-finite), and this leaves the same KV.
+                var last = keepLength - 1;
+                var hidden = new float[_service.Model.Width];
+                _service.Model.Head.Embed(System.Runtime.InteropServices.CollectionsMarshal.AsSpan(_fed).Slice(last, 1), hidden);
+                await _route.StepAsync(hidden, 1, last, last, _lastRow, _service.Options.StepTimeout, ct);
+                _fed.RemoveRange(keepLength, _fed.Count - keepLength);
                 kvLength = keepLength;
             }
         }

@@ -9,7 +9,8 @@ public sealed record GenerationRequest(
     int MaxTokens,
     SamplingOptions Sampling,
     IReadOnlyList<string> Stop,
-    string? User);
+    string? User,
+    bool IgnoreEos = false);
 
 /// <summary>How a generation ended.</summary>
 public enum FinishReason

@@ -33,6 +33,7 @@ public static class NativeRuntime
         {
             if (_folder is not null) return _folder;
             var folder = ResolveFolder();
+            PreferPassiveOpenMpThreads();
             _ggmlBase = NativeLibrary.Load(Path.Combine(folder, "libggml-base.so"));
             _ggmlCpu = NativeLibrary.Load(Path.Combine(folder, "libggml-cpu.so"));
             _ggml = NativeLibrary.Load(Path.Combine(folder, "libggml.so"));
@@ -74,6 +75,22 @@ public static class NativeRuntime
         Ggml => _ggml,
         _ => IntPtr.Zero,
     };
+
+    [DllImport("libc", EntryPoint = "setenv")]
+    private static extern int SetNativeEnvironment(
+        [MarshalAs(UnmanagedType.LPUTF8Str)] string name, [MarshalAs(UnmanagedType.LPUTF8Str)] string value, int overwrite);
+
+    /// <summary>
+    /// ggml's CPU backend runs on OpenMP, whose idle workers spin for milliseconds after each graph by default.
+    /// A pool puts several engine processes on one machine that take turns (stage after stage), so spinning
+    /// idle workers steal the cores the active stage needs. libgomp reads OMP_WAIT_POLICY from the native
+    /// environment when it loads, so it is set there (unless the user chose a policy) before ggml is loaded.
+    /// </summary>
+    private static void PreferPassiveOpenMpThreads()
+    {
+        if (Environment.GetEnvironmentVariable("OMP_WAIT_POLICY") is null)
+            SetNativeEnvironment("OMP_WAIT_POLICY", "PASSIVE", 0);
+    }
 
     private static string ResolveFolder()
     {

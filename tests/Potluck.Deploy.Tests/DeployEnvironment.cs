@@ -1,6 +1,9 @@
 using System.Diagnostics;
 using System.Text;
 
+// Docker, bash and helm as used here are Linux tools; so is the native ggml the oracle loads.
+[assembly: System.Runtime.Versioning.SupportedOSPlatform("linux")]
+
 namespace Potluck.Deploy.Tests;
 
 /// <summary>

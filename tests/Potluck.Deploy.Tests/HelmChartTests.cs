@@ -3,7 +3,6 @@ using static Potluck.Deploy.Tests.RenderedChart;
 namespace Potluck.Deploy.Tests;
 
 /// <summary>helm lint and helm template of helm/potluck, with the rendered objects parsed and checked.</summary>
-[System.Runtime.Versioning.SupportedOSPlatform("linux")]
 public sealed class HelmChartTests
 {
     private const string Release = "pl";
@@ -81,6 +80,9 @@ public sealed class HelmChartTests
         Assert.Equal("8080", FlagValue(gatewayArgs, "--port"));
         Assert.Equal($"{Prefix}-redis:6379", FlagValue(gatewayArgs, "--redis"));
         Assert.Equal("potluck", FlagValue(gatewayArgs, "--cluster-id"));
+        Assert.Equal("potluck", FlagValue(gatewayArgs, "--model-name"));
+        Assert.Equal("$(POD_IP)", FlagValue(gatewayArgs, "--advertise"));
+        Assert.Equal("0.0.0.0", FlagValue(gatewayArgs, "--host"));
         Assert.Equal("8080", Str(Named(gatewayContainer, "ports", "http"), "containerPort"));
         Assert.Equal("11110", Str(Named(gatewayContainer, "ports", "silo"), "containerPort"));
         foreach (var probe in new[] { "livenessProbe", "readinessProbe", "startupProbe" })
@@ -99,10 +101,11 @@ public sealed class HelmChartTests
         Assert.Equal("None", Str(chart.Get("Service", $"{Prefix}-node"), "spec.clusterIP"));
         var nodePod = Map(nodes, "spec.template.spec");
         var node = Named(nodePod, "containers", "node");
-        Assert.Null(At(node, "command")); // no layers given: each node picks its span, no ordinal script
+        // The default spans fit the demo model's 8 layers; pod N takes span N through the ordinal script.
+        Assert.Equal(["/bin/bash", "-c"], Strings(node, "command"));
+        Assert.Equal("0-3 3-6 6-8", Str(Named(node, "env", "LAYERS_BY_ORDINAL"), "value"));
         var nodeArgs = Strings(node, "args");
-        Assert.Equal("node", nodeArgs[0]);
-        Assert.DoesNotContain("--layers", nodeArgs);
+        Assert.Equal(["potluck", "node"], nodeArgs[1..3]);
         Assert.Equal("$(POD_IP)", FlagValue(nodeArgs, "--host"));
         Assert.Equal("7100", FlagValue(nodeArgs, "--port"));
         Assert.Equal("11111", FlagValue(nodeArgs, "--silo-port"));
@@ -269,7 +272,12 @@ public sealed class HelmChartTests
         Assert.Contains("mv \"$target.part\" \"$target\"", Strings(download, "args")[0]);
         Assert.NotNull(At(Named(pod, "volumes", "model"), "emptyDir"));
 
-        var hostPath = Render(Release, "model: {source: hostPath, hostPath: {path: /srv/llm}}");
+        var hostPath = Render(Release, "model: {source: hostPath, hostPath: {path: /srv/llm}}\nnodes: {layers: []}");
+        // No spans listed: plain `potluck node` arguments, no ordinal script and no --layers.
+        var plainNode = Named(Map(hostPath.Get("StatefulSet", $"{Prefix}-node"), "spec.template.spec"), "containers", "node");
+        Assert.Null(At(plainNode, "command"));
+        Assert.Equal("node", Strings(plainNode, "args")[0]);
+        Assert.DoesNotContain("--layers", Strings(plainNode, "args"));
         var gatewayPod = Map(hostPath.Get("Deployment", $"{Prefix}-gateway"), "spec.template.spec");
         Assert.Equal("/srv/llm", Str(Named(gatewayPod, "volumes", "model"), "hostPath.path"));
         Assert.Null(At(gatewayPod, "initContainers"));

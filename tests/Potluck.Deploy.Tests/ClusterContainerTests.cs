@@ -1,0 +1,172 @@
+using DotNet.Testcontainers.Builders;
+using DotNet.Testcontainers.Configurations;
+using DotNet.Testcontainers.Containers;
+using DotNet.Testcontainers.Networks;
+
+namespace Potluck.Deploy.Tests;
+
+/// <summary>
+/// The image on a real Docker engine: Redis + gateway + three nodes on a network the test creates, a chat through the
+/// published gateway port compared with single-node llama.cpp, and a node stopped under the pool view's eyes.
+/// </summary>
+[Collection(DockerCollection.Name)]
+public sealed class ClusterContainerTests(PotluckImageFixture image)
+{
+    private static readonly TimeSpan StartTimeout = TimeSpan.FromMinutes(3);
+    internal static readonly string[] Spans = ["0-3", "3-6", "6-8"]; // the demo model has 8 layers
+
+    [DockerFact]
+    public async Task Three_node_pool_in_containers_matches_single_node_llama_cpp_and_reports_a_stopped_node()
+    {
+        image.EnsureReady();
+        await using var network = new NetworkBuilder().WithName($"potluck-test-{image.RunId}-pool").WithLabel(PotluckImageFixture.Label, image.RunId).Build();
+        await network.CreateAsync();
+
+        await using var redis = Redis(network, "redis");
+        await redis.StartAsync();
+
+        var nodes = Spans.Select((span, i) => Node(network, $"node{i + 1}", span, "redis:6379")).ToArray();
+        var gatewayPort = PotluckImageFixture.FreeLoopbackPort();
+        var gateway = Gateway(network, gatewayPort, "redis:6379");
+        try
+        {
+            // Nodes and gateway start together, like compose does after Redis is healthy.
+            await Task.WhenAll(nodes.Select(n => n.StartAsync()).Append(gateway.StartAsync()));
+            using var client = new GatewayClient(gatewayPort);
+            await client.WaitUntilReadyAsync(TimeSpan.FromMinutes(2));
+
+            const string message = "Tell me about potluck dinners.";
+            const int maxTokens = 16;
+            var answer = await client.ChatAsync(message, maxTokens);
+            var expected = GreedyReference.Chat(image.ModelPath, message, maxTokens);
+            Assert.NotEmpty(expected.Tokens);
+            Assert.Equal(expected.Tokens, answer.Tokens);
+            Assert.Equal(expected.Text, answer.Text);
+
+            var healthy = await client.HealthyNodeIdsAsync();
+            Assert.Superset(new HashSet<string> { "node1", "node2", "node3" }, healthy);
+
+            await nodes[1].StopAsync();
+            var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(90);
+            while (healthy.Contains("node2") && DateTime.UtcNow < deadline)
+            {
+                await Task.Delay(1000);
+                healthy = await client.HealthyNodeIdsAsync();
+            }
+            Assert.DoesNotContain("node2", healthy);
+            Assert.Contains("node1", healthy);
+            Assert.Contains("node3", healthy);
+            // Layers 3-5 are now held by nobody: the pool must say so rather than pretend to be ready.
+            var pool = await client.PoolAsync();
+            Assert.False(pool["coverage"]?["full_chain"]?.GetValue<bool>() ?? true, pool.ToJsonString());
+        }
+        finally
+        {
+            await gateway.DisposeAsync();
+            foreach (var node in nodes) await node.DisposeAsync();
+        }
+    }
+
+    [DockerFact]
+    public async Task Node_and_gateway_with_a_wrong_model_path_exit_with_a_clear_line_and_never_turn_healthy()
+    {
+        image.EnsureReady();
+        await using var node = NodeBuilder(null, "lost", "0-3", "127.0.0.1:6379", "/models/no-such-model.gguf").Build();
+        await using var gateway = new ContainerBuilder(PotluckImageFixture.Image)
+            .WithImagePullPolicy(_ => false)
+            .WithLabel(image.Labels)
+            .WithCommand(GatewayCommand("127.0.0.1", "127.0.0.1:6379", "/models/other.gguf"))
+            .Build();
+        await Task.WhenAll(node.StartAsync(), gateway.StartAsync());
+        foreach (var (container, path) in new[] { (node, "/models/no-such-model.gguf"), (gateway, "/models/other.gguf") })
+        {
+            var (exitCode, logs) = await WaitForExitAsync(container, TimeSpan.FromSeconds(60));
+            Assert.NotEqual(0, exitCode);
+            Assert.Contains($"model file not found: {path}", logs);
+            Assert.NotEqual(TestcontainersHealthStatus.Healthy, container.Health);
+        }
+    }
+
+    [DockerFact]
+    public async Task Node_with_unreachable_redis_exits_with_a_clear_line_and_never_turns_healthy()
+    {
+        image.EnsureReady();
+        await using var network = new NetworkBuilder().WithName($"potluck-test-{image.RunId}-noredis").WithLabel(PotluckImageFixture.Label, image.RunId).Build();
+        await network.CreateAsync();
+        // Nothing listens on this name's port: an alias of a container that runs no Redis.
+        await using var node = NodeBuilder(network, "lonely", "0-3", "lonely:6399", $"/models/{PotluckImageFixture.ModelFile}").Build();
+        await node.StartAsync();
+        var (exitCode, logs) = await WaitForExitAsync(node, TimeSpan.FromMinutes(2));
+        Assert.NotEqual(0, exitCode);
+        // One error line must name both the cause (Redis) and the endpoint that could not be reached.
+        var lines = logs.Split('\n', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+        Assert.True(lines.Any(line => line.Contains("error:", StringComparison.Ordinal) && line.Contains("lonely:6399", StringComparison.Ordinal)
+            && line.Contains("redis", StringComparison.OrdinalIgnoreCase)), $"no error line names Redis at lonely:6399; logs:\n{logs}");
+        Assert.NotEqual(TestcontainersHealthStatus.Healthy, node.Health);
+    }
+
+    internal IContainer Redis(INetwork network, string alias) =>
+        new ContainerBuilder("redis:7.0")
+            .WithImagePullPolicy(_ => false)
+            .WithLabel(image.Labels)
+            .WithNetwork(network)
+            .WithNetworkAliases(alias)
+            .WithCommand("redis-server", "--save", "", "--appendonly", "no")
+            .WithWaitStrategy(Wait.ForUnixContainer().UntilMessageIsLogged("Ready to accept connections", o => o.WithTimeout(TimeSpan.FromSeconds(60))))
+            .Build();
+
+    private IContainer Node(INetwork network, string id, string span, string redis) =>
+        NodeBuilder(network, id, span, redis, $"/models/{PotluckImageFixture.ModelFile}")
+            .WithWaitStrategy(Wait.ForUnixContainer().UntilContainerIsHealthy(failingStreak: 20, o => o.WithTimeout(StartTimeout)))
+            .Build();
+
+    private ContainerBuilder NodeBuilder(INetwork? network, string id, string span, string redis, string modelPath)
+    {
+        var builder = new ContainerBuilder(PotluckImageFixture.Image)
+            .WithImagePullPolicy(_ => false)
+            .WithLabel(image.Labels)
+            .WithBindMount(image.ModelDirectory, "/models", AccessMode.ReadOnly)
+            .WithCommand(NodeCommand(id, span, redis, modelPath))
+            // Nodes serve h2c gRPC only: the healthcheck checks that the port accepts connections.
+            .WithEnvironment("POTLUCK_HEALTHCHECK_URL", "tcp://127.0.0.1:7100");
+        return network is null ? builder : builder.WithNetwork(network).WithNetworkAliases(id);
+    }
+
+    private IContainer Gateway(INetwork network, int hostPort, string redis) =>
+        new ContainerBuilder(PotluckImageFixture.Image)
+            .WithImagePullPolicy(_ => false)
+            .WithLabel(image.Labels)
+            .WithNetwork(network)
+            .WithNetworkAliases("gateway")
+            .WithBindMount(image.ModelDirectory, "/models", AccessMode.ReadOnly)
+            .WithCommand(GatewayCommand("gateway", redis, $"/models/{PotluckImageFixture.ModelFile}"))
+            .WithPortBinding(hostPort, 8080)
+            .WithWaitStrategy(Wait.ForUnixContainer().UntilContainerIsHealthy(failingStreak: 20, o => o.WithTimeout(StartTimeout)))
+            .Build();
+
+    /// <summary>The same flags docker-compose.yml passes (keep them in step).</summary>
+    internal static string[] NodeCommand(string id, string span, string redis, string modelPath) =>
+        ["node", $"--model={modelPath}", $"--layers={span}", $"--host={id}", "--port=7100", "--silo-port=11111", $"--node-id={id}", $"--redis={redis}"];
+
+    internal static string[] GatewayCommand(string advertisedHost, string redis, string modelPath) =>
+        ["gateway", $"--model={modelPath}", "--host=0.0.0.0", "--port=8080", "--silo-port=11110", $"--advertise={advertisedHost}", $"--redis={redis}",
+         // F32 hidden states on the wire are bit-exact with one process; F16 may flip near-tied tokens of this random model.
+         "--model-name=potluck", "--wire=F32"];
+
+    /// <summary>Waits (bounded) for a container that should fail to exit; returns its exit code and logs.</summary>
+    internal static async Task<(long ExitCode, string Logs)> WaitForExitAsync(IContainer container, TimeSpan timeout)
+    {
+        using var cancel = new CancellationTokenSource(timeout);
+        try
+        {
+            var exitCode = await container.GetExitCodeAsync(cancel.Token);
+            var (stdout, stderr) = await container.GetLogsAsync();
+            return (exitCode, stdout + stderr);
+        }
+        catch (OperationCanceledException)
+        {
+            var (stdout, stderr) = await container.GetLogsAsync();
+            throw new TimeoutException($"container still running after {timeout.TotalSeconds:0}s (it should have failed fast); logs:\n{stdout}{stderr}");
+        }
+    }
+}

@@ -33,9 +33,14 @@ public static class PotluckProcess
         return start;
     }
 
-    public static async Task<PotluckRun> RunAsync(string potluckHome, TimeSpan timeout, params string[] arguments)
+    public static Task<PotluckRun> RunAsync(string potluckHome, TimeSpan timeout, params string[] arguments) =>
+        RunWithInputAsync(potluckHome, timeout, "", arguments);
+
+    /// <summary>Runs with <paramref name="input"/> piped to stdin (then closed), as `echo ... | potluck chat` does.</summary>
+    public static async Task<PotluckRun> RunWithInputAsync(string potluckHome, TimeSpan timeout, string input, params string[] arguments)
     {
         using var process = Process.Start(StartInfo(arguments, potluckHome))!;
+        await process.StandardInput.WriteAsync(input);
         process.StandardInput.Close();
         var stdout = process.StandardOutput.ReadToEndAsync();
         var stderr = process.StandardError.ReadToEndAsync();

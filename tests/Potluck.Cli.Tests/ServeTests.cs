@@ -53,6 +53,15 @@ public sealed class ServeTests : IClassFixture<TempHome>
         await using var serve = await RunningServe.StartAsync(_home.Path, ["--nodes", "2"], ReadyLimit);
         var children = serve.ChildPids();
         Assert.Equal(3, children.Count); // gateway + 2 nodes
+        // A streamed chat through the whole route (gateway -> node-1 -> node-2 -> gateway). Greedy, and /reset drops
+        // the history, so asking the same thing twice must stream the same reply twice (each followed by a newline).
+        var chat = await PotluckProcess.RunWithInputAsync(_home.Path, TimeSpan.FromSeconds(60), "Hello\n/reset\nHello\n",
+            "chat", "--url", serve.Url.ToString(), "--max-tokens", "6", "--temperature", "0");
+        Assert.True(chat.ExitCode == 0, chat.ToString());
+        var half = chat.Stdout.Length / 2;
+        Assert.True(chat.Stdout.Length > 2 && chat.Stdout.Length % 2 == 0, chat.ToString());
+        Assert.Equal(chat.Stdout[..half], chat.Stdout[half..]);
+
         var node1 = serve.PidOf("node-1");
         var survivors = children.Where(pid => pid != node1).ToList();
 

@@ -96,7 +96,7 @@ internal sealed class LocalPoolRunner(LocalPoolPlan plan, TimeSpan readyTimeout,
             throw new CliFailureException(ready);
         }
 
-        PrintPool(supervisor);
+        PrintPool(supervisor, await ServedModelNameAsync());
         var stopped = await Task.WhenAny(_gatewayDied.Task, Task.Delay(Timeout.Infinite, signals.Token).ContinueWith(_ => { }, TaskScheduler.Default));
         if (stopped == _gatewayDied.Task)
         {
@@ -170,7 +170,21 @@ internal sealed class LocalPoolRunner(LocalPoolPlan plan, TimeSpan readyTimeout,
         return "no output";
     }
 
-    private void PrintPool(ProcessSupervisor supervisor)
+    /// <summary>The name clients must send as "model" (the gateway's /v1/models), for the example line.</summary>
+    private async Task<string> ServedModelNameAsync()
+    {
+        using var http = new HttpClient { Timeout = TimeSpan.FromSeconds(5) };
+        try
+        {
+            return await new Chat.ChatClient(http, plan.Url).FirstModelAsync(CancellationToken.None);
+        }
+        catch (Exception error) when (error is HttpRequestException or CliFailureException or OperationCanceledException or System.Text.Json.JsonException)
+        {
+            return "MODEL";
+        }
+    }
+
+    private void PrintPool(ProcessSupervisor supervisor, string modelName)
     {
         var table = new Table().Border(TableBorder.Rounded);
         table.AddColumn("Process");
@@ -185,7 +199,8 @@ internal sealed class LocalPoolRunner(LocalPoolPlan plan, TimeSpan readyTimeout,
                 table.AddRow(node.Name, supervisor.Get(node.Name).Pid.ToString(), $"[[{node.Start}, {node.End})", (node.SpanIndex + 1).ToString(), (node.Replica + 1).ToString());
             AnsiConsole.Write(table);
             Console.Out.WriteLine($"Pool ready: {plan.Url}  (OpenAI API at {plan.Url}v1, Ctrl+C to stop)");
-            Console.Out.WriteLine($"Try: curl {plan.Url}v1/chat/completions -H 'Content-Type: application/json' -d '{{\"model\":\"potluck\",\"messages\":[{{\"role\":\"user\",\"content\":\"Hello\"}}]}}'");
+            Console.Out.WriteLine($"Try: curl {plan.Url}v1/chat/completions -H 'Content-Type: application/json' -d '{{\"model\":\"{modelName}\",\"messages\":[{{\"role\":\"user\",\"content\":\"Hello\"}}],\"max_tokens\":32}}'");
+            Console.Out.WriteLine($" or: potluck chat --url {plan.Url}");
         }
     }
 

@@ -1,10 +1,15 @@
 using System.Diagnostics;
 using System.Globalization;
 using System.Net;
+using System.Reflection;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
+using OpenTelemetry;
+using OpenTelemetry.Metrics;
+using OpenTelemetry.Resources;
+using OpenTelemetry.Trace;
 using Orleans.Configuration;
 using Potluck.Contracts.Control;
 using Potluck.Inference;
@@ -22,7 +27,17 @@ namespace Potluck.Node;
 /// </summary>
 public static class NodeHost
 {
-    /// <summary>Runs a node until <paramref name="ct"/> fires or the process gets SIGTERM/Ctrl+C. Returns an exit code.</summary>
+    /// <summary>Exit code when the model cannot be loaded or the configuration is invalid.</summary>
+    public const int ExitCannotLoad = 2;
+
+    /// <summary>Exit code when the node cannot join the pool (membership store or seed unreachable).</summary>
+    public const int ExitCannotJoin = 3;
+
+    /// <summary>
+    /// Runs a node until <paramref name="ct"/> fires or the process gets SIGTERM/Ctrl+C. Returns an exit code:
+    /// 0 after a clean shutdown, <see cref="ExitCannotLoad"/> or <see cref="ExitCannotJoin"/> after one error
+    /// line on stderr saying why, so a supervisor restarting it shows the cause instead of a bare crash loop.
+    /// </summary>
     public static async Task<int> RunAsync(NodeOptions options, CancellationToken ct)
     {
         WebApplication app;
@@ -30,29 +45,73 @@ public static class NodeHost
         {
             app = Build(options);
         }
-        catch (EngineException e)
+        catch (Exception e) when (e is EngineException or IOException or UnauthorizedAccessException)
         {
-            await Console.Error.WriteLineAsync($"potluck node: cannot load layers [{options.LayerStart},{options.LayerEnd}) of {options.ModelPath}: {e.Message}");
-            return 2;
+            return Fatal(ExitCannotLoad, $"cannot load layers [{options.LayerStart},{options.LayerEnd}) of {options.ModelPath}: {e.Message}");
         }
-        catch (Exception e) when (e is ArgumentException or FormatException or FileNotFoundException)
+        catch (Exception e) when (e is NodeConfigurationException or ArgumentException or FormatException)
         {
-            await Console.Error.WriteLineAsync($"potluck node: {e.Message}");
-            return 2;
+            return Fatal(ExitCannotLoad, $"invalid configuration: {e.Message}");
         }
         await using (app)
         {
-            await app.StartAsync(ct);
+            using var startup = CancellationTokenSource.CreateLinkedTokenSource(ct);
+            startup.CancelAfter(options.StartupTimeout);
+            try
+            {
+                await app.StartAsync(startup.Token);
+            }
+            catch (OperationCanceledException) when (!ct.IsCancellationRequested)
+            {
+                return Fatal(ExitCannotJoin, $"did not join the pool within {options.StartupTimeout.TotalSeconds:F0} s via {DescribeMembership(options)}; is it reachable?");
+            }
+            catch (Exception e) when (e is not OperationCanceledException)
+            {
+                return Fatal(ExitCannotJoin, $"cannot join the pool via {DescribeMembership(options)}: {Reason(Innermost(e))}");
+            }
             await app.WaitForShutdownAsync(ct);
         }
         return 0;
+    }
+
+    private static int Fatal(int code, string message)
+    {
+        // One line, no stack trace: this is what an operator sees in `docker logs` or `kubectl logs`.
+        Console.Error.WriteLine($"potluck node: error: {message.ReplaceLineEndings(" ")}");
+        return code;
+    }
+
+    private static string DescribeMembership(NodeOptions options) =>
+        !string.IsNullOrWhiteSpace(options.RedisConnectionString) ? $"Redis membership at {RedactRedis(options.RedisConnectionString)}"
+        : !string.IsNullOrWhiteSpace(options.PrimarySiloEndpoint) ? $"seed silo {options.PrimarySiloEndpoint}"
+        : $"development membership (this node is the primary, silo port {options.SiloPort})";
+
+    // Redis connection strings may carry a password: show only the endpoints.
+    private static string RedactRedis(string connection) =>
+        string.Join(',', connection.Split(',').Where(part => !part.Contains('=', StringComparison.Ordinal)));
+
+    // StackExchange.Redis appends advice meant for developers (abortConnect=false); an operator needs the first sentence.
+    private static string Reason(Exception e) =>
+        e.GetType().Name == "RedisConnectionException" && e.Message.IndexOf(". ", StringComparison.Ordinal) is > 0 and var end
+            ? e.Message[..(end + 1)]
+            : e.Message;
+
+    private static Exception Innermost(Exception e)
+    {
+        while (true)
+        {
+            if (e is AggregateException { InnerExceptions.Count: 1 } aggregate) e = aggregate.InnerExceptions[0];
+            else if (e.InnerException is { } inner && e is AggregateException or TargetInvocationException) e = inner;
+            else return e;
+        }
     }
 
     /// <summary>
     /// Loads the span (the expensive part) and builds the node's host without starting it. Tests start
     /// several in one process; they share the model object through <see cref="SharedModel"/>.
     /// </summary>
-    public static WebApplication Build(NodeOptions options, Action<ILoggingBuilder>? configureLogging = null)
+    /// <param name="configureHost">Runs on the host builder before the node's own services are added (tests add exporters here).</param>
+    public static WebApplication Build(NodeOptions options, Action<ILoggingBuilder>? configureLogging = null, Action<WebApplicationBuilder>? configureHost = null)
     {
         var nodeId = options.ResolvedNodeId;
         ShardKeys.ValidateNodeId(nodeId);
@@ -71,7 +130,7 @@ public static class NodeHost
         }
         try
         {
-            return Build(options, compute, configureLogging);
+            return Build(options, compute, configureLogging, configureHost);
         }
         catch
         {
@@ -81,7 +140,8 @@ public static class NodeHost
     }
 
     /// <summary>Builds a node around an already loaded compute (which the host then owns and disposes).</summary>
-    internal static WebApplication Build(NodeOptions options, IStageCompute compute, Action<ILoggingBuilder>? configureLogging)
+    internal static WebApplication Build(NodeOptions options, IStageCompute compute, Action<ILoggingBuilder>? configureLogging,
+        Action<WebApplicationBuilder>? configureHost = null)
     {
         var nodeId = options.ResolvedNodeId;
         var msPerToken = SpanHost.MeasureDecodeMs(compute);
@@ -92,7 +152,9 @@ public static class NodeHost
             ContentRootPath = AppContext.BaseDirectory,
         });
         configureLogging?.Invoke(builder.Logging);
+        configureHost?.Invoke(builder);
         builder.Services.Configure<HostOptions>(o => o.ShutdownTimeout = TimeSpan.FromSeconds(20));
+        AddOpenTelemetry(builder, nodeId);
 
         var listen = StageHosting.ListenAddressFor(options.AdvertisedHost, options.ListenAddress);
         var maxMessage = StageHosting.MaxMessageBytes(options.MaxRowsPerStep, compute.Width);
@@ -132,6 +194,27 @@ public static class NodeHost
         StageHosting.MapStage(app);
         WireLifecycle(app, options, nodeId);
         return app;
+    }
+
+    /// <summary>
+    /// Traces (the node's spans plus Orleans' grain-call spans) and metrics (the node's meter plus Orleans').
+    /// Exported over OTLP only when the standard OTEL_EXPORTER_OTLP_ENDPOINT is set; the exporter then reads
+    /// the other OTEL_* variables (protocol, headers, intervals) itself.
+    /// </summary>
+    private static void AddOpenTelemetry(WebApplicationBuilder builder, string nodeId)
+    {
+        var telemetry = builder.Services.AddOpenTelemetry()
+            .ConfigureResource(resource =>
+            {
+                // OTEL_SERVICE_NAME wins when the operator set it.
+                if (string.IsNullOrWhiteSpace(builder.Configuration["OTEL_SERVICE_NAME"]))
+                    resource.AddService("potluck-node", serviceInstanceId: nodeId);
+                resource.AddAttributes([new KeyValuePair<string, object>("potluck.node_id", nodeId)]);
+            })
+            .WithTracing(tracing => tracing.AddSource(TelemetryNames.ActivitySources))
+            .WithMetrics(metrics => metrics.AddMeter(TelemetryNames.Meters));
+        if (!string.IsNullOrWhiteSpace(builder.Configuration["OTEL_EXPORTER_OTLP_ENDPOINT"]))
+            telemetry.UseOtlpExporter();
     }
 
     private static void ConfigureMembership(ISiloBuilder silo, NodeOptions options, IPAddress listen)

@@ -1,8 +1,17 @@
+using System.Globalization;
+using Microsoft.Extensions.Configuration;
+
 namespace Potluck.Node;
 
-/// <summary>How to run one node. The CLI's `potluck node` fills this in.</summary>
+/// <summary>
+/// How to run one node. The CLI's `potluck node` fills this in; containers set the same values through
+/// configuration (<see cref="ConfigurationSection"/>, i.e. environment variables Potluck__Node__*).
+/// </summary>
 public sealed record NodeOptions
 {
+    /// <summary>Configuration section the node reads: environment variables Potluck__Node__ModelPath, ...</summary>
+    public const string ConfigurationSection = "Potluck:Node";
+
     /// <summary>The GGUF file; every node of a pool must hold the same file (checked by model id).</summary>
     public required string ModelPath { get; init; }
 
@@ -60,10 +69,137 @@ public sealed record NodeOptions
     /// </summary>
     public bool FastFailureDetection { get; init; }
 
+    /// <summary>
+    /// Longest the node may take to join the pool (membership store reachable, silo up). Past it the node
+    /// exits with a clear error instead of hanging on an unreachable seed or Redis.
+    /// </summary>
+    public TimeSpan StartupTimeout { get; init; } = TimeSpan.FromMinutes(2);
+
     public string ResolvedNodeId => NodeId ?? $"node-{AdvertisedHost}-{GrpcPort}";
 
     public string GrpcEndpoint => $"http://{FormatHost(AdvertisedHost)}:{GrpcPort}";
 
     private static string FormatHost(string host) =>
         System.Net.IPAddress.TryParse(host, out var ip) && ip.AddressFamily == System.Net.Sockets.AddressFamily.InterNetworkV6 ? $"[{host}]" : host;
+
+    /// <summary>
+    /// Options from section <see cref="ConfigurationSection"/> of <paramref name="configuration"/> (the root),
+    /// e.g. environment variables Potluck__Node__ModelPath and Potluck__Node__Layers=0-4. ModelPath and the
+    /// layers (Layers, or LayerStart and LayerEnd) are required; everything else keeps its default.
+    /// </summary>
+    /// <exception cref="NodeConfigurationException">A required key is missing or a value does not parse.</exception>
+    public static NodeOptions FromConfiguration(IConfiguration configuration)
+    {
+        var section = configuration.GetSection(ConfigurationSection);
+        if (string.IsNullOrWhiteSpace(section[nameof(ModelPath)]))
+            throw new NodeConfigurationException($"{Describe(section, nameof(ModelPath))} is required: the GGUF file this node serves");
+        if (section["Layers"] is null && (section[nameof(LayerStart)] is null || section[nameof(LayerEnd)] is null))
+            throw new NodeConfigurationException($"{Describe(section, "Layers")} is required, as A-B meaning layers [A, B)");
+        return new NodeOptions { ModelPath = "", LayerStart = 0, LayerEnd = 1 }.WithConfiguration(configuration);
+    }
+
+    /// <summary>
+    /// A copy of these options with every key present in section <see cref="ConfigurationSection"/> applied
+    /// over them; absent keys keep this instance's values. The CLI applies its flags over the result.
+    /// </summary>
+    /// <exception cref="NodeConfigurationException">A value does not parse.</exception>
+    public NodeOptions WithConfiguration(IConfiguration configuration)
+    {
+        var section = configuration.GetSection(ConfigurationSection);
+        var options = this;
+        if (section[nameof(ModelPath)] is { } modelPath) options = options with { ModelPath = modelPath };
+        if (section["Layers"] is { } layers)
+        {
+            var (start, end) = ParseLayers(layers, () => Describe(section, "Layers"));
+            options = options with { LayerStart = start, LayerEnd = end };
+        }
+        else
+        {
+            options = options with
+            {
+                LayerStart = ReadInt(section, nameof(LayerStart), options.LayerStart, 0, int.MaxValue),
+                LayerEnd = ReadInt(section, nameof(LayerEnd), options.LayerEnd, 1, int.MaxValue),
+            };
+            if (options.LayerEnd <= options.LayerStart)
+                throw new NodeConfigurationException($"{Describe(section, nameof(LayerEnd))} ({options.LayerEnd}) must be greater than LayerStart ({options.LayerStart})");
+        }
+        return options with
+        {
+            NodeId = ReadString(section, nameof(NodeId)) ?? options.NodeId,
+            GrpcPort = ReadInt(section, nameof(GrpcPort), options.GrpcPort, 1, 65535),
+            SiloPort = ReadInt(section, nameof(SiloPort), options.SiloPort, 1, 65535),
+            GatewayPort = ReadInt(section, nameof(GatewayPort), options.GatewayPort, 0, 65535),
+            PrimarySiloEndpoint = ReadString(section, nameof(PrimarySiloEndpoint)) ?? options.PrimarySiloEndpoint,
+            RedisConnectionString = ReadString(section, nameof(RedisConnectionString)) ?? options.RedisConnectionString,
+            AdvertisedHost = ReadString(section, nameof(AdvertisedHost)) ?? options.AdvertisedHost,
+            ListenAddress = ReadString(section, nameof(ListenAddress)) ?? options.ListenAddress,
+            KvBudgetTokens = section[nameof(KvBudgetTokens)] is null ? options.KvBudgetTokens : ReadLong(section, nameof(KvBudgetTokens), 1),
+            Threads = ReadInt(section, nameof(Threads), options.Threads, 0, 4096),
+            MaxRowsPerStep = ReadInt(section, nameof(MaxRowsPerStep), options.MaxRowsPerStep, 1, 1 << 20),
+            ClusterId = ReadString(section, nameof(ClusterId)) ?? options.ClusterId,
+            ReportPeriod = ReadDuration(section, nameof(ReportPeriod), options.ReportPeriod),
+            FastFailureDetection = ReadBool(section, nameof(FastFailureDetection), options.FastFailureDetection),
+            StartupTimeout = ReadDuration(section, nameof(StartupTimeout), options.StartupTimeout),
+        };
+    }
+
+    /// <summary>Parses "A-B", layers [A, B) with 0 &lt;= A &lt; B.</summary>
+    public static bool TryParseLayers(string text, out int start, out int end)
+    {
+        start = end = 0;
+        var dash = text.IndexOf('-');
+        if (dash <= 0) return false;
+        // NumberStyles.None: digits only, so "-1-3" or " 2" never parse as a layer.
+        return int.TryParse(text.AsSpan(0, dash), NumberStyles.None, CultureInfo.InvariantCulture, out start)
+            && int.TryParse(text.AsSpan(dash + 1), NumberStyles.None, CultureInfo.InvariantCulture, out end)
+            && end > start;
+    }
+
+    private static (int Start, int End) ParseLayers(string text, Func<string> where) =>
+        TryParseLayers(text.Trim(), out var start, out var end)
+            ? (start, end)
+            : throw new NodeConfigurationException($"{where()} is '{text}': expected A-B with 0 <= A < B, meaning layers [A, B)");
+
+    // Names the key both ways so the message points at whatever the operator actually set.
+    private static string Describe(IConfigurationSection section, string key) =>
+        $"{section.Path}:{key} (environment variable {section.Path.Replace(":", "__", StringComparison.Ordinal)}__{key})";
+
+    // Empty means "not set": compose files often pass VAR= for optional settings.
+    private static string? ReadString(IConfigurationSection section, string key) =>
+        string.IsNullOrWhiteSpace(section[key]) ? null : section[key]!.Trim();
+
+    private static int ReadInt(IConfigurationSection section, string key, int fallback, int min, int max)
+    {
+        if (ReadString(section, key) is not { } text) return fallback;
+        if (int.TryParse(text, NumberStyles.Integer, CultureInfo.InvariantCulture, out var value) && value >= min && value <= max) return value;
+        throw new NodeConfigurationException($"{Describe(section, key)} is '{text}': expected an integer from {min} to {max}");
+    }
+
+    private static long? ReadLong(IConfigurationSection section, string key, long min)
+    {
+        if (ReadString(section, key) is not { } text) return null;
+        if (long.TryParse(text, NumberStyles.Integer, CultureInfo.InvariantCulture, out var value) && value >= min) return value;
+        throw new NodeConfigurationException($"{Describe(section, key)} is '{text}': expected an integer of at least {min}");
+    }
+
+    private static bool ReadBool(IConfigurationSection section, string key, bool fallback)
+    {
+        if (ReadString(section, key) is not { } text) return fallback;
+        if (bool.TryParse(text, out var value)) return value;
+        if (text is "1" or "0") return text == "1";
+        throw new NodeConfigurationException($"{Describe(section, key)} is '{text}': expected true or false");
+    }
+
+    /// <summary>A duration as "00:00:02" (TimeSpan) or a number of seconds ("2", "0.5").</summary>
+    private static TimeSpan ReadDuration(IConfigurationSection section, string key, TimeSpan fallback)
+    {
+        if (ReadString(section, key) is not { } text) return fallback;
+        if (double.TryParse(text, NumberStyles.Float, CultureInfo.InvariantCulture, out var seconds) && seconds > 0 && seconds < TimeSpan.MaxValue.TotalSeconds)
+            return TimeSpan.FromSeconds(seconds);
+        if (TimeSpan.TryParse(text, CultureInfo.InvariantCulture, out var value) && value > TimeSpan.Zero) return value;
+        throw new NodeConfigurationException($"{Describe(section, key)} is '{text}': expected a positive duration (seconds, or hh:mm:ss)");
+    }
 }
+
+/// <summary>The node's configuration is missing a required value or has one that does not parse.</summary>
+public sealed class NodeConfigurationException(string message) : Exception(message);

@@ -1,34 +1,56 @@
+using Microsoft.Extensions.Configuration;
 using Potluck.Node;
 
-// Usage: --model PATH --layers A-B --node-id ID --grpc-port P --silo-port S [--gateway-port G] [--seed host:port] [--redis conn] [--fast]
-var values = new Dictionary<string, string>(StringComparer.Ordinal);
-var fast = false;
+// Test-only node launcher, configured the way a container is: environment variables Potluck__Node__*
+// (NodeOptions.FromConfiguration), with optional flags applied over them.
+// Flags: --model PATH --layers A-B --node-id ID --grpc-port P --silo-port S [--gateway-port G] [--seed host:port]
+//        [--redis conn] [--cluster ID] [--fast]
+var flagKeys = new Dictionary<string, string>(StringComparer.Ordinal)
+{
+    ["model"] = nameof(NodeOptions.ModelPath),
+    ["layers"] = "Layers",
+    ["node-id"] = nameof(NodeOptions.NodeId),
+    ["grpc-port"] = nameof(NodeOptions.GrpcPort),
+    ["silo-port"] = nameof(NodeOptions.SiloPort),
+    ["gateway-port"] = nameof(NodeOptions.GatewayPort),
+    ["seed"] = nameof(NodeOptions.PrimarySiloEndpoint),
+    ["redis"] = nameof(NodeOptions.RedisConnectionString),
+    ["cluster"] = nameof(NodeOptions.ClusterId),
+};
+string Key(string name) => $"{NodeOptions.ConfigurationSection}:{name}";
+
+var flags = new Dictionary<string, string?>(StringComparer.Ordinal);
 for (var i = 0; i < args.Length; i++)
 {
-    if (args[i] == "--fast") fast = true;
-    else if (args[i].StartsWith("--", StringComparison.Ordinal) && i + 1 < args.Length) values[args[i][2..]] = args[++i];
+    if (args[i] == "--fast") flags[Key(nameof(NodeOptions.FastFailureDetection))] = "true";
+    else if (args[i].StartsWith("--", StringComparison.Ordinal) && flagKeys.TryGetValue(args[i][2..], out var key) && i + 1 < args.Length)
+        flags[Key(key)] = args[++i];
     else
     {
         Console.Error.WriteLine($"unexpected argument '{args[i]}'");
         return 64;
     }
 }
-string Get(string key) => values.TryGetValue(key, out var v) ? v : throw new ArgumentException($"--{key} is required");
-var layers = Get("layers").Split('-');
-var options = new NodeOptions
+
+var configuration = new ConfigurationBuilder()
+    // Test defaults: one compute thread (tests run several nodes on 2 cores), frequent status reports.
+    .AddInMemoryCollection(new Dictionary<string, string?>
+    {
+        [Key(nameof(NodeOptions.Threads))] = "1",
+        [Key(nameof(NodeOptions.ReportPeriod))] = "1",
+    })
+    .AddEnvironmentVariables()
+    .AddInMemoryCollection(flags)
+    .Build();
+
+NodeOptions options;
+try
 {
-    ModelPath = Get("model"),
-    LayerStart = int.Parse(layers[0]),
-    LayerEnd = int.Parse(layers[1]),
-    NodeId = Get("node-id"),
-    GrpcPort = int.Parse(Get("grpc-port")),
-    SiloPort = int.Parse(Get("silo-port")),
-    GatewayPort = values.TryGetValue("gateway-port", out var g) ? int.Parse(g) : 0,
-    PrimarySiloEndpoint = values.GetValueOrDefault("seed"),
-    RedisConnectionString = values.GetValueOrDefault("redis"),
-    FastFailureDetection = fast,
-    Threads = 1,
-    ReportPeriod = TimeSpan.FromSeconds(1),
-    ClusterId = values.GetValueOrDefault("cluster") ?? "potluck",
-};
+    options = NodeOptions.FromConfiguration(configuration);
+}
+catch (NodeConfigurationException e)
+{
+    Console.Error.WriteLine($"potluck node: error: {e.Message}");
+    return NodeHost.ExitCannotLoad;
+}
 return await NodeHost.RunAsync(options, CancellationToken.None);

@@ -20,59 +20,20 @@ public sealed class ProcessClusterTests(ITestOutputHelper output)
 {
     private static readonly TimeSpan Timeout = TimeSpan.FromSeconds(60);
 
-    private sealed record NodeProcess(Process Process, string NodeId, int Start, int End, string Endpoint) : IDisposable
-    {
-        public void Dispose()
-        {
-            if (!Process.HasExited) Process.Kill(entireProcessTree: true);
-            Process.Dispose();
-        }
-    }
-
-    private static string TestHostDll()
-    {
-        // tests/Potluck.Node.Tests/bin/<Config>/net10.0/ → tests/Potluck.Node.TestHost/bin/<Config>/net10.0/
-        var baseDir = new DirectoryInfo(AppContext.BaseDirectory.TrimEnd('/'));
-        var config = baseDir.Parent!.Name;
-        var dll = Path.GetFullPath(Path.Combine(baseDir.FullName, "../../../../Potluck.Node.TestHost/bin", config, baseDir.Name, "Potluck.Node.TestHost.dll"));
-        Assert.True(File.Exists(dll), $"build the test host first: {dll}");
-        return dll;
-    }
-
     private NodeProcess StartNode(string model, string nodeId, int start, int end, string cluster, string? seed, int siloPort, int gatewayPort)
     {
         var grpcPort = Ports.Free();
-        var args = $"exec \"{TestHostDll()}\" --model \"{model}\" --layers {start}-{end} --node-id {nodeId} --grpc-port {grpcPort} --silo-port {siloPort} --cluster {cluster} --fast";
-        if (gatewayPort > 0) args += $" --gateway-port {gatewayPort}";
-        if (seed is not null) args += $" --seed {seed}";
-        var info = new ProcessStartInfo("dotnet", args) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-        var process = Process.Start(info)!;
-        process.OutputDataReceived += (_, e) => { if (e.Data is not null) try { output.WriteLine($"[{nodeId}] {e.Data}"); } catch (InvalidOperationException) { } };
-        process.ErrorDataReceived += (_, e) => { if (e.Data is not null) try { output.WriteLine($"[{nodeId}!] {e.Data}"); } catch (InvalidOperationException) { } };
-        process.BeginOutputReadLine();
-        process.BeginErrorReadLine();
-        return new NodeProcess(process, nodeId, start, end, $"http://127.0.0.1:{grpcPort}");
+        var args = new List<string>
+        {
+            "--model", model, "--layers", $"{start}-{end}", "--node-id", nodeId, "--grpc-port", $"{grpcPort}",
+            "--silo-port", $"{siloPort}", "--cluster", cluster, "--fast",
+        };
+        if (gatewayPort > 0) args.AddRange(["--gateway-port", $"{gatewayPort}"]);
+        if (seed is not null) args.AddRange(["--seed", seed]);
+        return NodeProcess.Start(output, nodeId, grpcPort, args);
     }
 
-    private static async Task WaitServingAsync(NodeProcess node)
-    {
-        using var channel = Channels.For(node.Endpoint);
-        var client = new GrpcStage.StageClient(channel);
-        var deadline = DateTime.UtcNow + Timeout;
-        while (true)
-        {
-            Assert.False(node.Process.HasExited, $"{node.NodeId} exited with {(node.Process.HasExited ? node.Process.ExitCode : 0)}");
-            try
-            {
-                await client.DescribeAsync(new DescribeRequest(), deadline: DateTime.UtcNow.AddSeconds(2));
-                return;
-            }
-            catch (Grpc.Core.RpcException) when (DateTime.UtcNow < deadline)
-            {
-                await Task.Delay(200);
-            }
-        }
-    }
+    private static Task WaitServingAsync(NodeProcess node) => node.WaitServingAsync(Timeout);
 
     private static async Task<TimeSpan> WaitForAsync(Func<Task<bool>> condition)
     {

@@ -39,7 +39,7 @@ public sealed class InProcessPool : IAsyncDisposable
     public SpanHost Host(int i) => Apps[i].Services.GetRequiredService<SpanHost>();
 
     public static async Task<InProcessPool> StartAsync(string modelPath, IReadOnlyList<(int Start, int End)> spans, long? kvBudgetTokens = null,
-        string prefix = "node")
+        string prefix = "node", Func<int, Action<WebApplicationBuilder>?>? configureHost = null)
     {
         var apps = new List<WebApplication>();
         var options = new List<NodeOptions>();
@@ -62,7 +62,7 @@ public sealed class InProcessPool : IAsyncDisposable
                     ReportPeriod = TimeSpan.FromMilliseconds(500),
                 };
                 seed ??= $"127.0.0.1:{o.SiloPort}";
-                var app = NodeHost.Build(o, logging => logging.SetMinimumLevel(LogLevel.Warning));
+                var app = NodeHost.Build(o, logging => logging.SetMinimumLevel(LogLevel.Warning), configureHost?.Invoke(i));
                 apps.Add(app);
                 options.Add(o);
                 using var startTimeout = new CancellationTokenSource(TimeSpan.FromSeconds(60));

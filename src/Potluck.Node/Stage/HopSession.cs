@@ -148,6 +148,7 @@ internal sealed class HopSession
         _sessionParent = NodeTelemetry.ParentFrom(open.Traceparent, open.Tracestate);
         using var activity = NodeTelemetry.Source.StartActivity("potluck.node.open", ActivityKind.Server, _sessionParent);
         activity?.SetTag("potluck.session", open.SessionId);
+        activity?.SetTag("potluck.node", _host.NodeId);
         activity?.SetTag("potluck.layers", $"{_host.LayerStart}-{_host.LayerEnd}");
 
         var session = _host.Open(open.SessionId, open.MaxTokens);
@@ -331,6 +332,8 @@ internal sealed class HopSession
         using var activity = NodeTelemetry.Source.StartActivity("potluck.node.step", ActivityKind.Server,
             NodeTelemetry.ParentFrom(step.Traceparent, null) is { TraceId: var t } parent && t != default ? parent : _sessionParent);
         activity?.SetTag("potluck.session", session.Id);
+        // Which stage served it, when several stages export into one trace backend.
+        activity?.SetTag("potluck.node", _host.NodeId);
         activity?.SetTag("potluck.step", step.StepId);
         activity?.SetTag("potluck.rows", rows);
 

@@ -11,7 +11,7 @@ namespace Potluck.Node.Tests;
 /// </summary>
 public sealed class NodeFailureTests(ITestOutputHelper output)
 {
-    // Generous for a loaded 2-core machine; a healthy run takes a second or two (Redis: its 5 s connect timeout).
+    // Generous for a loaded 2-core machine; each case exits within a few seconds.
     private static readonly TimeSpan ExitTimeout = TimeSpan.FromSeconds(45);
 
     private async Task<(int Code, string ErrorLine, TimeSpan Elapsed)> RunToExitAsync(string name, Dictionary<string, string> environment)
@@ -94,10 +94,27 @@ public sealed class NodeFailureTests(ITestOutputHelper output)
         {
             ["Potluck__Node__ModelPath"] = TestModels.Small(GgmlType.Q8_0),
             ["Potluck__Node__Layers"] = "0-2",
-            ["Potluck__Node__RedisConnectionString"] = deadRedis,
+            // Options after the endpoint (a password here) must never reach the log line.
+            ["Potluck__Node__RedisConnectionString"] = $"{deadRedis},connectTimeout=1000,password=hunter2",
         });
         Assert.Equal(NodeHost.ExitCannotJoin, code);
-        Assert.Contains($"Redis membership at {deadRedis}", line);
+        Assert.Contains($"Redis membership at {deadRedis}:", line);
+        Assert.DoesNotContain("hunter2", line);
         Assert.True(elapsed < ExitTimeout);
+    }
+
+    [Fact]
+    public async Task Unreachable_seed_gives_up_after_the_startup_timeout_with_exit_3()
+    {
+        var deadSeed = $"127.0.0.1:{Ports.Free()}";
+        var (code, line, _) = await RunToExitAsync("noseed", new()
+        {
+            ["Potluck__Node__ModelPath"] = TestModels.Small(GgmlType.Q8_0),
+            ["Potluck__Node__Layers"] = "0-2",
+            ["Potluck__Node__PrimarySiloEndpoint"] = deadSeed,
+            ["Potluck__Node__StartupTimeout"] = "2",
+        });
+        Assert.Equal(NodeHost.ExitCannotJoin, code);
+        Assert.Contains($"did not join the pool within 2 s via seed silo {deadSeed}", line);
     }
 }

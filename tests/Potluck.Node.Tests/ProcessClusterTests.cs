@@ -10,7 +10,6 @@ using Potluck.Inference.Gguf;
 using Potluck.Inference.Tests;
 using Potluck.Node.Compute;
 using Xunit.Abstractions;
-using GrpcStage = Potluck.Contracts.Grpc.Stage;
 
 namespace Potluck.Node.Tests;
 

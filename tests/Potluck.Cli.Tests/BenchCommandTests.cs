@@ -31,10 +31,27 @@ public sealed class BenchCommandTests : IClassFixture<TempHome>
     }
 
     [Fact]
-    public async Task APoolBenchmarkThatDoesNotExistSaysSo()
+    public async Task PoolBenchmarkStartsALocalPoolMeasuresBothSidesAndStopsIt()
     {
-        var run = await PotluckProcess.RunAsync(_home.Path, Timeout, "bench", "pool");
-        Assert.True(run.ExitCode == 1, run.ToString());
-        TextAssert.OneLineError(run, "not part of this build yet");
+        var report = _home.File("pool.json");
+        var run = await PotluckProcess.RunAsync(_home.Path, Timeout,
+            "bench", "pool", "--nodes", "2", "--runs", "1", "--prompt", "4", "--decode", "4", "--report", report);
+        Assert.True(run.ExitCode == 0, run.ToString());
+        Assert.Contains("decode (tokens/s)", run.Stdout);
+
+        using var json = JsonDocument.Parse(await File.ReadAllTextAsync(report));
+        var results = json.RootElement.GetProperty("Results");
+        var figures = results.GetProperty("Figures");
+        Assert.True(figures.GetProperty("PoolDecodeTokensPerSecond").GetProperty("Median").GetDouble() > 0);
+        Assert.True(figures.GetProperty("ReferenceDecodeTokensPerSecond").GetProperty("Median").GetDouble() > 0);
+        Assert.True(results.GetProperty("DecodeRatio").GetDouble() > 0);
+    }
+
+    [Fact]
+    public async Task MeasuringARemotePoolNeedsItsModelFile()
+    {
+        var run = await PotluckProcess.RunAsync(_home.Path, Timeout, "bench", "pool", "--url", "http://127.0.0.1:9/");
+        Assert.True(run.ExitCode == 2, run.ToString());
+        TextAssert.OneLineError(run, "--url needs --model");
     }
 }

@@ -3,6 +3,7 @@ using System.Runtime.InteropServices;
 using System.Text.Json;
 using System.Text.Json.Serialization;
 using Potluck.Contracts.Grpc;
+using Potluck.Gateway.Bench;
 using Potluck.Inference.Benchmarks;
 using Potluck.Inference.Gguf;
 using Potluck.Inference.Native;
@@ -125,12 +126,96 @@ public static class BenchCommand
 
     private static Command CreatePool()
     {
+        var url = new Option<Uri?>("--url")
+        {
+            Description = "Measure this running gateway instead of starting a local pool (needs --model: the same GGUF)",
+            CustomParser = ChatCommand.ParseUrl,
+        };
+        var model = new Option<FileInfo?>("--model") { Description = "GGUF the pool serves (default: the demo model); llama.cpp runs it whole as the baseline" };
+        var nodes = new Option<int>("--nodes") { Description = "Nodes of the local pool", DefaultValueFactory = _ => 3 };
+        var prompt = new Option<int>("--prompt") { Description = "Prompt tokens", DefaultValueFactory = _ => 64 };
+        var decode = new Option<int>("--decode") { Description = "Tokens generated per run (end of sequence ignored)", DefaultValueFactory = _ => 64 };
+        var runs = new Option<int>("--runs") { Description = "Measured runs of each side", DefaultValueFactory = _ => 5 };
         var report = ReportOption();
-        var command = new Command("pool", "A local pool end to end through the gateway vs a single llama.cpp process") { report };
-        // Never pretend to have measured anything: say plainly that it is missing (exit 1).
-        command.SetAction(int (_) => throw new CliFailureException("the pool benchmark is not part of this build yet"));
-        return command;
+        var command = new Command("pool", """
+            A pool end to end through the gateway (streamed, greedy) vs llama.cpp running the whole model in this process:
+            time to first token and decode speed. Without --url it starts a local pool (like `serve`) and stops it afterwards.
+            """)
+        {
+            url, model, nodes, prompt, decode, runs, report,
+        };
+        command.SetAction(async (parse, _) =>
+        {
+            var target = parse.GetValue(url);
+            var modelFile = parse.GetValue(model);
+            if (target is not null && modelFile is null)
+                throw new UsageException("--url needs --model: the GGUF that pool serves, so llama.cpp can run the same model");
+            var promptTokens = Positive(parse.GetValue(prompt), "--prompt");
+            var decodeTokens = parse.GetValue(decode) >= 2 ? parse.GetValue(decode) : throw new UsageException("--decode must be at least 2");
+            var runCount = Positive(parse.GetValue(runs), "--runs");
+            using var signals = new ShutdownSignals();
+            LocalPoolRunner? pool = null;
+            try
+            {
+                string modelPath;
+                if (target is null)
+                {
+                    var plan = ServeCommand.PlanPool(modelFile, Positive(parse.GetValue(nodes), "--nodes"), 1, "127.0.0.1", FreeLoopbackPort(), fastFailureDetection: false);
+                    pool = new LocalPoolRunner(plan, TimeSpan.FromSeconds(120), parse.GetValue(CliApplication.Verbose), echoChildren: parse.GetValue(CliApplication.Verbose));
+                    signals.Forced = pool.KillAll;
+                    Console.Error.WriteLine($"potluck: starting a local pool of {plan.Nodes.Count} node(s) at {plan.Url}");
+                    if (!await pool.StartAsync(signals.Token)) return ExitCodes.Interrupted;
+                    target = plan.Url;
+                    modelPath = plan.ModelPath;
+                }
+                else
+                {
+                    modelPath = modelFile!.FullName;
+                    ModelCommands.InspectOrFail(modelPath);
+                }
+                NativeRuntime.EnsureLoaded();
+                var options = new PoolBenchmarkOptions(target, modelPath, promptTokens, decodeTokens, runCount);
+                var result = await ProgressDisplay.RunAsync("pool benchmark", progress =>
+                    PoolBenchmark.RunAsync(options, new SynchronousProgress<string>(stage => progress.Report((stage, 0))), signals.Token));
+                PrintPool(result);
+                WriteReport(parse.GetValue(report), "pool", new { options.GatewayUrl, options.ModelPath, options.PromptTokens, options.DecodeTokens, options.Runs, Nodes = pool is null ? (int?)null : parse.GetValue(nodes) },
+                    new { Figures = result, result.DecodeRatio, result.TimeToFirstTokenRatio });
+                return ExitCodes.Ok;
+            }
+            finally
+            {
+                if (pool is not null) await pool.DisposeAsync();
+            }
+        });
+        return CliApplication.AddExamples(command,
+            "potluck bench pool",
+            "potluck bench pool --nodes 2 --runs 3 --report pool.json",
+            "potluck bench pool --url http://pool.lan:8080 --model ./model.gguf");
     }
+
+    private static int FreeLoopbackPort()
+    {
+        using var listener = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0);
+        listener.Start();
+        return ((System.Net.IPEndPoint)listener.LocalEndpoint).Port;
+    }
+
+    private static void PrintPool(PoolBenchmarkResult r)
+    {
+        var table = new Table().Border(TableBorder.Rounded)
+            .Title($"[bold]pool vs llama.cpp[/]: {Markup.Escape(r.Model)}, {r.PromptTokens}-token prompt, {r.DecodeTokens} tokens, {r.Runs} runs")
+            .Caption("median (min-max); decode ratio = pool / llama.cpp tokens/s (higher is better), TTFT ratio = pool / llama.cpp (lower is better)");
+        table.AddColumn("");
+        table.AddColumn(new TableColumn("Pool").RightAligned());
+        table.AddColumn(new TableColumn("llama.cpp").RightAligned());
+        table.AddColumn(new TableColumn("Ratio").RightAligned());
+        table.AddRow("time to first token (ms)", Figure(r.PoolTimeToFirstTokenMs, "F1"), Figure(r.ReferenceTimeToFirstTokenMs, "F1"), $"{r.TimeToFirstTokenRatio:F2}");
+        table.AddRow("decode (tokens/s)", Figure(r.PoolDecodeTokensPerSecond, "F1"), Figure(r.ReferenceDecodeTokensPerSecond, "F1"), $"{r.DecodeRatio:F2}");
+        AnsiConsole.Write(table);
+    }
+
+    private static string Figure(BenchFigure figure, string format) =>
+        $"{figure.Median.ToString(format)} ({figure.Min.ToString(format)}-{figure.Max.ToString(format)})";
 
     private static void PrintEngine(IReadOnlyList<EngineBenchmarkResult> results, EngineBenchmarkOptions options)
     {

@@ -52,12 +52,14 @@ public static class ChatCommand
             "echo 'Write a haiku about potlucks' | potluck chat --max-tokens 64");
     }
 
-    private static Uri? ParseUrl(ArgumentResult result)
+    /// <summary>An absolute http(s) URL ending in '/', or a parse error (exit 2).</summary>
+    internal static Uri? ParseUrl(ArgumentResult result)
     {
         var text = result.Tokens.Count > 0 ? result.Tokens[0].Value : DefaultUrl;
+        var option = result.Parent is System.CommandLine.Parsing.OptionResult owner ? owner.Option.Name : "--url";
         if (!Uri.TryCreate(text, UriKind.Absolute, out var uri) || (uri.Scheme != Uri.UriSchemeHttp && uri.Scheme != Uri.UriSchemeHttps))
         {
-            result.AddError($"--url must be an http:// or https:// URL (got '{text}')");
+            result.AddError($"{option} must be an http:// or https:// URL (got '{text}')");
             return null;
         }
         // A trailing slash makes relative paths like v1/models resolve under any path prefix the server has.

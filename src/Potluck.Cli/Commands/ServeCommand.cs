@@ -34,78 +34,116 @@ public static class ServeCommand
             if (listenPort is < 1 or > 65535) throw new UsageException($"--port must be between 1 and 65535 (got {listenPort})");
             var timeoutSeconds = parse.GetValue(readyTimeout);
             if (timeoutSeconds < 1) throw new UsageException($"--ready-timeout must be at least 1 second (got {timeoutSeconds})");
-            // Check the arithmetic before touching any file, so a typo fails in milliseconds.
-            LayerPlan.Split(Math.Max(nodeCount / Math.Max(replicaCount, 1), 1), nodeCount, replicaCount);
-
-            var modelPath = parse.GetValue(model)?.FullName ?? ModelCommands.EnsureDemoModel(TestModelSpec.DemoWeightType);
-            var info = ModelCommands.InspectOrFail(modelPath);
-            var assignments = LayerPlan.Split(info.LayerCount, nodeCount, replicaCount);
-            var plan = new LocalPoolPlan(modelPath, parse.GetRequiredValue(host), listenPort, assignments)
-            {
-                Ports = LocalPoolPorts.Allocate(assignments.Count),
-                FastFailureDetection = parse.GetValue(fastFailure),
-            };
-            LocalPoolCommands.EnsurePortFree(plan.Host, plan.Port);
-            var pool = new LocalPoolRunner(plan, TimeSpan.FromSeconds(timeoutSeconds), parse.GetValue(CliApplication.Verbose));
-            return await pool.RunAsync();
+            var plan = PlanPool(parse.GetValue(model), nodeCount, replicaCount, parse.GetRequiredValue(host), listenPort, parse.GetValue(fastFailure));
+            await using var pool = new LocalPoolRunner(plan, TimeSpan.FromSeconds(timeoutSeconds), parse.GetValue(CliApplication.Verbose));
+            return await pool.ServeAsync();
         });
         return CliApplication.AddExamples(command,
             "potluck serve",
             "potluck serve --model ./qwen2.5-7b-instruct-q4_k_m.gguf --nodes 4 --replicas 2",
             "potluck serve --host 0.0.0.0 --port 9000");
     }
+
+    /// <summary>
+    /// Everything that can fail before a process starts: the arithmetic, the model (demo or given) and the port.
+    /// </summary>
+    internal static LocalPoolPlan PlanPool(FileInfo? model, int nodes, int replicas, string host, int port, bool fastFailureDetection)
+    {
+        // Check the arithmetic before touching any file, so a typo fails in milliseconds.
+        LayerPlan.Split(Math.Max(nodes / Math.Max(replicas, 1), 1), nodes, replicas);
+        var modelPath = model?.FullName ?? ModelCommands.EnsureDemoModel(TestModelSpec.DemoWeightType);
+        var info = ModelCommands.InspectOrFail(modelPath);
+        var assignments = LayerPlan.Split(info.LayerCount, nodes, replicas);
+        var plan = new LocalPoolPlan(modelPath, host, port, assignments)
+        {
+            Ports = LocalPoolPorts.Allocate(assignments.Count),
+            FastFailureDetection = fastFailureDetection,
+        };
+        LocalPoolCommands.EnsurePortFree(plan.Host, plan.Port);
+        return plan;
+    }
 }
 
-/// <summary>Starts, watches and stops the child processes of one local pool.</summary>
-internal sealed class LocalPoolRunner(LocalPoolPlan plan, TimeSpan readyTimeout, bool verbose)
+/// <summary>Starts, watches and stops the child processes of one local pool (for `serve` and `bench pool`).</summary>
+internal sealed class LocalPoolRunner : IAsyncDisposable
 {
     private static readonly TimeSpan StopGrace = TimeSpan.FromSeconds(10);
     private static readonly string[] Colors = ["cyan", "green", "yellow", "magenta", "blue", "aqua", "lime", "fuchsia"];
+    private readonly LocalPoolPlan plan;
+    private readonly TimeSpan readyTimeout;
+    private readonly bool verbose;
+    private readonly bool echoChildren;
     private readonly Lock _consoleGate = new();
     private readonly bool _ansi = !Console.IsOutputRedirected && AnsiConsole.Profile.Capabilities.Ansi;
     private readonly TaskCompletionSource<SupervisedProcess> _gatewayDied = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private readonly ProcessSupervisor _supervisor;
+    private SupervisedProcess? _earlyExit;
 
-    public async Task<int> RunAsync()
+    /// <param name="echoChildren">Stream child output with a name prefix (serve); off, only failures are reported (bench).</param>
+    public LocalPoolRunner(LocalPoolPlan plan, TimeSpan readyTimeout, bool verbose, bool echoChildren = true)
     {
-        using var signals = new ShutdownSignals();
-        await using var supervisor = new ProcessSupervisor(WriteChildLine, StopGrace);
-        // A second Ctrl+C means "now": SIGKILL every child before this process goes down.
-        signals.Forced = supervisor.KillAll;
-        SupervisedProcess? earlyExit = null;
-        supervisor.UnexpectedExit += (child, code) =>
+        this.plan = plan;
+        this.readyTimeout = readyTimeout;
+        this.verbose = verbose;
+        this.echoChildren = echoChildren;
+        _supervisor = new ProcessSupervisor(WriteChildLine, StopGrace);
+        _supervisor.UnexpectedExit += (child, code) =>
         {
-            earlyExit ??= child;
+            _earlyExit ??= child;
             if (child.Name == "gateway") _gatewayDied.TrySetResult(child);
             else WriteNotice($"{child.Name} exited with code {code}; the pool goes on without it");
         };
+    }
 
+    public Uri Url => plan.Url;
+
+    /// <summary>SIGKILL every child now (a second Ctrl+C).</summary>
+    public void KillAll() => _supervisor.KillAll();
+
+    /// <summary>
+    /// Starts the gateway and the nodes and waits until /readyz answers 200. Returns false when
+    /// <paramref name="cancellationToken"/> fired first (the pool is then stopped); throws, after stopping
+    /// every child, when a child died or the pool never became ready.
+    /// </summary>
+    public async Task<bool> StartAsync(CancellationToken cancellationToken)
+    {
         var parentPid = Environment.ProcessId;
-        supervisor.Start(LocalPoolCommands.Gateway(plan, parentPid, verbose));
-        for (var i = 0; i < plan.Nodes.Count; i++) supervisor.Start(LocalPoolCommands.Node(plan, plan.Nodes[i], i, parentPid, verbose));
+        _supervisor.Start(LocalPoolCommands.Gateway(plan, parentPid, verbose));
+        for (var i = 0; i < plan.Nodes.Count; i++) _supervisor.Start(LocalPoolCommands.Node(plan, plan.Nodes[i], i, parentPid, verbose));
 
-        var ready = await WaitUntilReadyAsync(supervisor, () => earlyExit, signals.Token);
-        if (signals.Token.IsCancellationRequested)
+        var failure = await WaitUntilReadyAsync(cancellationToken);
+        if (cancellationToken.IsCancellationRequested)
         {
             WriteNotice("interrupted; stopping the pool");
-            await StopInOrderAsync(supervisor);
-            return ExitCodes.Ok;
+            await StopAsync();
+            return false;
         }
-        if (ready is not null)
+        if (failure is not null)
         {
-            await supervisor.StopAllAsync();
-            throw new CliFailureException(ready);
+            await _supervisor.StopAllAsync();
+            throw new CliFailureException(failure);
         }
+        return true;
+    }
 
-        PrintPool(supervisor, await ServedModelNameAsync());
+    /// <summary>`serve`: start, show the pool, run until a signal (exit 0) or the gateway's death (exit 1).</summary>
+    public async Task<int> ServeAsync()
+    {
+        using var signals = new ShutdownSignals();
+        // A second Ctrl+C means "now": SIGKILL every child before this process goes down.
+        signals.Forced = KillAll;
+        if (!await StartAsync(signals.Token)) return ExitCodes.Ok;
+
+        PrintPool(await ServedModelNameAsync());
         var stopped = await Task.WhenAny(_gatewayDied.Task, Task.Delay(Timeout.Infinite, signals.Token).ContinueWith(_ => { }, TaskScheduler.Default));
         if (stopped == _gatewayDied.Task)
         {
             var gateway = await _gatewayDied.Task;
-            await supervisor.StopAllAsync();
+            await _supervisor.StopAllAsync();
             throw new CliFailureException($"the gateway exited unexpectedly (code {await gateway.Exited}); pool stopped");
         }
         WriteNotice("stopping the pool");
-        await StopInOrderAsync(supervisor);
+        await StopAsync();
         WriteNotice("pool stopped");
         return ExitCodes.Ok;
     }
@@ -114,14 +152,20 @@ internal sealed class LocalPoolRunner(LocalPoolPlan plan, TimeSpan readyTimeout,
     /// Nodes first, then the gateway: the gateway's silo is the pool's primary (it holds the membership table),
     /// so nodes that leave while it is still up deregister cleanly instead of retrying against a closed port.
     /// </summary>
-    private async Task StopInOrderAsync(ProcessSupervisor supervisor)
+    public async Task StopAsync()
     {
-        await supervisor.StopAsync(plan.Nodes.Select(node => node.Name));
-        await supervisor.StopAllAsync();
+        await _supervisor.StopAsync(plan.Nodes.Select(node => node.Name));
+        await _supervisor.StopAllAsync();
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        await StopAsync();
+        await _supervisor.DisposeAsync();
     }
 
     /// <summary>Polls GET /readyz until 200; returns null when ready, else why it never got there.</summary>
-    private async Task<string?> WaitUntilReadyAsync(ProcessSupervisor supervisor, Func<SupervisedProcess?> earlyExit, CancellationToken cancellationToken)
+    private async Task<string?> WaitUntilReadyAsync(CancellationToken cancellationToken)
     {
         using var http = new HttpClient { Timeout = TimeSpan.FromSeconds(2) };
         var readyz = new Uri(plan.Url, "readyz");
@@ -129,7 +173,7 @@ internal sealed class LocalPoolRunner(LocalPoolPlan plan, TimeSpan readyTimeout,
         while (clock.Elapsed < readyTimeout)
         {
             if (cancellationToken.IsCancellationRequested) return null;
-            if (earlyExit() is { } dead)
+            if (_earlyExit is { } dead)
                 return $"{dead.Name} exited with code {await dead.Exited} before the pool was ready: {LastMeaningfulLine(dead)}";
             try
             {
@@ -184,8 +228,9 @@ internal sealed class LocalPoolRunner(LocalPoolPlan plan, TimeSpan readyTimeout,
         }
     }
 
-    private void PrintPool(ProcessSupervisor supervisor, string modelName)
+    private void PrintPool(string modelName)
     {
+        var supervisor = _supervisor;
         var table = new Table().Border(TableBorder.Rounded);
         table.AddColumn("Process");
         table.AddColumn("PID");
@@ -206,6 +251,7 @@ internal sealed class LocalPoolRunner(LocalPoolPlan plan, TimeSpan readyTimeout,
 
     private void WriteChildLine(SupervisedProcess child, string line, bool isError)
     {
+        if (!echoChildren) return;
         var prefix = $"[{child.Name}]";
         lock (_consoleGate)
         {

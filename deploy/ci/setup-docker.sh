@@ -67,7 +67,7 @@ fi
 if ! docker info >/dev/null 2>&1; then
     log "starting dockerd (log: $LOGDIR/dockerd.log)"
     # --ip=127.0.0.1: every published port binds to loopback only.
-    nohup $SUDO dockerd --storage-driver=overlay2 --ip=127.0.0.1 >>"$LOGDIR/dockerd.log" 2>&1 &
+    nohup $SUDO dockerd --storage-driver=overlay2 --ip=127.0.0.1 </dev/null >>"$LOGDIR/dockerd.log" 2>&1 &
     for _ in $(seq 300); do
         docker info >/dev/null 2>&1 && break
         sleep 0.2

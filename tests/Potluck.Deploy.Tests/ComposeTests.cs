@@ -51,6 +51,38 @@ public sealed class ComposeTests(PotluckImageFixture image)
         }
     }
 
+    [DockerFact]
+    public void Compose_up_with_a_model_folder_that_lacks_the_file_fails_with_a_clear_line_and_starts_no_pool()
+    {
+        image.EnsureReady();
+        var project = $"{PotluckImageFixture.ComposeProjectPrefix}{image.RunId}-nomodel";
+        var emptyModels = Directory.CreateTempSubdirectory("potluck-no-model");
+        var environment = new Dictionary<string, string>
+        {
+            ["POTLUCK_IMAGE"] = PotluckImageFixture.Image,
+            ["POTLUCK_PORT"] = PotluckImageFixture.FreeLoopbackPort().ToString(System.Globalization.CultureInfo.InvariantCulture),
+            ["POTLUCK_MODEL_DIR"] = emptyModels.FullName,
+            ["POTLUCK_MODEL_FILE"] = "missing.gguf",
+        };
+        var compose = $"compose -p {project} -f docker-compose.yml";
+        try
+        {
+            var up = ProcessRunner.Run("docker", $"{compose} up -d --wait --wait-timeout 120", TimeSpan.FromMinutes(3), environment: environment);
+            Assert.NotEqual(0, up.ExitCode);
+            var modelLogs = ProcessRunner.Run("docker", $"{compose} logs --no-color model", TimeSpan.FromMinutes(1), environment: environment).Output;
+            Assert.Contains("model file not found: /models/missing.gguf", modelLogs);
+            // Nothing that depends on the model was started: no crash-looping gateway or nodes.
+            var running = ProcessRunner.RunChecked("docker", $"{compose} ps --status running --services", TimeSpan.FromMinutes(1), environment: environment);
+            Assert.DoesNotContain("gateway", running);
+            Assert.DoesNotContain("node", running);
+        }
+        finally
+        {
+            ProcessRunner.Run("docker", $"{compose} down -v --timeout 5", TimeSpan.FromMinutes(2), environment: environment);
+            emptyModels.Delete(recursive: true);
+        }
+    }
+
     /// <summary>Prometheus lists the gateway target as up once a scrape of /metrics succeeded.</summary>
     private static async Task WaitForScrapeAsync(int port, TimeSpan timeout)
     {

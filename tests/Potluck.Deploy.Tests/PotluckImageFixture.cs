@@ -85,7 +85,13 @@ public sealed class PotluckImageFixture : IDisposable
     {
         if (DeployEnvironment.WhyNoDocker is null)
         {
-            try { RemoveLabelled(); } catch (Exception e) when (e is InvalidOperationException or TimeoutException) { }
+            try
+            {
+                RemoveLabelled();
+                // Each run rebuilds the image; the layers the tag no longer points at would pile up.
+                ProcessRunner.Run("docker", "image prune -f --filter label=org.opencontainers.image.title=potluck", TimeSpan.FromMinutes(1));
+            }
+            catch (Exception e) when (e is InvalidOperationException or TimeoutException) { }
         }
         try { Directory.Delete(ModelDirectory, recursive: true); } catch (IOException) { }
     }

@@ -44,4 +44,13 @@ public sealed class UsageTests : IClassFixture<TempHome>
         TextAssert.OneLineError(run, expected);
         Assert.Equal("", run.Stdout);
     }
+
+    [Fact]
+    public async Task ChatAgainstNothingFailsWithOneLine()
+    {
+        var port = ServeTests.FreePort(); // free, so nothing answers there
+        var run = await PotluckProcess.RunWithInputAsync(_home.Path, Timeout, "hello\n", "chat", "--url", $"http://127.0.0.1:{port}");
+        Assert.True(run.ExitCode == 1, run.ToString());
+        TextAssert.OneLineError(run, "cannot reach");
+    }
 }

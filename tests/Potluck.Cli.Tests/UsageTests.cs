@@ -53,4 +53,13 @@ public sealed class UsageTests : IClassFixture<TempHome>
         Assert.True(run.ExitCode == 1, run.ToString());
         TextAssert.OneLineError(run, "cannot reach");
     }
+
+    [Fact]
+    public async Task VersionPrintsAndExitsZero()
+    {
+        // The container image's build runs `potluck --version` as its smoke test.
+        var run = await PotluckProcess.RunAsync(_home.Path, Timeout, "--version");
+        Assert.True(run.ExitCode == 0, run.ToString());
+        Assert.Matches(@"^\d+\.\d+", run.Stdout.Trim());
+    }
 }

@@ -107,6 +107,7 @@ public static class GatewayHost
             [NodeMetadataKeys.Role] = "gateway",
             [NodeMetadataKeys.NodeId] = options.GatewayId,
             [NodeMetadataKeys.ModelId] = model.ModelId,
+            [NodeMetadataKeys.ModelName] = model.Name,
             [PoolMonitor.ProcessIdMetadataKey] = Environment.ProcessId.ToString(CultureInfo.InvariantCulture),
         };
         builder.UseOrleans(silo =>

@@ -17,6 +17,7 @@ using Potluck.Inference.Engine;
 using Potluck.Node.Compute;
 using Potluck.Node.Control;
 using Potluck.Node.Hosting;
+using Potluck.Node.Joining;
 using Potluck.Node.Telemetry;
 
 namespace Potluck.Node;
@@ -64,6 +65,13 @@ public static class NodeHost
             catch (OperationCanceledException) when (!ct.IsCancellationRequested)
             {
                 return Fatal(ExitCannotJoin, $"did not join the pool within {options.StartupTimeout.TotalSeconds:F0} s via {DescribeMembership(options)}; is it reachable?");
+            }
+            catch (Exception e) when (Innermost(e) is ModelMismatchException mismatch)
+            {
+                // The silo did join: leave the cluster cleanly, so the pool forgets this node at once.
+                using var stop = new CancellationTokenSource(TimeSpan.FromSeconds(20));
+                try { await app.StopAsync(stop.Token); } catch (Exception stopError) when (stopError is OperationCanceledException or AggregateException) { }
+                return Fatal(ExitCannotLoad, mismatch.Message);
             }
             catch (Exception e) when (e is not OperationCanceledException)
             {
@@ -185,6 +193,8 @@ public static class NodeHost
             var local = sp.GetRequiredService<ILocalSiloDetails>();
             return new ShardStatusSource(sp.GetRequiredService<SpanHost>(), options.GrpcEndpoint, () => local.SiloAddress.ToParsableString());
         });
+        // After the silo, before the reporter: a node whose file differs from the gateway's never reports a shard.
+        GatewayModelCheck.Register(builder.Services, options, compute.ModelId);
         // Registered after the silo: starts once the silo is up, stops (withdraws) before it leaves.
         builder.Services.AddSingleton(sp => new ShardReporter(sp.GetRequiredService<IGrainFactory>(),
             sp.GetRequiredService<ShardStatusSource>(), options.ReportPeriod, sp.GetRequiredService<ILogger<ShardReporter>>()));

@@ -13,4 +13,7 @@ public static class NodeMetadataKeys
     public const string KvBudgetTokens = "potluck.kv-budget-tokens";
     public const string MsPerToken = "potluck.ms-per-token";
     public const string Role = "potluck.role";
+
+    /// <summary>The served model's name (gateways set it, so a node refusing a mismatched pool can name it).</summary>
+    public const string ModelName = "potluck.model-name";
 }

@@ -21,6 +21,7 @@ public static class OpsEndpoints
         }));
         app.MapGet("/readyz", ReadyAsync);
         app.MapGet("/api/pool", PoolAsync);
+        app.MapGet(Contracts.Joining.PoolJoinInfo.Path, JoinEndpoint.HandleAsync);
         app.MapGet("/api/sessions/{id}", SessionAsync);
         app.MapPost("/api/sessions/{id}/cancel", CancelAsync);
         app.MapGet("/", static context =>
@@ -93,6 +94,29 @@ public static class OpsEndpoints
                 if (double.IsFinite(stage.HopLatencyMs)) json.WriteNumber("hop_latency_ms", Math.Round(stage.HopLatencyMs, 3));
                 else json.WriteNull("hop_latency_ms");
                 if (stage.ProcessId is { } pid) json.WriteNumber("process_id", pid);
+                else json.WriteNull("process_id");
+                json.WriteEndObject();
+            }
+            foreach (var node in pool.MismatchedNodes)
+            {
+                // Same fields as a stage, so the dashboard shows it; it holds another model's layers and is never routed to.
+                json.WriteStartObject();
+                json.WriteString("id", node.NodeId);
+                json.WriteString("endpoint", node.Endpoint);
+                json.WriteStartObject("span");
+                json.WriteNumber("start", node.LayerStart);
+                json.WriteNumber("end", node.LayerEnd);
+                json.WriteEndObject();
+                json.WriteString("state", "model-mismatch");
+                json.WriteString("problem", $"serves model {node.ModelId}; this gateway serves {model.ModelId}");
+                json.WriteString("model_id", node.ModelId);
+                json.WriteNumber("open_sessions", 0);
+                json.WriteNumber("load_steps_per_second", 0);
+                json.WriteNumber("free_kv_tokens", 0);
+                json.WriteNumber("kv_budget_tokens", 0);
+                json.WriteNumber("ms_per_token", 0);
+                json.WriteNull("hop_latency_ms");
+                if (node.ProcessId is { } pid) json.WriteNumber("process_id", pid);
                 else json.WriteNull("process_id");
                 json.WriteEndObject();
             }

@@ -19,6 +19,7 @@ namespace Potluck.Gateway.Routing;
 public sealed class PoolMonitor(
     IGrainFactory grains,
     ISiloMetadataCache siloMetadata,
+    IClusterMembershipService membership,
     StageChannelPool channels,
     ModelFrontEnd model,
     GatewayTelemetry telemetry,
@@ -30,6 +31,7 @@ public sealed class PoolMonitor(
 
     private static readonly TimeSpan ProbeTimeout = TimeSpan.FromSeconds(2);
     private readonly ConcurrentDictionary<string, double> _hopMs = new(StringComparer.Ordinal);
+    private readonly ConcurrentDictionary<string, byte> _mismatchWarned = new(StringComparer.Ordinal);
     private readonly TaskCompletionSource _firstRefresh = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private volatile PoolSnapshot _current = PoolSnapshot.Empty(model.ModelId, model.LayerCount);
     private volatile PoolView _view = new([], DateTime.UtcNow);
@@ -62,10 +64,52 @@ public sealed class PoolMonitor(
                 s.OpenSessions, s.FreeKvTokens, s.KvBudgetTokens, s.MeasuredMsPerToken,
                 _hopMs.TryGetValue(s.GrpcEndpoint, out var hop) ? hop : double.NaN, s.StepsPerSecond, ProcessIdOf(s.SiloAddress)));
         }
-        var snapshot = new PoolSnapshot(model.ModelId, model.LayerCount, stages, view.AsOfUtc);
+        var snapshot = new PoolSnapshot(model.ModelId, model.LayerCount, stages, view.AsOfUtc) { MismatchedNodes = FindMismatched(view) };
         _current = snapshot;
         _firstRefresh.TrySetResult();
         return snapshot;
+    }
+
+    /// <summary>
+    /// Nodes serving another model (another file): from the directory (they report shards) and from silo
+    /// metadata (a node refusing to join shows there until it leaves). Never routed to; warned about once per node.
+    /// </summary>
+    private IReadOnlyList<MismatchedNode> FindMismatched(PoolView view)
+    {
+        List<MismatchedNode>? found = null;
+        foreach (var shard in view.Shards)
+        {
+            var s = shard.Status;
+            if (s.ModelId != model.ModelId)
+                (found ??= []).Add(new MismatchedNode(s.NodeId, s.GrpcEndpoint, s.LayerStart, s.LayerEnd, s.ModelId, ProcessIdOf(s.SiloAddress)));
+        }
+        foreach (var (address, member) in membership.CurrentSnapshot.Members)
+        {
+            if (member.Status != SiloStatus.Active) continue;
+            var values = siloMetadata.GetSiloMetadata(address).Metadata;
+            if (!values.TryGetValue(NodeMetadataKeys.Role, out var role) || role != "node") continue;
+            if (!values.TryGetValue(NodeMetadataKeys.ModelId, out var modelId) || modelId == model.ModelId) continue;
+            var nodeId = values.TryGetValue(NodeMetadataKeys.NodeId, out var id) ? id : address.ToString();
+            if (found is not null && found.Exists(n => n.NodeId == nodeId)) continue;
+            var (start, end) = values.TryGetValue(NodeMetadataKeys.Layers, out var layers) ? ParseLayers(layers) : (0, 0);
+            (found ??= []).Add(new MismatchedNode(nodeId, values.TryGetValue(NodeMetadataKeys.GrpcEndpoint, out var grpc) ? grpc : "",
+                start, end, modelId, ProcessIdOf(address.ToParsableString())));
+        }
+        if (found is null) return [];
+        foreach (var node in found)
+        {
+            if (_mismatchWarned.TryAdd(node.NodeId, 0))
+                log.LogWarning("Node {NodeId} at {Endpoint} serves model {NodeModelId}, but this gateway serves {ModelId} ({ModelName}); " +
+                    "it is never routed to. Start it with the gateway's model file", node.NodeId, node.Endpoint, node.ModelId, model.ModelId, model.Name);
+        }
+        return found;
+    }
+
+    private static (int Start, int End) ParseLayers(string text)
+    {
+        var dash = text.IndexOf('-');
+        return dash > 0 && int.TryParse(text.AsSpan(0, dash), NumberStyles.None, CultureInfo.InvariantCulture, out var start)
+            && int.TryParse(text.AsSpan(dash + 1), NumberStyles.None, CultureInfo.InvariantCulture, out var end) ? (start, end) : (0, 0);
     }
 
     /// <summary>Waits until the first refresh finished (or the timeout passed).</summary>

@@ -21,9 +21,18 @@ public sealed record StageCandidate(
     public string ShardKey => Contracts.Control.ShardKeys.For(NodeId, LayerStart, LayerEnd);
 }
 
+/// <summary>
+/// A node in the cluster serving another model than this gateway (another GGUF file): never routed to,
+/// shown as "model-mismatch" in /api/pool. Layers are (0, 0) when unknown.
+/// </summary>
+public sealed record MismatchedNode(string NodeId, string Endpoint, int LayerStart, int LayerEnd, string ModelId, int? ProcessId);
+
 /// <summary>The pool for one model at one moment: what the planner and the ops endpoints read.</summary>
 public sealed record PoolSnapshot(string ModelId, int LayerCount, IReadOnlyList<StageCandidate> Stages, DateTime AsOfUtc)
 {
+    /// <summary>Nodes of other models seen in the cluster (their own pool, or a wrong file).</summary>
+    public IReadOnlyList<MismatchedNode> MismatchedNodes { get; init; } = [];
+
     public static PoolSnapshot Empty(string modelId, int layerCount) => new(modelId, layerCount, [], DateTime.UtcNow);
 }
 

@@ -13,6 +13,7 @@ using OpenTelemetry.Resources;
 using OpenTelemetry.Trace;
 using Orleans.Configuration;
 using Potluck.Contracts.Control;
+using Potluck.Contracts.Diagnostics;
 using Potluck.Gateway.Api;
 using Potluck.Gateway.Generation;
 using Potluck.Gateway.Head;
@@ -108,8 +109,9 @@ public static class GatewayHost
             [NodeMetadataKeys.NodeId] = options.GatewayId,
             [NodeMetadataKeys.ModelId] = model.ModelId,
             [NodeMetadataKeys.ModelName] = model.Name,
-            [PoolMonitor.ProcessIdMetadataKey] = Environment.ProcessId.ToString(CultureInfo.InvariantCulture),
+            [NodeMetadataKeys.ProcessId] = Environment.ProcessId.ToString(CultureInfo.InvariantCulture),
         };
+        StepTimeline.Start("gateway");
         builder.UseOrleans(silo =>
         {
             ConfigureMembership(silo, options);

@@ -12,6 +12,7 @@ using OpenTelemetry.Resources;
 using OpenTelemetry.Trace;
 using Orleans.Configuration;
 using Potluck.Contracts.Control;
+using Potluck.Contracts.Diagnostics;
 using Potluck.Inference;
 using Potluck.Inference.Engine;
 using Potluck.Node.Compute;
@@ -179,7 +180,9 @@ public static class NodeHost
             [NodeMetadataKeys.GrpcEndpoint] = options.GrpcEndpoint,
             [NodeMetadataKeys.KvBudgetTokens] = compute.KvBudgetTokens.ToString(CultureInfo.InvariantCulture),
             [NodeMetadataKeys.MsPerToken] = msPerToken.ToString("F3", CultureInfo.InvariantCulture),
+            [NodeMetadataKeys.ProcessId] = Environment.ProcessId.ToString(CultureInfo.InvariantCulture),
         };
+        StepTimeline.Start(nodeId);
 
         builder.UseOrleans(silo =>
         {

@@ -91,6 +91,13 @@ public sealed class NodeProcess : IAsyncDisposable
         return await new Stage.StageClient(channel).DescribeAsync(new DescribeRequest(), deadline: DateTime.UtcNow.AddSeconds(10));
     }
 
+    /// <summary>SIGKILL: a crash, no graceful shutdown.</summary>
+    public void Kill()
+    {
+        _process.Kill();
+        if (!_process.WaitForExit(TimeSpan.FromSeconds(20))) throw new TimeoutException($"{NodeId} did not die after SIGKILL");
+    }
+
     public async ValueTask DisposeAsync()
     {
         if (!_process.HasExited)

@@ -114,6 +114,43 @@ public sealed class ClusterOracleTests
     }
 
     [Fact]
+    public async Task A_zero_row_step_with_truncate_to_rewinds_every_stage()
+    {
+        var path = TestModels.Small(GgmlType.Q8_0);
+        await using var pool = await InProcessPool.StartAsync(path, [(0, 1), (1, 3), (3, 4)], kvBudgetTokens: 256, prefix: "rewind");
+        using var lease = SharedModel.Acquire(path);
+        using var head = new ModelHead(lease.Model, threads: 1);
+        var width = head.Width;
+        using var channel = Channels.For(pool.Options[0].GrpcEndpoint);
+        await using var client = await Channels.OpenAsync(channel, pool.OpenMessage("rewind", lease.Model.Info.ModelId, 64, HiddenType.F32), width);
+
+        int[] prompt = [1, 40, 41, 42, 43];
+        var hidden = new float[(prompt.Length + 2) * width];
+        var output = new float[width];
+        head.Embed(prompt, hidden.AsSpan(0, prompt.Length * width));
+        await client.StepAsync(hidden, prompt.Length, 0, lastRowOnly: true, output, Timeout);
+        head.Embed([77, 78], hidden.AsSpan(0, 2 * width));
+        await client.StepAsync(hidden, 2, prompt.Length, lastRowOnly: true, output, Timeout);
+        for (var i = 0; i < 3; i++) Assert.Equal(prompt.Length + 2, pool.Host(i).SessionLength("rewind"));
+
+        // Rewind to the prompt with no rows at all: every stage keeps [0, 5) and answers with an empty result.
+        var rewound = await client.StepAsync(ReadOnlyMemory<float>.Empty, 0, prompt.Length, lastRowOnly: true, output, Timeout, truncateTo: prompt.Length);
+        Assert.Equal(0, rewound.RowCount);
+        Assert.Equal(prompt.Length, rewound.SessionLength);
+        for (var i = 0; i < 3; i++) Assert.Equal(prompt.Length, pool.Host(i).SessionLength("rewind"));
+
+        // Feeding a different token at the rewound position gives what a session that never saw [77, 78] gives.
+        head.Embed([90], hidden.AsSpan(0, width));
+        await client.StepAsync(hidden, 1, prompt.Length, lastRowOnly: true, output, Timeout);
+        var afterRewind = output.ToArray();
+        await using var fresh = await Channels.OpenAsync(channel, pool.OpenMessage("fresh", lease.Model.Info.ModelId, 64, HiddenType.F32), width);
+        head.Embed([.. prompt, 90], hidden.AsSpan(0, (prompt.Length + 1) * width));
+        await fresh.StepAsync(hidden, prompt.Length, 0, lastRowOnly: true, output, Timeout);
+        await fresh.StepAsync(hidden.AsMemory(prompt.Length * width, width), 1, prompt.Length, lastRowOnly: true, output, Timeout);
+        Assert.Equal(output, afterRewind);
+    }
+
+    [Fact]
     public async Task Pool_view_and_shard_grains_reflect_the_nodes_and_closing_through_grains_frees_kv_on_every_stage()
     {
         var path = TestModels.Small(GgmlType.Q8_0);

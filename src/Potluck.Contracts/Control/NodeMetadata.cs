@@ -16,4 +16,7 @@ public static class NodeMetadataKeys
 
     /// <summary>The served model's name (gateways set it, so a node refusing a mismatched pool can name it).</summary>
     public const string ModelName = "potluck.model-name";
+
+    /// <summary>The silo's OS process id (shown by the gateway's /api/pool; tells local pool processes apart).</summary>
+    public const string ProcessId = "potluck.process-id";
 }

@@ -40,6 +40,7 @@ public static class HiddenStateCodec
     /// <summary>
     /// Reads <paramref name="payload"/> into <paramref name="destination"/> and reports whether every value
     /// is finite. The payload length must be exactly destination.Length elements of <paramref name="type"/>.
+    /// An empty payload (a 0-row rewind step) decodes to nothing and counts as finite.
     /// </summary>
     public static bool TryDecode(ReadOnlySpan<byte> payload, HiddenType type, Span<float> destination, out bool allFinite)
     {
@@ -53,5 +54,6 @@ public static class HiddenStateCodec
         return true;
     }
 
-    public static bool AllFinite(ReadOnlySpan<float> values) => TensorPrimitives.IsFiniteAll(values);
+    // IsFiniteAll answers false for an empty span; no values means none is NaN or infinite.
+    public static bool AllFinite(ReadOnlySpan<float> values) => values.IsEmpty || TensorPrimitives.IsFiniteAll(values);
 }

@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using Google.Protobuf;
 using Grpc.Core;
 using Potluck.Contracts.Grpc;
@@ -74,6 +75,8 @@ public sealed class SessionHopClient : IAsyncDisposable
         step.Dtype = WireType;
         step.Hidden = UnsafeByteOperations.UnsafeWrap(_payload.AsMemory(0, bytes));
         step.LastRowOnly = lastRowOnly;
+        // Stages join the caller's trace; only when it is recorded, so untraced steps allocate nothing.
+        step.Traceparent = Activity.Current is { Recorded: true } current ? current.Id ?? "" : "";
         var result = await SendAsync(_request, timeout, ct);
         _nextStepId++;
         if (!HiddenStateCodec.TryDecode(result.Hidden.Span, result.Dtype, output.Span[..(result.RowCount * result.Width)], out _))

@@ -9,11 +9,15 @@ namespace Potluck.Gateway.Bench;
 /// <summary>What `potluck bench pool` measures against a running gateway.</summary>
 /// <param name="GatewayUrl">The pool's gateway (e.g. a 3-node `potluck serve` on loopback).</param>
 /// <param name="ModelPath">The same GGUF the pool serves; llama.cpp runs it whole in this process as the baseline.</param>
-public sealed record PoolBenchmarkOptions(Uri GatewayUrl, string ModelPath, int PromptTokens = 64, int DecodeTokens = 64, int Runs = 5, int ReferenceThreads = 0)
+/// <param name="WarmupTokens">Tokens streamed through the pool before measuring: every process of a fresh pool JITs its hot
+/// path to tier 1 during its first few hundred steps (measured: about 1 s of JIT CPU per process), which is not steady state.</param>
+public sealed record PoolBenchmarkOptions(Uri GatewayUrl, string ModelPath, int PromptTokens = 64, int DecodeTokens = 64, int Runs = 5, int ReferenceThreads = 0,
+    int WarmupTokens = 512)
 {
     public void Validate()
     {
-        if (PromptTokens < 1 || DecodeTokens < 2 || Runs < 1) throw new ArgumentException("need PromptTokens >= 1, DecodeTokens >= 2 and Runs >= 1");
+        if (PromptTokens < 1 || DecodeTokens < 2 || Runs < 1 || WarmupTokens < 0)
+            throw new ArgumentException("need PromptTokens >= 1, DecodeTokens >= 2, Runs >= 1 and WarmupTokens >= 0");
     }
 }
 
@@ -38,8 +42,11 @@ public sealed record PoolBenchmarkResult(
     BenchFigure PoolTimeToFirstTokenMs,
     BenchFigure PoolDecodeTokensPerSecond,
     BenchFigure ReferenceTimeToFirstTokenMs,
-    BenchFigure ReferenceDecodeTokensPerSecond)
+    BenchFigure ReferenceDecodeTokensPerSecond,
+    BenchFigure? PairedDecodeRatio = null)
 {
+    // PairedDecodeRatio: pool / llama.cpp decode speed of each run with the llama.cpp run right after it (median, min, max).
+
     /// <summary>Median pool decode speed over median llama.cpp decode speed (target ≥ 0.9).</summary>
     public double DecodeRatio => PoolDecodeTokensPerSecond.Median / ReferenceDecodeTokensPerSecond.Median;
 
@@ -61,47 +68,57 @@ public static class PoolBenchmark
         var model = models.RootElement.GetProperty("data")[0].GetProperty("id").GetString()!;
         var prompt = PromptTokens(options.PromptTokens);
 
-        // One warm-up each so first-call costs (connections, graph allocation) are not measured.
-        progress?.Report("pool: warm-up");
-        await PoolRunAsync(http, model, prompt, 4, ct);
         var poolTtft = new List<double>();
         var poolDecode = new List<double>();
+        var refTtft = new List<double>();
+        var refDecode = new List<double>();
+        var threads = options.ReferenceThreads > 0 ? options.ReferenceThreads : Environment.ProcessorCount;
+        using var reference = new LlamaCppReference(options.ModelPath, contextSize: options.PromptTokens + options.DecodeTokens + 8, threads: threads);
+        var logits = new float[reference.VocabSize];
+
+        // Warm-up, so first-call costs (connections, graph allocation, tier-1 JIT in every pool process) are not measured.
+        for (var warmed = 0; warmed < Math.Max(1, options.WarmupTokens);)
+        {
+            progress?.Report($"warm-up: {warmed}/{options.WarmupTokens} tokens");
+            var tokens = Math.Clamp(options.WarmupTokens - warmed, 2, Math.Max(2, options.DecodeTokens));
+            await PoolRunAsync(http, model, prompt, tokens, ct);
+            warmed += tokens;
+        }
+        ReferenceRun(reference, prompt, options.DecodeTokens, logits);
+
+        // Pool and llama.cpp runs alternate, so load from elsewhere on the machine hits both sides alike.
         for (var run = 1; run <= options.Runs; run++)
         {
             progress?.Report($"pool: run {run}/{options.Runs}");
             var (ttft, tps) = await PoolRunAsync(http, model, prompt, options.DecodeTokens, ct);
             poolTtft.Add(ttft);
             poolDecode.Add(tps);
-        }
-
-        var refTtft = new List<double>();
-        var refDecode = new List<double>();
-        var threads = options.ReferenceThreads > 0 ? options.ReferenceThreads : Environment.ProcessorCount;
-        using (var reference = new LlamaCppReference(options.ModelPath, contextSize: options.PromptTokens + options.DecodeTokens + 8, threads: threads))
-        {
-            var logits = new float[reference.VocabSize];
-            for (var run = 0; run <= options.Runs; run++)
-            {
-                ct.ThrowIfCancellationRequested();
-                progress?.Report(run == 0 ? "llama.cpp: warm-up" : $"llama.cpp: run {run}/{options.Runs}");
-                reference.Reset();
-                var started = Stopwatch.GetTimestamp();
-                reference.Evaluate(prompt, logits);
-                var next = LlamaCppReference.ArgMax(logits);
-                var first = Stopwatch.GetTimestamp();
-                for (var i = 1; i < options.DecodeTokens; i++)
-                {
-                    reference.Evaluate([next], logits);
-                    next = LlamaCppReference.ArgMax(logits);
-                }
-                var end = Stopwatch.GetTimestamp();
-                if (run == 0) continue;
-                refTtft.Add(Stopwatch.GetElapsedTime(started, first).TotalMilliseconds);
-                refDecode.Add((options.DecodeTokens - 1) / Stopwatch.GetElapsedTime(first, end).TotalSeconds);
-            }
+            ct.ThrowIfCancellationRequested();
+            progress?.Report($"llama.cpp: run {run}/{options.Runs}");
+            var (refFirst, refTps) = ReferenceRun(reference, prompt, options.DecodeTokens, logits);
+            refTtft.Add(refFirst);
+            refDecode.Add(refTps);
         }
         return new PoolBenchmarkResult(model, options.PromptTokens, options.DecodeTokens, options.Runs,
-            BenchFigure.Of(poolTtft), BenchFigure.Of(poolDecode), BenchFigure.Of(refTtft), BenchFigure.Of(refDecode));
+            BenchFigure.Of(poolTtft), BenchFigure.Of(poolDecode), BenchFigure.Of(refTtft), BenchFigure.Of(refDecode),
+            BenchFigure.Of(poolDecode.Select((pool, i) => pool / refDecode[i]).ToArray()));
+    }
+
+    /// <summary>The same greedy run through llama.cpp on the whole model: time to first token and decode tokens/s.</summary>
+    private static (double TtftMs, double TokensPerSecond) ReferenceRun(LlamaCppReference reference, int[] prompt, int tokens, float[] logits)
+    {
+        reference.Reset();
+        var started = Stopwatch.GetTimestamp();
+        reference.Evaluate(prompt, logits);
+        var next = LlamaCppReference.ArgMax(logits);
+        var first = Stopwatch.GetTimestamp();
+        for (var i = 1; i < tokens; i++)
+        {
+            reference.Evaluate([next], logits);
+            next = LlamaCppReference.ArgMax(logits);
+        }
+        var end = Stopwatch.GetTimestamp();
+        return (Stopwatch.GetElapsedTime(started, first).TotalMilliseconds, (tokens - 1) / Stopwatch.GetElapsedTime(first, end).TotalSeconds);
     }
 
     /// <summary>A fixed, varied prompt of byte-range token ids (valid in every vocabulary the generator writes).</summary>

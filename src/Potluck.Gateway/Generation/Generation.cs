@@ -4,6 +4,7 @@ using System.Runtime.CompilerServices;
 using Grpc.Core;
 using Microsoft.Extensions.Logging;
 using Potluck.Contracts.Control;
+using Potluck.Contracts.Diagnostics;
 using Potluck.Gateway.Head;
 using Potluck.Gateway.Routing;
 using Potluck.Gateway.Sessions;
@@ -88,6 +89,7 @@ public sealed class Generation : IAsyncDisposable
         {
             ct.ThrowIfCancellationRequested();
             var token = _sampler.SampleAndAccept(_logits);
+            StepTimeline.Mark(StepEvent.GatewaySampled, 0);
             CompletionTokens++;
             _unrecorded.Add(token);
             var now = Stopwatch.GetTimestamp();
@@ -148,6 +150,7 @@ public sealed class Generation : IAsyncDisposable
                     await PrefillAsync(start, _fed.Count, ct);
                 }
                 _service.Model.Head.Logits(_lastRow, 1, _logits);
+                StepTimeline.Mark(StepEvent.GatewayLogitsDone, 0);
                 return;
             }
             catch (RpcException e) when (!ct.IsCancellationRequested && IsRouteFailure(e.StatusCode) && attempt < MaxRouteAttempts)
@@ -181,6 +184,7 @@ public sealed class Generation : IAsyncDisposable
             {
                 var rows = Math.Min(chunk, to - at);
                 var hidden = rented.AsMemory(0, rows * width);
+                StepTimeline.Mark(StepEvent.GatewayEmbedStart, 0);
                 head.Embed(System.Runtime.InteropServices.CollectionsMarshal.AsSpan(_fed).Slice(at, rows), hidden.Span);
                 var received = await _route!.StepAsync(hidden, rows, at, null, _lastRow, _service.Options.StepTimeout, ct);
                 if (received != 1) throw new RpcException(new Status(StatusCode.Internal, $"route returned {received} rows for a last-row step"));
@@ -267,12 +271,8 @@ public sealed class Generation : IAsyncDisposable
             var keepLength = Math.Min(_fed.Count, _request.PromptTokens.Length + kept);
             if (keepLength < _fed.Count)
             {
-                // Rewind by re-feeding the last kept token after truncate_to: a pure 0-row rewind is refused by the
-                // stages today (HiddenStateCodec treats an empty payload as non-finite), and this leaves the same KV.
-                var last = keepLength - 1;
-                var hidden = new float[_service.Model.Width];
-                _service.Model.Head.Embed(System.Runtime.InteropServices.CollectionsMarshal.AsSpan(_fed).Slice(last, 1), hidden);
-                await _route.StepAsync(hidden, 1, last, last, _lastRow, _service.Options.StepTimeout, ct);
+                // A 0-row step with truncate_to rewinds every stage's KV to the kept tokens.
+                await _route.StepAsync(ReadOnlyMemory<float>.Empty, 0, keepLength, keepLength, _lastRow, _service.Options.StepTimeout, ct);
                 _fed.RemoveRange(keepLength, _fed.Count - keepLength);
                 kvLength = keepLength;
             }

@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using Google.Protobuf;
 using Grpc.Core;
+using Potluck.Contracts.Diagnostics;
 using Potluck.Contracts.Grpc;
 using Potluck.Contracts.Wire;
 using Potluck.Gateway.Routing;
@@ -86,7 +87,9 @@ internal sealed class RouteConnection : IAsyncDisposable
         step.Traceparent = Activity.Current is { Recorded: true } current ? current.Id ?? "" : "";
 
         var started = Stopwatch.GetTimestamp();
+        StepTimeline.Mark(StepEvent.GatewaySend, step.StepId);
         var result = await _client.SendAsync(_request, timeout, ct);
+        StepTimeline.Mark(StepEvent.GatewayReceived, result.StepId);
         _telemetry.HopRoundTripMs.Record(Stopwatch.GetElapsedTime(started).TotalMilliseconds);
         _nextStepId++;
         if (result.StepId != step.StepId)

@@ -27,7 +27,7 @@ public sealed class PoolMonitor(
     ILogger<PoolMonitor> log) : BackgroundService
 {
     /// <summary>Silo metadata key a node may set to its OS process id (shown by /api/pool).</summary>
-    public const string ProcessIdMetadataKey = "potluck.process-id";
+    public const string ProcessIdMetadataKey = NodeMetadataKeys.ProcessId;
 
     private static readonly TimeSpan ProbeTimeout = TimeSpan.FromSeconds(2);
     private readonly ConcurrentDictionary<string, double> _hopMs = new(StringComparer.Ordinal);

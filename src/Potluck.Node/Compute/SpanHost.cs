@@ -2,6 +2,7 @@ using System.Collections.Concurrent;
 using System.Diagnostics;
 using System.Threading.Tasks.Sources;
 using Microsoft.Extensions.Logging;
+using Potluck.Contracts.Diagnostics;
 using Potluck.Inference;
 using Potluck.Inference.Engine;
 using Potluck.Node.Telemetry;
@@ -209,6 +210,7 @@ public sealed class SpanHost : IDisposable
     private void Execute(List<StageSession> batch)
     {
         var started = Stopwatch.GetTimestamp();
+        StepTimeline.Mark(StepEvent.StageComputeStart, 0);
         lock (_computeGate)
         {
             _ready.Clear();
@@ -253,6 +255,7 @@ public sealed class SpanHost : IDisposable
                 _log.LogWarning(e, "Forward of {Sessions} sessions on layers [{Start},{End}) failed", _ready.Count, LayerStart, LayerEnd);
             }
         }
+        StepTimeline.Mark(StepEvent.StageComputeEnd, 0);
         _telemetry.ComputeMs.Record(Stopwatch.GetElapsedTime(started).TotalMilliseconds);
     }
 

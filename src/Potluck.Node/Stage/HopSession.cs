@@ -3,6 +3,7 @@ using System.Diagnostics;
 using Google.Protobuf;
 using Grpc.Core;
 using Microsoft.Extensions.Logging;
+using Potluck.Contracts.Diagnostics;
 using Potluck.Contracts.Grpc;
 using Potluck.Contracts.Wire;
 using Potluck.Inference;
@@ -240,9 +241,11 @@ internal sealed class HopSession
                 var response = call.ResponseStream.Current;
                 if (response.KindCase == HopResponse.KindOneofCase.Result)
                 {
+                    StepTimeline.Mark(StepEvent.StageRelayReceived, response.Result.StepId);
                     Remember(response.Result);
                     _telemetry.BytesOut.Add(response.Result.Hidden.Length);
                     await WriteAsync(response, _context.CancellationToken);
+                    StepTimeline.Mark(StepEvent.StageRelayWritten, response.Result.StepId);
                 }
                 else if (response.KindCase == HopResponse.KindOneofCase.Closed)
                 {
@@ -274,6 +277,7 @@ internal sealed class HopSession
     private async ValueTask HandleStepAsync(Step step, CancellationToken ct)
     {
         var started = Stopwatch.GetTimestamp();
+        StepTimeline.Mark(StepEvent.StageReceived, step.StepId);
         var session = _session!;
         if (step.SessionId != session.Id)
             throw Reject(StageErrors.Invalid($"{Where}: step for session '{step.SessionId}' on the stream of session '{session.Id}'"));
@@ -347,6 +351,7 @@ internal sealed class HopSession
         {
             throw Reject(StageErrors.FromException(e, Where));
         }
+        StepTimeline.Mark(StepEvent.StageResumed, step.StepId);
         _lastStepId = step.StepId;
         _telemetry.Steps.Add(1);
         _telemetry.Rows.Add(rows);
@@ -357,11 +362,13 @@ internal sealed class HopSession
             Remember(result);
             _telemetry.BytesOut.Add(result.Hidden.Length);
             await WriteAsync(new HopResponse { Result = result }, ct);
+            StepTimeline.Mark(StepEvent.StageResultWritten, step.StepId);
         }
         else
         {
             var bytes = EncodeForward(session.OutputRows(outRows), outRows);
             await ForwardAsync(step, bytes, outRows, ct);
+            StepTimeline.Mark(StepEvent.StagePushed, step.StepId);
         }
         _telemetry.StepLatencyMs.Record(Stopwatch.GetElapsedTime(started).TotalMilliseconds);
     }

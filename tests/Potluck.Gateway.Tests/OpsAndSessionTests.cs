@@ -84,9 +84,12 @@ public sealed class OpsAndSessionTests(PoolFixture pool)
     {
         using var request = new HttpRequestMessage(HttpMethod.Post, "v1/chat/completions") { Content = Chat("a long answer please", 400, stream: true, extra: ",\"ignore_eos\":true") };
         string sessionId;
+        // A client that really goes away: by default SocketsHttpHandler drains an abandoned response (up to 1 MB or
+        // 2 s) to reuse the connection, which would keep reading the stream to its natural end.
+        using var client = new HttpClient(new SocketsHttpHandler { MaxResponseDrainSize = 0 }) { BaseAddress = pool.Http.BaseAddress };
         using (var cancel = new CancellationTokenSource(TimeSpan.FromSeconds(30)))
         {
-            using var response = await pool.Http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead, cancel.Token);
+            using var response = await client.SendAsync(request, HttpCompletionOption.ResponseHeadersRead, cancel.Token);
             Assert.Equal(HttpStatusCode.OK, response.StatusCode);
             await using var stream = await response.Content.ReadAsStreamAsync(cancel.Token);
             var buffer = new byte[512];

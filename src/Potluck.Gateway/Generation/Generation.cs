@@ -33,6 +33,8 @@ public sealed class Generation : IAsyncDisposable
     private readonly float[] _logits;
     private readonly float[] _lastRow;
     private readonly List<int> _fed;
+    // _fed length after each EvaluateAsync call: a replay repeats exactly these steps (see ReplayAsync).
+    private readonly List<int> _stepEnds;
     private readonly List<int> _unrecorded = new(AppendBatch);
     // Cumulative output chars after each generated token: maps a stop offset back to a KV length.
     private readonly List<int> _textEnds = [];
@@ -56,6 +58,7 @@ public sealed class Generation : IAsyncDisposable
         _logits = new float[model.VocabSize];
         _lastRow = new float[model.Width];
         _fed = new List<int>(request.PromptTokens.Length + request.MaxTokens);
+        _stepEnds = new List<int>(request.MaxTokens + 1);
     }
 
     public string SessionId { get; }
@@ -135,6 +138,7 @@ public sealed class Generation : IAsyncDisposable
     {
         var start = _fed.Count;
         _fed.AddRange(tokens);
+        _stepEnds.Add(_fed.Count);
         for (var attempt = 1; ; attempt++)
         {
             try
@@ -143,7 +147,7 @@ public sealed class Generation : IAsyncDisposable
                 {
                     await ConnectAsync(ct);
                     // A fresh route has no KV: replay everything fed so far, including these tokens.
-                    await PrefillAsync(0, _fed.Count, ct);
+                    await ReplayAsync(ct);
                 }
                 else
                 {
@@ -158,7 +162,9 @@ public sealed class Generation : IAsyncDisposable
                 _service.Log.LogWarning("Session {Session}: route {Route} failed ({Status}: {Detail}); re-planning", SessionId,
                     _route?.Plan.ToString() ?? "(opening)", e.StatusCode, e.Status.Detail);
                 await FindFailedStagesAsync(e, ct);
-                await DropRouteAsync(cancelled: true);
+                // Not waiting for the control-plane closes: with a dead silo their directory lookups can take
+                // hundreds of ms (measured up to 0.5 s), and the ended streams free the KV anyway.
+                await DropRouteAsync(cancelled: true, waitForClose: false);
                 Reroutes++;
                 _service.Telemetry.Reroutes.Add(1);
             }
@@ -171,6 +177,22 @@ public sealed class Generation : IAsyncDisposable
 
     private static bool IsRouteFailure(StatusCode code) => code is StatusCode.Unavailable or StatusCode.Aborted or StatusCode.Internal
         or StatusCode.DeadlineExceeded or StatusCode.Cancelled or StatusCode.Unknown or StatusCode.ResourceExhausted or StatusCode.NotFound;
+
+    /// <summary>
+    /// Rebuilds a fresh route's KV from the token ids with the same steps as the first time: the prompt in the same
+    /// chunks, then one row per generated token. ggml's results depend on a step's row count (one batched prefill of
+    /// prompt + generated tokens gave different logits than token-by-token decode, and the greedy text changed at the
+    /// first token after a failover), so only the original step shapes reproduce the original KV and text exactly.
+    /// </summary>
+    private async Task ReplayAsync(CancellationToken ct)
+    {
+        var from = 0;
+        foreach (var end in _stepEnds)
+        {
+            await PrefillAsync(from, end, ct);
+            from = end;
+        }
+    }
 
     private async Task PrefillAsync(int from, int to, CancellationToken ct)
     {
@@ -293,8 +315,11 @@ public sealed class Generation : IAsyncDisposable
         await _grain.Finish("finished", Finish == FinishReason.Length ? "length" : "stop", kvLength);
     }
 
-    /// <summary>Ends the route's streams and tells every stage to free the session at once (cancel, failure).</summary>
-    private async Task DropRouteAsync(bool cancelled)
+    /// <summary>
+    /// Ends the route's streams and tells every stage to free the session at once (cancel, failure). With
+    /// <paramref name="waitForClose"/> false the control-plane closes finish in the background.
+    /// </summary>
+    private async Task DropRouteAsync(bool cancelled, bool waitForClose = true)
     {
         if (_route is not { } route) return;
         _route = null;
@@ -302,14 +327,20 @@ public sealed class Generation : IAsyncDisposable
         var closes = new List<Task>(route.Plan.Hops.Count);
         foreach (var hop in route.Plan.Hops)
             closes.Add(_service.Grains.GetGrain<IShardGrain>(hop.ShardKey).CloseSession(route.DataSessionId, cancelled));
+        var closing = AwaitClosesAsync(Task.WhenAll(closes), route.DataSessionId);
+        if (waitForClose) await closing;
+    }
+
+    private async Task AwaitClosesAsync(Task closes, string dataSessionId)
+    {
         try
         {
-            await Task.WhenAll(closes).WaitAsync(CloseTimeout);
+            await closes.WaitAsync(CloseTimeout);
         }
         catch (Exception e)
         {
             // The streams' end frees the KV anyway; this is only the faster path.
-            _service.Log.LogDebug("Session {Session}: control-plane close incomplete: {Error}", SessionId, e.Message);
+            _service.Log.LogDebug("Session {Session}: control-plane close incomplete: {Error}", dataSessionId, e.Message);
         }
     }
 

@@ -87,7 +87,7 @@ public static class GatewayHost
         });
         configureLogging?.Invoke(builder.Logging);
         builder.Services.Configure<HostOptions>(o => o.ShutdownTimeout = TimeSpan.FromSeconds(20));
-        var listen = IPAddress.TryParse(options.Host, out var ip) ? ip : NodeAddress(options.Host);
+        var listen = SiloMembership.ResolveIPv4(options.Host);
         builder.WebHost.ConfigureKestrel(kestrel =>
         {
             kestrel.Listen(listen, options.Port);
@@ -188,62 +188,12 @@ public static class GatewayHost
     /// <summary>Bodies up to this size are read to the end even when over the limit, so the 413 arrives cleanly.</summary>
     internal static long DrainLimit(GatewayOptions options) => Math.Max(options.MaxBodyBytes * 4, options.MaxBodyBytes + 1024 * 1024);
 
-    private static IPAddress NodeAddress(string host)
-    {
-        if (host is "localhost") return IPAddress.Loopback;
-        foreach (var address in Dns.GetHostAddresses(host))
-            if (address.AddressFamily == System.Net.Sockets.AddressFamily.InterNetwork) return address;
-        throw new ArgumentException($"host '{host}' does not resolve to an IPv4 address");
-    }
-
     private static void ConfigureMembership(ISiloBuilder silo, GatewayOptions options)
     {
-        silo.Configure<ClusterOptions>(o =>
-        {
-            o.ClusterId = options.ClusterId;
-            o.ServiceId = "potluck";
-        });
-        var advertised = IPAddress.TryParse(options.AdvertisedHost, out var ip) ? ip : NodeAddress(options.AdvertisedHost);
+        var advertised = SiloMembership.ResolveIPv4(options.AdvertisedHost);
         var listen = IPAddress.IsLoopback(advertised) ? IPAddress.Loopback : IPAddress.Any;
-        silo.Configure<EndpointOptions>(o =>
-        {
-            o.AdvertisedIPAddress = advertised;
-            o.SiloPort = options.SiloPort;
-            o.GatewayPort = options.GatewayPort;
-            o.SiloListeningEndpoint = new IPEndPoint(listen, options.SiloPort);
-            if (options.GatewayPort > 0) o.GatewayListeningEndpoint = new IPEndPoint(listen, options.GatewayPort);
-        });
-        if (!string.IsNullOrWhiteSpace(options.RedisConnectionString))
-        {
-            silo.UseRedisClustering(options.RedisConnectionString);
-        }
-        else
-        {
-            var primary = string.IsNullOrWhiteSpace(options.PrimarySiloEndpoint)
-                ? new IPEndPoint(advertised, options.SiloPort)
-                : ParseEndpoint(options.PrimarySiloEndpoint);
-            silo.UseDevelopmentClustering(primary);
-        }
-        if (options.FastFailureDetection)
-        {
-            silo.Configure<ClusterMembershipOptions>(o =>
-            {
-                o.ProbeTimeout = TimeSpan.FromSeconds(1);
-                o.NumMissedProbesLimit = 2;
-                o.NumVotesForDeathDeclaration = 1;
-                o.TableRefreshTimeout = TimeSpan.FromSeconds(1);
-                o.IAmAliveTablePublishTimeout = TimeSpan.FromSeconds(2);
-            });
-        }
-    }
-
-    private static IPEndPoint ParseEndpoint(string endpoint)
-    {
-        if (IPEndPoint.TryParse(endpoint, out var parsed) && parsed.Port != 0) return parsed;
-        var colon = endpoint.LastIndexOf(':');
-        if (colon <= 0 || !int.TryParse(endpoint[(colon + 1)..], NumberStyles.None, CultureInfo.InvariantCulture, out var port))
-            throw new FormatException($"'{endpoint}' is not host:port");
-        return new IPEndPoint(NodeAddress(endpoint[..colon]), port);
+        silo.UsePotluckMembership(new SiloMembershipSettings(options.ClusterId, advertised, listen, options.SiloPort,
+            options.GatewayPort, options.RedisConnectionString, options.PrimarySiloEndpoint, options.FastFailureDetection));
     }
 
     private static void WireLifecycle(WebApplication app, GatewayOptions options, ModelFrontEnd model)

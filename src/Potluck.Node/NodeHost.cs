@@ -230,62 +230,10 @@ public static class NodeHost
             telemetry.UseOtlpExporter();
     }
 
-    private static void ConfigureMembership(ISiloBuilder silo, NodeOptions options, IPAddress listen)
-    {
-        silo.Configure<ClusterOptions>(o =>
-        {
-            o.ClusterId = options.ClusterId;
-            o.ServiceId = "potluck";
-        });
-        var advertised = ResolveAdvertised(options.AdvertisedHost);
-        silo.Configure<EndpointOptions>(o =>
-        {
-            o.AdvertisedIPAddress = advertised;
-            o.SiloPort = options.SiloPort;
-            o.GatewayPort = options.GatewayPort;
-            o.SiloListeningEndpoint = new IPEndPoint(listen, options.SiloPort);
-            if (options.GatewayPort > 0) o.GatewayListeningEndpoint = new IPEndPoint(listen, options.GatewayPort);
-        });
-        if (!string.IsNullOrWhiteSpace(options.RedisConnectionString))
-        {
-            silo.UseRedisClustering(options.RedisConnectionString);
-        }
-        else
-        {
-            var primary = string.IsNullOrWhiteSpace(options.PrimarySiloEndpoint)
-                ? new IPEndPoint(advertised, options.SiloPort)
-                : ParseEndpoint(options.PrimarySiloEndpoint);
-            silo.UseDevelopmentClustering(primary);
-        }
-        if (options.FastFailureDetection)
-        {
-            silo.Configure<ClusterMembershipOptions>(o =>
-            {
-                o.ProbeTimeout = TimeSpan.FromSeconds(1);
-                o.NumMissedProbesLimit = 2;
-                o.NumVotesForDeathDeclaration = 1;
-                o.TableRefreshTimeout = TimeSpan.FromSeconds(1);
-                o.IAmAliveTablePublishTimeout = TimeSpan.FromSeconds(2);
-            });
-        }
-    }
-
-    internal static IPAddress ResolveAdvertised(string host)
-    {
-        if (IPAddress.TryParse(host, out var ip)) return ip;
-        foreach (var address in Dns.GetHostAddresses(host))
-            if (address.AddressFamily == System.Net.Sockets.AddressFamily.InterNetwork) return address;
-        throw new ArgumentException($"advertised host '{host}' does not resolve to an IPv4 address");
-    }
-
-    internal static IPEndPoint ParseEndpoint(string endpoint)
-    {
-        if (IPEndPoint.TryParse(endpoint, out var parsed) && parsed.Port != 0) return parsed;
-        var colon = endpoint.LastIndexOf(':');
-        if (colon <= 0 || !int.TryParse(endpoint[(colon + 1)..], NumberStyles.None, CultureInfo.InvariantCulture, out var port))
-            throw new FormatException($"'{endpoint}' is not host:port");
-        return new IPEndPoint(ResolveAdvertised(endpoint[..colon]), port);
-    }
+    private static void ConfigureMembership(ISiloBuilder silo, NodeOptions options, IPAddress listen) =>
+        silo.UsePotluckMembership(new SiloMembershipSettings(options.ClusterId, SiloMembership.ResolveIPv4(options.AdvertisedHost),
+            listen, options.SiloPort, options.GatewayPort, options.RedisConnectionString, options.PrimarySiloEndpoint,
+            options.FastFailureDetection));
 
     private static void WireLifecycle(WebApplication app, NodeOptions options, string nodeId)
     {

@@ -3,6 +3,7 @@ using System.Globalization;
 using System.Net;
 using System.Reflection;
 using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Hosting.Server;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
@@ -162,7 +163,8 @@ public static class NodeHost
         });
         configureLogging?.Invoke(builder.Logging);
         configureHost?.Invoke(builder);
-        builder.Services.Configure<HostOptions>(o => o.ShutdownTimeout = TimeSpan.FromSeconds(20));
+        // The drain runs inside the shutdown: the limit covers it plus leaving the cluster.
+        builder.Services.Configure<HostOptions>(o => o.ShutdownTimeout = options.ShutdownTimeout);
         AddOpenTelemetry(builder, nodeId);
 
         var listen = StageHosting.ListenAddressFor(options.AdvertisedHost, options.ListenAddress);
@@ -202,6 +204,9 @@ public static class NodeHost
         builder.Services.AddSingleton(sp => new ShardReporter(sp.GetRequiredService<IGrainFactory>(),
             sp.GetRequiredService<ShardStatusSource>(), options.ReportPeriod, sp.GetRequiredService<ILogger<ShardReporter>>()));
         builder.Services.AddHostedService(sp => sp.GetRequiredService<ShardReporter>());
+        // Drains in StoppingAsync, before any StopAsync: before Kestrel closes streams, the reporter withdraws, the silo leaves.
+        builder.Services.AddHostedService(sp => new NodeDrain(sp.GetRequiredService<SpanHost>(), sp.GetRequiredService<ShardReporter>(),
+            sp.GetRequiredService<IServer>(), options.DrainTimeout, sp.GetRequiredService<NodeTelemetry>(), sp.GetRequiredService<ILogger<NodeDrain>>()));
 
         var app = builder.Build();
         StageHosting.MapStage(app);
@@ -250,12 +255,9 @@ public static class NodeHost
                 host.KvBudgetTokens, host.KvBudgetTokens * host.KvBytesPerToken / 1048576.0, host.MeasuredMsPerToken,
                 process.WorkingSet64 / 1048576.0, GC.GetTotalMemory(false) / 1048576.0);
         });
-        // Before any hosted service stops: end every session so streams close and downstream KV is freed,
-        // then the reporter withdraws the shard and the silo leaves the cluster.
+        // Sessions are not closed here: NodeDrain (a lifecycle service) lets them finish first, then ends the rest.
         lifetime.ApplicationStopping.Register(() =>
-        {
-            var closed = host.CloseAll(cancelled: false);
-            log.LogInformation("Node {NodeId} shutting down: closed {Sessions} sessions", nodeId, closed);
-        });
+            log.LogInformation("Node {NodeId} shutting down: {Sessions} sessions open, draining up to {DrainSeconds:F0} s",
+                nodeId, host.OpenSessions, options.DrainTimeout.TotalSeconds));
     }
 }

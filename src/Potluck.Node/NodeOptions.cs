@@ -75,6 +75,20 @@ public sealed record NodeOptions
     /// </summary>
     public TimeSpan StartupTimeout { get; init; } = TimeSpan.FromMinutes(2);
 
+    /// <summary>
+    /// Graceful leave: on SIGTERM the node refuses new sessions, reports itself draining and waits this long
+    /// for open sessions to finish; sessions still open then are ended and the gateway re-routes them.
+    /// A supervisor's grace period (Kubernetes terminationGracePeriodSeconds, compose stop_grace_period)
+    /// must exceed it by the time the silo needs to leave (<see cref="ShutdownTimeout"/>).
+    /// </summary>
+    public TimeSpan DrainTimeout { get; init; } = TimeSpan.FromSeconds(30);
+
+    /// <summary>The whole shutdown's limit: the drain plus time to withdraw the shard and leave the cluster.</summary>
+    public TimeSpan ShutdownTimeout => DrainTimeout + LeaveTimeout;
+
+    /// <summary>What the shutdown allows after the drain: withdrawing the shard, Kestrel and the silo stopping.</summary>
+    public static readonly TimeSpan LeaveTimeout = TimeSpan.FromSeconds(20);
+
     public string ResolvedNodeId => NodeId ?? $"node-{AdvertisedHost}-{GrpcPort}";
 
     public string GrpcEndpoint => $"http://{FormatHost(AdvertisedHost)}:{GrpcPort}";
@@ -140,6 +154,7 @@ public sealed record NodeOptions
             ReportPeriod = ReadDuration(section, nameof(ReportPeriod), options.ReportPeriod),
             FastFailureDetection = ReadBool(section, nameof(FastFailureDetection), options.FastFailureDetection),
             StartupTimeout = ReadDuration(section, nameof(StartupTimeout), options.StartupTimeout),
+            DrainTimeout = ReadDuration(section, nameof(DrainTimeout), options.DrainTimeout),
         };
     }
 

@@ -32,7 +32,11 @@ public sealed class NodeTelemetry : IDisposable
         BatchedSessions = _meter.CreateHistogram<int>("potluck.node.batch_sessions", "{session}", "Sessions merged into one forward");
         Rejected = _meter.CreateCounter<long>("potluck.node.rejected_frames", "{frame}", "Frames rejected by validation");
         Replayed = _meter.CreateCounter<long>("potluck.node.replayed_steps", "{step}", "Repeated steps answered from cache");
+        RebuildRows = _meter.CreateCounter<long>("potluck.node.rebuild_rows", "{row}", "Kept output rows sent to rebuild a replacement next stage");
         SessionsOpen = _meter.CreateUpDownCounter<long>("potluck.node.sessions", "{session}", "Sessions open on this node");
+        DrainTime = _meter.CreateHistogram<double>("potluck.node.drain_time", "s", "Graceful leave: start of the drain to its last session gone");
+        DrainEndedSessions = _meter.CreateCounter<long>("potluck.node.drain_ended_sessions", "{session}",
+            "Sessions still open at the drain deadline, ended so the gateway re-routes them");
     }
 
     public Counter<long> Steps { get; }
@@ -44,7 +48,10 @@ public sealed class NodeTelemetry : IDisposable
     public Histogram<int> BatchedSessions { get; }
     public Counter<long> Rejected { get; }
     public Counter<long> Replayed { get; }
+    public Counter<long> RebuildRows { get; }
     public UpDownCounter<long> SessionsOpen { get; }
+    public Histogram<double> DrainTime { get; }
+    public Counter<long> DrainEndedSessions { get; }
 
     /// <summary>Parent context from a W3C traceparent carried on the stream; default when absent or bad.</summary>
     public static ActivityContext ParentFrom(string? traceparent, string? tracestate)

@@ -21,7 +21,7 @@ public sealed class SessionClosedException(string sessionId, bool cancelled)
 /// every engine call on one compute thread and batches steps of different sessions that are ready at
 /// the same time into one <see cref="IStageCompute.Forward"/> call.
 /// </summary>
-public sealed class SpanHost : IDisposable
+public sealed partial class SpanHost : IDisposable
 {
     private readonly IStageCompute _compute;
     private readonly ILogger _log;

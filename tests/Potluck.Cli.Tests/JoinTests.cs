@@ -163,7 +163,7 @@ public sealed class JoinTests : IClassFixture<JoinModels>
     }
 
     /// <summary>Polls GET <paramref name="path"/> until it answers 200 with a body <paramref name="accept"/> takes; fails if the process dies.</summary>
-    private static async Task<string> WaitUntilAsync(HttpClient http, string path, Func<string, bool> accept, TimeSpan limit, Daemon watched)
+    internal static async Task<string> WaitUntilAsync(HttpClient http, string path, Func<string, bool> accept, TimeSpan limit, Daemon watched)
     {
         var clock = Stopwatch.StartNew();
         var last = "";
@@ -186,7 +186,7 @@ public sealed class JoinTests : IClassFixture<JoinModels>
     }
 
     /// <summary>A long-running `potluck node` or `potluck gateway` process; stopped with SIGTERM, then killed.</summary>
-    private sealed class Daemon : IAsyncDisposable
+    internal sealed class Daemon : IAsyncDisposable
     {
         private readonly Process _process;
         private readonly ConcurrentQueue<string> _lines = new();

@@ -38,10 +38,21 @@ public static class NodeCommand
         var threads = new Option<int>("--threads") { Description = "Compute threads (0 = all cores)", DefaultValueFactory = _ => 0 };
         var maxRows = new Option<int>("--max-rows") { Description = "Most rows one step may carry (prefill chunk)", DefaultValueFactory = _ => defaults.MaxRowsPerStep };
         var fastFailure = new Option<bool>("--fast-failure-detection") { Description = "Tight membership probing (tests only)", Hidden = true };
+        var rebalance = new Option<bool>("--rebalance")
+        {
+            Description = "Keep choosing (with --join URL, no --layers): run the node as a child process and move it to a span the pool " +
+                "needs more (layers nobody holds, or a far weaker span) when its own span has another replica; the new span loads before the old one stops",
+        };
+        var rebalanceEvery = new Option<int>("--rebalance-every")
+        {
+            Description = $"Seconds between rebalance checks ({RebalancingNode.MinPeriodSeconds}-{RebalancingNode.MaxPeriodSeconds})",
+            DefaultValueFactory = _ => RebalancingNode.DefaultPeriodSeconds,
+        };
         var parentPid = HostedCommand.ParentPidOption();
         var command = new Command("node", "Run one node: load a span of the model's layers and serve it to the pool")
         {
-            model, layers, join, redis, token, maxLayers, memory, host, listen, port, siloPort, nodeId, clusterId, kvTokens, threads, maxRows, fastFailure, parentPid,
+            model, layers, join, redis, token, maxLayers, memory, host, listen, port, siloPort, nodeId, clusterId, kvTokens, threads, maxRows, fastFailure,
+            rebalance, rebalanceEvery, parentPid,
         };
         command.SetAction(async (parse, ct) =>
         {
@@ -66,6 +77,14 @@ public static class NodeCommand
                 throw new UsageException("--memory and --max-layers size a span the node chooses itself; they do not combine with --layers");
             if (parse.GetValue(threads) < 0) throw new UsageException("--threads must be 0 (all cores) or more");
             if (parse.GetValue(maxRows) < 1) throw new UsageException("--max-rows must be at least 1");
+            var rebalancing = parse.GetValue(rebalance);
+            if (rebalancing && (gatewayUrl is null || fixedLayers is not null))
+                throw new UsageException("--rebalance moves a node between spans it chooses itself: pass --join http://GATEWAY:PORT and leave out --layers");
+            var period = parse.GetValue(rebalanceEvery);
+            if (period is < RebalancingNode.MinPeriodSeconds or > RebalancingNode.MaxPeriodSeconds)
+                throw new UsageException($"--rebalance-every must be between {RebalancingNode.MinPeriodSeconds} and {RebalancingNode.MaxPeriodSeconds} seconds (got {period})");
+            if (!rebalancing && parse.GetResult(rebalanceEvery) is { Implicit: false })
+                throw new UsageException("--rebalance-every needs --rebalance");
             var options = new NodeOptions
             {
                 ModelPath = parse.GetRequiredValue(model).FullName,
@@ -88,27 +107,61 @@ public static class NodeCommand
 
             // Read the header first: a missing, corrupt or too-short model is one clear line, not a host crash.
             var info = ModelCommands.InspectOrFail(options.ModelPath);
+            JoinResult? joined = null;
             if (gatewayUrl is not null)
             {
                 var explicitly = new ExplicitOptions(
                     ClusterId: parse.GetResult(clusterId) is { Implicit: false },
                     Host: parse.GetResult(host) is { Implicit: false });
-                options = await JoinByUrlAsync(gatewayUrl, options, info, explicitly, chooseSpan: fixedLayers is null, memoryBudget, parse.GetValue(maxLayers), ct);
+                joined = await JoinByUrlAsync(gatewayUrl, options, info, explicitly, chooseSpan: fixedLayers is null, memoryBudget, parse.GetValue(maxLayers), ct);
+                options = joined.Options;
             }
             if (options.LayerEnd > info.LayerCount)
                 throw new CliFailureException($"--layers {options.LayerStart}-{options.LayerEnd} is outside the model: {Path.GetFileName(options.ModelPath)} has {info.LayerCount} layers (0-{info.LayerCount})");
-            HostedCommand.ApplyVerbosity(parse.GetValue(CliApplication.Verbose));
+            var verbose = parse.GetValue(CliApplication.Verbose);
+            HostedCommand.ApplyVerbosity(verbose);
 
+            if (rebalancing)
+            {
+                // The node runs as a child process (each span its own process), so a move can load the next span while the old one serves.
+                var plan = new RebalancingNode.Plan(gatewayUrl!, options, info, joined!.Capacity!, joined.MsPerLayer, parse.GetValue(nodeId),
+                    TimeSpan.FromSeconds(period), verbose);
+                return await HostedCommand.RunAsync(parse.GetValue(parentPid), "node", stop => RebalancingNode.RunAsync(plan, stop));
+            }
+            if (gatewayUrl is not null) await AnnounceAsync(gatewayUrl, options, info, ct);
             return await HostedCommand.RunAsync(parse.GetValue(parentPid), "node", stop => NodeHost.RunAsync(options, stop));
         });
         return CliApplication.AddExamples(command,
             "potluck node --model ./model.gguf --join http://192.168.1.10:8080",
             "potluck node --model ./model.gguf --join http://192.168.1.10:8080 --memory 6G",
+            "potluck node --model ./model.gguf --join http://192.168.1.10:8080 --rebalance",
             "potluck node --model ./model.gguf --layers 0-16 --join 192.168.1.10:11110",
             "potluck node --model ./model.gguf --layers 16-32 --host 192.168.1.12 --redis 192.168.1.10:6379");
     }
 
     private sealed record ExplicitOptions(bool ClusterId, bool Host);
+
+    /// <summary>What joining by URL settled: the options to run with and, when the node chose its span, its capacity and probed speed.</summary>
+    private sealed record JoinResult(NodeOptions Options, NodeCapacity? Capacity, double? MsPerLayer);
+
+    /// <summary>
+    /// Tells the gateway which span this node is about to load, so /api/pool shows it joining and another node choosing
+    /// meanwhile counts the span as taken. Best effort: an older or busy gateway only costs that hint.
+    /// </summary>
+    internal static async Task AnnounceAsync(Uri gateway, NodeOptions options, ModelInfo info, CancellationToken ct)
+    {
+        var announcement = new JoinAnnouncement(options.ResolvedNodeId, info.ModelId, options.LayerStart, options.LayerEnd, options.GrpcEndpoint);
+        try
+        {
+            var accepted = await PoolJoinClient.AnnounceAsync(gateway, announcement, TimeSpan.FromSeconds(5), ct);
+            Console.Out.WriteLine($"potluck node: announced to the gateway as joining with layers {options.LayerStart}-{options.LayerEnd} " +
+                $"(listed as {accepted.State} until it serves, at most until {accepted.ExpiresAt:HH:mm:ss} UTC)");
+        }
+        catch (PoolJoinException e)
+        {
+            Console.Error.WriteLine($"potluck node: warning: could not announce this node as joining ({e.Message}); loading anyway");
+        }
+    }
 
     private static Uri ParseGatewayUrl(string text)
     {
@@ -121,7 +174,7 @@ public static class NodeCommand
     /// Asks the gateway which pool this is, refuses a different model file, takes the pool's membership and cluster
     /// id, and (without --layers) chooses the span: the options NodeHost then runs with.
     /// </summary>
-    private static async Task<NodeOptions> JoinByUrlAsync(Uri gateway, NodeOptions options, ModelInfo info, ExplicitOptions explicitly,
+    private static async Task<JoinResult> JoinByUrlAsync(Uri gateway, NodeOptions options, ModelInfo info, ExplicitOptions explicitly,
         bool chooseSpan, long? memoryBudget, int? maxLayers, CancellationToken ct)
     {
         PoolJoinInfo pool;
@@ -166,15 +219,16 @@ public static class NodeCommand
 
         Console.Out.WriteLine($"potluck node: joining the pool at {gateway}: {pool.Model.Name} ({pool.Model.Layers} layers, model {pool.Model.Id[..Math.Min(12, pool.Model.Id.Length)]}), " +
             $"{pool.Spans.Count} span(s) held now; membership {(pool.Membership.Kind == JoinMembership.Redis ? "Redis" : "seed " + pool.Membership.Seed)}; this node is {options.AdvertisedHost}");
-        if (!chooseSpan) return options;
+        if (!chooseSpan) return new JoinResult(options, null, null);
 
         var kvTokens = options.KvBudgetTokens ?? 4L * info.ContextLength;
         var budget = memoryBudget ?? NodeCapacity.DetectBudgetBytes();
         var capacity = new NodeCapacity(NodeCapacity.EstimateLayerBytes(info, kvTokens), budget, maxLayers);
+        var msPerLayer = ProbeSpeed(options, info);
         SpanChoice choice;
         try
         {
-            choice = SpanChooser.Choose(info.LayerCount, pool.Spans, capacity, options.ResolvedNodeId);
+            choice = SpanChooser.Choose(info.LayerCount, pool.Spans, capacity, options.ResolvedNodeId, msPerLayer);
         }
         catch (SpanChoiceException e)
         {
@@ -183,7 +237,32 @@ public static class NodeCommand
         Console.Out.WriteLine($"potluck node: chose layers {choice.Start}-{choice.End} ([{choice.Start},{choice.End}) of {info.LayerCount}): {choice.Reason}; " +
             $"needs {SpanChooserFormat(capacity.BytesOf(choice.Start, choice.End))} of {SpanChooserFormat(budget)} " +
             $"{(memoryBudget is null ? "free" : "(--memory)")}, KV for {kvTokens} tokens included");
-        return options with { LayerStart = choice.Start, LayerEnd = choice.End };
+        return new JoinResult(options with { LayerStart = choice.Start, LayerEnd = choice.End }, capacity, msPerLayer);
+    }
+
+    /// <summary>
+    /// This machine's decode time for one block of the model: cached per model and machine, else measured now
+    /// (a one-layer span of the real file). Null when the probe cannot run; the choice then assumes a speed.
+    /// </summary>
+    private static double? ProbeSpeed(NodeOptions options, ModelInfo info)
+    {
+        // With POTLUCK_HOME set (tests, self-contained installs) everything potluck keeps stays under it.
+        var home = Environment.GetEnvironmentVariable(PotluckPaths.HomeVariable);
+        var cacheDirectory = string.IsNullOrWhiteSpace(home) ? SpeedProbe.DefaultCacheDirectory() : Path.Combine(PotluckPaths.Home, "cache");
+        try
+        {
+            var probe = SpeedProbe.MeasureOrReuse(options.ModelPath, info.ModelId, options.Threads, cacheDirectory);
+            var threads = SpeedProbe.ThisMachine(options.Threads).Threads;
+            Console.Out.WriteLine(probe.FromCache
+                ? $"potluck node: speed probe: reused {probe.MsPerLayer:F3} ms per layer for this model on this machine ({threads} threads, measured {probe.MeasuredAtUtc:yyyy-MM-dd HH:mm} UTC; {probe.CachePath})"
+                : $"potluck node: speed probe: measured {probe.MsPerLayer:F3} ms per layer (one block, median of {SpeedProbe.Repeats} decode steps, {threads} threads) in {probe.Elapsed.TotalSeconds:F2} s; cached in {probe.CachePath}");
+            return probe.MsPerLayer;
+        }
+        catch (Exception e) when (e is Potluck.Inference.EngineException or IOException or UnauthorizedAccessException)
+        {
+            Console.Error.WriteLine($"potluck node: warning: speed probe failed ({e.Message}); choosing with an assumed speed");
+            return null;
+        }
     }
 
     private static string SpanChooserFormat(long bytes) => ModelCommands.FormatBytes(bytes);

@@ -39,9 +39,24 @@ public interface IPoolDirectoryGrain : IGrainWithStringKey
     /// <summary>Shards of every model; dead silos' shards are gone, stale ones are unhealthy.</summary>
     [Alias("GetView")]
     Task<PoolView> GetView();
+
+    /// <summary>Records (or replaces, per node id) a node's announcement that it is loading a span.</summary>
+    [Alias("AnnounceJoining")]
+    Task AnnounceJoining(JoiningNode node);
+
+    /// <summary>Announcements that have neither expired nor been followed by a shard report from that node.</summary>
+    [Alias("GetJoining")]
+    Task<IReadOnlyList<JoiningNode>> GetJoining();
 }
 
 public static class PoolKeys
 {
     public const string Default = "pool";
 }
+
+/// <summary>
+/// A node that announced a span it is loading (it serves nothing yet). The pool directory keeps it until that
+/// node's shard reports or <see cref="ExpiresAtUtc"/> passes; routing never sees it. Positional: never reorder.
+/// </summary>
+[GenerateSerializer, Immutable, Alias("potluck.JoiningNode")]
+public sealed record JoiningNode(string NodeId, string ModelId, int LayerStart, int LayerEnd, string GrpcEndpoint, DateTime AnnouncedAtUtc, DateTime ExpiresAtUtc);

@@ -11,15 +11,43 @@ public sealed class PoolDirectoryOptions
 /// <summary>
 /// Soft-state registry of shards. Lives in Contracts so gateway silos can host it too. Health comes
 /// from cluster membership (dead silo → its shards are dropped) and report age (silent node → unhealthy).
+/// It also keeps nodes that announced a span they are loading (<see cref="JoiningNode"/>) until they report
+/// or their announcement expires; those are never part of <see cref="GetView"/>, so routing ignores them.
 /// </summary>
 public sealed class PoolDirectoryGrain(IClusterMembershipService membership, IOptions<PoolDirectoryOptions> options) : Grain, IPoolDirectoryGrain
 {
     private readonly Dictionary<string, ShardStatus> _shards = new(StringComparer.Ordinal);
+    // Node id -> announcement; a node loads one span at a time.
+    private readonly Dictionary<string, JoiningNode> _joining = new(StringComparer.Ordinal);
 
     public Task Report(ShardStatus status)
     {
         _shards[status.ShardKey] = status;
+        // The node is serving now: its announcement has done its job.
+        _joining.Remove(status.NodeId);
         return Task.CompletedTask;
+    }
+
+    public Task AnnounceJoining(JoiningNode node)
+    {
+        _joining[node.NodeId] = node;
+        return Task.CompletedTask;
+    }
+
+    public Task<IReadOnlyList<JoiningNode>> GetJoining()
+    {
+        var now = DateTime.UtcNow;
+        var result = new List<JoiningNode>(_joining.Count);
+        List<string>? expired = null;
+        foreach (var (nodeId, node) in _joining)
+        {
+            if (node.ExpiresAtUtc <= now) (expired ??= []).Add(nodeId);
+            else result.Add(node);
+        }
+        if (expired is not null)
+            foreach (var nodeId in expired) _joining.Remove(nodeId);
+        result.Sort((a, b) => string.CompareOrdinal(a.NodeId, b.NodeId));
+        return Task.FromResult<IReadOnlyList<JoiningNode>>(result);
     }
 
     public Task Withdraw(string shardKey)

@@ -64,7 +64,11 @@ public sealed record JoinMembership(string Kind, string? Seed)
     public static readonly IReadOnlyList<string> KnownKinds = [Development, Redis];
 }
 
-/// <summary>One loaded span on one node as the gateway sees it now, with its load.</summary>
+/// <summary>
+/// One span on one node as the gateway sees it now, with its load. <see cref="Joining"/> marks a node that
+/// announced this span and is still loading it: not healthy (it serves nothing yet), but a node choosing
+/// at the same moment counts the span as taken. Documents from older gateways have no such entries.
+/// </summary>
 public sealed record JoinSpan(
     string NodeId,
     string Endpoint,
@@ -75,8 +79,11 @@ public sealed record JoinSpan(
     double StepsPerSecond,
     long FreeKvTokens,
     long KvBudgetTokens,
-    double MsPerToken);
+    double MsPerToken,
+    bool Joining = false);
 
 [JsonSourceGenerationOptions(PropertyNamingPolicy = JsonKnownNamingPolicy.SnakeCaseLower, WriteIndented = false)]
 [JsonSerializable(typeof(PoolJoinInfo))]
+[JsonSerializable(typeof(JoinAnnouncement))]
+[JsonSerializable(typeof(JoinAnnouncementAccepted))]
 internal sealed partial class PoolJoinJsonContext : JsonSerializerContext;

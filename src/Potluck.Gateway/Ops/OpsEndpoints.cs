@@ -21,7 +21,7 @@ public static class OpsEndpoints
         }));
         app.MapGet("/readyz", ReadyAsync);
         app.MapGet("/api/pool", PoolAsync);
-        app.MapGet(Contracts.Joining.PoolJoinInfo.Path, JoinEndpoint.HandleAsync);
+        JoinEndpoint.Map(app);
         app.MapGet("/api/sessions/{id}", SessionAsync);
         app.MapPost("/api/sessions/{id}/cancel", CancelAsync);
         app.MapGet("/", static context =>
@@ -50,7 +50,7 @@ public static class OpsEndpoints
         });
     }
 
-    private static Task PoolAsync(HttpContext context)
+    private static async Task PoolAsync(HttpContext context)
     {
         var services = context.RequestServices;
         var monitor = services.GetRequiredService<PoolMonitor>();
@@ -59,7 +59,8 @@ public static class OpsEndpoints
         var pool = monitor.Current;
         var plan = RoutePlanner.Plan(pool, 1, null, out var failure);
         var gaps = RoutePlanner.MissingLayers(pool);
-        return WriteJsonAsync(context, 200, json =>
+        var joining = await JoinEndpoint.JoiningNodesAsync(services, model.ModelId, context.RequestAborted);
+        await WriteJsonAsync(context, 200, json =>
         {
             json.WriteStartObject("model");
             json.WriteString("name", model.Name);
@@ -118,6 +119,27 @@ public static class OpsEndpoints
                 json.WriteNull("hop_latency_ms");
                 if (node.ProcessId is { } pid) json.WriteNumber("process_id", pid);
                 else json.WriteNull("process_id");
+                json.WriteEndObject();
+            }
+            foreach (var node in joining)
+            {
+                // Announced and loading: shown so operators see it coming; not a stage, never routed to.
+                json.WriteStartObject();
+                json.WriteString("id", node.NodeId);
+                json.WriteString("endpoint", node.GrpcEndpoint);
+                json.WriteStartObject("span");
+                json.WriteNumber("start", node.LayerStart);
+                json.WriteNumber("end", node.LayerEnd);
+                json.WriteEndObject();
+                json.WriteString("state", "joining");
+                json.WriteString("problem", $"announced at {node.AnnouncedAtUtc:HH:mm:ss} UTC; loading its span (expires {node.ExpiresAtUtc:HH:mm:ss} UTC unless it reports)");
+                json.WriteNumber("open_sessions", 0);
+                json.WriteNumber("load_steps_per_second", 0);
+                json.WriteNumber("free_kv_tokens", 0);
+                json.WriteNumber("kv_budget_tokens", 0);
+                json.WriteNumber("ms_per_token", 0);
+                json.WriteNull("hop_latency_ms");
+                json.WriteNull("process_id");
                 json.WriteEndObject();
             }
             json.WriteEndArray();

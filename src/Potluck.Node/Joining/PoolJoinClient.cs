@@ -51,6 +51,42 @@ public static class PoolJoinClient
     }
 
     /// <summary>
+    /// Tells the gateway this node is about to load a span (POST /api/join/announce), so /api/pool shows it as joining
+    /// and nodes choosing meanwhile count the span as taken.
+    /// </summary>
+    /// <exception cref="PoolJoinException">Unreachable, refused (the message carries the gateway's error), or an older gateway.</exception>
+    public static async Task<JoinAnnouncementAccepted> AnnounceAsync(Uri gateway, JoinAnnouncement announcement, TimeSpan timeout, CancellationToken ct)
+    {
+        var url = new Uri(gateway, JoinAnnouncement.Path);
+        using var http = new HttpClient { Timeout = Timeout.InfiniteTimeSpan };
+        using var limit = CancellationTokenSource.CreateLinkedTokenSource(ct);
+        limit.CancelAfter(timeout);
+        try
+        {
+            using var content = new StringContent(announcement.ToJson(), System.Text.Encoding.UTF8, "application/json");
+            using var response = await http.PostAsync(url, content, limit.Token);
+            var body = await response.Content.ReadAsStringAsync(limit.Token);
+            if (response.StatusCode is HttpStatusCode.NotFound or HttpStatusCode.MethodNotAllowed)
+                throw new PoolJoinException($"{gateway} does not take announcements at {JoinAnnouncement.Path} (an older gateway)");
+            if (!response.IsSuccessStatusCode)
+                throw new PoolJoinException($"{url} refused the announcement with HTTP {(int)response.StatusCode}: {Trim(body)}");
+            return JoinAnnouncementAccepted.Parse(body);
+        }
+        catch (OperationCanceledException) when (!ct.IsCancellationRequested)
+        {
+            throw new PoolJoinException($"the gateway at {gateway} did not take the announcement within {timeout.TotalSeconds:F0} s");
+        }
+        catch (HttpRequestException e)
+        {
+            throw new PoolJoinException($"cannot reach the gateway at {gateway}: {e.Message}", e);
+        }
+        catch (FormatException e)
+        {
+            throw new PoolJoinException($"{url} did not answer like a Potluck gateway: {e.Message}", e);
+        }
+    }
+
+    /// <summary>
     /// The local address this machine uses to reach <paramref name="host"/> (what the rest of the pool should
     /// dial back); null when it cannot be told. A UDP "connect" only picks a route; it sends nothing.
     /// </summary>

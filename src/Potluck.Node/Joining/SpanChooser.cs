@@ -21,26 +21,34 @@ public sealed class SpanChoiceException(string message) : Exception(message);
 /// <item>Otherwise fill the largest run of layers no healthy node holds, from its first layer, as far as
 /// memory allows (its first layer is always where some span ends, so it joins up).</item>
 /// <item>If every layer is held but the spans do not line up, extend the chain from its furthest boundary.</item>
-/// <item>If the pool can already serve, replicate the span with the highest load per replica that fits.</item>
+/// <item>If the pool can already serve, Petals' rule: every layer's total throughput is the sum of the tokens/s
+/// of the spans covering it; among the windows that chain and fit, take the one whose weakest layer has the least
+/// total throughput (then the lower sum, then fewer layers, then the earlier start).</item>
 /// </list>
-/// Unhealthy spans and this node's own earlier spans (a restart with the same id) do not count.
+/// Unhealthy spans and this node's own earlier spans (a restart with the same id) do not count. Spans of nodes
+/// that announced themselves and are still loading (<see cref="JoinSpan.Joining"/>) count as held, so two nodes
+/// joining at once do not fill the same gap; their throughput is not measured yet and is assumed.
 /// </summary>
 public static class SpanChooser
 {
-    public static SpanChoice Choose(int layerCount, IReadOnlyList<JoinSpan> spans, NodeCapacity capacity, string? ownNodeId = null)
+    /// <summary>
+    /// Per-layer decode time assumed for a span with no measurement (joining, or from an older node) when neither
+    /// this node's own probe nor any measured span gives a better figure. 1 ms per layer is the order of a
+    /// 7B-class layer on a desktop CPU; it only matters relative to measured spans, and those are preferred.
+    /// </summary>
+    public const double FallbackMsPerLayer = 1.0;
+
+    /// <param name="ownMsPerLayer">This node's measured decode time per layer (the speed probe); it fills in for
+    /// spans that have no measurement and is shown in the reason. Null when unknown.</param>
+    public static SpanChoice Choose(int layerCount, IReadOnlyList<JoinSpan> spans, NodeCapacity capacity, string? ownNodeId = null,
+        double? ownMsPerLayer = null)
     {
         if (layerCount < 1) throw new ArgumentOutOfRangeException(nameof(layerCount));
         if (capacity.LayerCount != layerCount) throw new ArgumentException("capacity is for another layer count", nameof(capacity));
-        var live = new List<JoinSpan>(spans.Count);
-        foreach (var span in spans)
-        {
-            if (span.Healthy && span.Start >= 0 && span.End > span.Start && span.End <= layerCount
-                && !string.Equals(span.NodeId, ownNodeId, StringComparison.Ordinal))
-                live.Add(span);
-        }
+        var live = Counted(layerCount, spans, ownNodeId);
 
         var reachable = Reachable(layerCount, live);
-        if (reachable[layerCount]) return Replicate(live, capacity);
+        if (reachable[layerCount]) return LeastThroughput(layerCount, live, capacity, reachable, ownMsPerLayer);
 
         var completing = CompletingSpan(layerCount, live, capacity, reachable);
         if (completing is not null) return completing;
@@ -63,8 +71,135 @@ public static class SpanChooser
         return new SpanChoice(from, extended, $"the pool's spans do not line up at layer {from}; this span continues the chain from there");
     }
 
+    /// <summary>The spans a choice counts: healthy or announced (joining), inside the model, not this node's own.</summary>
+    internal static List<JoinSpan> Counted(int layerCount, IReadOnlyList<JoinSpan> spans, string? ownNodeId)
+    {
+        var live = new List<JoinSpan>(spans.Count);
+        foreach (var span in spans)
+        {
+            if ((span.Healthy || span.Joining) && span.Start >= 0 && span.End > span.Start && span.End <= layerCount
+                && !string.Equals(span.NodeId, ownNodeId, StringComparison.Ordinal))
+                live.Add(span);
+        }
+        return live;
+    }
+
+    /// <summary>
+    /// The decode time per layer assumed for spans without a measurement: this node's own probe when known, else
+    /// the median per-layer time of the measured spans, else <see cref="FallbackMsPerLayer"/>.
+    /// </summary>
+    public static double AssumedMsPerLayer(IReadOnlyList<JoinSpan> spans, double? ownMsPerLayer)
+    {
+        if (ownMsPerLayer is { } own && double.IsFinite(own) && own > 0) return own;
+        var perLayer = new List<double>(spans.Count);
+        foreach (var span in spans)
+            if (IsMeasured(span)) perLayer.Add(span.MsPerToken / (span.End - span.Start));
+        if (perLayer.Count == 0) return FallbackMsPerLayer;
+        perLayer.Sort();
+        return perLayer[perLayer.Count / 2];
+    }
+
+    /// <summary>A span's decode throughput in tokens/s: 1000 / its measured ms per token, or the assumed speed for its length.</summary>
+    public static double TokensPerSecond(JoinSpan span, double assumedMsPerLayer) =>
+        IsMeasured(span) ? 1000.0 / span.MsPerToken : 1000.0 / (assumedMsPerLayer * (span.End - span.Start));
+
+    /// <summary>Per layer, the summed tokens/s of the given spans that cover it (Petals' "throughput per block").</summary>
+    public static double[] LayerThroughput(int layerCount, IReadOnlyList<JoinSpan> spans, double assumedMsPerLayer)
+    {
+        var throughput = new double[layerCount];
+        foreach (var span in spans)
+        {
+            var tokens = TokensPerSecond(span, assumedMsPerLayer);
+            for (var l = span.Start; l < span.End && l < layerCount; l++) throughput[l] += tokens;
+        }
+        return throughput;
+    }
+
+    private static bool IsMeasured(JoinSpan span) => !span.Joining && double.IsFinite(span.MsPerToken) && span.MsPerToken > 0;
+
+    private static SpanChoice LeastThroughput(int layerCount, List<JoinSpan> spans, NodeCapacity capacity, bool[] reachable, double? ownMsPerLayer)
+    {
+        var finishing = Finishing(layerCount, spans);
+        var assumed = AssumedMsPerLayer(spans, ownMsPerLayer);
+        var throughput = LayerThroughput(layerCount, spans, assumed);
+        var best = BestWindow(layerCount, throughput, capacity, reachable, finishing);
+        if (best is not { } chosen)
+        {
+            var widest = 0;
+            foreach (var span in spans) widest = Math.Max(widest, span.End - span.Start);
+            throw new SpanChoiceException(
+                $"every layer is already served, and no span that lines up with the pool's boundaries fits in this node ({MaxLayersAnywhere(capacity)} layers " +
+                $"in {FormatBytes(capacity.BudgetBytes)}; the pool's spans have up to {widest} layers); pass --layers A-B to hold part of one, or raise --memory/--max-layers");
+        }
+        var poolWeakest = 0;
+        for (var l = 1; l < layerCount; l++)
+            if (throughput[l] < throughput[poolWeakest]) poolWeakest = l;
+        var holders = 0;
+        foreach (var span in spans)
+            if (span.Start <= chosen.Weakest && chosen.Weakest < span.End) holders++;
+        var reason = $"every layer is served; layers {chosen.Start}-{chosen.End - 1} have the least total throughput: " +
+            $"weakest layer {chosen.Weakest} at {throughput[chosen.Weakest]:F1} tokens/s from {holders} span{(holders == 1 ? "" : "s")} " +
+            $"(pool range {throughput[poolWeakest]:F1}-{Max(throughput):F1} tokens/s per layer)";
+        if (ownMsPerLayer is { } own && own > 0)
+            reason += $"; this node adds about {1000.0 / (own * (chosen.End - chosen.Start)):F1} tokens/s there";
+        return new SpanChoice(chosen.Start, chosen.End, reason);
+    }
+
+    /// <summary>
+    /// Among windows [s, e) that chain (s reachable from 0, e finishing) and fit, the one whose weakest layer has
+    /// the least throughput; ties: lower summed throughput, fewer layers, earlier start.
+    /// </summary>
+    internal static (int Start, int End, int Weakest)? BestWindow(int layerCount, double[] throughput, NodeCapacity capacity, bool[] reachable, bool[] finishing)
+    {
+        (int Start, int End, int Weakest)? best = null;
+        double bestMin = 0, bestSum = 0;
+        for (var s = 0; s < layerCount; s++)
+        {
+            if (!reachable[s]) continue;
+            var maxEnd = capacity.MaxEnd(s);
+            var min = double.PositiveInfinity;
+            var weakest = s;
+            var sum = 0.0;
+            for (var e = s + 1; e <= maxEnd; e++)
+            {
+                var t = throughput[e - 1];
+                sum += t;
+                if (t < min)
+                {
+                    min = t;
+                    weakest = e - 1;
+                }
+                if (!finishing[e]) continue;
+                if (best is null || Better(min, sum, e - s, bestMin, bestSum, best.Value.End - best.Value.Start))
+                {
+                    best = (s, e, weakest);
+                    bestMin = min;
+                    bestSum = sum;
+                }
+            }
+        }
+        return best;
+    }
+
+    // Throughputs are measured, so compare with a relative tolerance: 0.1 % apart counts as equal.
+    private static bool Better(double min, double sum, int layers, double bestMin, double bestSum, int bestLayers)
+    {
+        if (!NearlyEqual(min, bestMin)) return min < bestMin;
+        if (!NearlyEqual(sum, bestSum)) return sum < bestSum;
+        return layers < bestLayers; // equal length: the earlier start was seen first and stays
+    }
+
+    private static bool NearlyEqual(double a, double b) => Math.Abs(a - b) <= 1e-3 * Math.Max(Math.Abs(a), Math.Abs(b)) + 1e-9;
+
+    private static double Max(double[] values)
+    {
+        var max = 0.0;
+        foreach (var v in values) max = Math.Max(max, v);
+        return max;
+    }
+
     /// <summary>reachable[b]: a chain of spans leads from layer 0 to boundary b.</summary>
-    private static bool[] Reachable(int layerCount, List<JoinSpan> spans)
+    internal static bool[] Reachable(int layerCount, List<JoinSpan> spans)
     {
         var reachable = new bool[layerCount + 1];
         reachable[0] = true;
@@ -79,7 +214,7 @@ public static class SpanChooser
     }
 
     /// <summary>finishing[b]: a chain of spans leads from boundary b to the last layer.</summary>
-    private static bool[] Finishing(int layerCount, List<JoinSpan> spans)
+    internal static bool[] Finishing(int layerCount, List<JoinSpan> spans)
     {
         var finishing = new bool[layerCount + 1];
         finishing[layerCount] = true;
@@ -134,55 +269,6 @@ public static class SpanChooser
             l0 = l1;
         }
         return best;
-    }
-
-    private static SpanChoice Replicate(List<JoinSpan> spans, NodeCapacity capacity)
-    {
-        // Group replicas of the same span; load per replica decides which one needs help most.
-        var groups = new Dictionary<(int Start, int End), (int Replicas, double StepsPerSecond, int Sessions, double MsPerToken)>();
-        foreach (var span in spans)
-        {
-            groups.TryGetValue((span.Start, span.End), out var g);
-            var ms = double.IsFinite(span.MsPerToken) ? span.MsPerToken : 0;
-            var steps = double.IsFinite(span.StepsPerSecond) ? span.StepsPerSecond : 0;
-            groups[(span.Start, span.End)] = (g.Replicas + 1, g.StepsPerSecond + steps, g.Sessions + span.OpenSessions, Math.Max(g.MsPerToken, ms));
-        }
-        (int Start, int End)? best = null;
-        (int Replicas, double StepsPerSecond, int Sessions, double MsPerToken) bestLoad = default;
-        var widest = 0;
-        foreach (var (span, load) in groups)
-        {
-            widest = Math.Max(widest, span.End - span.Start);
-            if (!capacity.Fits(span.Start, span.End)) continue;
-            if (best is null || MoreLoaded(load, span, bestLoad, best.Value))
-            {
-                best = span;
-                bestLoad = load;
-            }
-        }
-        if (best is not { } chosen)
-            throw new SpanChoiceException(
-                $"every layer is already served, and every span in the pool ({widest} layers at most) is wider than this node can hold " +
-                $"({MaxLayersAnywhere(capacity)} layers in {FormatBytes(capacity.BudgetBytes)}); pass --layers A-B to hold part of one, or raise --memory/--max-layers");
-        var perReplica = bestLoad.StepsPerSecond / bestLoad.Replicas;
-        return new SpanChoice(chosen.Start, chosen.End,
-            $"every layer is served; layers {chosen.Start}-{chosen.End - 1} have the highest load per replica " +
-            $"({bestLoad.Replicas} replica{(bestLoad.Replicas == 1 ? "" : "s")}, {perReplica:F1} steps/s and {(double)bestLoad.Sessions / bestLoad.Replicas:F1} sessions each)");
-    }
-
-    // Busiest per replica first; then fewer replicas, then the slowest span (the pipeline's bottleneck), then the earliest.
-    private static bool MoreLoaded((int Replicas, double StepsPerSecond, int Sessions, double MsPerToken) a, (int Start, int End) spanA,
-        (int Replicas, double StepsPerSecond, int Sessions, double MsPerToken) b, (int Start, int End) spanB)
-    {
-        var stepsA = a.StepsPerSecond / a.Replicas;
-        var stepsB = b.StepsPerSecond / b.Replicas;
-        if (Math.Abs(stepsA - stepsB) > 1e-9) return stepsA > stepsB;
-        var sessionsA = (double)a.Sessions / a.Replicas;
-        var sessionsB = (double)b.Sessions / b.Replicas;
-        if (Math.Abs(sessionsA - sessionsB) > 1e-9) return sessionsA > sessionsB;
-        if (a.Replicas != b.Replicas) return a.Replicas < b.Replicas;
-        if (Math.Abs(a.MsPerToken - b.MsPerToken) > 1e-9) return a.MsPerToken > b.MsPerToken;
-        return spanA.Start < spanB.Start;
     }
 
     private static int MaxLayersAnywhere(NodeCapacity capacity)

@@ -56,7 +56,8 @@ public sealed class NodeProcess : IAsyncDisposable
         }
     }
 
-    public static NodeProcess Start(string modelPath, int start, int end, string nodeId, string? seed, int? siloPort = null)
+    public static NodeProcess Start(string modelPath, int start, int end, string nodeId, string? seed, int? siloPort = null,
+        bool fastFailureDetection = false)
     {
         var grpcPort = Ports.Free();
         var silo = siloPort ?? Ports.Free();
@@ -74,6 +75,7 @@ public sealed class NodeProcess : IAsyncDisposable
             info.ArgumentList.Add("--seed");
             info.ArgumentList.Add(seed);
         }
+        if (fastFailureDetection) info.ArgumentList.Add("--fast");
         info.Environment["Logging__LogLevel__Default"] = "Warning";
         var process = Process.Start(info) ?? throw new InvalidOperationException("could not start a node process");
         var node = new NodeProcess(process, nodeId, grpcPort, silo);

@@ -25,6 +25,9 @@ public sealed class SessionHopClient : IAsyncDisposable
         Opened = opened;
     }
 
+    /// <summary>Positions the first stage held after opening (a resumed session may hold some already).</summary>
+    public int FirstStageLength => Opened.Stages.Count > 0 ? Opened.Stages[0].SessionLength : 0;
+
     public string SessionId { get; }
     public int Width { get; }
     public HiddenType WireType { get; }
@@ -45,7 +48,8 @@ public sealed class SessionHopClient : IAsyncDisposable
             var answer = call.ResponseStream.Current;
             if (answer.KindCase != HopResponse.KindOneofCase.Opened)
                 throw new RpcException(new Status(StatusCode.Internal, $"open answered with {answer.KindCase}"));
-            return new SessionHopClient(call, open.SessionId, width, open.WireType, answer.Opened);
+            // A resumed stream continues the session's step ids.
+            return new SessionHopClient(call, open.SessionId, width, open.WireType, answer.Opened) { _nextStepId = open.LastStepId + 1 };
         }
         catch
         {
@@ -82,6 +86,14 @@ public sealed class SessionHopClient : IAsyncDisposable
         if (!HiddenStateCodec.TryDecode(result.Hidden.Span, result.Dtype, output.Span[..(result.RowCount * result.Width)], out _))
             throw new RpcException(new Status(StatusCode.Internal, $"result of step {result.StepId} has a malformed payload"));
         return result;
+    }
+
+    /// <summary>Writes a frame that gets no answer (rebuild steps); a failure shows on the next step.</summary>
+    public async Task WriteAsync(HopRequest request, TimeSpan timeout, CancellationToken ct = default)
+    {
+        using var limit = CancellationTokenSource.CreateLinkedTokenSource(ct);
+        limit.CancelAfter(timeout);
+        await _call.RequestStream.WriteAsync(request, limit.Token);
     }
 
     /// <summary>Writes any frame (tests, replays) and waits for the next result on the stream.</summary>

@@ -138,6 +138,9 @@ public static class OpenAiEndpoints
                 throw new ApiErrorException(new ApiError(503, e.Message, ApiError.ServerError, null, "route_failed"));
             }
             activity?.SetTag("potluck.route", generation.Route?.ToString());
+            // Which nodes serve this session, for operators and tests (a failover may change it later).
+            context.Response.Headers["x-potluck-session"] = sessionId;
+            if (generation.Route is { } route) context.Response.Headers["x-potluck-route"] = route.HeaderValue;
             var created = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
             var responses = new CompletionResponses(context, kind, sessionId, model.Name, created, request.IncludeUsage);
             if (request.Stream)

@@ -15,8 +15,10 @@ namespace Potluck.Gateway.Generation;
 
 /// <summary>
 /// One request's generation: plans and opens a route, prefills the prompt, then samples token by token with the
-/// head in this process and the layers on the nodes. A failed stage is replaced by re-planning around it and
-/// replaying the tokens so far, so the text continues unchanged. Not thread-safe; one consumer.
+/// head in this process and the layers on the nodes. When a stage fails, the route is re-planned around it and
+/// resumed: surviving stages keep their KV, and a replacement rebuilds its span from what its upstream stage kept
+/// (or from the token ids when it is the first stage), so the text continues unchanged. When resuming is not
+/// possible, the whole route is replaced and replayed from the token ids. Not thread-safe; one consumer.
 /// </summary>
 public sealed class Generation : IAsyncDisposable
 {
@@ -40,6 +42,8 @@ public sealed class Generation : IAsyncDisposable
     private readonly List<int> _textEnds = [];
     private readonly HashSet<string> _failedNodes = new(StringComparer.Ordinal);
     private RouteConnection? _route;
+    // The broken route a failover resumes: its plan, session id and last answered step.
+    private RouteConnection? _broken;
     private int _routeGeneration;
     private int _textLength;
     private bool _released;
@@ -143,11 +147,16 @@ public sealed class Generation : IAsyncDisposable
         {
             try
             {
-                if (_route is null)
+                if (_route is null && _broken is not null)
                 {
-                    await ConnectAsync(ct);
+                    await ResumeAsync(start, ct);
+                    await PrefillAsync(start, _fed.Count, ct);
+                }
+                else if (_route is null)
+                {
+                    await ConnectAsync(null, ct);
                     // A fresh route has no KV: replay everything fed so far, including these tokens.
-                    await ReplayAsync(ct);
+                    await ReplayAsync(_stepEnds.Count, rebuild: false, ct);
                 }
                 else
                 {
@@ -157,44 +166,95 @@ public sealed class Generation : IAsyncDisposable
                 StepTimeline.Mark(StepEvent.GatewayLogitsDone, 0);
                 return;
             }
+            catch (RpcException e) when (!ct.IsCancellationRequested && e.StatusCode == StatusCode.FailedPrecondition && _broken is not null
+                && attempt < MaxRouteAttempts)
+            {
+                // A stage could not rebuild its replacement (its kept outputs were dropped): replace the whole route.
+                _service.Log.LogWarning("Session {Session}: cannot resume route {Route} ({Detail}); replaying the whole route", SessionId,
+                    _broken.Plan, e.Status.Detail);
+                await AbandonBrokenRouteAsync(waitForClose: false);
+                await DropRouteAsync(cancelled: true, waitForClose: false);
+            }
             catch (RpcException e) when (!ct.IsCancellationRequested && IsRouteFailure(e.StatusCode) && attempt < MaxRouteAttempts)
             {
+                var failed = _route ?? _broken;
                 _service.Log.LogWarning("Session {Session}: route {Route} failed ({Status}: {Detail}); re-planning", SessionId,
-                    _route?.Plan.ToString() ?? "(opening)", e.StatusCode, e.Status.Detail);
-                await FindFailedStagesAsync(e, ct);
-                // Not waiting for the control-plane closes: with a dead silo their directory lookups can take
-                // hundreds of ms (measured up to 0.5 s), and the ended streams free the KV anyway.
-                await DropRouteAsync(cancelled: true, waitForClose: false);
+                    failed?.Plan.ToString() ?? "(opening)", e.StatusCode, e.Status.Detail);
+                await FindFailedStagesAsync(failed?.Plan, e, ct);
+                if (_route is { } route)
+                {
+                    // Ending our stream detaches the session on every stage: they keep its KV for the resume.
+                    _route = null;
+                    await route.DisposeAsync();
+                    _broken = route;
+                }
                 Reroutes++;
                 _service.Telemetry.Reroutes.Add(1);
             }
             catch (RpcException e) when (!ct.IsCancellationRequested)
             {
+                await AbandonBrokenRouteAsync(waitForClose: true);
                 throw new RouteFailedException($"the route failed: {e.Status.StatusCode}: {e.Status.Detail}", e);
             }
+            catch (PoolUnavailableException) when (_broken is not null)
+            {
+                // No replica for the failed span: free the session's KV on the stages that survived before reporting it.
+                await AbandonBrokenRouteAsync(waitForClose: true);
+                throw;
+            }
         }
+    }
+
+    /// <summary>
+    /// Failover: plans a route that keeps the broken route's surviving stages where it can, opens it with resume (stages
+    /// that still hold the session truncate it to <paramref name="committed"/> positions; a replacement is rebuilt by
+    /// its upstream stage from the outputs it kept), and rebuilds a replacement first stage from the token ids.
+    /// </summary>
+    private async Task ResumeAsync(int committed, CancellationToken ct)
+    {
+        var broken = _broken!;
+        var started = Stopwatch.GetTimestamp();
+        await ConnectAsync(broken, ct, (committed, broken.LastAnsweredStepId));
+        var route = _route!;
+        _broken = null;
+        // Stages of the old route that the new one does not use still hold the session: free it there.
+        await CloseSessionOnAsync(broken.Plan.Hops, broken.DataSessionId, keep: route.Plan.Hops, waitForClose: false);
+        var firstLength = route.FirstStageLength;
+        if (firstLength == 0 && committed > 0)
+        {
+            // The first stage is new: rebuild it from the token ids, in the steps that built the old one.
+            await ReplayAsync(_stepEnds.Count - 1, rebuild: true, ct);
+        }
+        else if (firstLength != committed)
+        {
+            throw new RpcException(new Status(StatusCode.Internal, $"the first stage resumed with {firstLength} positions, expected {committed}"));
+        }
+        _service.Log.LogInformation("Session {Session}: resumed on {Route} at {Committed} positions in {Ms:F0} ms", SessionId, route.Plan,
+            committed, Stopwatch.GetElapsedTime(started).TotalMilliseconds);
     }
 
     private static bool IsRouteFailure(StatusCode code) => code is StatusCode.Unavailable or StatusCode.Aborted or StatusCode.Internal
         or StatusCode.DeadlineExceeded or StatusCode.Cancelled or StatusCode.Unknown or StatusCode.ResourceExhausted or StatusCode.NotFound;
 
     /// <summary>
-    /// Rebuilds a fresh route's KV from the token ids with the same steps as the first time: the prompt in the same
-    /// chunks, then one row per generated token. ggml's results depend on a step's row count (one batched prefill of
-    /// prompt + generated tokens gave different logits than token-by-token decode, and the greedy text changed at the
-    /// first token after a failover), so only the original step shapes reproduce the original KV and text exactly.
+    /// Rebuilds KV from the token ids with the same steps as the first time (the first <paramref name="steps"/> of
+    /// them): the prompt in the same chunks, then one row per generated token. ggml's results depend on a step's row
+    /// count (one batched prefill of prompt + generated tokens gave different logits than token-by-token decode, and
+    /// the greedy text changed at the first token after a failover), so only the original step shapes reproduce the
+    /// original KV and text exactly. With <paramref name="rebuild"/> the steps are unanswered rebuild steps.
     /// </summary>
-    private async Task ReplayAsync(CancellationToken ct)
+    private async Task ReplayAsync(int steps, bool rebuild, CancellationToken ct)
     {
         var from = 0;
-        foreach (var end in _stepEnds)
+        for (var i = 0; i < steps; i++)
         {
-            await PrefillAsync(from, end, ct);
+            var end = _stepEnds[i];
+            await PrefillAsync(from, end, ct, rebuild);
             from = end;
         }
     }
 
-    private async Task PrefillAsync(int from, int to, CancellationToken ct)
+    private async Task PrefillAsync(int from, int to, CancellationToken ct, bool rebuild = false)
     {
         var head = _service.Model.Head;
         var width = head.Width;
@@ -208,6 +268,11 @@ public sealed class Generation : IAsyncDisposable
                 var hidden = rented.AsMemory(0, rows * width);
                 StepTimeline.Mark(StepEvent.GatewayEmbedStart, 0);
                 head.Embed(System.Runtime.InteropServices.CollectionsMarshal.AsSpan(_fed).Slice(at, rows), hidden.Span);
+                if (rebuild)
+                {
+                    await _route!.RebuildAsync(hidden, rows, at, _service.Options.StepTimeout, ct);
+                    continue;
+                }
                 var received = await _route!.StepAsync(hidden, rows, at, null, _lastRow, _service.Options.StepTimeout, ct);
                 if (received != 1) throw new RpcException(new Status(StatusCode.Internal, $"route returned {received} rows for a last-row step"));
             }
@@ -218,25 +283,28 @@ public sealed class Generation : IAsyncDisposable
         }
     }
 
-    private async Task ConnectAsync(CancellationToken ct)
+    private async Task ConnectAsync(RouteConnection? resuming, CancellationToken ct, (int Length, ulong LastStepId)? resume = null)
     {
+        // Resuming: stages that hold the session already cost nothing to keep, so prefer them.
+        var keep = resuming?.Plan.Hops;
         var pool = _service.Pool.Current;
-        var plan = RoutePlanner.Plan(pool, SessionTokens, _failedNodes, out var failure);
+        var plan = RoutePlanner.Plan(pool, SessionTokens, _failedNodes, out var failure, keep);
         if (plan is null)
         {
             // The view may simply be stale (a node just joined or freed KV): look again before giving up.
             pool = await _service.Pool.RefreshAsync(ct);
-            plan = RoutePlanner.Plan(pool, SessionTokens, _failedNodes, out failure);
+            plan = RoutePlanner.Plan(pool, SessionTokens, _failedNodes, out failure, keep);
         }
         if (plan is null) throw new PoolUnavailableException(failure!.Message, failure.MissingLayers);
 
         using var activity = GatewayTelemetry.Source.StartActivity("potluck.gateway.open_route");
         activity?.SetTag("potluck.session", SessionId);
         activity?.SetTag("potluck.route", plan.ToString());
-        var dataSession = _routeGeneration == 0 ? SessionId : $"{SessionId}~{_routeGeneration}";
+        // A resume keeps the session id the stages know; a fresh route gets a new one.
+        var dataSession = resuming?.DataSessionId ?? (_routeGeneration == 0 ? SessionId : $"{SessionId}~{_routeGeneration}");
         _routeGeneration++;
         _route = await RouteConnection.OpenAsync(_service.Channels, plan, dataSession, _service.Model.ModelId, SessionTokens,
-            _service.Model.Width, _service.Options.WireType, _service.Options.StepTimeout, _service.Telemetry, ct);
+            _service.Model.Width, _service.Options.WireType, _service.Options.StepTimeout, _service.Telemetry, ct, resume);
         var hops = new RouteHopRecord[plan.Hops.Count];
         for (var i = 0; i < hops.Length; i++)
             hops[i] = new RouteHopRecord(plan.Hops[i].NodeId, plan.Hops[i].Endpoint, plan.Hops[i].LayerStart, plan.Hops[i].LayerEnd);
@@ -244,9 +312,9 @@ public sealed class Generation : IAsyncDisposable
     }
 
     /// <summary>Works out which stages to avoid next time: those without KV room now, or that do not answer.</summary>
-    private async Task FindFailedStagesAsync(RpcException error, CancellationToken ct)
+    private async Task FindFailedStagesAsync(RoutePlan? failedPlan, RpcException error, CancellationToken ct)
     {
-        var plan = _route?.Plan ?? RoutePlanner.Plan(_service.Pool.Current, SessionTokens, _failedNodes, out _);
+        var plan = failedPlan ?? RoutePlanner.Plan(_service.Pool.Current, SessionTokens, _failedNodes, out _);
         if (plan is null) return;
         var before = _failedNodes.Count;
         foreach (var hop in plan.Hops)
@@ -324,11 +392,41 @@ public sealed class Generation : IAsyncDisposable
         if (_route is not { } route) return;
         _route = null;
         await route.DisposeAsync();
-        var closes = new List<Task>(route.Plan.Hops.Count);
-        foreach (var hop in route.Plan.Hops)
-            closes.Add(_service.Grains.GetGrain<IShardGrain>(hop.ShardKey).CloseSession(route.DataSessionId, cancelled));
-        var closing = AwaitClosesAsync(Task.WhenAll(closes), route.DataSessionId);
+        await CloseSessionOnAsync(route.Plan.Hops, route.DataSessionId, keep: null, waitForClose, cancelled);
+    }
+
+    /// <summary>Gives up resuming the broken route: frees the session on every stage of it that is still there.</summary>
+    private async Task AbandonBrokenRouteAsync(bool waitForClose)
+    {
+        if (_broken is not { } broken) return;
+        _broken = null;
+        await CloseSessionOnAsync(broken.Plan.Hops, broken.DataSessionId, keep: null, waitForClose);
+    }
+
+    /// <summary>
+    /// Frees <paramref name="dataSessionId"/> through the control plane on every hop except those in <paramref name="keep"/>
+    /// (a detached session would otherwise wait out the stages' resume timeout). Dead stages' closes just fail.
+    /// </summary>
+    private async Task CloseSessionOnAsync(IReadOnlyList<StageCandidate> hops, string dataSessionId, IReadOnlyList<StageCandidate>? keep,
+        bool waitForClose, bool cancelled = true)
+    {
+        var closes = new List<Task>(hops.Count);
+        foreach (var hop in hops)
+        {
+            // A failed stage has nothing to free, and a grain call to a dead silo would wait out a timeout.
+            if (_failedNodes.Contains(hop.NodeId) || (keep is not null && Contains(keep, hop))) continue;
+            closes.Add(_service.Grains.GetGrain<IShardGrain>(hop.ShardKey).CloseSession(dataSessionId, cancelled));
+        }
+        if (closes.Count == 0) return;
+        var closing = AwaitClosesAsync(Task.WhenAll(closes), dataSessionId);
         if (waitForClose) await closing;
+    }
+
+    private static bool Contains(IReadOnlyList<StageCandidate> hops, StageCandidate hop)
+    {
+        foreach (var h in hops)
+            if (h.NodeId == hop.NodeId && h.LayerStart == hop.LayerStart && h.LayerEnd == hop.LayerEnd) return true;
+        return false;
     }
 
     private async Task AwaitClosesAsync(Task closes, string dataSessionId)
@@ -350,9 +448,10 @@ public sealed class Generation : IAsyncDisposable
         _released = true;
         try
         {
-            if (_route is not null)
+            if (_route is not null || _broken is not null)
             {
                 await DropRouteAsync(cancelled: true);
+                await AbandonBrokenRouteAsync(waitForClose: true);
                 await _grain.Finish("cancelled", null, 0);
             }
             else if (Finish is null)

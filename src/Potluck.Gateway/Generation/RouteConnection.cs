@@ -19,7 +19,7 @@ internal sealed class RouteConnection : IAsyncDisposable
     private readonly HopRequest _request = new() { Step = new Step() };
     private readonly GatewayTelemetry _telemetry;
     private byte[] _payload = [];
-    private ulong _nextStepId = 1;
+    private ulong _nextStepId;
 
     private RouteConnection(SessionHopClient client, RoutePlan plan, string dataSessionId, GatewayTelemetry telemetry)
     {
@@ -27,7 +27,14 @@ internal sealed class RouteConnection : IAsyncDisposable
         Plan = plan;
         DataSessionId = dataSessionId;
         _telemetry = telemetry;
+        _nextStepId = client.LastStepId + 1;
     }
+
+    /// <summary>Positions the first stage held after opening: 0, or on a resume the committed length when it survived.</summary>
+    public int FirstStageLength => _client.FirstStageLength;
+
+    /// <summary>The last step the route answered; a resume continues after it.</summary>
+    public ulong LastAnsweredStepId => _nextStepId - 1;
 
     public RoutePlan Plan { get; }
 
@@ -36,8 +43,10 @@ internal sealed class RouteConnection : IAsyncDisposable
 
     public int Width => _client.Width;
 
+    /// <param name="resume">Re-attach the session on stages that still hold it (failover): its committed length and last answered step.</param>
     public static async Task<RouteConnection> OpenAsync(StageChannelPool channels, RoutePlan plan, string dataSessionId, string modelId,
-        int maxTokens, int width, HiddenType wireType, TimeSpan timeout, GatewayTelemetry telemetry, CancellationToken ct)
+        int maxTokens, int width, HiddenType wireType, TimeSpan timeout, GatewayTelemetry telemetry, CancellationToken ct,
+        (int Length, ulong LastStepId)? resume = null)
     {
         var first = plan.Hops[0];
         var open = new OpenSession
@@ -51,6 +60,12 @@ internal sealed class RouteConnection : IAsyncDisposable
             Traceparent = Activity.Current?.Id ?? "",
             Tracestate = Activity.Current?.TraceStateString ?? "",
         };
+        if (resume is { } point)
+        {
+            open.Resume = true;
+            open.ResumeLength = point.Length;
+            open.LastStepId = point.LastStepId;
+        }
         for (var i = 1; i < plan.Hops.Count; i++)
         {
             var hop = plan.Hops[i];
@@ -104,6 +119,39 @@ internal sealed class RouteConnection : IAsyncDisposable
             !HiddenStateCodec.TryDecode(payload[((result.RowCount - 1) * rowBytes)..], result.Dtype, lastRow.Span[..width], out var finite) || !finite)
             throw new RpcException(new Status(StatusCode.Internal, $"result of step {result.StepId} has a malformed or non-finite payload"));
         return result.RowCount;
+    }
+
+    /// <summary>
+    /// Sends rows that only rebuild a replacement first stage's KV (failover): no answer comes back, and stages
+    /// that survived with these positions do not receive them.
+    /// </summary>
+    public async Task RebuildAsync(ReadOnlyMemory<float> hidden, int rows, int startPosition, TimeSpan timeout, CancellationToken ct)
+    {
+        var width = _client.Width;
+        var wire = _client.WireType;
+        var bytes = rows * width * HiddenStateCodec.BytesPerElement(wire);
+        if (_payload.Length < bytes) _payload = new byte[Math.Max(bytes, _payload.Length * 2)];
+        HiddenStateCodec.Encode(hidden.Span[..(rows * width)], wire, _payload);
+        var step = _request.Step;
+        step.SessionId = DataSessionId;
+        step.StepId = 0;
+        step.ClearTruncateTo();
+        step.StartPosition = startPosition;
+        step.RowCount = rows;
+        step.Width = width;
+        step.Dtype = wire;
+        step.Hidden = UnsafeByteOperations.UnsafeWrap(_payload.AsMemory(0, bytes));
+        step.LastRowOnly = true;
+        step.Rebuild = true;
+        step.Traceparent = "";
+        try
+        {
+            await _client.WriteAsync(_request, timeout, ct);
+        }
+        finally
+        {
+            step.Rebuild = false;
+        }
     }
 
     /// <summary>Closes the session on every stage and waits for the confirmation.</summary>

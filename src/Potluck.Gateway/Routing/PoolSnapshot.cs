@@ -45,6 +45,17 @@ public sealed record RoutePlan(IReadOnlyList<StageCandidate> Hops, double Estima
         for (var i = 0; i < Hops.Count; i++) parts[i] = $"{Hops[i].NodeId}[{Hops[i].LayerStart},{Hops[i].LayerEnd})";
         return string.Join(" → ", parts);
     }
+
+    /// <summary>ASCII form for the x-potluck-route response header: "nodeId:start-end" per hop, space separated.</summary>
+    public string HeaderValue
+    {
+        get
+        {
+            var parts = new string[Hops.Count];
+            for (var i = 0; i < Hops.Count; i++) parts[i] = $"{Hops[i].NodeId}:{Hops[i].LayerStart}-{Hops[i].LayerEnd}";
+            return string.Join(' ', parts);
+        }
+    }
 }
 
 /// <summary>Layers [Start, End) that no healthy stage holds.</summary>

@@ -19,6 +19,12 @@ public static class RoutePlanner
     /// <summary>Step time assumed for a stage that has not measured itself.</summary>
     public const double UnmeasuredMsPerToken = 10.0;
 
+    /// <summary>
+    /// Cost factor for a stage a failover can keep: it already holds the session's KV, while a replacement must
+    /// first rebuild it, so survivors win unless a replica is far cheaper.
+    /// </summary>
+    public const double KeptStageDiscount = 0.1;
+
     /// <summary>Estimated milliseconds one decode step spends on <paramref name="stage"/> including the hop into it.</summary>
     public static double EdgeCost(StageCandidate stage, int sessionTokens)
     {
@@ -35,8 +41,13 @@ public static class RoutePlanner
         return compute * load + pressure + hop;
     }
 
-    /// <summary>The cheapest chain of healthy stages with room for <paramref name="sessionTokens"/> KV tokens, or a failure.</summary>
-    public static RoutePlan? Plan(PoolSnapshot pool, int sessionTokens, IReadOnlySet<string>? avoidNodes, out RouteFailure? failure)
+    /// <summary>
+    /// The cheapest chain of healthy stages with room for <paramref name="sessionTokens"/> KV tokens, or a failure.
+    /// <paramref name="keep"/>: stages of a broken route being resumed, which hold the session already (their KV
+    /// reservation is theirs, so they need no free room for it).
+    /// </summary>
+    public static RoutePlan? Plan(PoolSnapshot pool, int sessionTokens, IReadOnlySet<string>? avoidNodes, out RouteFailure? failure,
+        IReadOnlyList<StageCandidate>? keep = null)
     {
         var n = pool.LayerCount;
         var best = new double[n + 1];
@@ -46,12 +57,12 @@ public static class RoutePlanner
         // Stages sorted by start so each boundary's outgoing edges are relaxed after its own distance is final.
         var stages = new List<StageCandidate>(pool.Stages.Count);
         foreach (var stage in pool.Stages)
-            if (Usable(stage, n, sessionTokens, avoidNodes)) stages.Add(stage);
+            if (Usable(stage, n, IsKept(stage, keep) ? 0 : sessionTokens, avoidNodes)) stages.Add(stage);
         stages.Sort(static (a, b) => a.LayerStart != b.LayerStart ? a.LayerStart.CompareTo(b.LayerStart) : string.CompareOrdinal(a.NodeId, b.NodeId));
         foreach (var stage in stages)
         {
             if (double.IsPositiveInfinity(best[stage.LayerStart])) continue;
-            var cost = best[stage.LayerStart] + EdgeCost(stage, sessionTokens);
+            var cost = best[stage.LayerStart] + EdgeCost(stage, sessionTokens) * (IsKept(stage, keep) ? KeptStageDiscount : 1.0);
             if (cost < best[stage.LayerEnd])
             {
                 best[stage.LayerEnd] = cost;
@@ -68,6 +79,14 @@ public static class RoutePlanner
         hops.Reverse();
         failure = null;
         return new RoutePlan(hops, best[n]);
+    }
+
+    private static bool IsKept(StageCandidate stage, IReadOnlyList<StageCandidate>? keep)
+    {
+        if (keep is null) return false;
+        foreach (var kept in keep)
+            if (kept.NodeId == stage.NodeId && kept.LayerStart == stage.LayerStart && kept.LayerEnd == stage.LayerEnd) return true;
+        return false;
     }
 
     private static bool Usable(StageCandidate stage, int layerCount, int sessionTokens, IReadOnlySet<string>? avoidNodes) =>

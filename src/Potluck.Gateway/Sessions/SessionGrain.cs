@@ -1,5 +1,5 @@
 using System.Collections.Concurrent;
-using Orleans.Placement;
+using Orleans.Concurrency;
 
 namespace Potluck.Gateway.Sessions;
 
@@ -38,8 +38,8 @@ public sealed record SessionSnapshot(
 
 /// <summary>
 /// One per request: holds the token history, sampling parameters (with the seed) and route. Control plane only:
-/// hidden states never pass through it. Lives on the gateway silo that runs the generation (prefer-local, and
-/// only gateway silos have this grain type), so calls are in-process.
+/// hidden states never pass through it. Lives only on the gateway silo that runs the generation (a local activation,
+/// see below), so calls are in-process.
 /// </summary>
 [Alias("potluck.gateway.ISessionGrain")]
 public interface ISessionGrain : IGrainWithStringKey
@@ -91,7 +91,11 @@ public sealed class RunningSessions
     }
 }
 
-[PreferLocalPlacement]
+// A local-only activation on the gateway that runs the generation, never registered in the grain directory: the
+// directory is partitioned over every silo, and when a node silo was SIGKILLed the entries its partition held were
+// lost, so live sessions were re-activated empty (seen in the churn test). Sessions are therefore inspected on the
+// gateway that serves them.
+[StatelessWorker(1)]
 internal sealed class SessionGrain(RunningSessions running) : Grain, ISessionGrain
 {
     // Finished sessions stay inspectable for a while, then the activation is collected.

@@ -39,6 +39,7 @@ public sealed partial class SpanHost : IDisposable
     private float[] _batchOut = [];
     private StageSession? _carry;
     private long _steps;
+    private readonly Timer _detachedSweep;
 
     public SpanHost(IStageCompute compute, string nodeId, ILogger<SpanHost> log, NodeTelemetry telemetry,
         int maxRowsPerStep = 512, int maxBatchRows = 512)
@@ -49,8 +50,12 @@ public sealed partial class SpanHost : IDisposable
         NodeId = nodeId;
         MaxRowsPerStep = maxRowsPerStep;
         MaxBatchRows = Math.Max(maxBatchRows, maxRowsPerStep);
+        // Outputs for every KV token the node can hold, at F16 (the default wire): enough for every session to be
+        // rebuildable unless sessions use the F32 wire at full length.
+        OutputLogs = new OutputLogBudget(compute.IsFinal ? 0 : compute.KvBudgetTokens * compute.Width * sizeof(ushort));
         _worker = new Thread(WorkerLoop) { IsBackground = true, Name = $"potluck-span-{compute.LayerStart}-{compute.LayerEnd}" };
         _worker.Start();
+        _detachedSweep = new Timer(_ => CloseExpiredDetached(), null, TimeSpan.FromSeconds(1), TimeSpan.FromSeconds(1));
     }
 
     public string NodeId { get; }
@@ -73,6 +78,15 @@ public sealed partial class SpanHost : IDisposable
     /// <summary>Measured at start-up by <see cref="MeasureDecodeMs"/>; advertised in silo metadata.</summary>
     public double MeasuredMsPerToken { get; init; }
 
+    /// <summary>
+    /// How long a session whose stream broke keeps its KV (and output log) waiting for the gateway to resume it
+    /// on a repaired route; after that it is freed. A close from the gateway frees it at once.
+    /// </summary>
+    public TimeSpan DetachedTimeout { get; init; } = TimeSpan.FromSeconds(30);
+
+    /// <summary>Cap on the outputs kept for rebuilding replacement next stages (see <see cref="StageOutputLog"/>).</summary>
+    public OutputLogBudget OutputLogs { get; }
+
     public IReadOnlyCollection<string> SessionIds => (IReadOnlyCollection<string>)_sessions.Keys;
 
     /// <summary>
@@ -85,11 +99,55 @@ public sealed partial class SpanHost : IDisposable
         lock (_computeGate)
         {
             if (_sessions.TryGetValue(sessionId, out var existing)) return existing;
-            _compute.OpenSession(sessionId, maxTokens);
-            var session = new StageSession(this, sessionId, maxTokens);
-            _sessions[sessionId] = session;
-            _telemetry.SessionsOpen.Add(1);
-            return session;
+            return OpenLocked(sessionId, maxTokens);
+        }
+    }
+
+    private StageSession OpenLocked(string sessionId, int maxTokens)
+    {
+        _compute.OpenSession(sessionId, maxTokens);
+        var log = IsFinal ? null : new StageOutputLog(OutputLogs, maxTokens);
+        var session = new StageSession(this, sessionId, maxTokens, log);
+        _sessions[sessionId] = session;
+        _telemetry.SessionsOpen.Add(1);
+        return session;
+    }
+
+    /// <summary>
+    /// Failover: the session as the repaired route needs it. A session this stage still holds with at least
+    /// <paramref name="resumeLength"/> positions is truncated to that length (KV and output log); otherwise the
+    /// stage starts it over empty. Returns the session and the positions it holds now (0 or resumeLength).
+    /// </summary>
+    public StageSession Resume(string sessionId, int maxTokens, int resumeLength, out int length)
+    {
+        StageSession? stale = null;
+        lock (_computeGate)
+        {
+            if (_sessions.TryGetValue(sessionId, out var existing))
+            {
+                var held = _compute.SessionLength(sessionId);
+                if (held >= resumeLength && existing.MaxTokens == maxTokens && !existing.IsClosed)
+                {
+                    _compute.Truncate(sessionId, resumeLength);
+                    existing.OutputLog?.Truncate(resumeLength);
+                    length = resumeLength;
+                    return existing;
+                }
+                // Holds less than every stage applied (or another size): nothing to keep.
+                _sessions.TryRemove(sessionId, out stale);
+                _compute.CloseSession(sessionId);
+            }
+        }
+        if (stale is not null)
+        {
+            _telemetry.SessionsOpen.Add(-1);
+            stale.MarkClosed(cancelled: true);
+        }
+        if (Draining) throw new KvBudgetExceededException("node is shutting down and accepts no new sessions");
+        lock (_computeGate)
+        {
+            length = 0;
+            return _sessions.TryGetValue(sessionId, out var raced) ? raced : OpenLocked(sessionId, maxTokens);
         }
     }
 
@@ -107,6 +165,28 @@ public sealed partial class SpanHost : IDisposable
         _telemetry.SessionsOpen.Add(-1);
         session.MarkClosed(cancelled);
         return true;
+    }
+
+    /// <summary>Sessions whose stream broke and that are waiting to be resumed.</summary>
+    public int DetachedSessions
+    {
+        get
+        {
+            var count = 0;
+            foreach (var session in _sessions.Values) if (session.DetachedSinceTicks is not null) count++;
+            return count;
+        }
+    }
+
+    private void CloseExpiredDetached()
+    {
+        var now = Environment.TickCount64;
+        foreach (var session in _sessions.Values)
+        {
+            if (session.DetachedSinceTicks is { } since && now - since >= DetachedTimeout.TotalMilliseconds && Close(session.Id, cancelled: true))
+                _log.LogInformation("Freed session {Session} on layers [{Start},{End}): no resume within {Seconds:F0} s of its stream breaking",
+                    session.Id, LayerStart, LayerEnd, DetachedTimeout.TotalSeconds);
+        }
     }
 
     /// <summary>Stops accepting sessions and closes every open one (shutdown).</summary>
@@ -295,6 +375,7 @@ public sealed partial class SpanHost : IDisposable
 
     public void Dispose()
     {
+        _detachedSweep.Dispose();
         _stop.Cancel();
         _worker.Join(TimeSpan.FromSeconds(30));
         CloseAll(cancelled: true);
@@ -313,15 +394,24 @@ public sealed class StageSession : IValueTaskSource<int>
     private readonly SpanHost _host;
     private readonly CancellationTokenSource _closed = new();
     private ManualResetValueTaskSourceCore<int> _completion = new() { RunContinuationsAsynchronously = true };
+    private readonly Lock _attachGate = new();
     private int _busy;
-    private int _streamAttached;
+    private CancellationTokenSource? _attachment;
+    private long _detachedSince = -1;
 
-    internal StageSession(SpanHost host, string id, int maxTokens)
+    internal StageSession(SpanHost host, string id, int maxTokens, StageOutputLog? outputLog)
     {
         _host = host;
         Id = id;
         MaxTokens = maxTokens;
+        OutputLog = outputLog;
     }
+
+    /// <summary>What this stage sent its next stage (null on the final stage).</summary>
+    public StageOutputLog? OutputLog { get; }
+
+    /// <summary>Environment.TickCount64 when the session's stream broke; null while a stream holds it.</summary>
+    public long? DetachedSinceTicks { get { var since = Interlocked.Read(ref _detachedSince); return since < 0 ? null : since; } }
 
     public string Id { get; }
     public int MaxTokens { get; }
@@ -338,8 +428,44 @@ public sealed class StageSession : IValueTaskSource<int>
     internal int PendingRows { get; private set; }
     internal bool PendingLastRowOnly { get; private set; }
 
-    /// <summary>Claims the session for one data-plane stream; false when another stream holds it.</summary>
-    public bool TryAttachStream() => Interlocked.CompareExchange(ref _streamAttached, 1, 0) == 0;
+    /// <summary>
+    /// Claims the session for one data-plane stream; null while another stream holds it. The returned token
+    /// fires when a resuming stream asks to take the session over (<see cref="RequestTakeover"/>).
+    /// </summary>
+    public CancellationToken? TryAttachStream()
+    {
+        lock (_attachGate)
+        {
+            if (_attachment is not null) return null;
+            _attachment = new CancellationTokenSource();
+            Interlocked.Exchange(ref _detachedSince, -1);
+            return _attachment.Token;
+        }
+    }
+
+    /// <summary>
+    /// Asks the stream holding the session to let go: it may not have noticed that its route broke (a hung stage
+    /// rather than a dead one). It detaches once its current step is done.
+    /// </summary>
+    public void RequestTakeover()
+    {
+        lock (_attachGate) _attachment?.Cancel();
+    }
+
+    /// <summary>The stream holding <paramref name="attachment"/> ended without closing the session: keep it for a resume.</summary>
+    public void Detach(CancellationToken attachment)
+    {
+        lock (_attachGate)
+        {
+            if (_attachment is null || _attachment.Token != attachment) return; // taken over already
+            _attachment.Dispose();
+            _attachment = null;
+            Interlocked.Exchange(ref _detachedSince, Environment.TickCount64);
+        }
+    }
+
+    /// <summary>Whether a step is still running for the stream that held the session (a takeover waits for it).</summary>
+    public bool StepInFlight => Volatile.Read(ref _busy) == 1;
 
     /// <summary>The input buffer for the next step, at least <paramref name="rows"/> rows.</summary>
     public Span<float> RentInput(int rows)
@@ -385,6 +511,7 @@ public sealed class StageSession : IValueTaskSource<int>
     internal void MarkClosed(bool cancelled)
     {
         WasCancelled = cancelled;
+        OutputLog?.Release();
         try { _closed.Cancel(); } catch (ObjectDisposedException) { }
     }
 

@@ -15,13 +15,16 @@ namespace Potluck.Node.Stage;
 
 /// <summary>
 /// One inbound Hop stream: validates every frame, runs steps on the span, pushes outputs to the next
-/// stage and relays the final stage's rows back up. The stream owns the session on this stage: when it
-/// ends, for whatever reason, the session's KV is freed and the outbound stream is ended too.
+/// stage (keeping them in the session's output log) and relays the final stage's rows back up. A close, or the
+/// caller completing its side, frees the session here and downstream; a rejected frame or an engine error frees
+/// it too. When the route breaks instead (the caller's stream or the next stage fails), the session is detached:
+/// its KV and output log wait for the gateway to resume it on a repaired route (see OpenSession.resume).
 /// </summary>
 internal sealed class HopSession
 {
     private const int ReplayCacheSize = 4;
     private static readonly TimeSpan DownstreamOpenTimeout = TimeSpan.FromSeconds(30);
+    private static readonly TimeSpan TakeoverTimeout = TimeSpan.FromSeconds(5);
 
     private readonly SpanHost _host;
     private readonly StageChannels _channels;
@@ -34,6 +37,13 @@ internal sealed class HopSession
     private readonly CancellationTokenSource _downstreamFailed = new();
 
     private StageSession? _session;
+    private CancellationToken _attachment;
+    // Close (free) rather than detach when the stream ends: set by rejected frames and engine errors.
+    private bool _closeOnFinish;
+    // Rebuild steps are accepted only until the first normal step after open.
+    private ulong _openedAfterStepId;
+    // Positions the next stage held when it opened: rebuild steps below it are not passed on.
+    private int _downstreamLength;
     private HiddenType _wireType;
     private ActivityContext _sessionParent;
     private ulong _lastStepId;
@@ -73,7 +83,7 @@ internal sealed class HopSession
         {
             await OpenAsync(first.Open, callToken);
             var session = _session!;
-            using var linked = CancellationTokenSource.CreateLinkedTokenSource(callToken, session.Closed, _downstreamFailed.Token);
+            using var linked = CancellationTokenSource.CreateLinkedTokenSource(callToken, session.Closed, _downstreamFailed.Token, _attachment);
             try
             {
                 while (await requests.MoveNext(linked.Token))
@@ -87,7 +97,7 @@ internal sealed class HopSession
                         case HopRequest.KindOneofCase.Close:
                             if (request.Close.SessionId != session.Id)
                                 throw Reject(StageErrors.Invalid($"{Where}: close for session '{request.Close.SessionId}' on the stream of session '{session.Id}'"));
-                            await FinishAsync(closeDownstreamGracefully: true);
+                            await FinishAsync(closeDownstreamGracefully: true, detach: false);
                             await WriteAsync(new HopResponse { Closed = new SessionClosed { SessionId = session.Id } }, callToken);
                             return;
                         case HopRequest.KindOneofCase.Open:
@@ -97,7 +107,7 @@ internal sealed class HopSession
                     }
                 }
                 // The caller completed its side: the session is over on this stage and downstream.
-                await FinishAsync(closeDownstreamGracefully: true);
+                await FinishAsync(closeDownstreamGracefully: true, detach: false);
             }
             catch (OperationCanceledException) when (!callToken.IsCancellationRequested)
             {
@@ -107,6 +117,8 @@ internal sealed class HopSession
                     if (session.WasCancelled) throw new RpcException(new Status(StatusCode.Cancelled, $"{Where}: session '{session.Id}' was cancelled"));
                     return; // closed through the control plane: end the stream cleanly
                 }
+                if (_attachment.IsCancellationRequested)
+                    throw new RpcException(new Status(StatusCode.Aborted, $"{Where}: session '{session.Id}' was taken over by a resuming stream"));
                 throw;
             }
         }
@@ -116,16 +128,21 @@ internal sealed class HopSession
         }
         catch (SessionClosedException e)
         {
+            _closeOnFinish = true;
             throw StageErrors.FromException(e, Where);
         }
         finally
         {
-            await FinishAsync(closeDownstreamGracefully: false);
+            // Anything else (the caller's stream broke, the next stage failed, a takeover) keeps the session for a resume;
+            // a session that is over here (closed through the control plane, rejected) is ended downstream too.
+            var detach = !_closeOnFinish && _session is { IsClosed: false };
+            await FinishAsync(closeDownstreamGracefully: !detach, detach);
         }
     }
 
     private RpcException Reject(RpcException error)
     {
+        _closeOnFinish = true;
         _telemetry.Rejected.Add(1);
         _log.LogDebug("Rejected frame on {Where}: {Code} {Detail}", Where, error.StatusCode, error.Status.Detail);
         return error;
@@ -143,6 +160,10 @@ internal sealed class HopSession
             throw Reject(StageErrors.Invalid($"{Where}: max_tokens {open.MaxTokens} must be in [1, {_host.ContextLength}]"));
         if (!HiddenStateCodec.IsKnown(open.WireType))
             throw Reject(StageErrors.Invalid($"{Where}: unknown wire_type {(int)open.WireType}"));
+        if (open.Resume && (open.ResumeLength < 0 || open.ResumeLength > open.MaxTokens))
+            throw Reject(StageErrors.Invalid($"{Where}: resume_length {open.ResumeLength} outside [0, {open.MaxTokens}]"));
+        if (!open.Resume && (open.ResumeLength != 0 || open.LastStepId != 0))
+            throw Reject(StageErrors.Invalid($"{Where}: resume_length and last_step_id need resume"));
         ValidateRouteTail(open);
 
         _wireType = open.WireType;
@@ -152,19 +173,102 @@ internal sealed class HopSession
         activity?.SetTag("potluck.node", _host.NodeId);
         activity?.SetTag("potluck.layers", $"{_host.LayerStart}-{_host.LayerEnd}");
 
-        var session = _host.Open(open.SessionId, open.MaxTokens);
-        if (!session.TryAttachStream())
-            throw Reject(new RpcException(new Status(StatusCode.AlreadyExists, $"{Where}: session '{open.SessionId}' is already attached to another stream")));
+        StageSession session;
+        int length;
+        if (open.Resume)
+        {
+            activity?.SetTag("potluck.resume_length", open.ResumeLength);
+            CancellationToken? heldAttachment = null;
+            if (_host.TryGet(open.SessionId, out var held)) heldAttachment = await TakeOverAsync(held, ct);
+            session = _host.Resume(open.SessionId, open.MaxTokens, open.ResumeLength, out length);
+            if (ReferenceEquals(session, held) && heldAttachment is { } token) _attachment = token;
+            else _attachment = session.TryAttachStream() ?? throw Reject(AlreadyAttached(open.SessionId));
+            _lastStepId = open.LastStepId;
+            _openedAfterStepId = open.LastStepId;
+            _log.LogInformation("Resumed session {Session} on {Where}: holds {Length} of {ResumeLength} positions", open.SessionId, Where, length, open.ResumeLength);
+        }
+        else
+        {
+            session = _host.Open(open.SessionId, open.MaxTokens);
+            _attachment = session.TryAttachStream() ?? throw Reject(AlreadyAttached(open.SessionId));
+            length = _host.SessionLength(open.SessionId);
+        }
         _session = session;
 
         var opened = new SessionOpened { SessionId = session.Id };
-        opened.Stages.Add(new StageSlot { NodeId = _host.NodeId, LayerStart = _host.LayerStart, LayerEnd = _host.LayerEnd, FreeKvTokens = _host.FreeKvTokens });
+        opened.Stages.Add(new StageSlot
+        {
+            NodeId = _host.NodeId, LayerStart = _host.LayerStart, LayerEnd = _host.LayerEnd, FreeKvTokens = _host.FreeKvTokens, SessionLength = length,
+        });
         if (!_host.IsFinal)
         {
             var downstreamOpened = await OpenDownstreamAsync(open, ct);
             opened.Stages.AddRange(downstreamOpened.Stages);
+            _downstreamLength = downstreamOpened.Stages.Count > 0 ? downstreamOpened.Stages[0].SessionLength : 0;
+            if (_downstreamLength < length) await RebuildDownstreamAsync(session, _downstreamLength, length, ct);
         }
         await WriteAsync(new HopResponse { Opened = opened }, ct);
+    }
+
+    private RpcException AlreadyAttached(string sessionId) =>
+        new(new Status(StatusCode.AlreadyExists, $"{Where}: session '{sessionId}' is already attached to another stream"));
+
+    /// <summary>Attaches a session another stream may still hold, asking that stream to let go (bounded wait).</summary>
+    private async Task<CancellationToken> TakeOverAsync(StageSession held, CancellationToken ct)
+    {
+        var deadline = Stopwatch.GetTimestamp() + (long)(TakeoverTimeout.TotalSeconds * Stopwatch.Frequency);
+        while (true)
+        {
+            if (held.TryAttachStream() is { } token) return token;
+            if (held.IsClosed) return CancellationToken.None; // Resume opens it afresh
+            held.RequestTakeover();
+            if (Stopwatch.GetTimestamp() > deadline) throw Reject(AlreadyAttached(held.Id));
+            await Task.Delay(10, ct);
+        }
+    }
+
+    /// <summary>
+    /// The next stage holds fewer positions than this one (it replaced a failed stage): send it the outputs this
+    /// stage kept for the session, in the steps they were first sent in, so it rebuilds its KV.
+    /// </summary>
+    private async Task RebuildDownstreamAsync(StageSession session, int from, int to, CancellationToken ct)
+    {
+        var log = session.OutputLog!;
+        var steps = new List<(int Start, int Rows)>();
+        var why = log.TryGetSteps(from, steps);
+        if (why is null && log.Length < to) why = $"it logged {log.Length} of the session's {to} positions";
+        if (why is null && steps.Count > 0 && log.Dtype != _wireType) why = $"the outputs were kept as {log.Dtype}, the session now uses {_wireType}";
+        if (why is not null)
+            throw new RpcException(new Status(StatusCode.FailedPrecondition, $"{Where}: cannot rebuild {_downstreamName} from position {from}: {why}"));
+        var started = Stopwatch.GetTimestamp();
+        var request = new HopRequest { Step = new Step() };
+        var step = request.Step;
+        step.SessionId = session.Id;
+        step.Rebuild = true;
+        step.Width = _host.Width;
+        step.Dtype = log.Dtype;
+        step.LastRowOnly = true;
+        var rows = 0;
+        foreach (var (start, count) in steps)
+        {
+            if (start >= to) break;
+            step.StartPosition = start;
+            step.RowCount = count;
+            step.Hidden = UnsafeByteOperations.UnsafeWrap(log.Rows(start, count));
+            try
+            {
+                await _downstream!.RequestStream.WriteAsync(request, ct);
+            }
+            catch (RpcException e)
+            {
+                throw new RpcException(new Status(e.StatusCode, $"{Where} → {_downstreamName}: {e.Status.Detail}"));
+            }
+            rows += count;
+            _telemetry.BytesOut.Add(step.Hidden.Length);
+        }
+        _telemetry.RebuildRows.Add(rows);
+        _log.LogInformation("Rebuilding session {Session} on {Downstream}: sent {Rows} kept rows in {Steps} steps in {Ms:F1} ms",
+            session.Id, _downstreamName, rows, steps.Count, Stopwatch.GetElapsedTime(started).TotalMilliseconds);
     }
 
     private void ValidateRouteTail(OpenSession open)
@@ -204,6 +308,9 @@ internal sealed class HopSession
             WireType = open.WireType,
             Traceparent = Activity.Current?.Id ?? open.Traceparent,
             Tracestate = Activity.Current?.TraceStateString ?? open.Tracestate,
+            Resume = open.Resume,
+            ResumeLength = open.ResumeLength,
+            LastStepId = open.LastStepId,
         };
         for (var i = 1; i < open.Next.Count; i++) forward.Next.Add(open.Next[i]);
 
@@ -281,9 +388,18 @@ internal sealed class HopSession
         var session = _session!;
         if (step.SessionId != session.Id)
             throw Reject(StageErrors.Invalid($"{Where}: step for session '{step.SessionId}' on the stream of session '{session.Id}'"));
-        if (step.StepId == 0)
+        if (step.Rebuild)
+        {
+            if (step.StepId != 0)
+                throw Reject(StageErrors.Invalid($"{Where}: rebuild steps carry step_id 0, got {step.StepId}"));
+            if (_lastStepId != _openedAfterStepId)
+                throw Reject(StageErrors.Precondition($"{Where}: rebuild steps must come before the session's next step"));
+            if (step.HasTruncateTo || step.RowCount == 0)
+                throw Reject(StageErrors.Invalid($"{Where}: a rebuild step carries rows and no truncate_to"));
+        }
+        else if (step.StepId == 0)
             throw Reject(StageErrors.Invalid($"{Where}: step_id starts at 1"));
-        if (step.StepId <= _lastStepId)
+        else if (step.StepId <= _lastStepId)
         {
             if (TryReplay(step.StepId, out var cached))
             {
@@ -295,7 +411,7 @@ internal sealed class HopSession
             if (step.StepId == _lastStepId && !_host.IsFinal) return;
             throw Reject(StageErrors.Precondition($"{Where}: step {step.StepId} was already applied and is no longer cached (last applied {_lastStepId})"));
         }
-        if (step.StepId != _lastStepId + 1)
+        if (!step.Rebuild && step.StepId != _lastStepId + 1)
             throw Reject(StageErrors.Precondition($"{Where}: step {step.StepId} is out of order; expected {_lastStepId + 1}"));
 
         var width = _host.Width;
@@ -340,8 +456,10 @@ internal sealed class HopSession
         activity?.SetTag("potluck.node", _host.NodeId);
         activity?.SetTag("potluck.step", step.StepId);
         activity?.SetTag("potluck.rows", rows);
+        if (step.Rebuild) activity?.SetTag("potluck.rebuild", true);
 
-        var finalLastRowOnly = _host.IsFinal && step.LastRowOnly;
+        // Rebuild steps only fill the KV: the final stage computes no more output rows than it must.
+        var finalLastRowOnly = _host.IsFinal && (step.LastRowOnly || step.Rebuild);
         int outRows;
         try
         {
@@ -352,12 +470,13 @@ internal sealed class HopSession
             throw Reject(StageErrors.FromException(e, Where));
         }
         StepTimeline.Mark(StepEvent.StageResumed, step.StepId);
-        _lastStepId = step.StepId;
+        if (!step.Rebuild) _lastStepId = step.StepId;
         _telemetry.Steps.Add(1);
         _telemetry.Rows.Add(rows);
 
         if (_host.IsFinal)
         {
+            if (step.Rebuild) return;
             var result = BuildResult(step, session, outRows);
             Remember(result);
             _telemetry.BytesOut.Add(result.Hidden.Length);
@@ -367,7 +486,11 @@ internal sealed class HopSession
         else
         {
             var bytes = EncodeForward(session.OutputRows(outRows), outRows);
-            await ForwardAsync(step, bytes, outRows, ct);
+            var log = session.OutputLog!;
+            if (truncateTo >= 0) log.Truncate(truncateTo);
+            log.Append(step.StartPosition, outRows, _wireType, _encodeBuffer.AsSpan(0, bytes));
+            // A rebuild passes on only what the next stage lacks (it may have survived the failure).
+            if (!step.Rebuild || step.StartPosition >= _downstreamLength) await ForwardAsync(step, bytes, outRows, ct);
             StepTimeline.Mark(StepEvent.StagePushed, step.StepId);
         }
         _telemetry.StepLatencyMs.Record(Stopwatch.GetElapsedTime(started).TotalMilliseconds);
@@ -424,6 +547,7 @@ internal sealed class HopSession
         forward.ReturnRows.Clear();
         forward.ReturnRows.Add(step.ReturnRows);
         forward.Traceparent = Activity.Current?.Id ?? "";
+        forward.Rebuild = step.Rebuild;
         try
         {
             await _downstream!.RequestStream.WriteAsync(_forwardRequest, ct);
@@ -467,12 +591,19 @@ internal sealed class HopSession
         }
     }
 
-    /// <summary>Frees this stage's KV and ends the outbound stream (gracefully, or by cancelling it).</summary>
-    private async Task FinishAsync(bool closeDownstreamGracefully)
+    /// <summary>
+    /// Frees this stage's KV, or with <paramref name="detach"/> keeps it for a resume, and ends the outbound stream
+    /// (gracefully, or by cancelling it: the next stage then detaches its part of the session too).
+    /// </summary>
+    private async Task FinishAsync(bool closeDownstreamGracefully, bool detach)
     {
         if (_finished) return;
         _finished = true;
-        if (_session is { } session) _host.Close(session.Id, cancelled: false);
+        if (_session is { } session)
+        {
+            if (detach && !session.IsClosed) session.Detach(_attachment);
+            else _host.Close(session.Id, cancelled: false);
+        }
         if (_downstream is { } call)
         {
             try

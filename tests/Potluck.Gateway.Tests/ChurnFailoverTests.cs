@@ -1,0 +1,211 @@
+using System.Diagnostics;
+using System.Net.ServerSentEvents;
+using System.Text;
+using System.Text.Json;
+using Microsoft.Extensions.Logging;
+using Potluck.Contracts.Grpc;
+using Potluck.Inference.Models;
+using Potluck.Inference.Tests;
+using Xunit.Abstractions;
+
+namespace Potluck.Gateway.Tests;
+
+/// <summary>
+/// Nodes dying under load: the demo model's three spans each held by two node processes; 20 streamed requests, and
+/// during each one a node serving it is SIGKILLed (first, middle and last stage in turn). Every stream must finish
+/// without an error and with the text of a run without the fault; the stall each kill caused is printed. After each
+/// kill a fresh node takes the dead one's span, so every span has two holders again before the next request.
+/// The gateway is the primary silo: it outlives every node.
+/// </summary>
+[Collection(FailoverCollection.Name)]
+public sealed class ChurnFailoverTests(ITestOutputHelper output) : IAsyncLifetime
+{
+    private const int Requests = 20;
+    private const int MaxTokens = 48;
+    private const int KillAfterChunks = 12;
+    private static readonly (int Start, int End)[] Spans = [(0, 3), (3, 6), (6, 8)];
+    private static readonly string[] Prompts =
+    [
+        "Nodes come and go, and the stream",
+        "A community pool keeps serving when",
+        "The replica rebuilds its cache from",
+        "Every span is held twice so that",
+    ];
+    private static readonly TimeSpan RequestTimeout = TimeSpan.FromSeconds(60);
+    private static readonly TimeSpan PoolTimeout = TimeSpan.FromSeconds(90);
+
+    private readonly string _modelPath = TestModels.Get(TestModelSpec.Demo, TestModelSpec.DemoWeightType);
+    private readonly List<NodeProcess> _nodes = [];
+    private readonly List<NodeProcess> _dead = [];
+    private GatewayApp _gateway = null!;
+    private HttpClient _http = null!;
+    private string _seed = "";
+    private string _model = "";
+
+    public async Task InitializeAsync()
+    {
+        var gatewaySilo = Ports.Free();
+        _seed = $"127.0.0.1:{gatewaySilo}";
+        _gateway = GatewayHost.Build(new GatewayOptions
+        {
+            ModelPath = _modelPath,
+            Port = 0,
+            SiloPort = gatewaySilo,
+            WireType = HiddenType.F16,
+            Threads = 1,
+            PoolRefreshPeriod = TimeSpan.FromMilliseconds(500),
+            GatewayId = "gateway-churn",
+            StepTimeout = TimeSpan.FromSeconds(20),
+            FastFailureDetection = true,
+        }, logging => logging.SetMinimumLevel(LogLevel.Warning));
+        using (var timeout = new CancellationTokenSource(PoolFixture.StartTimeout)) await _gateway.StartAsync(timeout.Token);
+        _http = new HttpClient { BaseAddress = _gateway.BaseAddress, Timeout = RequestTimeout };
+        foreach (var (start, end) in Spans)
+            foreach (var replica in new[] { "a", "b" })
+                _nodes.Add(StartNode(start, end, $"s{start}-{replica}"));
+        await WaitForPoolAsync();
+        using var pool = JsonDocument.Parse(await _http.GetStringAsync("api/pool"));
+        _model = pool.RootElement.GetProperty("model").GetProperty("name").GetString() ?? "";
+    }
+
+    private NodeProcess StartNode(int start, int end, string nodeId) =>
+        NodeProcess.Start(_modelPath, start, end, nodeId, _seed, fastFailureDetection: true);
+
+    /// <summary>Waits until the pool view lists exactly the live nodes as healthy and no dead one as healthy.</summary>
+    private async Task WaitForPoolAsync()
+    {
+        var deadline = DateTime.UtcNow + PoolTimeout;
+        while (true)
+        {
+            using var pool = JsonDocument.Parse(await _http.GetStringAsync("api/pool"));
+            var healthy = new HashSet<string>(StringComparer.Ordinal);
+            foreach (var node in pool.RootElement.GetProperty("nodes").EnumerateArray())
+                if (node.GetProperty("state").GetString() == "healthy") healthy.Add(node.GetProperty("id").GetString()!);
+            var live = _nodes.Select(n => n.NodeId).ToHashSet(StringComparer.Ordinal);
+            if (live.IsSubsetOf(healthy) && !_dead.Any(d => healthy.Contains(d.NodeId))) return;
+            Assert.True(DateTime.UtcNow < deadline,
+                $"pool view healthy [{string.Join(", ", healthy)}], expected [{string.Join(", ", live)}]\n{NodeOutput()}");
+            await Task.Delay(200);
+        }
+    }
+
+    private string NodeOutput() => string.Join("\n", _nodes.Concat(_dead).Select(n => $"--- {n.NodeId}\n{n.Output}"));
+
+    private StringContent Completion(string prompt, bool stream) => new(JsonSerializer.Serialize(new
+    {
+        model = _model,
+        prompt,
+        max_tokens = MaxTokens,
+        temperature = 0,
+        ignore_eos = true,
+        stream,
+    }), Encoding.UTF8, "application/json");
+
+    [Fact]
+    public async Task Twenty_streams_each_survive_the_SIGKILL_of_a_node_serving_them_with_identical_text()
+    {
+        var expected = new Dictionary<string, string>(StringComparer.Ordinal);
+        foreach (var prompt in Prompts)
+        {
+            using var baseline = await _http.PostAsync("v1/completions", Completion(prompt, stream: false));
+            var body = await baseline.Content.ReadAsStringAsync();
+            Assert.True(baseline.IsSuccessStatusCode, body);
+            using var json = JsonDocument.Parse(body);
+            expected[prompt] = json.RootElement.GetProperty("choices")[0].GetProperty("text").GetString()!;
+        }
+
+        var stalls = new List<long>();
+        var replacements = 0;
+        for (var i = 0; i < Requests; i++)
+        {
+            var prompt = Prompts[i % Prompts.Length];
+            var victimHop = i % Spans.Length;
+            using var cts = new CancellationTokenSource(RequestTimeout);
+            using var request = new HttpRequestMessage(HttpMethod.Post, "v1/completions") { Content = Completion(prompt, stream: true) };
+            var clock = Stopwatch.StartNew();
+            using var response = await _http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead, cts.Token);
+            if (!response.IsSuccessStatusCode) Assert.Fail($"request {i}: HTTP {(int)response.StatusCode}: {await response.Content.ReadAsStringAsync(cts.Token)}");
+            // "nodeId:start-end" per hop: the route this stream runs on.
+            var route = response.Headers.GetValues("x-potluck-route").Single().Split(' ');
+            Assert.Equal(Spans.Length, route.Length);
+            var victimId = route[victimHop][..route[victimHop].LastIndexOf(':')];
+            var victim = _nodes.Single(n => n.NodeId == victimId);
+            var sessionId = response.Headers.GetValues("x-potluck-session").Single();
+
+            await using var body = await response.Content.ReadAsStreamAsync(cts.Token);
+            var text = new StringBuilder();
+            string? finish = null;
+            int chunks = 0;
+            long killedAt = -1, lastChunk = 0, stall = -1;
+            await foreach (var item in SseParser.Create(body).EnumerateAsync(cts.Token))
+            {
+                if (item.Data == "[DONE]") break;
+                using var chunk = JsonDocument.Parse(item.Data);
+                Assert.False(chunk.RootElement.TryGetProperty("error", out var error), $"request {i}: the stream carried an error: {error}\n{NodeOutput()}");
+                var choice = chunk.RootElement.GetProperty("choices")[0];
+                text.Append(choice.GetProperty("text").GetString());
+                if (choice.GetProperty("finish_reason").ValueKind == JsonValueKind.String) finish = choice.GetProperty("finish_reason").GetString();
+                chunks++;
+                var now = clock.ElapsedMilliseconds;
+                // The stall: the longest wait for text from the kill on (chunks already in flight may arrive first).
+                if (killedAt >= 0) stall = Math.Max(stall, now - Math.Max(lastChunk, killedAt));
+                lastChunk = now;
+                if (killedAt < 0 && chunks >= KillAfterChunks)
+                {
+                    victim.Kill();
+                    killedAt = clock.ElapsedMilliseconds;
+                }
+            }
+            Assert.True(killedAt >= 0, $"request {i}: the stream ended after {chunks} chunks, before the kill");
+            Assert.True(finish == "length", $"request {i}: finish_reason {finish}");
+            Assert.True(expected[prompt] == text.ToString(),
+                $"request {i} (killed {victimId}, hop {victimHop}): text differs from the run without the fault\nexpected: {expected[prompt]}\nactual:   {text}");
+            stalls.Add(stall);
+
+            // Only the dead stage was replaced: the other stages kept the session (and its KV) across the failover.
+            using (var session = JsonDocument.Parse(await _http.GetStringAsync($"api/sessions/{sessionId}")))
+            {
+                var after = session.RootElement.GetProperty("route").EnumerateArray()
+                    .Select(h => $"{h.GetProperty("node").GetString()}:{h.GetProperty("start").GetInt32()}-{h.GetProperty("end").GetInt32()}").ToArray();
+                Assert.True(session.RootElement.GetProperty("reroutes").GetInt32() >= 1, $"request {i}: no reroute recorded: {session.RootElement}");
+                for (var hop = 0; hop < Spans.Length; hop++)
+                {
+                    if (hop == victimHop) Assert.NotEqual(route[hop], after[hop]);
+                    else Assert.True(route[hop] == after[hop], $"request {i}: hop {hop} moved from {route[hop]} to {after[hop]} although only hop {victimHop} died");
+                }
+            }
+            output.WriteLine($"request {i,2}: killed {victimId} (hop {victimHop}) after {KillAfterChunks} chunks; stall {stall} ms; stream took {lastChunk} ms");
+
+            // A fresh node takes the dead one's span, so the next request again finds every span held twice.
+            _nodes.Remove(victim);
+            _dead.Add(victim);
+            var (start, end) = Spans[victimHop];
+            _nodes.Add(StartNode(start, end, $"s{start}-r{++replacements}"));
+            await WaitForPoolAsync();
+        }
+
+        var sorted = stalls.Order().ToArray();
+        var p95 = sorted[(int)Math.Ceiling(0.95 * sorted.Length) - 1];
+        output.WriteLine($"stall after SIGKILL over {sorted.Length} kills: median {sorted[sorted.Length / 2]} ms, p95 {p95} ms, max {sorted[^1]} ms");
+        Assert.True(p95 < 2000, $"p95 stall {p95} ms (target under 2 s): {string.Join(", ", stalls)}");
+
+        // Nothing leaks: every live node frees every session once the streams are done.
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(20);
+        foreach (var node in _nodes)
+        {
+            StageDescription description;
+            while ((description = await node.DescribeAsync()).OpenSessions != 0 || description.FreeKvTokens != description.KvBudgetTokens)
+            {
+                Assert.True(DateTime.UtcNow < deadline, $"{node.NodeId} still holds {description.OpenSessions} sessions after the run");
+                await Task.Delay(100);
+            }
+        }
+    }
+
+    public async Task DisposeAsync()
+    {
+        _http?.Dispose();
+        if (_gateway is not null) await _gateway.DisposeAsync();
+        foreach (var node in _nodes.Concat(_dead)) await node.DisposeAsync();
+    }
+}

@@ -38,6 +38,11 @@ public static class NodeCommand
         var threads = new Option<int>("--threads") { Description = "Compute threads (0 = all cores)", DefaultValueFactory = _ => 0 };
         var maxRows = new Option<int>("--max-rows") { Description = "Most rows one step may carry (prefill chunk)", DefaultValueFactory = _ => defaults.MaxRowsPerStep };
         var fastFailure = new Option<bool>("--fast-failure-detection") { Description = "Tight membership probing (tests only)", Hidden = true };
+        var drainTimeout = new Option<double>("--drain-timeout")
+        {
+            Description = "Seconds a stopping node (SIGTERM) lets open sessions finish before ending them; give a supervisor's grace period 20 s more",
+            DefaultValueFactory = _ => defaults.DrainTimeout.TotalSeconds,
+        };
         var rebalance = new Option<bool>("--rebalance")
         {
             Description = "Keep choosing (with --join URL, no --layers): run the node as a child process and move it to a span the pool " +
@@ -52,7 +57,7 @@ public static class NodeCommand
         var command = new Command("node", "Run one node: load a span of the model's layers and serve it to the pool")
         {
             model, layers, join, redis, token, maxLayers, memory, host, listen, port, siloPort, nodeId, clusterId, kvTokens, threads, maxRows, fastFailure,
-            rebalance, rebalanceEvery, parentPid,
+            drainTimeout, rebalance, rebalanceEvery, parentPid,
         };
         command.SetAction(async (parse, ct) =>
         {
@@ -77,6 +82,7 @@ public static class NodeCommand
                 throw new UsageException("--memory and --max-layers size a span the node chooses itself; they do not combine with --layers");
             if (parse.GetValue(threads) < 0) throw new UsageException("--threads must be 0 (all cores) or more");
             if (parse.GetValue(maxRows) < 1) throw new UsageException("--max-rows must be at least 1");
+            if (parse.GetValue(drainTimeout) is not (> 0 and <= 86400)) throw new UsageException($"--drain-timeout must be more than 0 and at most 86400 seconds (got {parse.GetValue(drainTimeout)})");
             var rebalancing = parse.GetValue(rebalance);
             if (rebalancing && (gatewayUrl is null || fixedLayers is not null))
                 throw new UsageException("--rebalance moves a node between spans it chooses itself: pass --join http://GATEWAY:PORT and leave out --layers");
@@ -103,6 +109,7 @@ public static class NodeCommand
                 MaxRowsPerStep = parse.GetValue(maxRows),
                 ClusterId = parse.GetRequiredValue(clusterId),
                 FastFailureDetection = parse.GetValue(fastFailure),
+                DrainTimeout = TimeSpan.FromSeconds(parse.GetValue(drainTimeout)),
             };
 
             // Read the header first: a missing, corrupt or too-short model is one clear line, not a host crash.

@@ -122,7 +122,7 @@ public sealed class PoolGrowthTests : IClassFixture<JoinModels>
         // three against one, and moving doubles the weakest layer's throughput.
         await Task.Delay(TimeSpan.FromSeconds(3));
         Assert.DoesNotContain("rebalancing:", mover.Output);
-        var watch = WatchCoverageAsync(http, TimeSpan.FromSeconds(90));
+        var watch = WatchCoverageAsync(http, TimeSpan.FromSeconds(90), requireReady: true);
         await using var replica = StartFixedNode(url, $"{start}-{end}", "replica");
         await mover.WaitForOutputAsync("moved to layers", Limit);
         var coverage = await StopWatchingAsync(watch);
@@ -137,6 +137,40 @@ public sealed class PoolGrowthTests : IClassFixture<JoinModels>
         Assert.True(output.IndexOf("mover-b serves layers", StringComparison.Ordinal) < output.IndexOf("stopping mover ", StringComparison.Ordinal), output);
         Assert.True(coverage.Polls > 5, $"only {coverage.Polls} polls");
         Assert.True(coverage.Problems.Count == 0, string.Join("\n", coverage.Problems) + "\n" + output);
+    }
+
+    [Fact]
+    public async Task ARebalancingNodeWhoseSpanGainsAReplicaMovesToTheLayersNobodyHolds()
+    {
+        var (gateway, http, url) = await StartGatewayAsync();
+        await using var _ = gateway;
+        using var __ = http;
+        await using var front = StartFixedNode(url, "0-2", "front");
+        await JoinTests.WaitUntilAsync(http, "api/join", body => CountHealthy(body) == 1, Limit, front);
+
+        var port = FreePortPair();
+        var silo = FreePortPair();
+        await using var mover = Daemon.Start(_models.Home.Path, "node", "--model", _models.Pool, "--join", url, "--max-layers", "4", "--memory", "1G",
+            "--rebalance", "--rebalance-every", "1", "--port", port.ToString(), "--silo-port", silo.ToString(), "--threads", "1", "--node-id", "mover");
+        await mover.WaitForOutputAsync("checking the pool every", Limit);
+        // Four layers at most: the largest gap [2,8) from its start. It is the only holder of [2,6), so it stays.
+        Assert.Equal<(int, int)?>((2, 6), HealthySpanOf(await http.GetStringAsync("api/join"), "mover"));
+        await Task.Delay(TimeSpan.FromSeconds(3));
+        Assert.DoesNotContain("rebalancing:", mover.Output);
+        using (var notReady = await http.GetAsync("readyz")) Assert.Equal(HttpStatusCode.ServiceUnavailable, notReady.StatusCode);
+
+        // Another node takes [2,6) as well: the mover's layers stay held without it, and [6,8) has no holder.
+        var watch = WatchCoverageAsync(http, TimeSpan.FromSeconds(90), requireReady: false);
+        await using var middle = StartFixedNode(url, "2-6", "middle");
+        await mover.WaitForOutputAsync("moved to layers", Limit);
+        var coverage = await StopWatchingAsync(watch);
+        Report("mover", mover);
+
+        Assert.Contains("the pool lacks a chain: layers 6-7 complete the pool's chain", mover.Output);
+        var ready = await JoinTests.WaitUntilAsync(http, "readyz", _ => true, Limit, mover);
+        Assert.Contains("mover-b[6,8)", ready);
+        Assert.True(coverage.Polls > 5, $"only {coverage.Polls} polls");
+        Assert.True(coverage.Problems.Count == 0, string.Join("\n", coverage.Problems) + "\n" + mover.Output);
     }
 
     private async Task<(Daemon Gateway, HttpClient Http, string Url)> StartGatewayAsync()
@@ -211,8 +245,11 @@ public sealed class PoolGrowthTests : IClassFixture<JoinModels>
 
     private sealed record CoverageWatch(Task<(int Polls, List<string> Problems)> Task, CancellationTokenSource Stop);
 
-    /// <summary>Polls /readyz and /api/join until stopped: every answer must be ready, with a healthy "mover" or "mover-b".</summary>
-    private static CoverageWatch WatchCoverageAsync(HttpClient http, TimeSpan limit)
+    /// <summary>
+    /// Polls /readyz and /api/join until stopped: every answer must have a healthy "mover" or "mover-b", and with
+    /// <paramref name="requireReady"/> the pool must be ready at every poll.
+    /// </summary>
+    private static CoverageWatch WatchCoverageAsync(HttpClient http, TimeSpan limit, bool requireReady)
     {
         var stop = new CancellationTokenSource(limit);
         async Task<(int, List<string>)> Run()
@@ -226,7 +263,7 @@ public sealed class PoolGrowthTests : IClassFixture<JoinModels>
                     using var readyz = await http.GetAsync("readyz", stop.Token);
                     var body = await http.GetStringAsync("api/join", stop.Token);
                     polls++;
-                    if (readyz.StatusCode != HttpStatusCode.OK) problems.Add($"{DateTime.UtcNow:HH:mm:ss.fff} readyz {(int)readyz.StatusCode}");
+                    if (requireReady && readyz.StatusCode != HttpStatusCode.OK) problems.Add($"{DateTime.UtcNow:HH:mm:ss.fff} readyz {(int)readyz.StatusCode}");
                     if (HealthySpanOf(body, "mover") is null && HealthySpanOf(body, "mover-b") is null)
                         problems.Add($"{DateTime.UtcNow:HH:mm:ss.fff} neither mover nor mover-b serves: {body}");
                     await Task.Delay(150, stop.Token);

@@ -150,6 +150,15 @@ public sealed class JoinTests : IClassFixture<JoinModels>
         Assert.True(combined.ExitCode == 2, combined.ToString());
         TextAssert.OneLineError(combined, "do not combine with --layers");
 
+        var rebalanceFixed = await PotluckProcess.RunAsync(_models.Home.Path, Limit, "node", "--model", _models.Pool, "--layers", "0-4",
+            "--join", "http://127.0.0.1:1", "--rebalance");
+        Assert.True(rebalanceFixed.ExitCode == 2, rebalanceFixed.ToString());
+        TextAssert.OneLineError(rebalanceFixed, "leave out --layers");
+        var periodAlone = await PotluckProcess.RunAsync(_models.Home.Path, Limit, "node", "--model", _models.Pool, "--join", "http://127.0.0.1:1",
+            "--rebalance-every", "5");
+        Assert.True(periodAlone.ExitCode == 2, periodAlone.ToString());
+        TextAssert.OneLineError(periodAlone, "--rebalance-every needs --rebalance");
+
         var token = await PotluckProcess.RunAsync(_models.Home.Path, Limit, "node", "--model", _models.Pool, "--join", "http://127.0.0.1:1", "--token", "t");
         Assert.True(token.ExitCode == 2, token.ToString());
         TextAssert.OneLineError(token, "--token is not supported yet");
@@ -202,6 +211,7 @@ public sealed class JoinTests : IClassFixture<JoinModels>
         }
 
         public string Name { get; }
+        public int ProcessId => _process.Id;
         public bool HasExited => _process.HasExited;
         public int ExitCode => _process.ExitCode;
         public string Output => string.Join('\n', _lines);

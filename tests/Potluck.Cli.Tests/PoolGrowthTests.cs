@@ -67,6 +67,9 @@ public sealed class PoolGrowthTests : IClassFixture<JoinModels>
                 Assert.Contains($"chose layers {expected[i].Item1}-{expected[i].Item2}", nodes[i].Output);
             }
             Assert.Contains("announced to the gateway as joining", nodes[1].Output);
+            // Each announcement ends with that node's first shard report: nothing is left "joining".
+            await JoinTests.WaitUntilAsync(http, "api/join", body => !PoolJoinInfo.Parse(body).Spans.Any(s => s.Joining), TimeSpan.FromSeconds(30), nodes[^1]);
+            Assert.DoesNotContain("\"joining\"", await http.GetStringAsync("api/pool"));
             // One probe for the machine and model, then the cached figure.
             Assert.Contains("speed probe: measured", nodes[0].Output);
             Assert.Contains("speed probe: reused", nodes[1].Output);

@@ -23,8 +23,11 @@ public static class RebalancingNode
     /// <summary>How long a new child may take to load and show up healthy in /api/join.</summary>
     public static readonly TimeSpan ServingTimeout = TimeSpan.FromMinutes(3);
 
-    /// <summary>SIGTERM grace before SIGKILL: room for the node's drain of open sessions (30 s by default) and for leaving the cluster.</summary>
-    public static readonly TimeSpan StopGrace = TimeSpan.FromSeconds(60);
+    /// <summary>
+    /// SIGTERM grace before SIGKILL: the node's whole shutdown (its --drain-timeout for open sessions, then leaving the
+    /// cluster) plus a margin for a busy machine.
+    /// </summary>
+    public static TimeSpan StopGrace(NodeOptions options) => options.ShutdownTimeout + TimeSpan.FromSeconds(10);
 
     /// <param name="Options">The first span's options (ports, host, membership as settled by joining).</param>
     /// <param name="ExplicitNodeId">--node-id when given; children then alternate between it and "ID-b".</param>
@@ -40,7 +43,8 @@ public static class RebalancingNode
 
     public static async Task<int> RunAsync(Plan plan, CancellationToken stop)
     {
-        await using var supervisor = new ProcessSupervisor(Forward, StopGrace);
+        var grace = StopGrace(plan.Options);
+        await using var supervisor = new ProcessSupervisor(Forward, grace);
         var current = Start(supervisor, plan, generation: 0, plan.Options.LayerStart, plan.Options.LayerEnd);
         var notServing = await WaitUntilServingAsync(plan.Gateway, current, stop);
         if (notServing is not null)
@@ -87,14 +91,14 @@ public static class RebalancingNode
             var failure = await WaitUntilServingAsync(plan.Gateway, next, stop);
             if (failure is not null)
             {
-                await next.Process.StopAsync(StopGrace);
+                await next.Process.StopAsync(grace);
                 if (stop.IsCancellationRequested) break;
                 Console.Error.WriteLine($"potluck node: warning: rebalance to {next.Span} abandoned, keeping {current.Span}: {failure}");
                 continue;
             }
             Console.Out.WriteLine($"potluck node: {next.NodeId} serves layers {next.Span}; stopping {current.NodeId} {current.Span}");
             var clock = Stopwatch.StartNew();
-            var exit = await current.Process.StopAsync(StopGrace);
+            var exit = await current.Process.StopAsync(grace);
             Console.Out.WriteLine($"potluck node: {current.NodeId} left after {clock.Elapsed.TotalSeconds:F1} s (exit {exit}); moved to layers {next.Span}");
             current = next;
         }
@@ -111,6 +115,7 @@ public static class RebalancingNode
             "--host", options.AdvertisedHost, "--port", options.GrpcPort.ToString(CultureInfo.InvariantCulture),
             "--silo-port", options.SiloPort.ToString(CultureInfo.InvariantCulture), "--cluster-id", options.ClusterId,
             "--threads", options.Threads.ToString(CultureInfo.InvariantCulture), "--max-rows", options.MaxRowsPerStep.ToString(CultureInfo.InvariantCulture),
+            "--drain-timeout", options.DrainTimeout.TotalSeconds.ToString("R", CultureInfo.InvariantCulture),
             "--parent-pid", Environment.ProcessId.ToString(CultureInfo.InvariantCulture),
         };
         if (options.NodeId is not null) arguments.AddRange(["--node-id", options.NodeId]);

@@ -58,7 +58,10 @@ public static class RebalancingNode
         string? lastReason = null;
         while (!stop.IsCancellationRequested)
         {
-            var waited = await Task.WhenAny(current.Process.Exited, Task.Delay(plan.Period, stop));
+            // ±20 % jitter: two rebalancing nodes started together must not decide in lockstep, or both would move
+            // to the same weak span (each before the other's announcement shows) and then both move back.
+            var delay = plan.Period * (0.8 + 0.4 * Random.Shared.NextDouble());
+            var waited = await Task.WhenAny(current.Process.Exited, Task.Delay(delay, stop));
             if (stop.IsCancellationRequested) break;
             if (waited == current.Process.Exited)
             {

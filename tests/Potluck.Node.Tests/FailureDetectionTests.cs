@@ -21,8 +21,9 @@ public sealed class FailureDetectionTests(ITestOutputHelper output)
 {
     private static readonly TimeSpan ViewTimeout = TimeSpan.FromSeconds(60);
 
-    // Far above the measured figures, so a loaded machine cannot flake it; a node never declared dead fails it.
-    private static readonly TimeSpan DetectionBound = TimeSpan.FromSeconds(90);
+    // Far above the measured figures (SIGKILL about 7 s, a silent node about 36 s), so a loaded machine cannot flake
+    // it; a node never declared dead fails it.
+    private static readonly TimeSpan DetectionBound = TimeSpan.FromSeconds(120);
 
     private static readonly TimeSpan LoadDuration = TimeSpan.FromSeconds(60);
 
@@ -83,6 +84,52 @@ public sealed class FailureDetectionTests(ITestOutputHelper output)
         // The survivors stay in the cluster.
         var table = await pool.MembershipAsync();
         foreach (var port in pool.SiloPorts.SkipLast(1)) Assert.Equal(SiloStatus.Active, ProcessPool.EntryOf(table, port)?.Status);
+    }
+
+    /// <summary>
+    /// A frozen process (SIGSTOP) still accepts TCP connections but answers nothing, as a machine that lost power or
+    /// its network does: probes time out instead of being refused, and Orleans stretches their timeout (up to four
+    /// times ProbeTimeout) before it votes. A 10 s stall (a long GC pause, swapping, a Wi-Fi reconnect) must cost no
+    /// suspicion; a node that stays silent must still be declared dead within a bound.
+    /// </summary>
+    [Fact]
+    public async Task Node_frozen_for_10_s_is_not_suspected_but_a_silent_node_is_declared_dead_with_production_settings()
+    {
+        var model = TestModels.Small(GgmlType.Q8_0);
+        using var lease = SharedModel.Acquire(model);
+        var modelId = lease.Model.Info.ModelId;
+        await using var pool = await ProcessPool.StartAsync(output, model, ThreeWaySplit);
+        await WaitAllActiveAndHealthyAsync(pool, modelId);
+        var frozen = pool.Nodes[2];
+        var frozenPort = pool.SiloPorts[2];
+
+        await SignalAsync(frozen, "STOP");
+        await Task.Delay(TimeSpan.FromSeconds(10));
+        await SignalAsync(frozen, "CONT");
+        // Votes stay in the table for minutes: one cast during the stall or just after it would show here.
+        await Task.Delay(TimeSpan.FromSeconds(15));
+        var entry = ProcessPool.EntryOf(await pool.MembershipAsync(), frozenPort);
+        output.WriteLine($"after a 10 s freeze: {entry?.Status}, {entry?.SuspectTimes?.Count ?? 0} suspicion votes");
+        Assert.Equal(SiloStatus.Active, entry?.Status);
+        Assert.Empty(entry!.SuspectTimes ?? []);
+        await ProcessPool.WaitForAsync(async () => (await pool.Directory.GetView()).HealthyShards(modelId).Count == 3, ViewTimeout,
+            "the frozen node healthy again in the pool view");
+
+        await SignalAsync(frozen, "STOP");
+        var sinceStop = Stopwatch.StartNew();
+        var leftView = await ProcessPool.WaitForAsync(async () =>
+            !(await pool.Directory.GetView()).Shards.Any(s => s.Status.NodeId == frozen.NodeId && s.Healthy), DetectionBound, "the silent node leaves the pool view");
+        await ProcessPool.WaitForAsync(async () =>
+            ProcessPool.EntryOf(await pool.MembershipAsync(), frozenPort)?.Status == SiloStatus.Dead, DetectionBound, "the silent node declared dead");
+        output.WriteLine($"silent node: pool view unhealthy after {leftView.TotalSeconds:F1} s, membership declared it dead after {sinceStop.Elapsed.TotalSeconds:F1} s");
+        // The harness's dispose SIGKILLs it, stopped or not.
+    }
+
+    private static async Task SignalAsync(NodeProcess node, string signal)
+    {
+        using var kill = Process.Start("kill", $"-{signal} {node.Process.Id}")!;
+        await kill.WaitForExitAsync();
+        Assert.Equal(0, kill.ExitCode);
     }
 
     [Fact]

@@ -1,13 +1,16 @@
 using System.Diagnostics;
 using Grpc.Core;
 using Grpc.Net.Client;
+using Microsoft.Extensions.Configuration;
 using Potluck.Contracts.Control;
 using Potluck.Contracts.Grpc;
 using Potluck.Contracts.Wire;
+using Potluck.Inference;
 using Potluck.Inference.Engine;
 using Potluck.Inference.Gguf;
 using Potluck.Inference.Tests;
 using Potluck.Node.Compute;
+using Potluck.Node.Telemetry;
 using Xunit.Abstractions;
 
 namespace Potluck.Node.Tests;
@@ -66,6 +69,64 @@ public sealed class DrainTests(ITestOutputHelper output)
             await client.DisposeAsync();
             channel.Dispose();
         }
+    }
+
+    private static SpanHost EchoHost() =>
+        new(new EchoCompute(16, 0, 1, 1), "echo", Microsoft.Extensions.Logging.Abstractions.NullLogger<SpanHost>.Instance, new NodeTelemetry());
+
+    [Fact]
+    public async Task Drain_refuses_new_sessions_waits_for_open_ones_and_ends_the_rest_as_cancelled()
+    {
+        using var host = EchoHost();
+        var finishing = host.Open("finishing", 8);
+        var stuck = host.Open("stuck", 8);
+        Assert.Equal(2, host.BeginDrain());
+        Assert.True(host.Draining);
+        Assert.Throws<KvBudgetExceededException>(() => host.Open("late", 8));
+
+        // Open sessions keep stepping while draining.
+        finishing.RentInput(1).Fill(1f);
+        Assert.Equal(1, await finishing.StepAsync(-1, 0, 1, lastRowOnly: false).AsTask().WaitAsync(StepTimeout));
+
+        var wait = host.WaitForNoSessionsAsync(TimeSpan.FromSeconds(30), CancellationToken.None);
+        host.Close("finishing", cancelled: false);
+        Assert.False(wait.IsCompleted, "the drain ended while a session was still open");
+        host.Close("stuck", cancelled: false);
+        Assert.True(await wait.WaitAsync(StepTimeout));
+
+        // A session that never finishes: the wait gives up at its timeout, and EndRemaining closes it as cancelled.
+        using var second = EchoHost();
+        var open = second.Open("open", 8);
+        second.BeginDrain();
+        var watch = Stopwatch.StartNew();
+        Assert.False(await second.WaitForNoSessionsAsync(TimeSpan.FromMilliseconds(300), CancellationToken.None).WaitAsync(StepTimeout));
+        Assert.True(watch.Elapsed >= TimeSpan.FromMilliseconds(250), $"gave up after {watch.Elapsed.TotalMilliseconds:F0} ms");
+        Assert.Equal(1, second.EndRemaining());
+        Assert.True(open.IsClosed);
+        Assert.True(open.WasCancelled);
+        Assert.Equal(0, second.OpenSessions);
+    }
+
+    [Fact]
+    public void Drain_timeout_is_configurable_and_the_shutdown_limit_covers_it()
+    {
+        var configuration = new ConfigurationBuilder().AddInMemoryCollection(new Dictionary<string, string?>
+        {
+            ["Potluck:Node:ModelPath"] = "m.gguf",
+            ["Potluck:Node:Layers"] = "0-2",
+            ["Potluck:Node:DrainTimeout"] = "45",
+        }).Build();
+        var options = NodeOptions.FromConfiguration(configuration);
+        Assert.Equal(TimeSpan.FromSeconds(45), options.DrainTimeout);
+        Assert.True(options.ShutdownTimeout > options.DrainTimeout);
+        Assert.Equal(TimeSpan.FromSeconds(30), new NodeOptions { ModelPath = "m", LayerStart = 0, LayerEnd = 1 }.DrainTimeout);
+        var bad = new ConfigurationBuilder().AddInMemoryCollection(new Dictionary<string, string?>
+        {
+            ["Potluck:Node:ModelPath"] = "m.gguf",
+            ["Potluck:Node:Layers"] = "0-2",
+            ["Potluck:Node:DrainTimeout"] = "soon",
+        }).Build();
+        Assert.Contains("Potluck__Node__DrainTimeout", Assert.Throws<NodeConfigurationException>(() => NodeOptions.FromConfiguration(bad)).Message);
     }
 
     private static bool Logged(NodeProcess node, string text) =>

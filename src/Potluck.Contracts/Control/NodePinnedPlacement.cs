@@ -45,6 +45,38 @@ public sealed class NodePinnedPlacementDirector(ISiloMetadataCache metadata) : I
     }
 }
 
+/// <summary>
+/// Places a grain on a gateway silo when the cluster has one, else on any silo. For pool-wide soft state (the pool
+/// directory): nodes come and go without warning, and an activation that dies with a node loses its state until
+/// every node has reported again, a window in which the pool looks emptier than it is.
+/// </summary>
+[GenerateSerializer, Immutable, Alias("potluck.GatewayPreferredPlacement")]
+public sealed class GatewayPreferredPlacement : PlacementStrategy
+{
+    public static GatewayPreferredPlacement Instance { get; } = new();
+}
+
+[AttributeUsage(AttributeTargets.Class, AllowMultiple = false)]
+public sealed class GatewayPreferredPlacementAttribute() : PlacementAttribute(GatewayPreferredPlacement.Instance);
+
+public sealed class GatewayPreferredPlacementDirector(ISiloMetadataCache metadata) : IPlacementDirector
+{
+    public Task<SiloAddress> OnAddActivation(PlacementStrategy strategy, PlacementTarget target, IPlacementContext context)
+    {
+        var silos = context.GetCompatibleSilos(target);
+        // The oldest gateway silo (lowest generation), so every silo placing this grain agrees.
+        SiloAddress? chosen = null;
+        foreach (var silo in silos)
+        {
+            if (metadata.GetSiloMetadata(silo).Metadata.TryGetValue(NodeMetadataKeys.Role, out var role) && role == "gateway" &&
+                (chosen is null || silo.Generation < chosen.Generation || (silo.Generation == chosen.Generation && silo.ToString().CompareTo(chosen.ToString()) < 0)))
+                chosen = silo;
+        }
+        if (chosen is not null) return Task.FromResult(chosen);
+        return Task.FromResult(silos.Length == 1 ? silos[0] : silos[Random.Shared.Next(silos.Length)]);
+    }
+}
+
 public static class ControlPlaneSiloExtensions
 {
     /// <summary>
@@ -56,6 +88,7 @@ public static class ControlPlaneSiloExtensions
     {
         silo.UseSiloMetadata(metadata);
         silo.AddPlacementDirector<NodePinnedPlacement, NodePinnedPlacementDirector>();
+        silo.AddPlacementDirector<GatewayPreferredPlacement, GatewayPreferredPlacementDirector>();
         silo.Services.AddOptions<PoolDirectoryOptions>();
         if (configurePool is not null) silo.Services.Configure(configurePool);
         return silo;

@@ -4,8 +4,12 @@ namespace Potluck.Contracts.Control;
 
 public sealed class PoolDirectoryOptions
 {
-    /// <summary>A shard whose node has not reported for this long is shown unhealthy.</summary>
-    public TimeSpan StaleAfter { get; set; } = TimeSpan.FromSeconds(8);
+    /// <summary>
+    /// A shard whose node has not reported for this long is shown unhealthy. Longer than the production failure
+    /// detection (about 7 s) plus a report period: while a dead silo is not yet declared dead, grain calls whose
+    /// directory entry it held wait, reports included, and healthy nodes must not look silent meanwhile.
+    /// </summary>
+    public TimeSpan StaleAfter { get; set; } = TimeSpan.FromSeconds(15);
 }
 
 /// <summary>
@@ -14,9 +18,12 @@ public sealed class PoolDirectoryOptions
 /// It also keeps nodes that announced a span they are loading (<see cref="JoiningNode"/>) until they report
 /// or their announcement expires; those are never part of <see cref="GetView"/>, so routing ignores them.
 /// </summary>
+[GatewayPreferredPlacement]
 public sealed class PoolDirectoryGrain(IClusterMembershipService membership, IOptions<PoolDirectoryOptions> options) : Grain, IPoolDirectoryGrain
 {
     private readonly Dictionary<string, ShardStatus> _shards = new(StringComparer.Ordinal);
+    // Identifies this activation: a new one starts empty and refills from reports.
+    private readonly Guid _epoch = Guid.NewGuid();
     // Node id -> announcement; a node loads one span at a time.
     private readonly Dictionary<string, JoiningNode> _joining = new(StringComparer.Ordinal);
 
@@ -83,6 +90,6 @@ public sealed class PoolDirectoryGrain(IClusterMembershipService membership, IOp
         if (gone is not null)
             foreach (var key in gone) _shards.Remove(key);
         result.Sort((a, b) => string.CompareOrdinal(a.Status.ShardKey, b.Status.ShardKey));
-        return Task.FromResult(new PoolView(result, now));
+        return Task.FromResult(new PoolView(result, now, _epoch));
     }
 }

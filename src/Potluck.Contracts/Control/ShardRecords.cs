@@ -33,9 +33,12 @@ public sealed record ShardStatus(
 [GenerateSerializer, Immutable, Alias("potluck.PoolShard")]
 public sealed record PoolShard(ShardStatus Status, bool Healthy, string? Problem);
 
-/// <summary>Who holds which layers of which model, as of <see cref="AsOfUtc"/>.</summary>
+/// <summary>
+/// Who holds which layers of which model, as of <see cref="AsOfUtc"/>. <see cref="DirectoryEpoch"/> changes when the
+/// pool directory's activation is new (its silo died or it was collected): its soft state then refills as nodes report.
+/// </summary>
 [GenerateSerializer, Immutable, Alias("potluck.PoolView")]
-public sealed record PoolView(IReadOnlyList<PoolShard> Shards, DateTime AsOfUtc)
+public sealed record PoolView(IReadOnlyList<PoolShard> Shards, DateTime AsOfUtc, Guid DirectoryEpoch = default)
 {
     /// <summary>Healthy shards of one model, ordered by first layer.</summary>
     public IReadOnlyList<ShardStatus> HealthyShards(string modelId)

@@ -46,6 +46,7 @@ public sealed class PoolMonitor(
     public async Task<PoolSnapshot> RefreshAsync(CancellationToken ct)
     {
         var view = await grains.GetGrain<IPoolDirectoryGrain>(PoolKeys.Default).GetView().WaitAsync(ProbeTimeout * 2, ct);
+        view = CarryOverRestart(view);
         _view = view;
         var stages = new List<StageCandidate>(view.Shards.Count);
         var probes = new List<Task>();
@@ -69,6 +70,48 @@ public sealed class PoolMonitor(
         _firstRefresh.TrySetResult();
         return snapshot;
     }
+
+    /// <summary>
+    /// The pool directory is soft state in one grain activation. When that activation is new (the silo hosting it
+    /// died), it knows only the nodes that reported since, and for a report period the pool would look emptier than
+    /// it is: routes would fail and joining nodes would pick spans that are held. For <see cref="RefillWindow"/>
+    /// after a restart, shards of the previous view that the new one lacks are kept, unless their silo is no longer
+    /// an active member.
+    /// </summary>
+    private PoolView CarryOverRestart(PoolView view)
+    {
+        var previous = _view;
+        var now = DateTime.UtcNow;
+        if (previous.DirectoryEpoch != view.DirectoryEpoch)
+        {
+            if (previous.DirectoryEpoch != default)
+            {
+                _carried = previous;
+                _carriedUntil = now + RefillWindow;
+                log.LogWarning("The pool directory restarted (its silo left); keeping the previous view of {Shards} shards for {Seconds:F0} s while nodes report again",
+                    previous.Shards.Count, RefillWindow.TotalSeconds);
+            }
+        }
+        if (_carried is not { } carried || now > _carriedUntil) return view;
+        var active = new HashSet<string>(StringComparer.Ordinal);
+        foreach (var (address, member) in membership.CurrentSnapshot.Members)
+            if (member.Status == SiloStatus.Active) active.Add(address.ToParsableString());
+        var present = new HashSet<string>(StringComparer.Ordinal);
+        foreach (var shard in view.Shards) present.Add(shard.Status.ShardKey);
+        List<PoolShard>? merged = null;
+        foreach (var shard in carried.Shards)
+        {
+            if (present.Contains(shard.Status.ShardKey) || !active.Contains(shard.Status.SiloAddress)) continue;
+            (merged ??= new List<PoolShard>(view.Shards)).Add(shard);
+        }
+        return merged is null ? view : view with { Shards = merged };
+    }
+
+    /// <summary>How long shards of a restarted directory's previous view are kept (a few report periods).</summary>
+    public static readonly TimeSpan RefillWindow = TimeSpan.FromSeconds(10);
+
+    private PoolView? _carried;
+    private DateTime _carriedUntil;
 
     /// <summary>
     /// Nodes serving another model (another file): from the directory (they report shards) and from silo

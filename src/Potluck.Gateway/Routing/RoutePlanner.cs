@@ -93,13 +93,13 @@ public static class RoutePlanner
         stage.Healthy && stage.LayerStart >= 0 && stage.LayerEnd > stage.LayerStart && stage.LayerEnd <= layerCount &&
         stage.FreeKvTokens >= sessionTokens && (avoidNodes is null || !avoidNodes.Contains(stage.NodeId));
 
-    /// <summary>Layers that no healthy stage holds at all (KV room and avoided nodes aside).</summary>
-    public static IReadOnlyList<LayerGap> MissingLayers(PoolSnapshot pool)
+    /// <summary>Layers that no healthy stage holds at all (KV room aside), not counting <paramref name="avoidNodes"/>.</summary>
+    public static IReadOnlyList<LayerGap> MissingLayers(PoolSnapshot pool, IReadOnlySet<string>? avoidNodes = null)
     {
         var covered = new bool[pool.LayerCount];
         foreach (var stage in pool.Stages)
         {
-            if (!stage.Healthy) continue;
+            if (!stage.Healthy || (avoidNodes is not null && avoidNodes.Contains(stage.NodeId))) continue;
             for (var l = Math.Max(0, stage.LayerStart); l < Math.Min(pool.LayerCount, stage.LayerEnd); l++) covered[l] = true;
         }
         var gaps = new List<LayerGap>();
@@ -113,14 +113,25 @@ public static class RoutePlanner
         return gaps;
     }
 
+    private static int LayersIn(IReadOnlyList<LayerGap> gaps)
+    {
+        var layers = 0;
+        foreach (var gap in gaps) layers += gap.End - gap.Start;
+        return layers;
+    }
+
     private static RouteFailure Explain(PoolSnapshot pool, int sessionTokens, IReadOnlySet<string>? avoidNodes)
     {
-        var missing = MissingLayers(pool);
+        // Nodes this request saw fail count as gone, even before membership declares them dead.
+        var missing = MissingLayers(pool, avoidNodes);
         if (missing.Count > 0)
         {
             var list = string.Join(", ", missing);
+            var failed = avoidNodes is { Count: > 0 } && LayersIn(MissingLayers(pool)) < LayersIn(missing)
+                ? $" (node {string.Join(", ", avoidNodes)} failed and no replica holds them)" : "";
             return new RouteFailure(
-                $"no node in the pool serves layers {list} of the model's {pool.LayerCount}; start a node with those layers (potluck node --layers ...)",
+                $"no node in the pool serves layers {list} of the model's {pool.LayerCount}{failed}; start a node with those layers " +
+                "(potluck node --layers ..., or --join the gateway's URL to fill the gap)",
                 missing);
         }
         // Every layer is held by someone: the chain breaks on KV room, avoided (failed) nodes or unaligned spans.

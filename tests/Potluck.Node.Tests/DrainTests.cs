@@ -88,7 +88,7 @@ public sealed class DrainTests(ITestOutputHelper output)
         finishing.RentInput(1).Fill(1f);
         Assert.Equal(1, await finishing.StepAsync(-1, 0, 1, lastRowOnly: false).AsTask().WaitAsync(StepTimeout));
 
-        var wait = host.WaitForNoSessionsAsync(TimeSpan.FromSeconds(30), CancellationToken.None);
+        var wait = host.WaitForSessionsToFinishAsync(TimeSpan.FromSeconds(30), CancellationToken.None);
         host.Close("finishing", cancelled: false);
         Assert.False(wait.IsCompleted, "the drain ended while a session was still open");
         host.Close("stuck", cancelled: false);
@@ -99,12 +99,23 @@ public sealed class DrainTests(ITestOutputHelper output)
         var open = second.Open("open", 8);
         second.BeginDrain();
         var watch = Stopwatch.StartNew();
-        Assert.False(await second.WaitForNoSessionsAsync(TimeSpan.FromMilliseconds(300), CancellationToken.None).WaitAsync(StepTimeout));
+        Assert.False(await second.WaitForSessionsToFinishAsync(TimeSpan.FromMilliseconds(300), CancellationToken.None).WaitAsync(StepTimeout));
         Assert.True(watch.Elapsed >= TimeSpan.FromMilliseconds(250), $"gave up after {watch.Elapsed.TotalMilliseconds:F0} ms");
         Assert.Equal(1, second.EndRemaining());
         Assert.True(open.IsClosed);
         Assert.True(open.WasCancelled);
         Assert.Equal(0, second.OpenSessions);
+
+        // A detached session (its stream broke; kept for a resume) does not hold the drain up, and is ended with it.
+        using var third = EchoHost();
+        var detached = third.Open("detached", 8);
+        var attachment = detached.TryAttachStream();
+        Assert.NotNull(attachment);
+        detached.Detach(attachment.Value);
+        Assert.Equal(0, third.BeginDrain());
+        Assert.True(await third.WaitForSessionsToFinishAsync(TimeSpan.FromSeconds(30), CancellationToken.None).WaitAsync(TimeSpan.FromSeconds(5)));
+        Assert.Equal(1, third.EndRemaining());
+        Assert.True(detached.WasCancelled);
     }
 
     [Fact]
@@ -219,11 +230,11 @@ public sealed class DrainTests(ITestOutputHelper output)
 
         await ProcessPool.TerminateAsync(node);
         var sinceSigterm = Stopwatch.StartNew();
-        await ProcessPool.WaitForAsync(() => Task.FromResult(Logged(node, "draining: 1 open sessions")), ViewTimeout, "the node starts draining");
+        await ProcessPool.WaitForAsync(() => Task.FromResult(Logged(node, "draining: 1 sessions in use")), ViewTimeout, "the node starts draining");
         // Still served during the drain.
         await never.StepAsync(77);
 
-        await ProcessPool.WaitForAsync(() => Task.FromResult(Logged(node, "ended 1 sessions still open")), drainTimeout + ViewTimeout,
+        await ProcessPool.WaitForAsync(() => Task.FromResult(Logged(node, "ended 1 sessions still in use")), drainTimeout + ViewTimeout,
             "the drain deadline");
         var deadlineAt = sinceSigterm.Elapsed;
         Assert.True(deadlineAt >= drainTimeout, $"session ended {deadlineAt.TotalSeconds:F1} s after SIGTERM, before the {drainTimeout.TotalSeconds:F0} s drain deadline");

@@ -1,26 +1,41 @@
 namespace Potluck.Node.Compute;
 
-/// <summary>Graceful leave: refuse new sessions, let the open ones finish, end whatever is left at a deadline.</summary>
+/// <summary>Graceful leave: refuse new sessions, let the ones in use finish, end whatever is left at a deadline.</summary>
 public sealed partial class SpanHost
 {
-    // Sessions can open in the moment between Open's draining check and its insert; a periodic recheck catches them.
+    // Detaching has no signal, and a session can open in the moment between Open's draining check and its insert:
+    // a periodic recheck catches both.
     private static readonly TimeSpan DrainRecheck = TimeSpan.FromMilliseconds(250);
 
     /// <summary>
     /// Stops accepting sessions (<see cref="Open"/> refuses from now on, and the shard status says Draining);
-    /// open sessions keep working. Returns how many are open now.
+    /// open sessions keep working. Returns how many are in use now (<see cref="SessionsInUse"/>).
     /// </summary>
     public int BeginDrain()
     {
         Draining = true;
-        return _sessions.Count;
+        return SessionsInUse;
     }
 
     /// <summary>
-    /// Waits until no session is open, at most <paramref name="timeout"/>. True when every session finished
-    /// in time; false at the deadline or when <paramref name="ct"/> fires first.
+    /// Open sessions that a stream holds, or that are reserved and about to be attached: what a drain waits for.
+    /// A detached session (its stream broke; kept for a resume) does not hold the node up: its gateway re-routes it.
     /// </summary>
-    public async Task<bool> WaitForNoSessionsAsync(TimeSpan timeout, CancellationToken ct)
+    public int SessionsInUse
+    {
+        get
+        {
+            var count = 0;
+            foreach (var session in _sessions.Values) if (session.DetachedSinceTicks is null) count++;
+            return count;
+        }
+    }
+
+    /// <summary>
+    /// Waits until no session is in use (<see cref="SessionsInUse"/>), at most <paramref name="timeout"/>. True when
+    /// they all finished in time; false at the deadline or when <paramref name="ct"/> fires first.
+    /// </summary>
+    public async Task<bool> WaitForSessionsToFinishAsync(TimeSpan timeout, CancellationToken ct)
     {
         using var deadline = CancellationTokenSource.CreateLinkedTokenSource(ct);
         deadline.CancelAfter(timeout);
@@ -28,12 +43,12 @@ public sealed partial class SpanHost
         var closedSignals = new Dictionary<StageSession, (Task Closed, CancellationTokenRegistration Registration)>();
         try
         {
-            while (!_sessions.IsEmpty)
+            while (true)
             {
-                if (deadline.IsCancellationRequested) return false;
-                var pending = new List<Task>(_sessions.Count);
+                var pending = new List<Task>();
                 foreach (var session in _sessions.Values)
                 {
+                    if (session.DetachedSinceTicks is not null) continue;
                     if (!closedSignals.TryGetValue(session, out var signal))
                     {
                         var closed = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
@@ -42,20 +57,21 @@ public sealed partial class SpanHost
                     }
                     pending.Add(signal.Closed);
                 }
+                if (pending.Count == 0) return true;
+                if (deadline.IsCancellationRequested) return false;
                 try
                 {
                     await Task.WhenAll(pending).WaitAsync(DrainRecheck, deadline.Token);
                 }
                 catch (TimeoutException)
                 {
-                    // Recheck: a session may have opened after this snapshot.
+                    // Recheck: a session may have detached, or opened after this snapshot.
                 }
                 catch (OperationCanceledException) when (deadline.IsCancellationRequested)
                 {
-                    return _sessions.IsEmpty;
+                    return SessionsInUse == 0;
                 }
             }
-            return true;
         }
         finally
         {
@@ -64,8 +80,8 @@ public sealed partial class SpanHost
     }
 
     /// <summary>
-    /// Ends every session still open as cancelled: each stream ends with an error status, which the gateway
-    /// treats as a stage failure and re-routes onto a replica. Returns how many were ended.
+    /// Ends every session still open, in use or detached, as cancelled: each stream ends with an error status,
+    /// which the gateway treats as a stage failure and re-routes onto a replica. Returns how many were ended.
     /// </summary>
     public int EndRemaining()
     {

@@ -31,23 +31,25 @@ public sealed class NodeDrain(SpanHost host, ShardReporter reporter, IServer dat
     public async Task StoppingAsync(CancellationToken cancellationToken)
     {
         var started = Stopwatch.GetTimestamp();
-        var openAtStart = host.BeginDrain();
-        log.LogInformation("Node {NodeId} draining: {Sessions} open sessions, waiting up to {TimeoutSeconds:F0} s for them to finish",
-            host.NodeId, openAtStart, Timeout.TotalSeconds);
+        var inUseAtStart = host.BeginDrain();
+        log.LogInformation("Node {NodeId} draining: {Sessions} sessions in use ({Detached} more detached, kept for a resume), " +
+            "waiting up to {TimeoutSeconds:F0} s for them to finish", host.NodeId, inUseAtStart, host.OpenSessions - inUseAtStart, Timeout.TotalSeconds);
         await ReportDrainingAsync(cancellationToken);
 
-        var allFinished = openAtStart == 0 || await host.WaitForNoSessionsAsync(Timeout, cancellationToken);
-        var ended = allFinished ? 0 : host.EndRemaining();
+        var allFinished = await host.WaitForSessionsToFinishAsync(Timeout, cancellationToken);
+        var stillInUse = allFinished ? 0 : host.SessionsInUse;
+        // Detached sessions cannot be resumed here any more: their gateways re-route them.
+        var ended = host.EndRemaining();
         var elapsed = Stopwatch.GetElapsedTime(started);
         telemetry.DrainTime.Record(elapsed.TotalSeconds);
-        if (ended > 0)
+        if (stillInUse > 0)
         {
-            telemetry.DrainEndedSessions.Add(ended);
-            log.LogWarning("Node {NodeId} drain deadline: ended {Ended} sessions still open after {ElapsedSeconds:F1} s; the gateway re-routes them",
-                host.NodeId, ended, elapsed.TotalSeconds);
+            telemetry.DrainEndedSessions.Add(stillInUse);
+            log.LogWarning("Node {NodeId} drain deadline: ended {Ended} sessions still in use after {ElapsedSeconds:F1} s; the gateway re-routes them",
+                host.NodeId, stillInUse, elapsed.TotalSeconds);
         }
-        log.LogInformation("Node {NodeId} drained in {ElapsedSeconds:F1} s: {Finished} sessions finished, {Ended} ended at the deadline",
-            host.NodeId, elapsed.TotalSeconds, Math.Max(0, openAtStart - ended), ended);
+        log.LogInformation("Node {NodeId} drained in {ElapsedSeconds:F1} s: {Finished} sessions finished, {Ended} ended at the deadline, {Detached} detached ended",
+            host.NodeId, elapsed.TotalSeconds, Math.Max(0, inUseAtStart - stillInUse), stillInUse, ended - stillInUse);
         await CloseDataPlaneAsync(cancellationToken);
     }
 

@@ -68,8 +68,33 @@ public sealed class ChurnFailoverTests(ITestOutputHelper output) : IAsyncLifetim
         _model = pool.RootElement.GetProperty("model").GetProperty("name").GetString() ?? "";
     }
 
-    private NodeProcess StartNode(int start, int end, string nodeId) =>
-        NodeProcess.Start(_modelPath, start, end, nodeId, _seed, fastFailureDetection: true);
+    private readonly Dictionary<string, (int Start, int End)> _spanOf = new(StringComparer.Ordinal);
+
+    private NodeProcess StartNode(int start, int end, string nodeId)
+    {
+        _spanOf[nodeId] = (start, end);
+        return NodeProcess.Start(_modelPath, start, end, nodeId, _seed, fastFailureDetection: true);
+    }
+
+    /// <summary>
+    /// Ports.Free() hands out a port that was free a moment ago; with this many processes starting, another socket can
+    /// take it first. A node that lost that race is started again on fresh ports (at most twice).
+    /// </summary>
+    private async Task RestartPortLosersAsync()
+    {
+        for (var i = 0; i < _nodes.Count; i++)
+        {
+            var node = _nodes[i];
+            if (!node.HasExited || !node.Output.Contains("address already in use", StringComparison.Ordinal)) continue;
+            Assert.True(++_portRetries <= 2, $"{node.NodeId} lost its port again\n{node.Output}");
+            output.WriteLine($"{node.NodeId} lost its port to another socket; starting it again");
+            await node.DisposeAsync();
+            var (start, end) = _spanOf[node.NodeId];
+            _nodes[i] = StartNode(start, end, node.NodeId);
+        }
+    }
+
+    private int _portRetries;
 
     /// <summary>Waits until the pool view lists exactly the live nodes as healthy and no dead one as healthy.</summary>
     private async Task WaitForPoolAsync()
@@ -81,6 +106,7 @@ public sealed class ChurnFailoverTests(ITestOutputHelper output) : IAsyncLifetim
             var healthy = new HashSet<string>(StringComparer.Ordinal);
             foreach (var node in pool.RootElement.GetProperty("nodes").EnumerateArray())
                 if (node.GetProperty("state").GetString() == "healthy") healthy.Add(node.GetProperty("id").GetString()!);
+            await RestartPortLosersAsync();
             var live = _nodes.Select(n => n.NodeId).ToHashSet(StringComparer.Ordinal);
             if (live.IsSubsetOf(healthy) && !_dead.Any(d => healthy.Contains(d.NodeId))) return;
             Assert.True(DateTime.UtcNow < deadline,
@@ -100,6 +126,64 @@ public sealed class ChurnFailoverTests(ITestOutputHelper output) : IAsyncLifetim
         ignore_eos = true,
         stream,
     }), Encoding.UTF8, "application/json");
+
+    [Fact]
+    public async Task Concurrent_streams_spread_over_the_replicas_of_every_span()
+    {
+        const int streams = 6;
+        var requests = new List<(HttpRequestMessage Request, HttpResponseMessage Response)>();
+        try
+        {
+            // Open them together: the nodes' reported load lags, so only the gateway's own count can spread them.
+            var started = Enumerable.Range(0, streams).Select(async i =>
+            {
+                var request = new HttpRequestMessage(HttpMethod.Post, "v1/completions") { Content = Completion(Prompts[i % Prompts.Length], stream: true) };
+                var response = await _http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead);
+                return (request, response);
+            }).ToArray();
+            requests.AddRange(await Task.WhenAll(started));
+            var perSpan = new Dictionary<string, Dictionary<string, int>>(StringComparer.Ordinal);
+            foreach (var (_, response) in requests)
+            {
+                Assert.True(response.IsSuccessStatusCode, $"HTTP {(int)response.StatusCode}");
+                foreach (var hop in response.Headers.GetValues("x-potluck-route").Single().Split(' '))
+                {
+                    var colon = hop.LastIndexOf(':');
+                    var counts = perSpan.TryGetValue(hop[(colon + 1)..], out var c) ? c : perSpan[hop[(colon + 1)..]] = new(StringComparer.Ordinal);
+                    counts[hop[..colon]] = counts.GetValueOrDefault(hop[..colon]) + 1;
+                }
+            }
+            var summary = string.Join("; ", perSpan.Select(s => $"{s.Key}: " + string.Join(", ", s.Value.Select(n => $"{n.Key}×{n.Value}"))));
+            output.WriteLine($"{streams} concurrent streams: {summary}");
+            // The planner weighs each replica's estimated time (measured step time plus hop, at least 1 ms) against its
+            // load; replicas estimated within 2x of each other must both get sessions.
+            var estimate = new Dictionary<string, double>(StringComparer.Ordinal);
+            using (var pool = JsonDocument.Parse(await _http.GetStringAsync("api/pool")))
+                foreach (var node in pool.RootElement.GetProperty("nodes").EnumerateArray())
+                {
+                    var hop = node.GetProperty("hop_latency_ms") is { ValueKind: JsonValueKind.Number } h ? h.GetDouble() : 1.0;
+                    estimate[node.GetProperty("id").GetString()!] = node.GetProperty("ms_per_token").GetDouble() + Math.Max(1.0, hop);
+                    output.WriteLine($"  {node.GetProperty("id").GetString()}: {node.GetProperty("ms_per_token")} ms/token, hop {node.GetProperty("hop_latency_ms")} ms");
+                }
+            var compared = 0;
+            foreach (var (start, end) in Spans)
+            {
+                var (a, b) = ($"s{start}-a", $"s{start}-b");
+                if (Math.Max(estimate[a], estimate[b]) > 2 * Math.Min(estimate[a], estimate[b])) continue;
+                compared++;
+                Assert.True(perSpan.TryGetValue($"{start}-{end}", out var holders) && holders.Count == 2, $"span {start}-{end} not spread over both replicas: {summary}");
+            }
+            Assert.True(compared > 0, $"no span had replicas with comparable estimates: {summary}");
+        }
+        finally
+        {
+            foreach (var (request, response) in requests)
+            {
+                response.Dispose();
+                request.Dispose();
+            }
+        }
+    }
 
     [Fact]
     public async Task Twenty_streams_each_survive_the_SIGKILL_of_a_node_serving_them_with_identical_text()

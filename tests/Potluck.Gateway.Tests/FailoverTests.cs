@@ -22,6 +22,7 @@ public sealed class FailoverTests(ITestOutputHelper output) : IAsyncLifetime
     private static readonly TimeSpan RequestTimeout = TimeSpan.FromSeconds(60);
     private static readonly TimeSpan SettleTimeout = TimeSpan.FromSeconds(20);
     private const int MaxTokens = 400;
+    private static readonly TimeSpan DrainTimeout = TimeSpan.FromSeconds(0.5);
     // Kill after this many text chunks: the replay then covers the prompt plus generated tokens, not the prompt only.
     private const int KillAfterChunks = 24;
 
@@ -36,8 +37,9 @@ public sealed class FailoverTests(ITestOutputHelper output) : IAsyncLifetime
         var primarySilo = Ports.Free();
         var seed = $"127.0.0.1:{primarySilo}";
         _nodes.Add(NodeProcess.Start(_modelPath, 0, 2, "front", null, primarySilo));
-        _nodes.Add(NodeProcess.Start(_modelPath, 2, 4, "back-a", seed));
-        _nodes.Add(NodeProcess.Start(_modelPath, 2, 4, "back-b", seed));
+        // A short drain: the SIGTERM test's stream outlasts it, so the leaving node hands its session off.
+        _nodes.Add(NodeProcess.Start(_modelPath, 2, 4, "back-a", seed, drainTimeout: DrainTimeout));
+        _nodes.Add(NodeProcess.Start(_modelPath, 2, 4, "back-b", seed, drainTimeout: DrainTimeout));
         // F16, the default wire: the replay repeats the original steps, so even half-precision hops give the same text.
         _gateway = GatewayHost.Build(new GatewayOptions
         {
@@ -165,6 +167,53 @@ public sealed class FailoverTests(ITestOutputHelper output) : IAsyncLifetime
         {
             foreach (var channel in channels.Values) channel.Dispose();
         }
+    }
+
+    [Fact]
+    public async Task A_node_leaving_with_SIGTERM_hands_its_stream_to_the_replica_with_identical_greedy_text()
+    {
+        using var baselineResponse = await _http.PostAsync("v1/completions", Completion(stream: false));
+        var baselineBody = await baselineResponse.Content.ReadAsStringAsync();
+        Assert.True(baselineResponse.IsSuccessStatusCode, baselineBody);
+        using var baseline = JsonDocument.Parse(baselineBody);
+        var expected = baseline.RootElement.GetProperty("choices")[0].GetProperty("text").GetString()!;
+
+        using var cts = new CancellationTokenSource(RequestTimeout);
+        using var request = new HttpRequestMessage(HttpMethod.Post, "v1/completions") { Content = Completion(stream: true) };
+        var clock = Stopwatch.StartNew();
+        using var response = await _http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead, cts.Token);
+        if (!response.IsSuccessStatusCode) Assert.Fail($"HTTP {(int)response.StatusCode}: {await response.Content.ReadAsStringAsync(cts.Token)}");
+        var route = response.Headers.GetValues("x-potluck-route").Single();
+        var leaving = _nodes.Single(n => route.Contains($"{n.NodeId}:2-4", StringComparison.Ordinal));
+        await using var body = await response.Content.ReadAsStreamAsync(cts.Token);
+        var text = new StringBuilder();
+        string? finish = null;
+        int chunks = 0;
+        long terminatedAt = -1, lastChunk = 0, stall = 0;
+        await foreach (var item in SseParser.Create(body).EnumerateAsync(cts.Token))
+        {
+            if (item.Data == "[DONE]") break;
+            using var chunk = JsonDocument.Parse(item.Data);
+            Assert.False(chunk.RootElement.TryGetProperty("error", out var error), $"the stream carried an error: {error}");
+            var choice = chunk.RootElement.GetProperty("choices")[0];
+            text.Append(choice.GetProperty("text").GetString());
+            if (choice.GetProperty("finish_reason").ValueKind == JsonValueKind.String) finish = choice.GetProperty("finish_reason").GetString();
+            var now = clock.ElapsedMilliseconds;
+            if (terminatedAt >= 0) stall = Math.Max(stall, now - Math.Max(lastChunk, terminatedAt));
+            lastChunk = now;
+            if (++chunks == KillAfterChunks)
+            {
+                leaving.Terminate();
+                terminatedAt = clock.ElapsedMilliseconds;
+            }
+        }
+        var exitCode = await leaving.WaitForExitAsync(TimeSpan.FromSeconds(60));
+        output.WriteLine($"SIGTERM to {leaving.NodeId} at {terminatedAt} ms; stream ended at {lastChunk} ms; longest wait for text after it {stall} ms; exit code {exitCode}");
+        Assert.True(terminatedAt >= 0, "the stream ended before the SIGTERM");
+        Assert.Equal("length", finish);
+        // The drain (0.5 s) ended before the stream did: the session moved to the other replica and the text is unchanged.
+        Assert.Equal(expected, text.ToString());
+        Assert.Equal(0, exitCode);
     }
 
     private static async Task<StageDescription> DescribeAsync(GrpcChannel channel) =>

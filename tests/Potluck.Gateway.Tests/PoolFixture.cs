@@ -40,6 +40,7 @@ public sealed class NodeProcess : IAsyncDisposable
     public int SiloPort { get; }
     public string Endpoint => $"http://127.0.0.1:{GrpcPort}";
     public int ProcessId => _process.Id;
+    public bool HasExited => _process.HasExited;
     public string Output { get { lock (_output) return _output.ToString(); } }
 
     public static string TestHostDll
@@ -57,7 +58,7 @@ public sealed class NodeProcess : IAsyncDisposable
     }
 
     public static NodeProcess Start(string modelPath, int start, int end, string nodeId, string? seed, int? siloPort = null,
-        bool fastFailureDetection = false)
+        bool fastFailureDetection = false, TimeSpan? drainTimeout = null)
     {
         var grpcPort = Ports.Free();
         var silo = siloPort ?? Ports.Free();
@@ -76,6 +77,7 @@ public sealed class NodeProcess : IAsyncDisposable
             info.ArgumentList.Add(seed);
         }
         if (fastFailureDetection) info.ArgumentList.Add("--fast");
+        if (drainTimeout is { } drain) info.Environment["Potluck__Node__DrainTimeout"] = drain.TotalSeconds.ToString(System.Globalization.CultureInfo.InvariantCulture);
         info.Environment["Logging__LogLevel__Default"] = "Warning";
         var process = Process.Start(info) ?? throw new InvalidOperationException("could not start a node process");
         var node = new NodeProcess(process, nodeId, grpcPort, silo);
@@ -91,6 +93,21 @@ public sealed class NodeProcess : IAsyncDisposable
     {
         using var channel = GrpcChannel.ForAddress(Endpoint);
         return await new Stage.StageClient(channel).DescribeAsync(new DescribeRequest(), deadline: DateTime.UtcNow.AddSeconds(10));
+    }
+
+    /// <summary>SIGTERM: a graceful leave (the node drains, then exits).</summary>
+    public void Terminate()
+    {
+        using var kill = Process.Start(new ProcessStartInfo("kill", ["-TERM", _process.Id.ToString()]) { UseShellExecute = false })!;
+        if (!kill.WaitForExit(TimeSpan.FromSeconds(10))) throw new TimeoutException("kill did not return");
+    }
+
+    /// <summary>Waits for the process to exit and returns its exit code.</summary>
+    public async Task<int> WaitForExitAsync(TimeSpan timeout)
+    {
+        using var limit = new CancellationTokenSource(timeout);
+        await _process.WaitForExitAsync(limit.Token);
+        return _process.ExitCode;
     }
 
     /// <summary>SIGKILL: a crash, no graceful shutdown.</summary>

@@ -44,6 +44,8 @@ public sealed class Generation : IAsyncDisposable
     private RouteConnection? _route;
     // The broken route a failover resumes: its plan, session id and last answered step.
     private RouteConnection? _broken;
+    // Counts the current route's stages in the gateway's live load while this generation holds it.
+    private IDisposable? _routeLease;
     private int _routeGeneration;
     private int _textLength;
     private bool _released;
@@ -287,13 +289,11 @@ public sealed class Generation : IAsyncDisposable
     {
         // Resuming: stages that hold the session already cost nothing to keep, so prefer them.
         var keep = resuming?.Plan.Hops;
-        var pool = _service.Pool.Current;
-        var plan = RoutePlanner.Plan(pool, SessionTokens, _failedNodes, out var failure, keep);
+        var (plan, failure) = PlanAndHold(_service.Pool.Current, keep);
         if (plan is null)
         {
             // The view may simply be stale (a node just joined or freed KV): look again before giving up.
-            pool = await _service.Pool.RefreshAsync(ct);
-            plan = RoutePlanner.Plan(pool, SessionTokens, _failedNodes, out failure, keep);
+            (plan, failure) = PlanAndHold(await _service.Pool.RefreshAsync(ct), keep);
         }
         if (plan is null) throw new PoolUnavailableException(failure!.Message, failure.MissingLayers);
 
@@ -309,6 +309,22 @@ public sealed class Generation : IAsyncDisposable
         for (var i = 0; i < hops.Length; i++)
             hops[i] = new RouteHopRecord(plan.Hops[i].NodeId, plan.Hops[i].Endpoint, plan.Hops[i].LayerStart, plan.Hops[i].LayerEnd);
         await _grain.SetRoute(hops, reroute: _routeGeneration > 1);
+    }
+
+    /// <summary>
+    /// Plans a route and counts it in the gateway's live load at once, under one lock: requests arriving together
+    /// then see each other's choices and spread over replicas. The previous route's count is released.
+    /// </summary>
+    private (RoutePlan? Plan, RouteFailure? Failure) PlanAndHold(PoolSnapshot pool, IReadOnlyList<StageCandidate>? keep)
+    {
+        lock (_service.Load)
+        {
+            var plan = RoutePlanner.Plan(pool, SessionTokens, _failedNodes, out var failure, keep, _service.Load);
+            if (plan is null) return (null, failure);
+            _routeLease?.Dispose();
+            _routeLease = _service.Load.Hold(plan);
+            return (plan, null);
+        }
     }
 
     /// <summary>Works out which stages to avoid next time: those without KV room now, or that do not answer.</summary>
@@ -465,6 +481,7 @@ public sealed class Generation : IAsyncDisposable
         }
         finally
         {
+            _routeLease?.Dispose();
             _sampler.Dispose();
             _service.Release(this);
         }

@@ -19,6 +19,9 @@ public sealed class GenerationService(
 {
     private readonly SemaphoreSlim _slots = new(Math.Max(1, options.MaxConcurrentSessions));
 
+    /// <summary>This gateway's open sessions per stage, so concurrent requests spread over replicas.</summary>
+    internal RouteLoad Load { get; } = new();
+
     internal ModelFrontEnd Model => model;
     internal PoolMonitor Pool => pool;
     internal StageChannelPool Channels => channels;

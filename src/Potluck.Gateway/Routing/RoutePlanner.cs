@@ -16,6 +16,12 @@ public static class RoutePlanner
     /// <summary>Hop latency assumed for a stage that has not been probed yet.</summary>
     public const double UnmeasuredHopMs = 1.0;
 
+    /// <summary>
+    /// Smallest hop cost charged: a Describe probe measures sub-millisecond hops (loopback, one LAN switch) mostly as
+    /// scheduling noise, and noise must not outweigh load when choosing between replicas.
+    /// </summary>
+    public const double MinHopMs = 1.0;
+
     /// <summary>Step time assumed for a stage that has not measured itself.</summary>
     public const double UnmeasuredMsPerToken = 10.0;
 
@@ -26,11 +32,12 @@ public static class RoutePlanner
     public const double KeptStageDiscount = 0.1;
 
     /// <summary>Estimated milliseconds one decode step spends on <paramref name="stage"/> including the hop into it.</summary>
-    public static double EdgeCost(StageCandidate stage, int sessionTokens)
+    /// <param name="liveSessions">Sessions this gateway has open on the stage now (the report may be older).</param>
+    public static double EdgeCost(StageCandidate stage, int sessionTokens, int liveSessions = 0)
     {
         var compute = stage.MsPerToken > 0 && double.IsFinite(stage.MsPerToken) ? stage.MsPerToken : UnmeasuredMsPerToken;
-        var hop = stage.HopLatencyMs >= 0 && double.IsFinite(stage.HopLatencyMs) ? stage.HopLatencyMs : UnmeasuredHopMs;
-        var load = 1.0 + LoadPenaltyPerSession * Math.Max(0, stage.OpenSessions);
+        var hop = stage.HopLatencyMs >= 0 && double.IsFinite(stage.HopLatencyMs) ? Math.Max(MinHopMs, stage.HopLatencyMs) : UnmeasuredHopMs;
+        var load = 1.0 + LoadPenaltyPerSession * Math.Max(0, Math.Max(stage.OpenSessions, liveSessions));
         // Nearly full KV means the next sessions will be refused: steer away before that happens.
         var pressure = 0.0;
         if (stage.KvBudgetTokens > 0)
@@ -38,7 +45,8 @@ public static class RoutePlanner
             var usedAfter = 1.0 - (double)(stage.FreeKvTokens - sessionTokens) / stage.KvBudgetTokens;
             if (usedAfter > 0.8) pressure = compute * (usedAfter - 0.8) * 2.0;
         }
-        return compute * load + pressure + hop;
+        // A busy stage also answers later: its gRPC work shares the cores with its compute.
+        return (compute + hop) * load + pressure;
     }
 
     /// <summary>
@@ -47,7 +55,7 @@ public static class RoutePlanner
     /// reservation is theirs, so they need no free room for it).
     /// </summary>
     public static RoutePlan? Plan(PoolSnapshot pool, int sessionTokens, IReadOnlySet<string>? avoidNodes, out RouteFailure? failure,
-        IReadOnlyList<StageCandidate>? keep = null)
+        IReadOnlyList<StageCandidate>? keep = null, RouteLoad? liveLoad = null)
     {
         var n = pool.LayerCount;
         var best = new double[n + 1];
@@ -62,7 +70,8 @@ public static class RoutePlanner
         foreach (var stage in stages)
         {
             if (double.IsPositiveInfinity(best[stage.LayerStart])) continue;
-            var cost = best[stage.LayerStart] + EdgeCost(stage, sessionTokens) * (IsKept(stage, keep) ? KeptStageDiscount : 1.0);
+            var live = liveLoad?.SessionsOn(stage.ShardKey) ?? 0;
+            var cost = best[stage.LayerStart] + EdgeCost(stage, sessionTokens, live) * (IsKept(stage, keep) ? KeptStageDiscount : 1.0);
             if (cost < best[stage.LayerEnd])
             {
                 best[stage.LayerEnd] = cost;

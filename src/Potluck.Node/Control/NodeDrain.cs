@@ -25,7 +25,7 @@ public sealed class NodeDrain(SpanHost host, ShardReporter reporter, IServer dat
     /// <summary>How long Kestrel may wait for callers to close their connections once every session is over.</summary>
     public static readonly TimeSpan DataPlaneCloseTimeout = TimeSpan.FromSeconds(5);
 
-    /// <summary>Longest the node waits for open sessions to finish before ending them.</summary>
+    /// <summary>Longest the node waits for the sessions in use to finish before ending them.</summary>
     public TimeSpan Timeout { get; } = timeout;
 
     public async Task StoppingAsync(CancellationToken cancellationToken)
@@ -49,7 +49,7 @@ public sealed class NodeDrain(SpanHost host, ShardReporter reporter, IServer dat
                 host.NodeId, stillInUse, elapsed.TotalSeconds);
         }
         log.LogInformation("Node {NodeId} drained in {ElapsedSeconds:F1} s: {Finished} sessions finished, {Ended} ended at the deadline, {Detached} detached ended",
-            host.NodeId, elapsed.TotalSeconds, Math.Max(0, inUseAtStart - stillInUse), stillInUse, ended - stillInUse);
+            host.NodeId, elapsed.TotalSeconds, Math.Max(0, inUseAtStart - stillInUse), stillInUse, Math.Max(0, ended - stillInUse));
         await CloseDataPlaneAsync(cancellationToken);
     }
 

@@ -58,14 +58,23 @@ public sealed class ChurnFailoverTests(ITestOutputHelper output) : IAsyncLifetim
             StepTimeout = TimeSpan.FromSeconds(20),
             FastFailureDetection = true,
         }, logging => logging.SetMinimumLevel(LogLevel.Warning));
-        using (var timeout = new CancellationTokenSource(PoolFixture.StartTimeout)) await _gateway.StartAsync(timeout.Token);
-        _http = new HttpClient { BaseAddress = _gateway.BaseAddress, Timeout = RequestTimeout };
-        foreach (var (start, end) in Spans)
-            foreach (var replica in new[] { "a", "b" })
-                _nodes.Add(StartNode(start, end, $"s{start}-{replica}"));
-        await WaitForPoolAsync();
-        using var pool = JsonDocument.Parse(await _http.GetStringAsync("api/pool"));
-        _model = pool.RootElement.GetProperty("model").GetProperty("name").GetString() ?? "";
+        try
+        {
+            using (var timeout = new CancellationTokenSource(PoolFixture.StartTimeout)) await _gateway.StartAsync(timeout.Token);
+            _http = new HttpClient { BaseAddress = _gateway.BaseAddress, Timeout = RequestTimeout };
+            foreach (var (start, end) in Spans)
+                foreach (var replica in new[] { "a", "b" })
+                    _nodes.Add(StartNode(start, end, $"s{start}-{replica}"));
+            await WaitForPoolAsync();
+            using var pool = JsonDocument.Parse(await _http.GetStringAsync("api/pool"));
+            _model = pool.RootElement.GetProperty("model").GetProperty("name").GetString() ?? "";
+        }
+        catch
+        {
+            // xUnit does not dispose a test class whose InitializeAsync failed: stop the node processes here.
+            await DisposeAsync();
+            throw;
+        }
     }
 
     private readonly Dictionary<string, (int Start, int End)> _spanOf = new(StringComparer.Ordinal);

@@ -34,40 +34,49 @@ public sealed class FailoverTests(ITestOutputHelper output) : IAsyncLifetime
 
     public async Task InitializeAsync()
     {
-        var primarySilo = Ports.Free();
-        var seed = $"127.0.0.1:{primarySilo}";
-        _nodes.Add(NodeProcess.Start(_modelPath, 0, 2, "front", null, primarySilo));
-        // A short drain: the SIGTERM test's stream outlasts it, so the leaving node hands its session off.
-        _nodes.Add(NodeProcess.Start(_modelPath, 2, 4, "back-a", seed, drainTimeout: DrainTimeout));
-        _nodes.Add(NodeProcess.Start(_modelPath, 2, 4, "back-b", seed, drainTimeout: DrainTimeout));
-        // F16, the default wire: the replay repeats the original steps, so even half-precision hops give the same text.
-        _gateway = GatewayHost.Build(new GatewayOptions
+        try
         {
-            ModelPath = _modelPath,
-            Port = 0,
-            SiloPort = Ports.Free(),
-            PrimarySiloEndpoint = seed,
-            WireType = HiddenType.F16,
-            Threads = 1,
-            PoolRefreshPeriod = TimeSpan.FromMilliseconds(500),
-            GatewayId = "gateway-failover",
-            StepTimeout = TimeSpan.FromSeconds(20),
-        }, logging => logging.SetMinimumLevel(LogLevel.Warning));
-        using (var timeout = new CancellationTokenSource(PoolFixture.StartTimeout)) await _gateway.StartAsync(timeout.Token);
-        _http = new HttpClient { BaseAddress = _gateway.BaseAddress, Timeout = RequestTimeout };
-        await PoolFixture.WaitReadyAsync(_http, PoolFixture.StartTimeout, NodeOutput);
-        // Both replicas must be in the view, or there is nothing to fail over to.
-        var deadline = DateTime.UtcNow + PoolFixture.StartTimeout;
-        while (true)
+            var primarySilo = Ports.Free();
+            var seed = $"127.0.0.1:{primarySilo}";
+            _nodes.Add(NodeProcess.Start(_modelPath, 0, 2, "front", null, primarySilo));
+            // A short drain: the SIGTERM test's stream outlasts it, so the leaving node hands its session off.
+            _nodes.Add(NodeProcess.Start(_modelPath, 2, 4, "back-a", seed, drainTimeout: DrainTimeout));
+            _nodes.Add(NodeProcess.Start(_modelPath, 2, 4, "back-b", seed, drainTimeout: DrainTimeout));
+            // F16, the default wire: the replay repeats the original steps, so even half-precision hops give the same text.
+            _gateway = GatewayHost.Build(new GatewayOptions
+            {
+                ModelPath = _modelPath,
+                Port = 0,
+                SiloPort = Ports.Free(),
+                PrimarySiloEndpoint = seed,
+                WireType = HiddenType.F16,
+                Threads = 1,
+                PoolRefreshPeriod = TimeSpan.FromMilliseconds(500),
+                GatewayId = "gateway-failover",
+                StepTimeout = TimeSpan.FromSeconds(20),
+            }, logging => logging.SetMinimumLevel(LogLevel.Warning));
+            using (var timeout = new CancellationTokenSource(PoolFixture.StartTimeout)) await _gateway.StartAsync(timeout.Token);
+            _http = new HttpClient { BaseAddress = _gateway.BaseAddress, Timeout = RequestTimeout };
+            await PoolFixture.WaitReadyAsync(_http, PoolFixture.StartTimeout, NodeOutput);
+            // Both replicas must be in the view, or there is nothing to fail over to.
+            var deadline = DateTime.UtcNow + PoolFixture.StartTimeout;
+            while (true)
+            {
+                using var pool = JsonDocument.Parse(await _http.GetStringAsync("api/pool"));
+                var healthy = 0;
+                foreach (var node in pool.RootElement.GetProperty("nodes").EnumerateArray())
+                    if (node.GetProperty("state").GetString() == "healthy") healthy++;
+                _model = pool.RootElement.GetProperty("model").GetProperty("name").GetString() ?? "";
+                if (healthy == 3) break;
+                Assert.True(DateTime.UtcNow < deadline, $"only {healthy} healthy nodes in the pool view\n{NodeOutput()}");
+                await Task.Delay(250);
+            }
+        }
+        catch
         {
-            using var pool = JsonDocument.Parse(await _http.GetStringAsync("api/pool"));
-            var healthy = 0;
-            foreach (var node in pool.RootElement.GetProperty("nodes").EnumerateArray())
-                if (node.GetProperty("state").GetString() == "healthy") healthy++;
-            _model = pool.RootElement.GetProperty("model").GetProperty("name").GetString() ?? "";
-            if (healthy == 3) break;
-            Assert.True(DateTime.UtcNow < deadline, $"only {healthy} healthy nodes in the pool view\n{NodeOutput()}");
-            await Task.Delay(250);
+            // xUnit does not dispose a test class whose InitializeAsync failed: stop the node processes here.
+            await DisposeAsync();
+            throw;
         }
     }
 

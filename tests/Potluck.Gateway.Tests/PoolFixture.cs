@@ -13,11 +13,20 @@ namespace Potluck.Gateway.Tests;
 
 public static class Ports
 {
+    // The kernel may hand the same ephemeral port to two listeners in a row once the first is closed; a test that
+    // starts several processes must not give two of them one port.
+    private static readonly HashSet<int> Issued = [];
+
     public static int Free()
     {
-        using var listener = new TcpListener(IPAddress.Loopback, 0);
-        listener.Start();
-        return ((IPEndPoint)listener.LocalEndpoint).Port;
+        for (var attempt = 0; ; attempt++)
+        {
+            using var listener = new TcpListener(IPAddress.Loopback, 0);
+            listener.Start();
+            var port = ((IPEndPoint)listener.LocalEndpoint).Port;
+            lock (Issued)
+                if (Issued.Add(port) || attempt >= 20) return port;
+        }
     }
 }
 

@@ -377,8 +377,18 @@ public sealed class Generation : IAsyncDisposable
             var keepLength = Math.Min(_fed.Count, _request.PromptTokens.Length + kept);
             if (keepLength < _fed.Count)
             {
-                // A 0-row step with truncate_to rewinds every stage's KV to the kept tokens.
-                await _route.StepAsync(ReadOnlyMemory<float>.Empty, 0, keepLength, keepLength, _lastRow, _service.Options.StepTimeout, ct);
+                try
+                {
+                    // A 0-row step with truncate_to rewinds every stage's KV to the kept tokens.
+                    await _route.StepAsync(ReadOnlyMemory<float>.Empty, 0, keepLength, keepLength, _lastRow, _service.Options.StepTimeout, ct);
+                }
+                catch (RpcException e) when (!ct.IsCancellationRequested)
+                {
+                    // The text is complete and the session closes next, which frees the KV anyway: a stage failing
+                    // now must not turn a finished answer into an error.
+                    _service.Log.LogWarning("Session {Session}: rewinding past the stop sequence failed ({Status}: {Detail}); closing the route",
+                        SessionId, e.StatusCode, e.Status.Detail);
+                }
                 _fed.RemoveRange(keepLength, _fed.Count - keepLength);
                 kvLength = keepLength;
             }
@@ -392,6 +402,8 @@ public sealed class Generation : IAsyncDisposable
             catch (Exception e) when (e is RpcException or OperationCanceledException)
             {
                 _service.Log.LogDebug("Session {Session}: close did not complete cleanly: {Error}", SessionId, e.Message);
+                // A broken stream leaves the session detached on the stages: free it through the control plane.
+                await CloseSessionOnAsync(_route.Plan.Hops, _route.DataSessionId, keep: null, waitForClose: false, cancelled: false);
             }
             await _route.DisposeAsync();
             _route = null;

@@ -81,7 +81,17 @@ internal sealed class HopSession
 
         try
         {
-            await OpenAsync(first.Open, callToken);
+            try
+            {
+                await OpenAsync(first.Open, callToken);
+            }
+            catch when (!first.Open.Resume)
+            {
+                // A fresh session that never opened along its route holds nothing worth resuming: free it here and
+                // downstream rather than keep its KV reservation for the detach timeout.
+                _closeOnFinish = true;
+                throw;
+            }
             var session = _session!;
             using var linked = CancellationTokenSource.CreateLinkedTokenSource(callToken, session.Closed, _downstreamFailed.Token, _attachment);
             try

@@ -23,6 +23,7 @@ public sealed class FailoverTests(ITestOutputHelper output) : IAsyncLifetime
     private static readonly TimeSpan SettleTimeout = TimeSpan.FromSeconds(20);
     private const int MaxTokens = 400;
     private static readonly TimeSpan DrainTimeout = TimeSpan.FromSeconds(0.5);
+    private static readonly TimeSpan StepTimeout = TimeSpan.FromSeconds(5);
     // Kill after this many text chunks: the replay then covers the prompt plus generated tokens, not the prompt only.
     private const int KillAfterChunks = 24;
 
@@ -53,7 +54,8 @@ public sealed class FailoverTests(ITestOutputHelper output) : IAsyncLifetime
                 Threads = 1,
                 PoolRefreshPeriod = TimeSpan.FromMilliseconds(500),
                 GatewayId = "gateway-failover",
-                StepTimeout = TimeSpan.FromSeconds(20),
+                // Short enough for the frozen-node test to time out a step; a normal step takes milliseconds.
+                StepTimeout = StepTimeout,
             }, logging => logging.SetMinimumLevel(LogLevel.Warning));
             using (var timeout = new CancellationTokenSource(PoolFixture.StartTimeout)) await _gateway.StartAsync(timeout.Token);
             _http = new HttpClient { BaseAddress = _gateway.BaseAddress, Timeout = RequestTimeout };
@@ -223,6 +225,52 @@ public sealed class FailoverTests(ITestOutputHelper output) : IAsyncLifetime
         // The drain (0.5 s) ended before the stream did: the session moved to the other replica and the text is unchanged.
         Assert.Equal(expected, text.ToString());
         Assert.Equal(0, exitCode);
+    }
+
+    [Fact]
+    public async Task A_frozen_node_times_out_a_step_and_the_stream_moves_to_the_replica_with_identical_greedy_text()
+    {
+        using var baselineResponse = await _http.PostAsync("v1/completions", Completion(stream: false));
+        var baselineBody = await baselineResponse.Content.ReadAsStringAsync();
+        Assert.True(baselineResponse.IsSuccessStatusCode, baselineBody);
+        using var baseline = JsonDocument.Parse(baselineBody);
+        var expected = baseline.RootElement.GetProperty("choices")[0].GetProperty("text").GetString()!;
+
+        using var cts = new CancellationTokenSource(RequestTimeout);
+        using var request = new HttpRequestMessage(HttpMethod.Post, "v1/completions") { Content = Completion(stream: true) };
+        var clock = Stopwatch.StartNew();
+        using var response = await _http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead, cts.Token);
+        if (!response.IsSuccessStatusCode) Assert.Fail($"HTTP {(int)response.StatusCode}: {await response.Content.ReadAsStringAsync(cts.Token)}");
+        var route = response.Headers.GetValues("x-potluck-route").Single();
+        var frozen = _nodes.Single(n => route.Contains($"{n.NodeId}:2-4", StringComparison.Ordinal));
+        await using var body = await response.Content.ReadAsStreamAsync(cts.Token);
+        var text = new StringBuilder();
+        string? finish = null;
+        int chunks = 0;
+        long frozenAt = -1, lastChunk = 0, stall = 0;
+        await foreach (var item in SseParser.Create(body).EnumerateAsync(cts.Token))
+        {
+            if (item.Data == "[DONE]") break;
+            using var chunk = JsonDocument.Parse(item.Data);
+            Assert.False(chunk.RootElement.TryGetProperty("error", out var error), $"the stream carried an error: {error}");
+            var choice = chunk.RootElement.GetProperty("choices")[0];
+            text.Append(choice.GetProperty("text").GetString());
+            if (choice.GetProperty("finish_reason").ValueKind == JsonValueKind.String) finish = choice.GetProperty("finish_reason").GetString();
+            var now = clock.ElapsedMilliseconds;
+            if (frozenAt >= 0) stall = Math.Max(stall, now - Math.Max(lastChunk, frozenAt));
+            lastChunk = now;
+            if (++chunks == KillAfterChunks)
+            {
+                frozen.Freeze();
+                frozenAt = clock.ElapsedMilliseconds;
+            }
+        }
+        output.WriteLine($"SIGSTOP to {frozen.NodeId} at {frozenAt} ms; stream ended at {lastChunk} ms; longest wait for text after it {stall} ms (step timeout {StepTimeout.TotalSeconds} s)");
+        Assert.True(frozenAt >= 0, "the stream ended before the freeze");
+        Assert.Equal("length", finish);
+        // Nothing broke a connection: the step timed out, the probe found the frozen stage, and the replica took over.
+        Assert.True(stall >= StepTimeout.TotalMilliseconds * 0.9, $"the stream did not wait for the step timeout ({stall} ms)");
+        Assert.Equal(expected, text.ToString());
     }
 
     private static async Task<StageDescription> DescribeAsync(GrpcChannel channel) =>

@@ -105,9 +105,14 @@ public sealed class NodeProcess : IAsyncDisposable
     }
 
     /// <summary>SIGTERM: a graceful leave (the node drains, then exits).</summary>
-    public void Terminate()
+    public void Terminate() => Signal("TERM");
+
+    /// <summary>SIGSTOP: the node hangs (a frozen machine): connections stay open, nothing answers.</summary>
+    public void Freeze() => Signal("STOP");
+
+    private void Signal(string signal)
     {
-        using var kill = Process.Start(new ProcessStartInfo("kill", ["-TERM", _process.Id.ToString()]) { UseShellExecute = false })!;
+        using var kill = Process.Start(new ProcessStartInfo("kill", ["-" + signal, _process.Id.ToString()]) { UseShellExecute = false })!;
         if (!kill.WaitForExit(TimeSpan.FromSeconds(10))) throw new TimeoutException("kill did not return");
     }
 

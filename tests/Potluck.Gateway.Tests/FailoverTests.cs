@@ -183,71 +183,58 @@ public sealed class FailoverTests(ITestOutputHelper output) : IAsyncLifetime
     [Fact]
     public async Task A_node_leaving_with_SIGTERM_hands_its_stream_to_the_replica_with_identical_greedy_text()
     {
-        using var baselineResponse = await _http.PostAsync("v1/completions", Completion(stream: false));
-        var baselineBody = await baselineResponse.Content.ReadAsStringAsync();
-        Assert.True(baselineResponse.IsSuccessStatusCode, baselineBody);
-        using var baseline = JsonDocument.Parse(baselineBody);
-        var expected = baseline.RootElement.GetProperty("choices")[0].GetProperty("text").GetString()!;
-
-        using var cts = new CancellationTokenSource(RequestTimeout);
-        using var request = new HttpRequestMessage(HttpMethod.Post, "v1/completions") { Content = Completion(stream: true) };
-        var clock = Stopwatch.StartNew();
-        using var response = await _http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead, cts.Token);
-        if (!response.IsSuccessStatusCode) Assert.Fail($"HTTP {(int)response.StatusCode}: {await response.Content.ReadAsStringAsync(cts.Token)}");
-        var route = response.Headers.GetValues("x-potluck-route").Single();
-        var leaving = _nodes.Single(n => route.Contains($"{n.NodeId}:2-4", StringComparison.Ordinal));
-        await using var body = await response.Content.ReadAsStreamAsync(cts.Token);
-        var text = new StringBuilder();
-        string? finish = null;
-        int chunks = 0;
-        long terminatedAt = -1, lastChunk = 0, stall = 0;
-        await foreach (var item in SseParser.Create(body).EnumerateAsync(cts.Token))
-        {
-            if (item.Data == "[DONE]") break;
-            using var chunk = JsonDocument.Parse(item.Data);
-            Assert.False(chunk.RootElement.TryGetProperty("error", out var error), $"the stream carried an error: {error}");
-            var choice = chunk.RootElement.GetProperty("choices")[0];
-            text.Append(choice.GetProperty("text").GetString());
-            if (choice.GetProperty("finish_reason").ValueKind == JsonValueKind.String) finish = choice.GetProperty("finish_reason").GetString();
-            var now = clock.ElapsedMilliseconds;
-            if (terminatedAt >= 0) stall = Math.Max(stall, now - Math.Max(lastChunk, terminatedAt));
-            lastChunk = now;
-            if (++chunks == KillAfterChunks)
-            {
-                leaving.Terminate();
-                terminatedAt = clock.ElapsedMilliseconds;
-            }
-        }
-        var exitCode = await leaving.WaitForExitAsync(TimeSpan.FromSeconds(60));
-        output.WriteLine($"SIGTERM to {leaving.NodeId} at {terminatedAt} ms; stream ended at {lastChunk} ms; longest wait for text after it {stall} ms; exit code {exitCode}");
-        Assert.True(terminatedAt >= 0, "the stream ended before the SIGTERM");
-        Assert.Equal("length", finish);
+        var expected = await BaselineTextAsync();
+        var run = await StreamWithFaultAsync(node => node.Terminate());
+        var exitCode = await run.Faulted.WaitForExitAsync(TimeSpan.FromSeconds(60));
+        output.WriteLine($"SIGTERM to {run.Faulted.NodeId} at {run.FaultAtMs} ms; stream ended at {run.EndedAtMs} ms; longest wait for text after it {run.StallMs} ms; exit code {exitCode}");
+        Assert.Equal("length", run.Finish);
         // The drain (0.5 s) ended before the stream did: the session moved to the other replica and the text is unchanged.
-        Assert.Equal(expected, text.ToString());
+        Assert.Equal(expected, run.Text);
         Assert.Equal(0, exitCode);
     }
 
     [Fact]
     public async Task A_frozen_node_times_out_a_step_and_the_stream_moves_to_the_replica_with_identical_greedy_text()
     {
-        using var baselineResponse = await _http.PostAsync("v1/completions", Completion(stream: false));
-        var baselineBody = await baselineResponse.Content.ReadAsStringAsync();
-        Assert.True(baselineResponse.IsSuccessStatusCode, baselineBody);
-        using var baseline = JsonDocument.Parse(baselineBody);
-        var expected = baseline.RootElement.GetProperty("choices")[0].GetProperty("text").GetString()!;
+        var expected = await BaselineTextAsync();
+        var run = await StreamWithFaultAsync(node => node.Freeze());
+        output.WriteLine($"SIGSTOP to {run.Faulted.NodeId} at {run.FaultAtMs} ms; stream ended at {run.EndedAtMs} ms; longest wait for text after it {run.StallMs} ms (step timeout {StepTimeout.TotalSeconds} s)");
+        Assert.Equal("length", run.Finish);
+        // Nothing broke a connection: the step timed out, the probe found the frozen stage, and the replica took over.
+        Assert.True(run.StallMs >= StepTimeout.TotalMilliseconds * 0.9, $"the stream did not wait for the step timeout ({run.StallMs} ms)");
+        Assert.Equal(expected, run.Text);
+    }
 
+    private async Task<string> BaselineTextAsync()
+    {
+        using var response = await _http.PostAsync("v1/completions", Completion(stream: false));
+        var body = await response.Content.ReadAsStringAsync();
+        Assert.True(response.IsSuccessStatusCode, body);
+        using var json = JsonDocument.Parse(body);
+        return json.RootElement.GetProperty("choices")[0].GetProperty("text").GetString()!;
+    }
+
+    private sealed record FaultedStream(NodeProcess Faulted, string Text, string? Finish, long FaultAtMs, long EndedAtMs, long StallMs);
+
+    /// <summary>
+    /// Streams the completion and applies <paramref name="fault"/> to the replica serving [2,4) after
+    /// <see cref="KillAfterChunks"/> chunks; the stall is the longest wait for text from the fault on.
+    /// </summary>
+    private async Task<FaultedStream> StreamWithFaultAsync(Action<NodeProcess> fault)
+    {
         using var cts = new CancellationTokenSource(RequestTimeout);
         using var request = new HttpRequestMessage(HttpMethod.Post, "v1/completions") { Content = Completion(stream: true) };
         var clock = Stopwatch.StartNew();
         using var response = await _http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead, cts.Token);
+        // Read the body only on failure: reading it for the message would consume the whole stream first.
         if (!response.IsSuccessStatusCode) Assert.Fail($"HTTP {(int)response.StatusCode}: {await response.Content.ReadAsStringAsync(cts.Token)}");
         var route = response.Headers.GetValues("x-potluck-route").Single();
-        var frozen = _nodes.Single(n => route.Contains($"{n.NodeId}:2-4", StringComparison.Ordinal));
+        var serving = _nodes.Single(n => route.Contains($"{n.NodeId}:2-4", StringComparison.Ordinal));
         await using var body = await response.Content.ReadAsStreamAsync(cts.Token);
         var text = new StringBuilder();
         string? finish = null;
         int chunks = 0;
-        long frozenAt = -1, lastChunk = 0, stall = 0;
+        long faultAt = -1, lastChunk = 0, stall = 0;
         await foreach (var item in SseParser.Create(body).EnumerateAsync(cts.Token))
         {
             if (item.Data == "[DONE]") break;
@@ -257,20 +244,16 @@ public sealed class FailoverTests(ITestOutputHelper output) : IAsyncLifetime
             text.Append(choice.GetProperty("text").GetString());
             if (choice.GetProperty("finish_reason").ValueKind == JsonValueKind.String) finish = choice.GetProperty("finish_reason").GetString();
             var now = clock.ElapsedMilliseconds;
-            if (frozenAt >= 0) stall = Math.Max(stall, now - Math.Max(lastChunk, frozenAt));
+            if (faultAt >= 0) stall = Math.Max(stall, now - Math.Max(lastChunk, faultAt));
             lastChunk = now;
             if (++chunks == KillAfterChunks)
             {
-                frozen.Freeze();
-                frozenAt = clock.ElapsedMilliseconds;
+                fault(serving);
+                faultAt = clock.ElapsedMilliseconds;
             }
         }
-        output.WriteLine($"SIGSTOP to {frozen.NodeId} at {frozenAt} ms; stream ended at {lastChunk} ms; longest wait for text after it {stall} ms (step timeout {StepTimeout.TotalSeconds} s)");
-        Assert.True(frozenAt >= 0, "the stream ended before the freeze");
-        Assert.Equal("length", finish);
-        // Nothing broke a connection: the step timed out, the probe found the frozen stage, and the replica took over.
-        Assert.True(stall >= StepTimeout.TotalMilliseconds * 0.9, $"the stream did not wait for the step timeout ({stall} ms)");
-        Assert.Equal(expected, text.ToString());
+        Assert.True(faultAt >= 0, $"the stream ended after {chunks} chunks, before the fault");
+        return new FaultedStream(serving, text.ToString(), finish, faultAt, lastChunk, stall);
     }
 
     private static async Task<StageDescription> DescribeAsync(GrpcChannel channel) =>

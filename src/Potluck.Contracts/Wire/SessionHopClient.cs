@@ -59,18 +59,19 @@ public sealed class SessionHopClient : IAsyncDisposable
     }
 
     /// <summary>
-    /// Sends <paramref name="rowCount"/> rows starting at <paramref name="startPosition"/> and waits for the
-    /// final stage's rows, which are decoded into <paramref name="output"/> (F32). Returns the result.
+    /// Fills this client's one reused step frame: encodes the rows into its payload buffer (grown, never shrunk)
+    /// and sets every field. The frame is serialized by the next write, after which it may be filled again, so a
+    /// step allocates nothing once the buffer has grown.
     /// </summary>
-    public async Task<StepResult> StepAsync(ReadOnlyMemory<float> hidden, int rowCount, int startPosition, bool lastRowOnly,
-        Memory<float> output, TimeSpan timeout, int? truncateTo = null, CancellationToken ct = default)
+    public HopRequest PrepareStep(ReadOnlySpan<float> hidden, int rowCount, int startPosition, ulong stepId, int? truncateTo, bool lastRowOnly,
+        bool rebuild = false)
     {
         var bytes = rowCount * Width * HiddenStateCodec.BytesPerElement(WireType);
-        if (_payload.Length < bytes) _payload = new byte[bytes];
-        HiddenStateCodec.Encode(hidden.Span[..(rowCount * Width)], WireType, _payload);
+        if (_payload.Length < bytes) _payload = new byte[Math.Max(bytes, _payload.Length * 2)];
+        HiddenStateCodec.Encode(hidden[..(rowCount * Width)], WireType, _payload);
         var step = _request.Step;
         step.SessionId = SessionId;
-        step.StepId = _nextStepId;
+        step.StepId = stepId;
         if (truncateTo is { } t) step.TruncateTo = t;
         else step.ClearTruncateTo();
         step.StartPosition = startPosition;
@@ -79,14 +80,33 @@ public sealed class SessionHopClient : IAsyncDisposable
         step.Dtype = WireType;
         step.Hidden = UnsafeByteOperations.UnsafeWrap(_payload.AsMemory(0, bytes));
         step.LastRowOnly = lastRowOnly;
+        step.Rebuild = rebuild;
         // Stages join the caller's trace; only when it is recorded, so untraced steps allocate nothing.
-        step.Traceparent = Activity.Current is { Recorded: true } current ? current.Id ?? "" : "";
-        var result = await SendAsync(_request, timeout, ct);
+        step.Traceparent = !rebuild && Activity.Current is { Recorded: true } current ? current.Id ?? "" : "";
+        return _request;
+    }
+
+    /// <summary>
+    /// Sends <paramref name="rowCount"/> rows starting at <paramref name="startPosition"/> and waits for the
+    /// final stage's rows, which are decoded into <paramref name="output"/> (F32). Returns the result.
+    /// </summary>
+    public async Task<StepResult> StepAsync(ReadOnlyMemory<float> hidden, int rowCount, int startPosition, bool lastRowOnly,
+        Memory<float> output, TimeSpan timeout, int? truncateTo = null, CancellationToken ct = default)
+    {
+        var request = PrepareStep(hidden.Span, rowCount, startPosition, _nextStepId, truncateTo, lastRowOnly);
+        var result = await SendAsync(request, timeout, ct);
         _nextStepId++;
         if (!HiddenStateCodec.TryDecode(result.Hidden.Span, result.Dtype, output.Span[..(result.RowCount * result.Width)], out _))
             throw new RpcException(new Status(StatusCode.Internal, $"result of step {result.StepId} has a malformed payload"));
         return result;
     }
+
+    /// <summary>
+    /// Sends rows that only rebuild a replacement first stage's KV (failover): step id 0, no answer, and stages that
+    /// survived with these positions do not receive them. A failure shows on the next step.
+    /// </summary>
+    public Task RebuildAsync(ReadOnlyMemory<float> hidden, int rowCount, int startPosition, TimeSpan timeout, CancellationToken ct = default) =>
+        WriteAsync(PrepareStep(hidden.Span, rowCount, startPosition, 0, null, lastRowOnly: true, rebuild: true), timeout, ct);
 
     /// <summary>Writes a frame that gets no answer (rebuild steps); a failure shows on the next step.</summary>
     public async Task WriteAsync(HopRequest request, TimeSpan timeout, CancellationToken ct = default)

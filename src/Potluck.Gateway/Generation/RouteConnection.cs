@@ -16,9 +16,7 @@ namespace Potluck.Gateway.Generation;
 internal sealed class RouteConnection : IAsyncDisposable
 {
     private readonly SessionHopClient _client;
-    private readonly HopRequest _request = new() { Step = new Step() };
     private readonly GatewayTelemetry _telemetry;
-    private byte[] _payload = [];
     private ulong _nextStepId;
 
     private RouteConnection(SessionHopClient client, RoutePlan plan, string dataSessionId, GatewayTelemetry telemetry)
@@ -83,32 +81,16 @@ internal sealed class RouteConnection : IAsyncDisposable
         TimeSpan timeout, CancellationToken ct)
     {
         var width = _client.Width;
-        var wire = _client.WireType;
-        var bytes = rows * width * HiddenStateCodec.BytesPerElement(wire);
-        if (_payload.Length < bytes) _payload = new byte[Math.Max(bytes, _payload.Length * 2)];
-        HiddenStateCodec.Encode(hidden.Span[..(rows * width)], wire, _payload);
-        var step = _request.Step;
-        step.SessionId = DataSessionId;
-        step.StepId = _nextStepId;
-        if (truncateTo is { } t) step.TruncateTo = t;
-        else step.ClearTruncateTo();
-        step.StartPosition = startPosition;
-        step.RowCount = rows;
-        step.Width = width;
-        step.Dtype = wire;
-        step.Hidden = UnsafeByteOperations.UnsafeWrap(_payload.AsMemory(0, bytes));
-        step.LastRowOnly = true;
-        // Only when a trace is being recorded: per-token steps must not allocate otherwise.
-        step.Traceparent = Activity.Current is { Recorded: true } current ? current.Id ?? "" : "";
-
+        var stepId = _nextStepId;
+        var request = _client.PrepareStep(hidden.Span, rows, startPosition, stepId, truncateTo, lastRowOnly: true);
         var started = Stopwatch.GetTimestamp();
-        StepTimeline.Mark(StepEvent.GatewaySend, step.StepId);
-        var result = await _client.SendAsync(_request, timeout, ct);
+        StepTimeline.Mark(StepEvent.GatewaySend, stepId);
+        var result = await _client.SendAsync(request, timeout, ct);
         StepTimeline.Mark(StepEvent.GatewayReceived, result.StepId);
         _telemetry.HopRoundTripMs.Record(Stopwatch.GetElapsedTime(started).TotalMilliseconds);
         _nextStepId++;
-        if (result.StepId != step.StepId)
-            throw new RpcException(new Status(StatusCode.Internal, $"route answered step {result.StepId}, expected {step.StepId}"));
+        if (result.StepId != stepId)
+            throw new RpcException(new Status(StatusCode.Internal, $"route answered step {result.StepId}, expected {stepId}"));
         if (result.RowCount == 0) return 0;
         if (result.Width != width)
             throw new RpcException(new Status(StatusCode.Internal, $"route answered rows of width {result.Width}, expected {width}"));
@@ -125,34 +107,8 @@ internal sealed class RouteConnection : IAsyncDisposable
     /// Sends rows that only rebuild a replacement first stage's KV (failover): no answer comes back, and stages
     /// that survived with these positions do not receive them.
     /// </summary>
-    public async Task RebuildAsync(ReadOnlyMemory<float> hidden, int rows, int startPosition, TimeSpan timeout, CancellationToken ct)
-    {
-        var width = _client.Width;
-        var wire = _client.WireType;
-        var bytes = rows * width * HiddenStateCodec.BytesPerElement(wire);
-        if (_payload.Length < bytes) _payload = new byte[Math.Max(bytes, _payload.Length * 2)];
-        HiddenStateCodec.Encode(hidden.Span[..(rows * width)], wire, _payload);
-        var step = _request.Step;
-        step.SessionId = DataSessionId;
-        step.StepId = 0;
-        step.ClearTruncateTo();
-        step.StartPosition = startPosition;
-        step.RowCount = rows;
-        step.Width = width;
-        step.Dtype = wire;
-        step.Hidden = UnsafeByteOperations.UnsafeWrap(_payload.AsMemory(0, bytes));
-        step.LastRowOnly = true;
-        step.Rebuild = true;
-        step.Traceparent = "";
-        try
-        {
-            await _client.WriteAsync(_request, timeout, ct);
-        }
-        finally
-        {
-            step.Rebuild = false;
-        }
-    }
+    public Task RebuildAsync(ReadOnlyMemory<float> hidden, int rows, int startPosition, TimeSpan timeout, CancellationToken ct) =>
+        _client.RebuildAsync(hidden, rows, startPosition, timeout, ct);
 
     /// <summary>Closes the session on every stage and waits for the confirmation.</summary>
     public Task CloseAsync(TimeSpan timeout) => _client.CloseAsync(timeout);

@@ -1,6 +1,4 @@
 using System.Diagnostics;
-using System.Net;
-using System.Net.Sockets;
 using System.Text;
 using Grpc.Net.Client;
 using Microsoft.Extensions.Logging;
@@ -10,25 +8,6 @@ using Potluck.Inference.Gguf;
 using Potluck.Inference.Tests;
 
 namespace Potluck.Gateway.Tests;
-
-public static class Ports
-{
-    // The kernel may hand the same ephemeral port to two listeners in a row once the first is closed; a test that
-    // starts several processes must not give two of them one port.
-    private static readonly HashSet<int> Issued = [];
-
-    public static int Free()
-    {
-        for (var attempt = 0; ; attempt++)
-        {
-            using var listener = new TcpListener(IPAddress.Loopback, 0);
-            listener.Start();
-            var port = ((IPEndPoint)listener.LocalEndpoint).Port;
-            lock (Issued)
-                if (Issued.Add(port) || attempt >= 20) return port;
-        }
-    }
-}
 
 /// <summary>One real node process (tests/Potluck.Node.TestHost) on loopback.</summary>
 public sealed class NodeProcess : IAsyncDisposable

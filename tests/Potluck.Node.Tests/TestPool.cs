@@ -1,5 +1,3 @@
-using System.Net;
-using System.Net.Sockets;
 using Grpc.Core;
 using Grpc.Net.Client;
 using Microsoft.AspNetCore.Builder;
@@ -10,26 +8,6 @@ using Potluck.Contracts.Wire;
 using Potluck.Node.Compute;
 
 namespace Potluck.Node.Tests;
-
-public static class Ports
-{
-    // The kernel may hand the same ephemeral port to two listeners in a row once the first is closed; a test that
-    // starts several nodes must not give two of them one port.
-    private static readonly HashSet<int> Issued = [];
-
-    /// <summary>A currently free loopback port (the OS picks it), not handed out before by this process.</summary>
-    public static int Free()
-    {
-        for (var attempt = 0; ; attempt++)
-        {
-            using var listener = new TcpListener(IPAddress.Loopback, 0);
-            listener.Start();
-            var port = ((IPEndPoint)listener.LocalEndpoint).Port;
-            lock (Issued)
-                if (Issued.Add(port) || attempt >= 20) return port;
-        }
-    }
-}
 
 /// <summary>Several real nodes (silo + gRPC) in this process, clustered over loopback.</summary>
 public sealed class InProcessPool : IAsyncDisposable

@@ -30,7 +30,6 @@ public sealed class PoolMonitor(
     public const string ProcessIdMetadataKey = NodeMetadataKeys.ProcessId;
 
     private static readonly TimeSpan ProbeTimeout = TimeSpan.FromSeconds(2);
-    private readonly ConcurrentDictionary<string, double> _hopMs = new(StringComparer.Ordinal);
     private readonly ConcurrentDictionary<string, byte> _mismatchWarned = new(StringComparer.Ordinal);
     private readonly TaskCompletionSource _firstRefresh = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private volatile PoolSnapshot _current = PoolSnapshot.Empty(model.ModelId, model.LayerCount);
@@ -54,7 +53,7 @@ public sealed class PoolMonitor(
         {
             var s = shard.Status;
             if (s.ModelId != model.ModelId) continue;
-            if (!_hopMs.ContainsKey(s.GrpcEndpoint)) probes.Add(ProbeAsync(s.GrpcEndpoint, ct));
+            if (!_hopSamples.ContainsKey(s.GrpcEndpoint)) probes.Add(ProbeAsync(s.GrpcEndpoint, ct));
         }
         if (probes.Count > 0) await Task.WhenAll(probes);
         foreach (var shard in view.Shards)
@@ -63,7 +62,7 @@ public sealed class PoolMonitor(
             if (s.ModelId != model.ModelId) continue;
             stages.Add(new StageCandidate(s.NodeId, s.GrpcEndpoint, s.LayerStart, s.LayerEnd, shard.Healthy && !s.Draining, shard.Problem,
                 s.OpenSessions, s.FreeKvTokens, s.KvBudgetTokens, s.MeasuredMsPerToken,
-                _hopMs.TryGetValue(s.GrpcEndpoint, out var hop) ? hop : double.NaN, s.StepsPerSecond, ProcessIdOf(s.SiloAddress)));
+                _hopSamples.TryGetValue(s.GrpcEndpoint, out var hop) ? hop.Estimate : double.NaN, s.StepsPerSecond, ProcessIdOf(s.SiloAddress)));
         }
         var snapshot = new PoolSnapshot(model.ModelId, model.LayerCount, stages, view.AsOfUtc) { MismatchedNodes = FindMismatched(view) };
         _current = snapshot;
@@ -192,7 +191,7 @@ public sealed class PoolMonitor(
                 var started = Stopwatch.GetTimestamp();
                 await client.DescribeAsync(new DescribeRequest(), deadline: DateTime.UtcNow + ProbeTimeout, cancellationToken: ct);
                 var ms = Stopwatch.GetElapsedTime(started).TotalMilliseconds;
-                _hopMs[endpoint] = samples.Add(ms);
+                samples.Add(ms);
                 telemetry.HopLatencyMs.Record(ms, new KeyValuePair<string, object?>("endpoint", endpoint));
             }
             return true;
@@ -200,7 +199,6 @@ public sealed class PoolMonitor(
         catch (RpcException e)
         {
             log.LogDebug("Probe of {Endpoint} failed: {Status}", endpoint, e.Status);
-            _hopMs.TryRemove(endpoint, out _);
             _hopSamples.TryRemove(endpoint, out _);
             return false;
         }
@@ -218,16 +216,28 @@ public sealed class PoolMonitor(
         private int _count;
         private int _next;
 
-        public double Add(double ms)
+        public void Add(double ms)
         {
             lock (_ring)
             {
                 _ring[_next] = ms;
                 _next = (_next + 1) % _ring.Length;
                 if (_count < _ring.Length) _count++;
-                var min = double.PositiveInfinity;
-                for (var i = 0; i < _count; i++) min = Math.Min(min, _ring[i]);
-                return min;
+            }
+        }
+
+        /// <summary>The fastest kept round trip; NaN before the first.</summary>
+        public double Estimate
+        {
+            get
+            {
+                lock (_ring)
+                {
+                    if (_count == 0) return double.NaN;
+                    var min = double.PositiveInfinity;
+                    for (var i = 0; i < _count; i++) min = Math.Min(min, _ring[i]);
+                    return min;
+                }
             }
         }
     }

@@ -3,7 +3,7 @@ using System.Net;
 using System.Net.Sockets;
 using System.Text;
 using System.Text.Json;
-using Potluck.Contracts.Joining;
+using Potluck.Cluster.Joining;
 using Potluck.Node.Joining;
 using Xunit.Abstractions;
 using Daemon = Potluck.Cli.Tests.JoinTests.Daemon;

@@ -1,4 +1,4 @@
-using Potluck.Inference.Reference;
+using Potluck.Reference;
 using Potluck.Inference.Text;
 
 namespace Potluck.Deploy.Tests;

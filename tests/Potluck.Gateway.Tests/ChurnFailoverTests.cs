@@ -3,9 +3,8 @@ using System.Net.ServerSentEvents;
 using System.Text;
 using System.Text.Json;
 using Microsoft.Extensions.Logging;
-using Potluck.Contracts.Grpc;
+using Potluck.Protocol.V1;
 using Potluck.Inference.Models;
-using Potluck.Inference.Tests;
 using Xunit.Abstractions;
 
 namespace Potluck.Gateway.Tests;

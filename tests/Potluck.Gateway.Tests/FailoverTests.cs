@@ -4,9 +4,8 @@ using System.Text;
 using System.Text.Json;
 using Grpc.Net.Client;
 using Microsoft.Extensions.Logging;
-using Potluck.Contracts.Grpc;
+using Potluck.Protocol.V1;
 using Potluck.Inference.Gguf;
-using Potluck.Inference.Tests;
 using Xunit.Abstractions;
 
 namespace Potluck.Gateway.Tests;

@@ -1,9 +1,9 @@
 using System.Net.Http.Json;
 using System.Text;
 using System.Text.Json;
-using Potluck.Contracts.Grpc;
+using Potluck.Protocol.V1;
 using Potluck.Inference.Engine;
-using Potluck.Inference.Reference;
+using Potluck.Reference;
 using Potluck.Inference.Text;
 
 namespace Potluck.Gateway.Tests;

@@ -2,9 +2,8 @@ using Microsoft.Extensions.Logging;
 using System.Net;
 using System.Text;
 using System.Text.Json;
-using Potluck.Contracts.Grpc;
+using Potluck.Protocol.V1;
 using Potluck.Inference.Gguf;
-using Potluck.Inference.Tests;
 
 namespace Potluck.Gateway.Tests;
 

@@ -2,10 +2,9 @@ using System.Diagnostics;
 using System.Text;
 using Grpc.Net.Client;
 using Microsoft.Extensions.Logging;
-using Potluck.Contracts.Grpc;
+using Potluck.Protocol.V1;
 using Potluck.Gateway;
 using Potluck.Inference.Gguf;
-using Potluck.Inference.Tests;
 
 namespace Potluck.Gateway.Tests;
 

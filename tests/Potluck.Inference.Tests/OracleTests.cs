@@ -1,7 +1,7 @@
 using Potluck.Inference.Engine;
 using Potluck.Inference.Gguf;
 using Potluck.Inference.Models;
-using Potluck.Inference.Reference;
+using Potluck.Reference;
 
 namespace Potluck.Inference.Tests;
 

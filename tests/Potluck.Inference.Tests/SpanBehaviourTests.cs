@@ -2,7 +2,7 @@ using System.Globalization;
 using Potluck.Inference.Engine;
 using Potluck.Inference.Gguf;
 using Potluck.Inference.Models;
-using Potluck.Inference.Reference;
+using Potluck.Reference;
 using Xunit.Abstractions;
 
 namespace Potluck.Inference.Tests;

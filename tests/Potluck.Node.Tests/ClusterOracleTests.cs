@@ -1,9 +1,9 @@
-using Potluck.Contracts.Control;
-using Potluck.Contracts.Grpc;
-using Potluck.Contracts.Wire;
+using Potluck.Cluster;
+using Potluck.Cluster.Directory;
+using Potluck.Protocol.V1;
+using Potluck.Protocol;
 using Potluck.Inference.Engine;
 using Potluck.Inference.Gguf;
-using Potluck.Inference.Tests;
 using Potluck.Node.Compute;
 
 namespace Potluck.Node.Tests;

@@ -3,8 +3,9 @@ using System.Net;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
 using Orleans.Configuration;
-using Potluck.Contracts.Control;
-using Potluck.Contracts.Grpc;
+using Potluck.Cluster;
+using Potluck.Cluster.Directory;
+using Potluck.Protocol.V1;
 using Xunit.Abstractions;
 
 namespace Potluck.Node.Tests;

@@ -1,10 +1,9 @@
 using System.Collections.Concurrent;
 using System.Diagnostics;
-using Potluck.Contracts.Control;
-using Potluck.Contracts.Wire;
+using Potluck.Cluster;
+using Potluck.Protocol;
 using Potluck.Inference.Engine;
 using Potluck.Inference.Gguf;
-using Potluck.Inference.Tests;
 using Potluck.Node.Compute;
 using Xunit.Abstractions;
 

@@ -1,11 +1,10 @@
 using Google.Protobuf;
 using Grpc.Core;
 using Grpc.Net.Client;
-using Potluck.Contracts.Grpc;
-using Potluck.Contracts.Wire;
+using Potluck.Protocol.V1;
+using Potluck.Protocol;
 using Potluck.Inference.Gguf;
-using Potluck.Inference.Tests;
-using GrpcStage = Potluck.Contracts.Grpc.Stage;
+using GrpcStage = Potluck.Protocol.V1.Stage;
 
 namespace Potluck.Node.Tests;
 

@@ -1,6 +1,5 @@
 using System.Diagnostics;
 using Potluck.Inference.Gguf;
-using Potluck.Inference.Tests;
 using Xunit.Abstractions;
 
 namespace Potluck.Node.Tests;

@@ -1,8 +1,8 @@
 using System.Collections.Concurrent;
 using System.Diagnostics;
-using Potluck.Contracts.Grpc;
+using Potluck.Protocol.V1;
 using Xunit.Abstractions;
-using GrpcStage = Potluck.Contracts.Grpc.Stage;
+using GrpcStage = Potluck.Protocol.V1.Stage;
 
 namespace Potluck.Node.Tests;
 

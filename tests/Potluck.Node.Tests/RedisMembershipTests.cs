@@ -2,11 +2,11 @@ using System.Diagnostics;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
 using Orleans.Configuration;
-using Potluck.Contracts.Control;
-using Potluck.Contracts.Grpc;
+using Potluck.Cluster;
+using Potluck.Cluster.Directory;
+using Potluck.Protocol.V1;
 using Potluck.Inference.Engine;
 using Potluck.Inference.Gguf;
-using Potluck.Inference.Tests;
 using Potluck.Node.Compute;
 using Xunit.Abstractions;
 

@@ -1,8 +1,7 @@
 using Google.Protobuf;
-using Potluck.Contracts.Grpc;
-using Potluck.Contracts.Wire;
+using Potluck.Protocol.V1;
+using Potluck.Protocol;
 using Potluck.Inference.Gguf;
-using Potluck.Inference.Tests;
 using Potluck.Node.Compute;
 
 namespace Potluck.Node.Tests;

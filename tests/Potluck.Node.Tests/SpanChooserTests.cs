@@ -1,8 +1,7 @@
-using Potluck.Contracts.Joining;
+using Potluck.Cluster.Joining;
 using Potluck.Inference.Engine;
 using Potluck.Inference.Gguf;
 using Potluck.Inference.Native;
-using Potluck.Inference.Tests;
 using Potluck.Node.Joining;
 
 namespace Potluck.Node.Tests;

@@ -9,10 +9,9 @@ using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging;
 using OpenTelemetry.Metrics;
 using OpenTelemetry.Trace;
-using Potluck.Contracts.Control;
-using Potluck.Contracts.Grpc;
+using Potluck.Cluster;
+using Potluck.Protocol.V1;
 using Potluck.Inference.Gguf;
-using Potluck.Inference.Tests;
 using Potluck.Node.Telemetry;
 using Xunit.Abstractions;
 

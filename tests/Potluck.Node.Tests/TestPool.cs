@@ -3,8 +3,8 @@ using Grpc.Net.Client;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging;
-using Potluck.Contracts.Grpc;
-using Potluck.Contracts.Wire;
+using Potluck.Protocol.V1;
+using Potluck.Protocol;
 using Potluck.Node.Compute;
 
 namespace Potluck.Node.Tests;

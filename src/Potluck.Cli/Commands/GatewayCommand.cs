@@ -1,5 +1,5 @@
 using System.CommandLine;
-using Potluck.Contracts.Grpc;
+using Potluck.Protocol.V1;
 using Potluck.Gateway;
 
 namespace Potluck.Cli.Commands;

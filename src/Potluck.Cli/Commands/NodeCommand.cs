@@ -1,6 +1,6 @@
 using System.CommandLine;
 using System.Net;
-using Potluck.Contracts.Joining;
+using Potluck.Cluster.Joining;
 using Potluck.Inference.Gguf;
 using Potluck.Node;
 using Potluck.Node.Joining;

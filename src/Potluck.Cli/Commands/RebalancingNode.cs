@@ -1,7 +1,7 @@
 using System.Diagnostics;
 using System.Globalization;
 using Potluck.Cli.Supervision;
-using Potluck.Contracts.Joining;
+using Potluck.Cluster.Joining;
 using Potluck.Inference.Gguf;
 using Potluck.Node;
 using Potluck.Node.Joining;

@@ -2,7 +2,7 @@ using System.Diagnostics;
 using System.Net.ServerSentEvents;
 using System.Text;
 using System.Text.Json;
-using Potluck.Inference.Reference;
+using Potluck.Reference;
 
 namespace Potluck.Gateway.Bench;
 

@@ -1,9 +1,9 @@
 using System.Diagnostics;
 using Google.Protobuf;
 using Grpc.Core;
-using Potluck.Contracts.Diagnostics;
-using Potluck.Contracts.Grpc;
-using Potluck.Contracts.Wire;
+using Potluck.Protocol.Diagnostics;
+using Potluck.Protocol.V1;
+using Potluck.Protocol;
 using Potluck.Gateway.Routing;
 using Potluck.Gateway.Telemetry;
 

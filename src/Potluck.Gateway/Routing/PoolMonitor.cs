@@ -5,8 +5,9 @@ using Grpc.Core;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
 using Orleans.Runtime.MembershipService.SiloMetadata;
-using Potluck.Contracts.Control;
-using Potluck.Contracts.Grpc;
+using Potluck.Cluster;
+using Potluck.Cluster.Directory;
+using Potluck.Protocol.V1;
 using Potluck.Gateway.Head;
 using Potluck.Gateway.Telemetry;
 

@@ -18,7 +18,7 @@ public sealed record StageCandidate(
     double StepsPerSecond,
     int? ProcessId = null)
 {
-    public string ShardKey => Contracts.Control.ShardKeys.For(NodeId, LayerStart, LayerEnd);
+    public string ShardKey => Potluck.Cluster.ShardKeys.For(NodeId, LayerStart, LayerEnd);
 }
 
 /// <summary>

@@ -2,7 +2,7 @@ using System.Collections.Concurrent;
 using System.Diagnostics;
 using System.Threading.Tasks.Sources;
 using Microsoft.Extensions.Logging;
-using Potluck.Contracts.Diagnostics;
+using Potluck.Protocol.Diagnostics;
 using Potluck.Inference;
 using Potluck.Inference.Engine;
 using Potluck.Node.Telemetry;

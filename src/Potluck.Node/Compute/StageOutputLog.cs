@@ -1,4 +1,4 @@
-using Potluck.Contracts.Grpc;
+using Potluck.Protocol.V1;
 
 namespace Potluck.Node.Compute;
 

@@ -1,5 +1,5 @@
 using Orleans.Placement;
-using Potluck.Contracts.Control;
+using Potluck.Cluster;
 using Potluck.Node.Compute;
 
 namespace Potluck.Node.Control;

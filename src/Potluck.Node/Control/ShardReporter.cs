@@ -1,6 +1,7 @@
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
-using Potluck.Contracts.Control;
+using Potluck.Cluster;
+using Potluck.Cluster.Directory;
 
 namespace Potluck.Node.Control;
 

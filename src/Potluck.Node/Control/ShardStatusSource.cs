@@ -1,4 +1,4 @@
-using Potluck.Contracts.Control;
+using Potluck.Cluster;
 using Potluck.Node.Compute;
 
 namespace Potluck.Node.Control;

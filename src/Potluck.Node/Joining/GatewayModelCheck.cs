@@ -2,7 +2,7 @@ using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
 using Orleans.Runtime.MembershipService.SiloMetadata;
-using Potluck.Contracts.Control;
+using Potluck.Cluster;
 
 namespace Potluck.Node.Joining;
 

@@ -1,6 +1,6 @@
 using System.Net;
 using System.Net.Sockets;
-using Potluck.Contracts.Joining;
+using Potluck.Cluster.Joining;
 
 namespace Potluck.Node.Joining;
 

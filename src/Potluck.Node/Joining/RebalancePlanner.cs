@@ -1,4 +1,4 @@
-using Potluck.Contracts.Joining;
+using Potluck.Cluster.Joining;
 
 namespace Potluck.Node.Joining;
 

@@ -3,13 +3,13 @@ using System.Diagnostics;
 using Google.Protobuf;
 using Grpc.Core;
 using Microsoft.Extensions.Logging;
-using Potluck.Contracts.Diagnostics;
-using Potluck.Contracts.Grpc;
-using Potluck.Contracts.Wire;
+using Potluck.Protocol.Diagnostics;
+using Potluck.Protocol.V1;
+using Potluck.Protocol;
 using Potluck.Inference;
 using Potluck.Node.Compute;
 using Potluck.Node.Telemetry;
-using GrpcStage = Potluck.Contracts.Grpc.Stage;
+using GrpcStage = Potluck.Protocol.V1.Stage;
 
 namespace Potluck.Node.Stage;
 

@@ -1,9 +1,9 @@
 using Grpc.Core;
 using Microsoft.Extensions.Logging;
-using Potluck.Contracts.Grpc;
+using Potluck.Protocol.V1;
 using Potluck.Node.Compute;
 using Potluck.Node.Telemetry;
-using GrpcStage = Potluck.Contracts.Grpc.Stage;
+using GrpcStage = Potluck.Protocol.V1.Stage;
 
 namespace Potluck.Node.Stage;
 

@@ -1,6 +1,6 @@
 using Microsoft.Extensions.Options;
 
-namespace Potluck.Contracts.Control;
+namespace Potluck.Cluster.Directory;
 
 public sealed class PoolDirectoryOptions
 {

@@ -1,8 +1,9 @@
 using System.Diagnostics;
 using System.Net.Sockets;
 using System.Text;
+using Xunit;
 
-namespace Potluck.Node.Tests;
+namespace Potluck.Testing;
 
 /// <summary>
 /// A real Redis for membership tests: the CI's (POTLUCK_TEST_REDIS=host:port) or a private

@@ -1,9 +1,9 @@
 using System.Diagnostics;
 using Google.Protobuf;
 using Grpc.Core;
-using Potluck.Contracts.Grpc;
+using Potluck.Protocol.V1;
 
-namespace Potluck.Contracts.Wire;
+namespace Potluck.Protocol;
 
 /// <summary>
 /// The caller's end of a session's route (what the gateway holds): one Hop stream to the first stage,

@@ -1,7 +1,7 @@
 using System.Text.Json;
 using System.Text.Json.Serialization;
 
-namespace Potluck.Contracts.Joining;
+namespace Potluck.Cluster.Joining;
 
 /// <summary>
 /// What a machine needs to join a pool, served by the gateway at <see cref="Path"/>: the model the pool

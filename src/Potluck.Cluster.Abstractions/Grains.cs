@@ -1,4 +1,4 @@
-namespace Potluck.Contracts.Control;
+namespace Potluck.Cluster;
 
 /// <summary>
 /// One loaded span on one node, keyed by <see cref="ShardKeys.For"/> and pinned to that node's silo,

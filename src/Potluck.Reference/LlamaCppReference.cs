@@ -3,7 +3,7 @@ using LLama.Common;
 using LLama.Native;
 using Potluck.Inference.Native;
 
-namespace Potluck.Inference.Reference;
+namespace Potluck.Reference;
 
 /// <summary>
 /// llama.cpp (through LLamaSharp) running a whole GGUF on one context: the correctness oracle and the

@@ -2,9 +2,8 @@ using System.Diagnostics;
 using Potluck.Inference.Engine;
 using Potluck.Inference.Gguf;
 using Potluck.Inference.Models;
-using Potluck.Inference.Reference;
 
-namespace Potluck.Inference.Benchmarks;
+namespace Potluck.Reference;
 
 /// <summary>Settings for <see cref="EngineBenchmark"/>.</summary>
 public sealed record EngineBenchmarkOptions

@@ -1,4 +1,4 @@
-namespace Potluck.Contracts.Control;
+namespace Potluck.Cluster;
 
 /// <summary>
 /// Silo metadata keys a node advertises (fixed for the silo's lifetime; changing state goes through

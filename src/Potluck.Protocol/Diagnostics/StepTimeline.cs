@@ -1,7 +1,7 @@
 using System.Diagnostics;
 using System.Globalization;
 
-namespace Potluck.Contracts.Diagnostics;
+namespace Potluck.Protocol.Diagnostics;
 
 /// <summary>Points in one step's life, on the gateway and on each stage.</summary>
 public enum StepEvent : byte

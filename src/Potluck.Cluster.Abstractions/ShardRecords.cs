@@ -1,4 +1,4 @@
-namespace Potluck.Contracts.Control;
+namespace Potluck.Cluster;
 
 /// <summary>
 /// What one loaded span looks like right now. Published by the node that holds it; the gateway plans

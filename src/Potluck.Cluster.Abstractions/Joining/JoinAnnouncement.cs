@@ -1,6 +1,6 @@
 using System.Text.Json;
 
-namespace Potluck.Contracts.Joining;
+namespace Potluck.Cluster.Joining;
 
 /// <summary>
 /// A node telling the gateway, before it loads, which span it is about to serve (POST <see cref="Path"/>).

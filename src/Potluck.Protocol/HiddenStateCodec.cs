@@ -1,8 +1,8 @@
 using System.Numerics.Tensors;
 using System.Runtime.InteropServices;
-using Potluck.Contracts.Grpc;
+using Potluck.Protocol.V1;
 
-namespace Potluck.Contracts.Wire;
+namespace Potluck.Protocol;
 
 /// <summary>
 /// Converts hidden-state rows between the engine's F32 and the wire's F16/F32 (little endian).

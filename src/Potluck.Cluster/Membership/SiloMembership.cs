@@ -4,7 +4,7 @@ using Microsoft.Extensions.Hosting;
 using Orleans.Configuration;
 using Orleans.Hosting;
 
-namespace Potluck.Contracts.Control;
+namespace Potluck.Cluster.Membership;
 
 /// <summary>Where a silo listens and how it finds the others; the same for nodes and gateways.</summary>
 public sealed record SiloMembershipSettings(

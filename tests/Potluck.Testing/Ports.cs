@@ -1,7 +1,7 @@
 using System.Net;
 using System.Net.Sockets;
 
-namespace Potluck.Node.Tests;
+namespace Potluck.Testing;
 
 /// <summary>Loopback ports for test processes; also compiled into the gateway tests (linked file).</summary>
 public static class Ports

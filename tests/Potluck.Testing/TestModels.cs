@@ -1,7 +1,7 @@
 using Potluck.Inference.Gguf;
 using Potluck.Inference.Models;
 
-namespace Potluck.Inference.Tests;
+namespace Potluck.Testing;
 
 /// <summary>
 /// Generated test models shared by every test class and across runs: files live in a per-user cache directory

@@ -2,7 +2,6 @@ using System.Diagnostics;
 using System.Text;
 using System.Text.Json;
 using Xunit.Abstractions;
-using Daemon = Potluck.Cli.Tests.JoinTests.Daemon;
 
 namespace Potluck.Cli.Tests;
 
@@ -21,15 +20,13 @@ public sealed class GapRepairTests(JoinModels models, ITestOutputHelper output) 
     public async Task When_the_only_holder_of_a_span_dies_the_stream_ends_with_an_error_and_a_joining_node_fills_exactly_that_gap()
     {
         var home = models.Home.Path;
-        var httpPort = ServeTests.FreePort();
-        var gatewaySilo = ServeTests.FreePort();
-        var url = $"http://127.0.0.1:{httpPort}";
-        var seed = $"127.0.0.1:{gatewaySilo}";
-        await using var gateway = Daemon.Start(home, "gateway", "--model", models.Pool, "--port", httpPort.ToString(), "--silo-port", gatewaySilo.ToString());
-        using var http = new HttpClient { BaseAddress = new Uri(url), Timeout = TimeSpan.FromSeconds(60) };
+        await using var gateway = GatewayProcess.Start(home, models.Pool);
+        var url = gateway.Url;
+        var seed = gateway.Seed;
+        using var http = gateway.CreateClient(TimeSpan.FromSeconds(60));
         await JoinTests.WaitUntilAsync(http, "healthz", _ => true, Limit, gateway);
 
-        Daemon Node(string layers, string id) => Daemon.Start(home, "node", "--model", models.Pool, "--layers", layers, "--join", seed, "--node-id", id,
+        ChildProcess Node(string layers, string id) => PotluckProcess.Start(home, "node", "--model", models.Pool, "--layers", layers, "--join", seed, "--node-id", id,
             "--port", ServeTests.FreePort().ToString(), "--silo-port", ServeTests.FreePort().ToString(), "--threads", "1");
         await using var front = Node("0-3", "front");
         await using var middle = Node("3-6", "middle");
@@ -71,7 +68,7 @@ public sealed class GapRepairTests(JoinModels models, ITestOutputHelper output) 
             }
             if (++chunks == 10)
             {
-                ServeTests.Signal(middle.ProcessId, "KILL");
+                middle.Signal(ProcessSignal.Kill);
                 killedAt = clock.ElapsedMilliseconds;
                 chunksAtKill = chunks;
             }
@@ -95,7 +92,7 @@ public sealed class GapRepairTests(JoinModels models, ITestOutputHelper output) 
         await JoinTests.WaitUntilAsync(http, "api/pool", body => SurvivorsIdle(body), Limit, gateway);
 
         // A node that joins by URL without --layers takes exactly the gap.
-        await using var filler = Daemon.Start(home, "node", "--model", models.Pool, "--join", url, "--node-id", "filler",
+        await using var filler = PotluckProcess.Start(home, "node", "--model", models.Pool, "--join", url, "--node-id", "filler",
             "--port", ServeTests.FreePort().ToString(), "--silo-port", ServeTests.FreePort().ToString(), "--threads", "1");
         var ready = await JoinTests.WaitUntilAsync(http, "readyz", _ => true, Limit, filler);
         output.WriteLine($"/readyz after the join: {ready}");
@@ -127,7 +124,7 @@ public sealed class GapRepairTests(JoinModels models, ITestOutputHelper output) 
     }
 
     /// <summary>Polls until <paramref name="path"/> answers <paramref name="status"/> with a body <paramref name="accept"/> takes.</summary>
-    private static async Task<string> WaitForAsync(HttpClient http, string path, int status, Func<string, bool> accept, Daemon watched)
+    private static async Task<string> WaitForAsync(HttpClient http, string path, int status, Func<string, bool> accept, ChildProcess watched)
     {
         var clock = Stopwatch.StartNew();
         var last = "";

@@ -1,4 +1,3 @@
-using System.Collections.Concurrent;
 using System.Diagnostics;
 using System.Net;
 using System.Text;
@@ -43,21 +42,19 @@ public sealed class JoinTests : IClassFixture<JoinModels>
     [Fact]
     public async Task ANodeWithoutLayersTakesTheMissingSpanAndTheFileMustMatch()
     {
-        var httpPort = ServeTests.FreePort();
-        var gatewaySilo = ServeTests.FreePort();
-        var url = $"http://127.0.0.1:{httpPort}";
-        var seed = $"127.0.0.1:{gatewaySilo}";
-        await using var gateway = Daemon.Start(_models.Home.Path, "gateway", "--model", _models.Pool, "--port", httpPort.ToString(), "--silo-port", gatewaySilo.ToString());
-        using var http = new HttpClient { BaseAddress = new Uri(url), Timeout = TimeSpan.FromSeconds(30) };
+        await using var gateway = GatewayProcess.Start(_models.Home.Path, _models.Pool);
+        var url = gateway.Url;
+        var seed = gateway.Seed;
+        using var http = gateway.CreateClient();
         await WaitUntilAsync(http, "healthz", _ => true, Limit, gateway);
 
-        await using var first = Daemon.Start(_models.Home.Path, "node", "--model", _models.Pool, "--layers", "0-3", "--join", seed,
+        await using var first = PotluckProcess.Start(_models.Home.Path, "node", "--model", _models.Pool, "--layers", "0-3", "--join", seed,
             "--port", ServeTests.FreePort().ToString(), "--silo-port", ServeTests.FreePort().ToString(), "--threads", "1");
         // The join document lists the first node once its shard reached the gateway's pool view.
         await WaitUntilAsync(http, "api/join", body => body.Contains("\"end\":3", StringComparison.Ordinal), Limit, first);
 
         var secondPort = ServeTests.FreePort();
-        await using var second = Daemon.Start(_models.Home.Path, "node", "--model", _models.Pool, "--join", url,
+        await using var second = PotluckProcess.Start(_models.Home.Path, "node", "--model", _models.Pool, "--join", url,
             "--port", secondPort.ToString(), "--silo-port", ServeTests.FreePort().ToString(), "--threads", "1");
         var ready = await WaitUntilAsync(http, "readyz", _ => true, Limit, second);
         Assert.Contains($"node-127.0.0.1-{secondPort}[3,8)", ready);
@@ -110,14 +107,12 @@ public sealed class JoinTests : IClassFixture<JoinModels>
     {
         // A node of another model that was there first (it had no gateway to compare with), then a gateway joins.
         var nodeSilo = ServeTests.FreePort();
-        await using var stranger = Daemon.Start(_models.Home.Path, "node", "--model", _models.Other, "--layers", "0-8",
+        await using var stranger = PotluckProcess.Start(_models.Home.Path, "node", "--model", _models.Other, "--layers", "0-8",
             "--port", ServeTests.FreePort().ToString(), "--silo-port", nodeSilo.ToString(), "--node-id", "stranger", "--threads", "1");
         await stranger.WaitForOutputAsync("serving layers [0,8)", Limit);
 
-        var httpPort = ServeTests.FreePort();
-        await using var gateway = Daemon.Start(_models.Home.Path, "gateway", "--model", _models.Pool, "--port", httpPort.ToString(),
-            "--silo-port", ServeTests.FreePort().ToString(), "--join", $"127.0.0.1:{nodeSilo}");
-        using var http = new HttpClient { BaseAddress = new Uri($"http://127.0.0.1:{httpPort}"), Timeout = TimeSpan.FromSeconds(30) };
+        await using var gateway = GatewayProcess.Start(_models.Home.Path, _models.Pool, ["--join", $"127.0.0.1:{nodeSilo}"]);
+        using var http = gateway.CreateClient();
         var pool = await WaitUntilAsync(http, "api/pool", body => body.Contains("model-mismatch", StringComparison.Ordinal), Limit, gateway);
         using var json = JsonDocument.Parse(pool);
         var node = json.RootElement.GetProperty("nodes").EnumerateArray().Single();
@@ -172,7 +167,7 @@ public sealed class JoinTests : IClassFixture<JoinModels>
     }
 
     /// <summary>Polls GET <paramref name="path"/> until it answers 200 with a body <paramref name="accept"/> takes; fails if the process dies.</summary>
-    internal static async Task<string> WaitUntilAsync(HttpClient http, string path, Func<string, bool> accept, TimeSpan limit, Daemon watched)
+    internal static async Task<string> WaitUntilAsync(HttpClient http, string path, Func<string, bool> accept, TimeSpan limit, ChildProcess watched)
     {
         var clock = Stopwatch.StartNew();
         var last = "";
@@ -192,60 +187,5 @@ public sealed class JoinTests : IClassFixture<JoinModels>
             await Task.Delay(250);
         }
         throw new TimeoutException($"/{path} not as expected within {limit}: {last}\n--- {watched.Name}\n{watched.Output}");
-    }
-
-    /// <summary>A long-running `potluck node` or `potluck gateway` process; stopped with SIGTERM, then killed.</summary>
-    internal sealed class Daemon : IAsyncDisposable
-    {
-        private readonly Process _process;
-        private readonly ConcurrentQueue<string> _lines = new();
-
-        private Daemon(Process process, string name)
-        {
-            _process = process;
-            Name = name;
-            process.OutputDataReceived += (_, e) => { if (e.Data is not null) _lines.Enqueue(e.Data); };
-            process.ErrorDataReceived += (_, e) => { if (e.Data is not null) _lines.Enqueue("stderr: " + e.Data); };
-            process.BeginOutputReadLine();
-            process.BeginErrorReadLine();
-        }
-
-        public string Name { get; }
-        public int ProcessId => _process.Id;
-        public bool HasExited => _process.HasExited;
-        public int ExitCode => _process.ExitCode;
-        public string Output => string.Join('\n', _lines);
-
-        public static Daemon Start(string home, params string[] arguments) =>
-            new(Process.Start(PotluckProcess.StartInfo(arguments, home))!, $"potluck {arguments[0]}");
-
-        public async Task WaitForOutputAsync(string fragment, TimeSpan limit)
-        {
-            var clock = Stopwatch.StartNew();
-            while (!_lines.Any(line => line.Contains(fragment, StringComparison.Ordinal)))
-            {
-                if (_process.HasExited) throw new InvalidOperationException($"{Name} exited ({_process.ExitCode}) before '{fragment}'\n{Output}");
-                if (clock.Elapsed > limit) throw new TimeoutException($"no '{fragment}' from {Name} within {limit}\n{Output}");
-                await Task.Delay(100);
-            }
-        }
-
-        public async ValueTask DisposeAsync()
-        {
-            if (!_process.HasExited)
-            {
-                ServeTests.Signal(_process.Id, "TERM");
-                using var deadline = new CancellationTokenSource(TimeSpan.FromSeconds(30));
-                try
-                {
-                    await _process.WaitForExitAsync(deadline.Token);
-                }
-                catch (OperationCanceledException)
-                {
-                    _process.Kill(entireProcessTree: true);
-                }
-            }
-            _process.Dispose();
-        }
     }
 }

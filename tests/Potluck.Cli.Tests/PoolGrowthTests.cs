@@ -6,7 +6,6 @@ using System.Text.Json;
 using Potluck.Cluster.Joining;
 using Potluck.Node.Joining;
 using Xunit.Abstractions;
-using Daemon = Potluck.Cli.Tests.JoinTests.Daemon;
 
 namespace Potluck.Cli.Tests;
 
@@ -29,7 +28,7 @@ public sealed class PoolGrowthTests : IClassFixture<JoinModels>
     }
 
     /// <summary>Shows what each node measured and chose (the figures the docs quote).</summary>
-    private void Report(string name, Daemon node)
+    private void Report(string name, ChildProcess node)
     {
         foreach (var line in node.Output.Split('\n'))
         {
@@ -46,7 +45,7 @@ public sealed class PoolGrowthTests : IClassFixture<JoinModels>
         var (gateway, http, url) = await StartGatewayAsync();
         await using var _ = gateway;
         using var __ = http;
-        var nodes = new List<Daemon>();
+        var nodes = new List<ChildProcess>();
         try
         {
             // Three nodes of at most 3 layers each, the next started as soon as the previous announced itself
@@ -113,7 +112,7 @@ public sealed class PoolGrowthTests : IClassFixture<JoinModels>
 
         var port = FreePortPair();
         var silo = FreePortPair();
-        await using var mover = Daemon.Start(_models.Home.Path, "node", "--model", _models.Pool, "--join", url, "--max-layers", "4", "--memory", "1G",
+        await using var mover = PotluckProcess.Start(_models.Home.Path, "node", "--model", _models.Pool, "--join", url, "--max-layers", "4", "--memory", "1G",
             "--rebalance", "--rebalance-every", "1", "--port", port.ToString(), "--silo-port", silo.ToString(), "--threads", "1", "--node-id", "mover");
         await mover.WaitForOutputAsync("checking the pool every", Limit);
         var first = HealthySpanOf(await http.GetStringAsync("api/join"), "mover");
@@ -153,7 +152,7 @@ public sealed class PoolGrowthTests : IClassFixture<JoinModels>
 
         var port = FreePortPair();
         var silo = FreePortPair();
-        await using var mover = Daemon.Start(_models.Home.Path, "node", "--model", _models.Pool, "--join", url, "--max-layers", "4", "--memory", "1G",
+        await using var mover = PotluckProcess.Start(_models.Home.Path, "node", "--model", _models.Pool, "--join", url, "--max-layers", "4", "--memory", "1G",
             "--rebalance", "--rebalance-every", "1", "--port", port.ToString(), "--silo-port", silo.ToString(), "--threads", "1", "--node-id", "mover");
         await mover.WaitForOutputAsync("checking the pool every", Limit);
         // Four layers at most: the largest gap [2,8) from its start. It is the only holder of [2,6), so it stays.
@@ -176,26 +175,24 @@ public sealed class PoolGrowthTests : IClassFixture<JoinModels>
         Assert.True(coverage.Problems.Count == 0, string.Join("\n", coverage.Problems) + "\n" + mover.Output);
     }
 
-    private async Task<(Daemon Gateway, HttpClient Http, string Url)> StartGatewayAsync()
+    private async Task<(ChildProcess Gateway, HttpClient Http, string Url)> StartGatewayAsync()
     {
-        var httpPort = ServeTests.FreePort();
-        var url = $"http://127.0.0.1:{httpPort}";
-        var gateway = Daemon.Start(_models.Home.Path, "gateway", "--model", _models.Pool, "--port", httpPort.ToString(), "--silo-port", ServeTests.FreePort().ToString());
-        var http = new HttpClient { BaseAddress = new Uri(url), Timeout = TimeSpan.FromSeconds(30) };
+        var gateway = GatewayProcess.Start(_models.Home.Path, _models.Pool);
+        var http = gateway.CreateClient();
         await JoinTests.WaitUntilAsync(http, "healthz", _ => true, Limit, gateway);
-        return (gateway, http, url);
+        return (gateway, http, gateway.Url);
     }
 
-    private (Daemon Node, string Id) StartChoosingNode(string url)
+    private (ChildProcess Node, string Id) StartChoosingNode(string url)
     {
         var port = ServeTests.FreePort();
-        var node = Daemon.Start(_models.Home.Path, "node", "--model", _models.Pool, "--join", url, "--max-layers", "3", "--memory", "1G",
+        var node = PotluckProcess.Start(_models.Home.Path, "node", "--model", _models.Pool, "--join", url, "--max-layers", "3", "--memory", "1G",
             "--port", port.ToString(), "--silo-port", ServeTests.FreePort().ToString(), "--threads", "1");
         return (node, $"node-127.0.0.1-{port}");
     }
 
-    private Daemon StartFixedNode(string url, string layers, string id) =>
-        Daemon.Start(_models.Home.Path, "node", "--model", _models.Pool, "--join", url, "--layers", layers, "--node-id", id,
+    private ChildProcess StartFixedNode(string url, string layers, string id) =>
+        PotluckProcess.Start(_models.Home.Path, "node", "--model", _models.Pool, "--join", url, "--layers", layers, "--node-id", id,
             "--port", ServeTests.FreePort().ToString(), "--silo-port", ServeTests.FreePort().ToString(), "--threads", "1");
 
     /// <summary>POST /api/join/announce: bad bodies get OpenAI-style 400s; a good one shows as joining and is never routed to.</summary>

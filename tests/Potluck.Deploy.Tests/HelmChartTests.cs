@@ -200,19 +200,15 @@ public sealed class HelmChartTests
             File.SetUnixFileMode(fake, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
             string RunAs(string hostname, out int exitCode)
             {
-                var start = new System.Diagnostics.ProcessStartInfo("bash") { RedirectStandardOutput = true, RedirectStandardError = true };
-                start.ArgumentList.Add("-c");
-                start.ArgumentList.Add(script);
-                foreach (var arg in args.Skip(1)) start.ArgumentList.Add(arg);
-                start.Environment["PATH"] = $"{bin.FullName}:/usr/bin:/bin";
-                start.Environment["HOSTNAME"] = hostname;
-                start.Environment["LAYERS_BY_ORDINAL"] = layers;
-                using var process = System.Diagnostics.Process.Start(start)!;
-                var stdout = process.StandardOutput.ReadToEndAsync();
-                var stderr = process.StandardError.ReadToEndAsync();
-                Assert.True(process.WaitForExit(TimeSpan.FromSeconds(10)), "the ordinal script hung");
-                exitCode = process.ExitCode;
-                return stdout.Result + stderr.Result;
+                var start = ChildProcess.StartInfo("bash", ["-c", script, .. args.Skip(1)], new Dictionary<string, string>
+                {
+                    ["PATH"] = $"{bin.FullName}:/usr/bin:/bin",
+                    ["HOSTNAME"] = hostname,
+                    ["LAYERS_BY_ORDINAL"] = layers,
+                });
+                var run = ProcessRunner.Run(start, TimeSpan.FromSeconds(10)); // throws if the ordinal script hangs
+                exitCode = run.ExitCode;
+                return run.StandardOutput + run.StandardError;
             }
 
             var first = RunAs($"{Prefix}-node-0", out var firstExit).Split('\n', StringSplitOptions.RemoveEmptyEntries);

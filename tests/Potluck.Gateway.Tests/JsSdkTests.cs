@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using System.Text.Json;
 
 namespace Potluck.Gateway.Tests;
@@ -24,22 +23,8 @@ public sealed class JsSdkTests(PoolFixture pool)
 
     private static async Task<(int Code, string Out, string Err)> RunAsync(string file, string directory, TimeSpan timeout, params string[] args)
     {
-        var info = new ProcessStartInfo(file) { WorkingDirectory = directory, RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-        foreach (var a in args) info.ArgumentList.Add(a);
-        using var process = Process.Start(info)!;
-        var stdout = process.StandardOutput.ReadToEndAsync();
-        var stderr = process.StandardError.ReadToEndAsync();
-        using var cancel = new CancellationTokenSource(timeout);
-        try
-        {
-            await process.WaitForExitAsync(cancel.Token);
-        }
-        catch (OperationCanceledException)
-        {
-            process.Kill(entireProcessTree: true);
-            throw new TimeoutException($"{file} {string.Join(' ', args)} ran over {timeout}");
-        }
-        return (process.ExitCode, await stdout, await stderr);
+        var run = await ChildProcess.RunAsync(ChildProcess.StartInfo(file, args, workingDirectory: directory), timeout);
+        return (run.ExitCode, run.StandardOutput, run.StandardError);
     }
 
     [Fact]

@@ -164,7 +164,7 @@ public sealed class DrainTests(ITestOutputHelper output)
         await inUse.StepAsync(1);
         await inUse.StepAsync(40);
 
-        await ProcessPool.TerminateAsync(leaving);
+        leaving.Terminate();
         var sinceSigterm = Stopwatch.StartNew();
         var reportedIn = await ProcessPool.WaitForAsync(async () =>
             (await pool.Directory.GetView()).Shards.Any(s => s.Status.NodeId == "leaves" && s.Status.Draining), ViewTimeout, "the pool sees the node draining");
@@ -189,13 +189,12 @@ public sealed class DrainTests(ITestOutputHelper output)
         await inUse.StepAsync(41);
         await inUse.StepAsync(42);
         await inUse.StepAsync(43);
-        Assert.False(leaving.Process.HasExited, "the node left before its open session finished");
+        Assert.False(leaving.HasExited, "the node left before its open session finished");
         await inUse.Client.CloseAsync(StepTimeout);
         var closedAt = sinceSigterm.Elapsed;
 
         var code = await leaving.WaitForExitAsync(drainTimeout);
         var exitedAt = sinceSigterm.Elapsed;
-        leaving.Process.WaitForExit(); // flushes the redirected output
         output.WriteLine($"session closed {closedAt.TotalSeconds:F1} s after SIGTERM; process exited {(exitedAt - closedAt).TotalSeconds:F1} s later, code {code}");
         Assert.Equal(0, code);
         // It left because the session finished, not at the drain deadline.
@@ -227,7 +226,7 @@ public sealed class DrainTests(ITestOutputHelper output)
         await using var never = await CheckedSession.OpenAsync(node.Endpoint, ProcessPool.OpenMessage("never-closed", modelId, 64, [shard]), head, oracle);
         await never.StepAsync(1);
 
-        await ProcessPool.TerminateAsync(node);
+        node.Terminate();
         var sinceSigterm = Stopwatch.StartNew();
         await ProcessPool.WaitForAsync(() => Task.FromResult(Logged(node, "draining: 1 sessions in use")), ViewTimeout, "the node starts draining");
         // Still served during the drain.
@@ -245,7 +244,6 @@ public sealed class DrainTests(ITestOutputHelper output)
 
         var code = await node.WaitForExitAsync(ViewTimeout);
         var exitedAt = sinceSigterm.Elapsed;
-        node.Process.WaitForExit(); // flushes the redirected output
         output.WriteLine($"drain deadline {deadlineAt.TotalSeconds:F1} s after SIGTERM (drain timeout {drainTimeout.TotalSeconds:F0} s); exited at {exitedAt.TotalSeconds:F1} s, code {code}");
         Assert.Equal(0, code);
         Assert.True(Logged(node, "0 sessions finished, 1 ended at the deadline"), "drain summary missing from the node's log");

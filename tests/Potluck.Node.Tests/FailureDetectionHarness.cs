@@ -53,26 +53,24 @@ public sealed class ProcessPool : IAsyncDisposable
             string? seed = null;
             foreach (var spec in specs)
             {
-                var grpcPort = Ports.Free();
-                var siloPort = Ports.Free();
-                var args = new List<string>
-                {
-                    "--model", model, "--layers", $"{spec.LayerStart}-{spec.LayerEnd}", "--node-id", spec.NodeId,
-                    "--grpc-port", $"{grpcPort}", "--silo-port", $"{siloPort}", "--cluster", cluster,
-                };
-                if (seed is null) args.AddRange(["--gateway-port", $"{gatewayPort}"]);
-                else args.AddRange(["--seed", seed]);
-                if (fastFailureDetection) args.Add("--fast");
                 var environment = new Dictionary<string, string>(spec.Environment ?? new Dictionary<string, string>())
                 {
                     ["Logging__Console__LogToStandardErrorThreshold"] = "Trace",
                     ["Logging__Console__FormatterOptions__TimestampFormat"] = "HH:mm:ss.fff ",
                 };
-                nodes.Add(NodeProcess.Start(output, spec.NodeId, grpcPort, args, environment));
-                siloPorts.Add(siloPort);
+                var launch = new NodeLaunch(spec.NodeId, model, spec.LayerStart, spec.LayerEnd)
+                {
+                    Cluster = cluster,
+                    Seed = seed,
+                    GatewayPort = seed is null ? gatewayPort : null,
+                    FastFailureDetection = fastFailureDetection,
+                    Environment = environment,
+                };
+                nodes.Add(NodeProcess.Start(launch, output));
+                siloPorts.Add(launch.SiloPort);
                 // The primary first: the others join through it.
                 if (seed is null) await nodes[0].WaitServingAsync(StartTimeout);
-                seed ??= $"127.0.0.1:{siloPort}";
+                seed ??= $"127.0.0.1:{launch.SiloPort}";
             }
             foreach (var node in nodes) await node.WaitServingAsync(StartTimeout);
 
@@ -110,14 +108,6 @@ public sealed class ProcessPool : IAsyncDisposable
         for (var i = 1; i < hops.Count; i++)
             open.Next.Add(new RouteHop { NodeId = hops[i].NodeId, Endpoint = hops[i].GrpcEndpoint, LayerStart = hops[i].LayerStart, LayerEnd = hops[i].LayerEnd });
         return open;
-    }
-
-    /// <summary>SIGTERM, the way Kubernetes, compose and `potluck serve` stop a node.</summary>
-    public static async Task TerminateAsync(NodeProcess node)
-    {
-        using var kill = Process.Start("kill", $"-TERM {node.Process.Id}")!;
-        await kill.WaitForExitAsync();
-        Assert.Equal(0, kill.ExitCode);
     }
 
     /// <summary>Polls <paramref name="condition"/> every 100 ms; returns how long it took, fails past <paramref name="timeout"/>.</summary>

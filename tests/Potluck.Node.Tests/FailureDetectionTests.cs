@@ -55,7 +55,7 @@ public sealed class FailureDetectionTests(ITestOutputHelper output)
         // The last node, not the primary: development clustering keeps the membership table on the primary.
         var victim = pool.Nodes[^1];
         var victimPort = pool.SiloPorts[^1];
-        victim.Process.Kill();
+        victim.Kill();
         var sinceKill = Stopwatch.StartNew();
 
         TimeSpan? declaredDead = null, leftView = null;
@@ -102,9 +102,9 @@ public sealed class FailureDetectionTests(ITestOutputHelper output)
         var frozen = pool.Nodes[2];
         var frozenPort = pool.SiloPorts[2];
 
-        await SignalAsync(frozen, "STOP");
+        frozen.Freeze();
         await Task.Delay(TimeSpan.FromSeconds(10));
-        await SignalAsync(frozen, "CONT");
+        frozen.Thaw();
         // Votes stay in the table for minutes: one cast during the stall or just after it would show here.
         await Task.Delay(TimeSpan.FromSeconds(15));
         var entry = ProcessPool.EntryOf(await pool.MembershipAsync(), frozenPort);
@@ -114,7 +114,7 @@ public sealed class FailureDetectionTests(ITestOutputHelper output)
         await ProcessPool.WaitForAsync(async () => (await pool.Directory.GetView()).HealthyShards(modelId).Count == 3, ViewTimeout,
             "the frozen node healthy again in the pool view");
 
-        await SignalAsync(frozen, "STOP");
+        frozen.Freeze();
         var sinceStop = Stopwatch.StartNew();
         var leftView = await ProcessPool.WaitForAsync(async () =>
             !(await pool.Directory.GetView()).Shards.Any(s => s.Status.NodeId == frozen.NodeId && s.Healthy), DetectionBound, "the silent node leaves the pool view");
@@ -132,13 +132,6 @@ public sealed class FailureDetectionTests(ITestOutputHelper output)
         foreach (var line in othersUnhealthy.Take(10)) output.WriteLine($"  {line}");
         Assert.Empty(othersUnhealthy);
         // The harness's dispose SIGKILLs it, stopped or not.
-    }
-
-    private static async Task SignalAsync(NodeProcess node, string signal)
-    {
-        using var kill = Process.Start("kill", $"-{signal} {node.Process.Id}")!;
-        await kill.WaitForExitAsync();
-        Assert.Equal(0, kill.ExitCode);
     }
 
     [Fact]

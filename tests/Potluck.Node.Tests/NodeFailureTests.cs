@@ -21,10 +21,9 @@ public sealed class NodeFailureTests(ITestOutputHelper output)
         var grpcPort = Ports.Free();
         environment.TryAdd("Potluck__Node__GrpcPort", $"{grpcPort}");
         var watch = Stopwatch.StartNew();
-        using var node = NodeProcess.Start(output, name, grpcPort, [], environment);
+        using var node = NodeProcess.StartFromEnvironment(output, name, grpcPort, environment);
         var code = await node.WaitForExitAsync(ExitTimeout);
         var elapsed = watch.Elapsed;
-        node.Process.WaitForExit(); // flushes the redirected output
         var errors = node.StandardErrorLines.Where(l => l.StartsWith("potluck node: error:", StringComparison.Ordinal)).ToList();
         Assert.True(errors.Count == 1, $"expected exactly one 'potluck node: error:' line, got {errors.Count}: {string.Join(" | ", node.StandardErrorLines)}");
         Assert.DoesNotContain(node.StandardErrorLines, l => l.StartsWith("Unhandled exception", StringComparison.Ordinal));

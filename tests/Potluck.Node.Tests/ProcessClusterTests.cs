@@ -21,15 +21,14 @@ public sealed class ProcessClusterTests(ITestOutputHelper output)
 
     private NodeProcess StartNode(string model, string nodeId, int start, int end, string cluster, string? seed, int siloPort, int gatewayPort)
     {
-        var grpcPort = Ports.Free();
-        var args = new List<string>
+        return NodeProcess.Start(new NodeLaunch(nodeId, model, start, end)
         {
-            "--model", model, "--layers", $"{start}-{end}", "--node-id", nodeId, "--grpc-port", $"{grpcPort}",
-            "--silo-port", $"{siloPort}", "--cluster", cluster, "--fast",
-        };
-        if (gatewayPort > 0) args.AddRange(["--gateway-port", $"{gatewayPort}"]);
-        if (seed is not null) args.AddRange(["--seed", seed]);
-        return NodeProcess.Start(output, nodeId, grpcPort, args);
+            SiloPort = siloPort,
+            Cluster = cluster,
+            Seed = seed,
+            GatewayPort = gatewayPort > 0 ? gatewayPort : null,
+            FastFailureDetection = true,
+        }, output);
     }
 
     private static Task WaitServingAsync(NodeProcess node) => node.WaitServingAsync(Timeout);
@@ -121,7 +120,7 @@ public sealed class ProcessClusterTests(ITestOutputHelper output)
         await DirectStepAsync(77);
 
         // SIGKILL the middle node: the pool view must stop offering it within a bounded time.
-        b.Process.Kill();
+        b.Kill();
         var markedIn = await WaitForAsync(async () =>
             !(await directory.GetView()).Shards.Any(s => s.Status.NodeId == "pb" && s.Healthy));
         output.WriteLine($"pool view marked pb gone/unhealthy {markedIn.TotalSeconds:F1} s after SIGKILL");
@@ -141,9 +140,8 @@ public sealed class ProcessClusterTests(ITestOutputHelper output)
         await direct.CloseAsync(TimeSpan.FromSeconds(30));
 
         // SIGTERM: clean shutdown, exit code 0, shard withdrawn.
-        using (var term = Process.Start("kill", $"-TERM {c.Process.Id}")) await term.WaitForExitAsync();
-        using (var exitTimeout = new CancellationTokenSource(Timeout)) await c.Process.WaitForExitAsync(exitTimeout.Token);
-        Assert.Equal(0, c.Process.ExitCode);
+        c.Terminate();
+        Assert.Equal(0, await c.WaitForExitAsync(Timeout));
         await WaitForAsync(async () => (await directory.GetView()).Shards.All(s => s.Status.NodeId != "pc"));
         await clientHost.StopAsync(new CancellationTokenSource(TimeSpan.FromSeconds(10)).Token);
     }

@@ -48,7 +48,7 @@ public sealed class RedisMembershipTests(ITestOutputHelper output)
                     ["Potluck__Node__RedisConnectionString"] = redis.Endpoint,
                     ["Potluck__Node__ClusterId"] = cluster,
                 };
-                nodes.Add(NodeProcess.Start(output, span.Id, grpcPort, [], environment));
+                nodes.Add(NodeProcess.StartFromEnvironment(output, span.Id, grpcPort, environment));
             }
             foreach (var node in nodes) await node.WaitServingAsync(Timeout);
             output.WriteLine($"3 nodes serving {watch.Elapsed.TotalSeconds:F1} s after start");

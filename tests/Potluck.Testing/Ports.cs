@@ -3,7 +3,7 @@ using System.Net.Sockets;
 
 namespace Potluck.Testing;
 
-/// <summary>Loopback ports for test processes; also compiled into the gateway tests (linked file).</summary>
+/// <summary>Loopback ports for test processes and in-process hosts: the one port helper of every test project.</summary>
 public static class Ports
 {
     // The kernel may hand the same ephemeral port to two listeners in a row once the first is closed; a test that

@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using System.Net.Sockets;
 using System.Text;
 using Xunit;
@@ -13,9 +12,9 @@ public sealed class RedisServer : IAsyncDisposable
 {
     private static readonly TimeSpan StartTimeout = TimeSpan.FromSeconds(15);
 
-    private readonly Process? _process;
+    private readonly ChildProcess? _process;
 
-    private RedisServer(string endpoint, Process? process)
+    private RedisServer(string endpoint, ChildProcess? process)
     {
         Endpoint = endpoint;
         _process = process;
@@ -58,21 +57,9 @@ public sealed class RedisServer : IAsyncDisposable
         var executable = FindExecutable()
             ?? throw new InvalidOperationException("redis-server is not installed and POTLUCK_TEST_REDIS is not set; install the Debian package redis-server");
         var port = Ports.Free();
-        var info = new ProcessStartInfo(executable)
-        {
-            UseShellExecute = false,
-            RedirectStandardOutput = true,
-            RedirectStandardError = true,
-            WorkingDirectory = Path.GetTempPath(),
-        };
-        foreach (var arg in new[] { "--bind", "127.0.0.1", "--port", port.ToString(), "--save", "", "--appendonly", "no", "--protected-mode", "yes" })
-            info.ArgumentList.Add(arg);
-        var process = Process.Start(info)!;
-        // Drain its output so a chatty server never blocks on a full pipe.
-        process.OutputDataReceived += (_, _) => { };
-        process.ErrorDataReceived += (_, _) => { };
-        process.BeginOutputReadLine();
-        process.BeginErrorReadLine();
+        var process = ChildProcess.Start(executable,
+            ["--bind", "127.0.0.1", "--port", $"{port}", "--save", "", "--appendonly", "no", "--protected-mode", "yes"],
+            workingDirectory: Path.GetTempPath(), name: "redis-server");
         var server = new RedisServer($"127.0.0.1:{port}", process);
         try
         {
@@ -86,7 +73,7 @@ public sealed class RedisServer : IAsyncDisposable
         }
     }
 
-    private static async Task WaitForPongAsync(string endpoint, Process? process)
+    private static async Task WaitForPongAsync(string endpoint, ChildProcess? process)
     {
         var colon = endpoint.LastIndexOf(':');
         var host = endpoint[..colon];
@@ -116,18 +103,7 @@ public sealed class RedisServer : IAsyncDisposable
 
     public async ValueTask DisposeAsync()
     {
-        if (_process is null) return;
-        try
-        {
-            if (!_process.HasExited) _process.Kill();
-            using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(10));
-            await _process.WaitForExitAsync(timeout.Token);
-        }
-        catch (Exception e) when (e is InvalidOperationException or OperationCanceledException)
-        {
-            // Already gone, or it ignored SIGKILL for 10 s (nothing more a test can do).
-        }
-        _process.Dispose();
+        if (_process is not null) await _process.DisposeAsync();
     }
 }
 

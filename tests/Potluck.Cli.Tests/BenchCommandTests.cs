@@ -3,6 +3,7 @@ using System.Text.Json;
 namespace Potluck.Cli.Tests;
 
 /// <summary>`potluck bench`: a short real hop measurement with its JSON report, and honesty about what is missing.</summary>
+[ProcessTest]
 public sealed class BenchCommandTests : IClassFixture<TempHome>
 {
     private static readonly TimeSpan Timeout = TimeSpan.FromSeconds(120);

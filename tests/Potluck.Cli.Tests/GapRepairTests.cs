@@ -11,6 +11,7 @@ namespace Potluck.Cli.Tests;
 /// /readyz names the gap, and a node started with --join and no --layers takes exactly the missing span, after which
 /// the pool serves the same text as before. Real `potluck gateway` and `potluck node` processes on loopback.
 /// </summary>
+[ProcessTest]
 public sealed class GapRepairTests(JoinModels models, ITestOutputHelper output) : IClassFixture<JoinModels>
 {
     private static readonly TimeSpan Limit = TimeSpan.FromSeconds(90);

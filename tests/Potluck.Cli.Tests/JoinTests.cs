@@ -32,6 +32,7 @@ public sealed class JoinModels : IAsyncLifetime
 /// `potluck node --join URL` against a real gateway process: the node reads the pool, checks the model and picks
 /// the layers nobody holds; nodes with another model file are refused, and the gateway flags them.
 /// </summary>
+[ProcessTest]
 public sealed class JoinTests : IClassFixture<JoinModels>
 {
     private static readonly TimeSpan Limit = TimeSpan.FromSeconds(90);

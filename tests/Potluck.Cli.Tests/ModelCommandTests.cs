@@ -3,6 +3,7 @@ using System.Text.Json;
 namespace Potluck.Cli.Tests;
 
 /// <summary>`potluck model` against real files: the generated demo model, a missing file and random bytes.</summary>
+[ProcessTest]
 public sealed class ModelCommandTests : IClassFixture<TempHome>
 {
     private static readonly TimeSpan Timeout = TimeSpan.FromSeconds(120);

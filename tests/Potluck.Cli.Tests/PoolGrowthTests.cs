@@ -14,6 +14,7 @@ namespace Potluck.Cli.Tests;
 /// cover the model (a node still loading already counts, through its announcement), then further nodes become replicas
 /// where Petals' rule says; a --rebalance node moves to where it is needed and loads the new span before leaving the old.
 /// </summary>
+[ProcessTest]
 public sealed class PoolGrowthTests : IClassFixture<JoinModels>
 {
     private static readonly TimeSpan Limit = TimeSpan.FromSeconds(120);

@@ -5,6 +5,7 @@ using Potluck.Cli.Supervision;
 namespace Potluck.Cli.Tests;
 
 /// <summary>The supervisor `serve` uses, driving real child processes (/bin/sh).</summary>
+[ProcessTest]
 public sealed class ProcessSupervisorTests
 {
     private static readonly TimeSpan WaitLimit = TimeSpan.FromSeconds(20);

@@ -5,6 +5,7 @@ using System.Net.Sockets;
 namespace Potluck.Cli.Tests;
 
 /// <summary>`potluck serve` as users run it: real gateway and node child processes on loopback.</summary>
+[ProcessTest]
 public sealed class ServeTests : IClassFixture<TempHome>
 {
     private static readonly TimeSpan FailFast = TimeSpan.FromSeconds(30);

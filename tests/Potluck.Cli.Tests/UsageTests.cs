@@ -1,6 +1,7 @@
 namespace Potluck.Cli.Tests;
 
 /// <summary>Exit codes and messages of the real executable for help and bad command lines.</summary>
+[ProcessTest]
 public sealed class UsageTests : IClassFixture<TempHome>
 {
     private static readonly TimeSpan Timeout = TimeSpan.FromSeconds(60);

@@ -10,6 +10,7 @@ namespace Potluck.Deploy.Tests;
 /// published gateway port compared with single-node llama.cpp, and a node stopped under the pool view's eyes.
 /// </summary>
 [Collection(DockerCollection.Name)]
+[ProcessTest]
 public sealed class ClusterContainerTests(PotluckImageFixture image)
 {
     private static readonly TimeSpan StartTimeout = TimeSpan.FromMinutes(3);

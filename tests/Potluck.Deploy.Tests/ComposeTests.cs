@@ -8,6 +8,7 @@ namespace Potluck.Deploy.Tests;
 /// answers a chat like single-node llama.cpp, and Prometheus (observability profile) scrapes the gateway.
 /// </summary>
 [Collection(DockerCollection.Name)]
+[ProcessTest]
 public sealed class ComposeTests(PotluckImageFixture image)
 {
     [DockerFact]

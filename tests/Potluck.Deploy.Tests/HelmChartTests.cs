@@ -3,6 +3,7 @@ using static Potluck.Deploy.Tests.RenderedChart;
 namespace Potluck.Deploy.Tests;
 
 /// <summary>helm lint and helm template of helm/potluck, with the rendered objects parsed and checked.</summary>
+[ProcessTest]
 public sealed class HelmChartTests
 {
     private const string Release = "pl";

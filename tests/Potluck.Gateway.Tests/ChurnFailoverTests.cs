@@ -17,6 +17,7 @@ namespace Potluck.Gateway.Tests;
 /// The gateway is the primary silo: it outlives every node.
 /// </summary>
 [Collection(FailoverCollection.Name)]
+[ProcessTest]
 public sealed class ChurnFailoverTests(ITestOutputHelper output) : IAsyncLifetime
 {
     private const int Requests = 20;

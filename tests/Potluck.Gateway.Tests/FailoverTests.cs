@@ -16,6 +16,7 @@ namespace Potluck.Gateway.Tests;
 /// text of a run without the fault. Own processes, not the shared pool fixture, because a node dies.
 /// </summary>
 [Collection(FailoverCollection.Name)]
+[ProcessTest]
 public sealed class FailoverTests(ITestOutputHelper output) : IAsyncLifetime
 {
     private static readonly TimeSpan RequestTimeout = TimeSpan.FromSeconds(60);

@@ -10,6 +10,7 @@ namespace Potluck.Gateway.Tests;
 
 /// <summary>Greedy output over HTTP through three node processes equals llama.cpp running the whole file in one process.</summary>
 [Collection(PoolCollection.Name)]
+[ProcessTest]
 public sealed class GreedyParityTests(PoolFixture pool)
 {
     private const int Tokens = 32;

@@ -6,6 +6,7 @@ namespace Potluck.Gateway.Tests;
 
 /// <summary>Hundreds of malformed and hostile requests: every answer is a well-formed 4xx OpenAI error, and the gateway keeps serving.</summary>
 [Collection(PoolCollection.Name)]
+[ProcessTest]
 public sealed class HostileRequestTests(PoolFixture pool)
 {
     private const int Requests = 300;

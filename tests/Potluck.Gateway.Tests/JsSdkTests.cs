@@ -4,6 +4,7 @@ namespace Potluck.Gateway.Tests;
 
 /// <summary>The official openai npm package against the gateway (chat and completions, streaming and not).</summary>
 [Collection(PoolCollection.Name)]
+[ProcessTest]
 public sealed class JsSdkTests(PoolFixture pool)
 {
     private static string ScriptDirectory

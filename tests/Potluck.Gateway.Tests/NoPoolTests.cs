@@ -8,6 +8,7 @@ using Potluck.Inference.Gguf;
 namespace Potluck.Gateway.Tests;
 
 /// <summary>A gateway whose cluster has no nodes: not ready, and requests get a 503 naming the missing layers.</summary>
+[ProcessTest]
 public sealed class NoPoolTests
 {
     [Fact]

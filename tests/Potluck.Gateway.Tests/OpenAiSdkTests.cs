@@ -9,6 +9,7 @@ namespace Potluck.Gateway.Tests;
 
 /// <summary>The official OpenAI .NET SDK against a gateway in front of three node processes.</summary>
 [Collection(PoolCollection.Name)]
+[ProcessTest]
 public sealed class OpenAiSdkTests(PoolFixture pool)
 {
     private OpenAIClientOptions Options => new() { Endpoint = new Uri(pool.Gateway.BaseAddress, "v1"), NetworkTimeout = TimeSpan.FromSeconds(60) };

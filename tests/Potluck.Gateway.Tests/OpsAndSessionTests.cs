@@ -5,6 +5,7 @@ using System.Text.Json;
 namespace Potluck.Gateway.Tests;
 
 [Collection(PoolCollection.Name)]
+[ProcessTest]
 public sealed class OpsAndSessionTests(PoolFixture pool)
 {
     private StringContent Chat(string content, int maxTokens, bool stream = false, string extra = "") => new(

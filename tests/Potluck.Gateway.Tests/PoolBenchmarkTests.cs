@@ -5,6 +5,7 @@ namespace Potluck.Gateway.Tests;
 
 /// <summary>The pool benchmark runs end to end on the 3-process pool and returns plausible figures.</summary>
 [Collection(PoolCollection.Name)]
+[ProcessTest]
 public sealed class PoolBenchmarkTests(PoolFixture pool, ITestOutputHelper output)
 {
     [Fact]

@@ -12,6 +12,7 @@ namespace Potluck.Node.Tests;
 /// Three real nodes in this process (silos + gRPC on loopback) split a generated model 0-1 / 1-3 / 3-4.
 /// Their logits must equal a single-node span over all layers, for several concurrent sessions.
 /// </summary>
+[ProcessTest]
 public sealed class ClusterOracleTests
 {
     private static readonly TimeSpan Timeout = TimeSpan.FromSeconds(30);

@@ -20,6 +20,7 @@ namespace Potluck.Node.Tests;
 /// exits 0 either way.
 /// </summary>
 [Collection("timing")]
+[ProcessTest]
 public sealed class DrainTests(ITestOutputHelper output)
 {
     private static readonly TimeSpan StepTimeout = TimeSpan.FromSeconds(30);

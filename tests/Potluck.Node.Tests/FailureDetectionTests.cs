@@ -16,6 +16,7 @@ namespace Potluck.Node.Tests;
 /// docs/architecture.md ("Failure detection") records them.
 /// </summary>
 [Collection("timing")]
+[ProcessTest]
 public sealed class FailureDetectionTests(ITestOutputHelper output)
 {
     private static readonly TimeSpan ViewTimeout = TimeSpan.FromSeconds(60);

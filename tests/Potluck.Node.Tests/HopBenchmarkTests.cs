@@ -8,6 +8,7 @@ namespace Potluck.Node.Tests;
 public sealed class TimingCollection;
 
 [Collection("timing")]
+[ProcessTest]
 public sealed class HopBenchmarkTests(ITestOutputHelper output)
 {
     [Fact]

@@ -30,6 +30,7 @@ public sealed class SingleNodeFixture : IAsyncLifetime
     }
 }
 
+[ProcessTest]
 public sealed class HostileFrameTests(SingleNodeFixture node) : IClassFixture<SingleNodeFixture>
 {
     private static readonly TimeSpan Timeout = TimeSpan.FromSeconds(30);

@@ -8,6 +8,7 @@ namespace Potluck.Node.Tests;
 /// A node that cannot work (no model, a corrupt model, bad settings, no Redis) must say why in one error line
 /// and exit non-zero promptly, so a restart loop in compose or Kubernetes is never silent.
 /// </summary>
+[ProcessTest]
 public sealed class NodeFailureTests(ITestOutputHelper output)
 {
     // Generous for a loaded 2-core machine; each case exits within a few seconds.

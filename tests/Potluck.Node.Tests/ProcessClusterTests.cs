@@ -15,6 +15,7 @@ namespace Potluck.Node.Tests;
 
 /// <summary>Three node processes on loopback: oracle parity, then SIGKILL of one and SIGTERM of another.</summary>
 [Collection("timing")]
+[ProcessTest]
 public sealed class ProcessClusterTests(ITestOutputHelper output)
 {
     private static readonly TimeSpan Timeout = TimeSpan.FromSeconds(60);

@@ -17,6 +17,7 @@ namespace Potluck.Node.Tests;
 /// Potluck__Node__* environment variables, none of them a seed, find each other through a real redis-server.
 /// </summary>
 [Collection("timing")]
+[ProcessTest]
 public sealed class RedisMembershipTests(ITestOutputHelper output)
 {
     private static readonly TimeSpan Timeout = TimeSpan.FromSeconds(60);

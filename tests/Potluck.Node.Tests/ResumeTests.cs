@@ -12,6 +12,7 @@ namespace Potluck.Node.Tests;
 /// Surviving stages keep their KV; the replacement is rebuilt from its upstream stage's output log (or, for the first
 /// stage, from rebuild steps the caller sends); every later step must give exactly the uninterrupted run's output.
 /// </summary>
+[ProcessTest]
 public sealed class ResumeTests
 {
     private static readonly TimeSpan Timeout = TimeSpan.FromSeconds(30);

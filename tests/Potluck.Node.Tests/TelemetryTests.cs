@@ -22,6 +22,7 @@ namespace Potluck.Node.Tests;
 /// grain calls join the caller's trace, the node and Orleans meters are collected, and OTLP export turns on
 /// from the standard OTEL_EXPORTER_OTLP_ENDPOINT setting.
 /// </summary>
+[ProcessTest]
 public sealed class TelemetryTests(ITestOutputHelper output)
 {
     private static readonly TimeSpan Timeout = TimeSpan.FromSeconds(30);

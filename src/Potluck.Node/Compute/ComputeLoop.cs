@@ -53,12 +53,6 @@ internal sealed class ComputeLoop : IDisposable
     public int LayerEnd { get; }
     public int MaxBatchRows { get; }
     public long StepsCompleted => Interlocked.Read(ref _steps);
-    public long FreeKvTokens { get { lock (_computeGate) return _compute.FreeKvTokens; } }
-
-    public int SessionLength(string sessionId)
-    {
-        lock (_computeGate) return _compute.SessionLength(sessionId);
-    }
 
     /// <summary>Reserves the session's KV in the engine; returns its length there and the engine's free KV after.</summary>
     public (int Length, long FreeKvTokens) OpenSession(string sessionId, int maxTokens)

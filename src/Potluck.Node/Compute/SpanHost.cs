@@ -44,7 +44,11 @@ public sealed partial class SpanHost : IDisposable
     public long KvBudgetTokens => _compute.KvBudgetTokens;
     public long KvBytesPerToken => _compute.KvBytesPerToken;
 
-    public long FreeKvTokens => _loop.FreeKvTokens;
+    /// <summary>Open sessions and free KV, read together; never waits for a running forward.</summary>
+    public SpanCounters Counters => _registry.Counters;
+
+    /// <summary>KV tokens not reserved by a session; never waits for a running forward.</summary>
+    public long FreeKvTokens => _registry.Counters.FreeKvTokens;
     public int OpenSessions => _registry.Counters.OpenSessions;
     public long StepsCompleted => _loop.StepsCompleted;
     public bool Draining => _registry.Draining;
@@ -92,7 +96,8 @@ public sealed partial class SpanHost : IDisposable
     /// <summary>Stops accepting sessions and closes every open one (shutdown).</summary>
     public int CloseAll(bool cancelled) => _registry.CloseAll(cancelled);
 
-    public int SessionLength(string sessionId) => _loop.SessionLength(sessionId);
+    /// <summary>Positions the session holds (as of its last completed step or rewind); never waits for a running forward.</summary>
+    public int SessionLength(string sessionId) => _registry.SessionLength(sessionId);
 
     /// <inheritdoc cref="DecodeSpeed.MeasureMs"/>
     public static double MeasureDecodeMs(IStageCompute compute, int repeats = 7) => DecodeSpeed.MeasureMs(compute, repeats);

@@ -13,7 +13,7 @@ public sealed partial class SpanHost
     /// </summary>
     public int BeginDrain()
     {
-        Draining = true;
+        _registry.Draining = true;
         return SessionsInUse;
     }
 
@@ -26,7 +26,7 @@ public sealed partial class SpanHost
         get
         {
             var count = 0;
-            foreach (var session in _sessions.Values) if (session.DetachedSinceTicks is null) count++;
+            foreach (var session in _registry.Sessions) if (session.DetachedSinceTicks is null) count++;
             return count;
         }
     }
@@ -46,7 +46,7 @@ public sealed partial class SpanHost
             while (true)
             {
                 var pending = new List<Task>();
-                foreach (var session in _sessions.Values)
+                foreach (var session in _registry.Sessions)
                 {
                     if (session.DetachedSinceTicks is not null) continue;
                     if (!closedSignals.TryGetValue(session, out var signal))
@@ -83,12 +83,5 @@ public sealed partial class SpanHost
     /// Ends every session still open, in use or detached, as cancelled: each stream ends with an error status,
     /// which the gateway treats as a stage failure and re-routes onto a replica. Returns how many were ended.
     /// </summary>
-    public int EndRemaining()
-    {
-        Draining = true;
-        var ended = 0;
-        foreach (var id in _sessions.Keys)
-            if (Close(id, cancelled: true)) ended++;
-        return ended;
-    }
+    public int EndRemaining() => _registry.CloseAll(cancelled: true);
 }

@@ -18,6 +18,7 @@ public sealed class ShardStatusSource(SpanHost host, string grpcEndpoint, Func<s
         lock (_gate)
         {
             // Load = steps per second since the previous status (reports come every couple of seconds).
+            // Every read here is lock-free on the host: a status never waits behind a running forward.
             var now = Environment.TickCount64;
             var steps = host.StepsCompleted;
             if (now - _lastTicks >= 500)
@@ -26,8 +27,9 @@ public sealed class ShardStatusSource(SpanHost host, string grpcEndpoint, Func<s
                 _lastSteps = steps;
                 _lastTicks = now;
             }
+            var counters = host.Counters;
             return new ShardStatus(host.NodeId, host.ModelId, host.LayerStart, host.LayerEnd, host.LayerCount, host.Width,
-                GrpcEndpoint, host.KvBudgetTokens, host.FreeKvTokens, host.KvBytesPerToken, host.OpenSessions,
+                GrpcEndpoint, host.KvBudgetTokens, counters.FreeKvTokens, host.KvBytesPerToken, counters.OpenSessions,
                 _stepsPerSecond, host.MeasuredMsPerToken, siloAddress(), DateTime.UtcNow, host.Draining);
         }
     }

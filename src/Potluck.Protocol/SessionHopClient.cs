@@ -8,7 +8,7 @@ namespace Potluck.Protocol;
 /// each non-final stage holds one to its next stage, and the tests use it. It counts the session's step ids, builds
 /// every frame through <see cref="HopFrames"/> into one reused frame (a step allocates nothing once its payload buffer
 /// has grown) and checks the answers. One step in flight at a time, except for a relaying stage, which writes steps and
-/// reads answers on different tasks (<see cref="ForwardAsync"/>, <see cref="ReadAsync"/>).
+/// reads answers on different tasks (<see cref="ForwardAsync"/>, <see cref="Responses"/>).
 /// </summary>
 public sealed class SessionHopClient : IAsyncDisposable
 {
@@ -119,27 +119,26 @@ public sealed class SessionHopClient : IAsyncDisposable
     /// A stage rebuilding its replacement next stage: one rebuild step of rows it already holds encoded
     /// (<paramref name="payload"/>, kept unchanged until the write completes).
     /// </summary>
-    public async Task RebuildAsync(ReadOnlyMemory<byte> payload, HiddenType dtype, int rowCount, int startPosition, CancellationToken ct)
+    public Task RebuildAsync(ReadOnlyMemory<byte> payload, HiddenType dtype, int rowCount, int startPosition, CancellationToken ct)
     {
         HopFrames.FillStep(_step, SessionId, 0, startPosition, rowCount, Width, dtype, payload, null, lastRowOnly: true, default, rebuild: true);
         _request.Step = _step;
-        await _call.RequestStream.WriteAsync(_request, ct);
+        return _call.RequestStream.WriteAsync(_request, ct);
     }
 
     /// <summary>
     /// A stage passing a step it received to its next stage: the received frame itself, with only its payload replaced
-    /// (<see cref="HopFrames.Relay"/>), so every field the caller set travels on. The answer comes through <see cref="ReadAsync"/>.
+    /// (<see cref="HopFrames.Relay"/>), so every field the caller set travels on. The answer comes through <see cref="Responses"/>.
     /// </summary>
-    public async Task ForwardAsync(Step received, ReadOnlyMemory<byte> payload, int rowCount, HiddenType dtype, CancellationToken ct)
+    public Task ForwardAsync(Step received, ReadOnlyMemory<byte> payload, int rowCount, HiddenType dtype, CancellationToken ct)
     {
         HopFrames.Relay(received, payload, rowCount, Width, dtype);
         _request.Step = received;
-        await _call.RequestStream.WriteAsync(_request, ct);
+        return _call.RequestStream.WriteAsync(_request, ct);
     }
 
-    /// <summary>The next answer on the stream, or null when the stream ended (a relaying stage's read loop).</summary>
-    public async Task<HopResponse?> ReadAsync(CancellationToken ct) =>
-        await _call.ResponseStream.MoveNext(ct) ? _call.ResponseStream.Current : null;
+    /// <summary>The answers on the stream, read directly by a relaying stage's read loop (no per-answer task).</summary>
+    public IAsyncStreamReader<HopResponse> Responses => _call.ResponseStream;
 
     /// <summary>Writes a frame that gets no answer (rebuild steps); a failure shows on the next step.</summary>
     public async Task WriteAsync(HopRequest request, TimeSpan timeout, CancellationToken ct = default)

@@ -139,10 +139,12 @@ internal sealed class DownstreamLink
     /// <summary>Carries the final stage's answers back up; a failure of the next stage fails this link.</summary>
     private async Task RelayAsync(Func<HopResponse, ValueTask> relayUp)
     {
+        var responses = _client!.Responses;
         try
         {
-            while (await _client!.ReadAsync(_failed.Token) is { } response)
+            while (await responses.MoveNext(_failed.Token))
             {
+                var response = responses.Current;
                 if (response.KindCase == HopResponse.KindOneofCase.Result) await relayUp(response);
                 else if (response.KindCase == HopResponse.KindOneofCase.Closed) return;
             }

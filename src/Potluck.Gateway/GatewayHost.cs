@@ -17,7 +17,7 @@ using Potluck.Cluster.Membership;
 using Potluck.Cluster.Placement;
 using Potluck.Protocol.Diagnostics;
 using Potluck.Gateway.Api;
-using Potluck.Gateway.Generation;
+using Potluck.Gateway.Streaming;
 using Potluck.Gateway.Head;
 using Potluck.Gateway.Ops;
 using Potluck.Gateway.Routing;

@@ -1,28 +1,32 @@
-using System.Diagnostics;
-using Google.Protobuf;
 using Grpc.Core;
 using Potluck.Protocol.V1;
 
 namespace Potluck.Protocol;
 
 /// <summary>
-/// The caller's end of a session's route (what the gateway holds): one Hop stream to the first stage,
-/// steps written in order, each answered by the final stage's rows. One step in flight at a time.
+/// The caller's end of one session's Hop stream, the only hop client: the gateway holds one to a route's first stage,
+/// each non-final stage holds one to its next stage, and the tests use it. It counts the session's step ids, builds
+/// every frame through <see cref="HopFrames"/> into one reused frame (a step allocates nothing once its payload buffer
+/// has grown) and checks the answers. One step in flight at a time, except for a relaying stage, which writes steps and
+/// reads answers on different tasks (<see cref="ForwardAsync"/>, <see cref="Responses"/>).
 /// </summary>
 public sealed class SessionHopClient : IAsyncDisposable
 {
     private readonly AsyncDuplexStreamingCall<HopRequest, HopResponse> _call;
-    private readonly HopRequest _request = new() { Step = new Step() };
+    private readonly HopRequest _request = new();
+    private readonly Step _step = new();
     private byte[] _payload = [];
-    private ulong _nextStepId = 1;
+    private ulong _nextStepId;
 
-    private SessionHopClient(AsyncDuplexStreamingCall<HopRequest, HopResponse> call, string sessionId, int width, HiddenType wireType, SessionOpened opened)
+    private SessionHopClient(AsyncDuplexStreamingCall<HopRequest, HopResponse> call, OpenSession open, int width, SessionOpened opened)
     {
         _call = call;
-        SessionId = sessionId;
+        SessionId = open.SessionId;
         Width = width;
-        WireType = wireType;
+        WireType = open.WireType;
         Opened = opened;
+        // A resumed stream continues the session's step ids.
+        _nextStepId = open.LastStepId + 1;
     }
 
     /// <summary>Positions the first stage held after opening (a resumed session may hold some already).</summary>
@@ -32,24 +36,30 @@ public sealed class SessionHopClient : IAsyncDisposable
     public int Width { get; }
     public HiddenType WireType { get; }
     public SessionOpened Opened { get; }
+
+    /// <summary>The last step the route answered; a resume continues after it.</summary>
     public ulong LastStepId => _nextStepId - 1;
 
-    /// <summary>Opens the session on every stage of the route (first stage at <paramref name="channel"/>).</summary>
-    public static async Task<SessionHopClient> OpenAsync(CallInvoker invoker, OpenSession open, int width, TimeSpan timeout, CancellationToken ct = default)
+    /// <summary>
+    /// Opens the session on every stage of the route (first stage at <paramref name="invoker"/>) and waits up to
+    /// <paramref name="timeout"/> for the answer (an <see cref="OperationCanceledException"/> past it). The call lives
+    /// until disposed or until <paramref name="callLifetime"/> (default <paramref name="ct"/>) is cancelled.
+    /// </summary>
+    public static async Task<SessionHopClient> OpenAsync(CallInvoker invoker, OpenSession open, int width, TimeSpan timeout, CancellationToken ct = default,
+        CancellationToken? callLifetime = null)
     {
-        var call = new Stage.StageClient(invoker).Hop(cancellationToken: ct);
+        var call = new Stage.StageClient(invoker).Hop(cancellationToken: callLifetime ?? ct);
         try
         {
             using var limit = CancellationTokenSource.CreateLinkedTokenSource(ct);
             limit.CancelAfter(timeout);
             await call.RequestStream.WriteAsync(new HopRequest { Open = open }, limit.Token);
             if (!await call.ResponseStream.MoveNext(limit.Token))
-                throw new RpcException(new Status(StatusCode.Unavailable, "the first stage ended the stream without answering open"));
+                throw HopFailure.Exception(HopFailureReason.StageUnreachable, "ended the stream without answering open");
             var answer = call.ResponseStream.Current;
             if (answer.KindCase != HopResponse.KindOneofCase.Opened)
-                throw new RpcException(new Status(StatusCode.Internal, $"open answered with {answer.KindCase}"));
-            // A resumed stream continues the session's step ids.
-            return new SessionHopClient(call, open.SessionId, width, open.WireType, answer.Opened) { _nextStepId = open.LastStepId + 1 };
+                throw HopFailure.Exception(HopFailureReason.BadResult, $"answered open with {answer.KindCase}");
+            return new SessionHopClient(call, open, width, answer.Opened);
         }
         catch
         {
@@ -59,45 +69,42 @@ public sealed class SessionHopClient : IAsyncDisposable
     }
 
     /// <summary>
-    /// Fills this client's one reused step frame: encodes the rows into its payload buffer (grown, never shrunk)
-    /// and sets every field. The frame is serialized by the next write, after which it may be filled again, so a
-    /// step allocates nothing once the buffer has grown.
+    /// Fills the reused frame with the session's next step: encodes the rows into the payload buffer (grown, never
+    /// shrunk). The frame is serialized by the next write, after which it may be filled again. The step id is
+    /// counted when the answer arrives (<see cref="StepAsync"/>, <see cref="SendAsync"/>).
     /// </summary>
-    public HopRequest PrepareStep(ReadOnlySpan<float> hidden, int rowCount, int startPosition, ulong stepId, int? truncateTo, bool lastRowOnly,
-        bool rebuild = false)
+    public HopRequest PrepareStep(ReadOnlySpan<float> hidden, int rowCount, int startPosition, int? truncateTo, bool lastRowOnly,
+        ReadOnlySpan<int> returnRows = default, bool rebuild = false)
     {
         var bytes = rowCount * Width * HiddenStateCodec.BytesPerElement(WireType);
         if (_payload.Length < bytes) _payload = new byte[Math.Max(bytes, _payload.Length * 2)];
         HiddenStateCodec.Encode(hidden[..(rowCount * Width)], WireType, _payload);
-        var step = _request.Step;
-        step.SessionId = SessionId;
-        step.StepId = stepId;
-        if (truncateTo is { } t) step.TruncateTo = t;
-        else step.ClearTruncateTo();
-        step.StartPosition = startPosition;
-        step.RowCount = rowCount;
-        step.Width = Width;
-        step.Dtype = WireType;
-        step.Hidden = UnsafeByteOperations.UnsafeWrap(_payload.AsMemory(0, bytes));
-        step.LastRowOnly = lastRowOnly;
-        step.Rebuild = rebuild;
-        // Stages join the caller's trace; only when it is recorded, so untraced steps allocate nothing.
-        step.Traceparent = !rebuild && Activity.Current is { Recorded: true } current ? current.Id ?? "" : "";
+        HopFrames.FillStep(_step, SessionId, _nextStepId, startPosition, rowCount, Width, WireType, _payload.AsMemory(0, bytes), truncateTo,
+            lastRowOnly, returnRows, rebuild);
+        _request.Step = _step;
         return _request;
     }
 
     /// <summary>
-    /// Sends <paramref name="rowCount"/> rows starting at <paramref name="startPosition"/> and waits for the
-    /// final stage's rows, which are decoded into <paramref name="output"/> (F32). Returns the result.
+    /// Sends <paramref name="rowCount"/> rows starting at <paramref name="startPosition"/> (after an optional rewind to
+    /// <paramref name="truncateTo"/>) as the next step and waits for the final stage's rows, which are checked and
+    /// decoded into <paramref name="output"/> (F32). Returns the result.
     /// </summary>
     public async Task<StepResult> StepAsync(ReadOnlyMemory<float> hidden, int rowCount, int startPosition, bool lastRowOnly,
-        Memory<float> output, TimeSpan timeout, int? truncateTo = null, CancellationToken ct = default)
+        Memory<float> output, TimeSpan timeout, int? truncateTo = null, CancellationToken ct = default, ReadOnlyMemory<int> returnRows = default)
     {
-        var request = PrepareStep(hidden.Span, rowCount, startPosition, _nextStepId, truncateTo, lastRowOnly);
-        var result = await SendAsync(request, timeout, ct);
-        _nextStepId++;
-        if (!HiddenStateCodec.TryDecode(result.Hidden.Span, result.Dtype, output.Span[..(result.RowCount * result.Width)], out _))
-            throw new RpcException(new Status(StatusCode.Internal, $"result of step {result.StepId} has a malformed payload"));
+        var stepId = _nextStepId;
+        var result = await SendAsync(PrepareStep(hidden.Span, rowCount, startPosition, truncateTo, lastRowOnly, returnRows.Span), timeout, ct);
+        if (result.StepId != stepId)
+            throw HopFailure.Exception(HopFailureReason.BadResult, $"route answered step {result.StepId}, expected {stepId}");
+        if (result.RowCount == 0) return result;
+        if (result.Width != Width)
+            throw HopFailure.Exception(HopFailureReason.BadResult, $"route answered rows of width {result.Width}, expected {Width}");
+        var values = (long)result.RowCount * Width;
+        if (values > output.Length)
+            throw HopFailure.Exception(HopFailureReason.BadResult, $"route returned {result.RowCount} rows for step {result.StepId}, room for {output.Length / Width}");
+        if (!HiddenStateCodec.TryDecode(result.Hidden.Span, result.Dtype, output.Span[..(int)values], out var finite) || !finite)
+            throw HopFailure.Exception(HopFailureReason.BadResult, $"result of step {result.StepId} has a malformed or non-finite payload");
         return result;
     }
 
@@ -106,7 +113,32 @@ public sealed class SessionHopClient : IAsyncDisposable
     /// survived with these positions do not receive them. A failure shows on the next step.
     /// </summary>
     public Task RebuildAsync(ReadOnlyMemory<float> hidden, int rowCount, int startPosition, TimeSpan timeout, CancellationToken ct = default) =>
-        WriteAsync(PrepareStep(hidden.Span, rowCount, startPosition, 0, null, lastRowOnly: true, rebuild: true), timeout, ct);
+        WriteAsync(PrepareStep(hidden.Span, rowCount, startPosition, null, lastRowOnly: true, rebuild: true), timeout, ct);
+
+    /// <summary>
+    /// A stage rebuilding its replacement next stage: one rebuild step of rows it already holds encoded
+    /// (<paramref name="payload"/>, kept unchanged until the write completes).
+    /// </summary>
+    public Task RebuildAsync(ReadOnlyMemory<byte> payload, HiddenType dtype, int rowCount, int startPosition, CancellationToken ct)
+    {
+        HopFrames.FillStep(_step, SessionId, 0, startPosition, rowCount, Width, dtype, payload, null, lastRowOnly: true, default, rebuild: true);
+        _request.Step = _step;
+        return _call.RequestStream.WriteAsync(_request, ct);
+    }
+
+    /// <summary>
+    /// A stage passing a step it received to its next stage: the received frame itself, with only its payload replaced
+    /// (<see cref="HopFrames.Relay"/>), so every field the caller set travels on. The answer comes through <see cref="Responses"/>.
+    /// </summary>
+    public Task ForwardAsync(Step received, ReadOnlyMemory<byte> payload, int rowCount, HiddenType dtype, CancellationToken ct)
+    {
+        HopFrames.Relay(received, payload, rowCount, Width, dtype);
+        _request.Step = received;
+        return _call.RequestStream.WriteAsync(_request, ct);
+    }
+
+    /// <summary>The answers on the stream, read directly by a relaying stage's read loop (no per-answer task).</summary>
+    public IAsyncStreamReader<HopResponse> Responses => _call.ResponseStream;
 
     /// <summary>Writes a frame that gets no answer (rebuild steps); a failure shows on the next step.</summary>
     public async Task WriteAsync(HopRequest request, TimeSpan timeout, CancellationToken ct = default)
@@ -116,7 +148,10 @@ public sealed class SessionHopClient : IAsyncDisposable
         await _call.RequestStream.WriteAsync(request, limit.Token);
     }
 
-    /// <summary>Writes any frame (tests, replays) and waits for the next result on the stream.</summary>
+    /// <summary>
+    /// Writes a frame (a prepared step, or any frame in tests) and waits for the next result on the stream. A result
+    /// for the next step id counts it.
+    /// </summary>
     public async Task<StepResult> SendAsync(HopRequest request, TimeSpan timeout, CancellationToken ct = default)
     {
         using var limit = CancellationTokenSource.CreateLinkedTokenSource(ct);
@@ -125,10 +160,15 @@ public sealed class SessionHopClient : IAsyncDisposable
         while (await _call.ResponseStream.MoveNext(limit.Token))
         {
             var response = _call.ResponseStream.Current;
-            if (response.KindCase == HopResponse.KindOneofCase.Result) return response.Result;
+            if (response.KindCase != HopResponse.KindOneofCase.Result) continue;
+            if (response.Result.StepId == _nextStepId) _nextStepId++;
+            return response.Result;
         }
-        throw new RpcException(new Status(StatusCode.Unavailable, "the route ended the stream"));
+        throw HopFailure.Exception(HopFailureReason.StageUnreachable, "the route ended the stream");
     }
+
+    /// <summary>Ends this side of the stream: the stages close the session once they have answered what they got.</summary>
+    public Task CompleteAsync() => _call.RequestStream.CompleteAsync();
 
     /// <summary>Closes the session on every stage and waits for the confirmation.</summary>
     public async Task CloseAsync(TimeSpan timeout)

@@ -1,4 +1,4 @@
-using Potluck.Gateway.Generation;
+using Potluck.Gateway.Streaming;
 using Potluck.Gateway.Routing;
 
 namespace Potluck.Gateway.Tests;

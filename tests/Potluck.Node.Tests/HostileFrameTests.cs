@@ -61,7 +61,10 @@ public sealed class HostileFrameTests(SingleNodeFixture node) : IClassFixture<Si
     }
 
     /// <summary>Sends one frame on a fresh session (after a good first step) and returns the status the stream ends with.</summary>
-    private async Task<StatusCode> StatusAfter(Func<string, Step> badStep)
+    private async Task<StatusCode> StatusAfter(Func<string, Step> badStep) => (await FailureAfter(badStep)).Code;
+
+    /// <summary>As <see cref="StatusAfter"/>, with the failure's reason and failing stage.</summary>
+    private async Task<HopFailure> FailureAfter(Func<string, Step> badStep)
     {
         var (call, sessionId) = await OpenRawAsync();
         using (call)
@@ -81,9 +84,11 @@ public sealed class HostileFrameTests(SingleNodeFixture node) : IClassFixture<Si
             {
                 while (await call.ResponseStream.MoveNext(timeout.Token)) { }
             });
-            return error.StatusCode;
+            return HopFailure.Read(error);
         }
     }
+
+    private HopStage Solo => new(node.Pool.Options[0].ResolvedNodeId, 0, 4);
 
     private async Task AssertNodeServesAsync()
     {
@@ -117,8 +122,10 @@ public sealed class HostileFrameTests(SingleNodeFixture node) : IClassFixture<Si
     [Fact]
     public async Task Wrong_width_is_invalid_argument()
     {
-        var code = await StatusAfter(id => { var s = ValidStep(id, 2, 2, 1); s.Width = node.Width + 1; return s; });
-        Assert.Equal(StatusCode.InvalidArgument, code);
+        var failure = await FailureAfter(id => { var s = ValidStep(id, 2, 2, 1); s.Width = node.Width + 1; return s; });
+        Assert.Equal(StatusCode.InvalidArgument, failure.Code);
+        Assert.Equal(HopFailureReason.InvalidFrame, failure.Reason);
+        Assert.Equal(Solo, failure.Stage);
         await AssertNodeServesAsync();
     }
 
@@ -136,7 +143,8 @@ public sealed class HostileFrameTests(SingleNodeFixture node) : IClassFixture<Si
     [Fact]
     public async Task Non_finite_values_are_invalid_argument()
     {
-        Assert.Equal(StatusCode.InvalidArgument, await StatusAfter(id => ValidStep(id, 2, 2, 1, HiddenType.F32, float.NaN)));
+        var nan = await FailureAfter(id => ValidStep(id, 2, 2, 1, HiddenType.F32, float.NaN));
+        Assert.Equal((StatusCode.InvalidArgument, HopFailureReason.NonFiniteHidden), (nan.Code, nan.Reason));
         Assert.Equal(StatusCode.InvalidArgument, await StatusAfter(id => ValidStep(id, 2, 2, 1, HiddenType.F16, float.PositiveInfinity)));
         await AssertNodeServesAsync();
     }
@@ -144,12 +152,16 @@ public sealed class HostileFrameTests(SingleNodeFixture node) : IClassFixture<Si
     [Fact]
     public async Task Hundred_megabyte_payload_is_resource_exhausted()
     {
-        Assert.Equal(StatusCode.ResourceExhausted, await StatusAfter(id =>
+        var tooLarge = await FailureAfter(id =>
         {
             var s = ValidStep(id, 2, 2, 1);
             s.Hidden = ByteString.CopyFrom(new byte[100 * 1024 * 1024]);
             return s;
-        }));
+        });
+        Assert.Equal(StatusCode.ResourceExhausted, tooLarge.Code);
+        // gRPC refuses it before the stage sees it: no details, so the reason comes from the code and no stage is named.
+        Assert.Equal(HopFailureReason.FrameTooLarge, tooLarge.Reason);
+        Assert.Null(tooLarge.Stage);
         await AssertNodeServesAsync();
     }
 
@@ -163,15 +175,19 @@ public sealed class HostileFrameTests(SingleNodeFixture node) : IClassFixture<Si
         using var timeout = new CancellationTokenSource(Timeout);
         var error = await Assert.ThrowsAsync<RpcException>(async () => { while (await call.ResponseStream.MoveNext(timeout.Token)) { } });
         Assert.Equal(StatusCode.NotFound, error.StatusCode);
+        Assert.Equal(HopFailureReason.SessionNotFound, HopFailure.Read(error).Reason);
         await AssertNodeServesAsync();
     }
 
     [Fact]
     public async Task Out_of_order_step_is_failed_precondition()
     {
-        Assert.Equal(StatusCode.FailedPrecondition, await StatusAfter(id => ValidStep(id, 5, 2, 1)));
+        var outOfOrder = await FailureAfter(id => ValidStep(id, 5, 2, 1));
+        Assert.Equal((StatusCode.FailedPrecondition, HopFailureReason.StepOutOfOrder), (outOfOrder.Code, outOfOrder.Reason));
+        Assert.Equal(Solo, outOfOrder.Stage);
         // Right id, wrong position: the engine's position check.
-        Assert.Equal(StatusCode.FailedPrecondition, await StatusAfter(id => ValidStep(id, 2, 7, 1)));
+        var position = await FailureAfter(id => ValidStep(id, 2, 7, 1));
+        Assert.Equal((StatusCode.FailedPrecondition, HopFailureReason.PositionMismatch), (position.Code, position.Reason));
         await AssertNodeServesAsync();
     }
 

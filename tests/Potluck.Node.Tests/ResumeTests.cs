@@ -1,4 +1,3 @@
-using Google.Protobuf;
 using Potluck.Protocol.V1;
 using Potluck.Protocol;
 using Potluck.Inference.Gguf;
@@ -69,7 +68,7 @@ public sealed class ResumeTests
         var position = 0;
         for (var i = 0; i < BreakAfterSteps; i++)
         {
-            await resumed.WriteAsync(RebuildStep("first", inputs[i], StepRows[i], position, width), Timeout);
+            await resumed.RebuildAsync(inputs[i], StepRows[i], position, Timeout);
             position += StepRows[i];
         }
         var outputs = await ContinueAsync(resumed, inputs, BreakAfterSteps, length, width);
@@ -89,8 +88,10 @@ public sealed class ResumeTests
         var client = await OpenAsync(pool, "v", [0], resume: null);
         await StepAsync(client, inputs, 0, 0, new float[width]);
         // A rebuild step after the session's first normal step is refused.
-        var late = await Assert.ThrowsAsync<Grpc.Core.RpcException>(() => client.SendAsync(RebuildStep("v", inputs[1], 1, 5, width), Timeout));
+        var late = await Assert.ThrowsAsync<Grpc.Core.RpcException>(() =>
+            client.SendAsync(client.PrepareStep(inputs[1], 1, 5, truncateTo: null, lastRowOnly: true, rebuild: true), Timeout));
         Assert.Equal(Grpc.Core.StatusCode.FailedPrecondition, late.StatusCode);
+        Assert.Equal(HopFailureReason.RebuildTooLate, HopFailure.Read(late).Reason);
         // A rejected frame frees the session rather than detaching it.
         await WaitAsync(() => pool.Host(0).OpenSessions == 0, "the rejected session is freed");
 
@@ -117,25 +118,13 @@ public sealed class ResumeTests
 
     private static async Task<SessionHopClient> OpenAsync(InProcessPool pool, string sessionId, int[] route, (int Length, ulong LastStepId)? resume)
     {
-        var first = pool.Options[route[0]];
-        var open = new OpenSession
+        var hops = route.Select(i => new RouteHop
         {
-            SessionId = sessionId,
-            ModelId = pool.Host(0).ModelId,
-            LayerStart = first.LayerStart,
-            LayerEnd = first.LayerEnd,
-            MaxTokens = MaxTokens,
-            WireType = HiddenType.F32,
-        };
-        if (resume is { } r)
-        {
-            open.Resume = true;
-            open.ResumeLength = r.Length;
-            open.LastStepId = r.LastStepId;
-        }
-        foreach (var i in route.Skip(1))
-            open.Next.Add(new RouteHop { NodeId = pool.Options[i].ResolvedNodeId, Endpoint = pool.Options[i].GrpcEndpoint, LayerStart = pool.Options[i].LayerStart, LayerEnd = pool.Options[i].LayerEnd });
-        return await Channels.OpenAsync(Channels.For(first.GrpcEndpoint), open, pool.Host(0).Width);
+            NodeId = pool.Options[i].ResolvedNodeId, Endpoint = pool.Options[i].GrpcEndpoint, LayerStart = pool.Options[i].LayerStart, LayerEnd = pool.Options[i].LayerEnd,
+        }).ToList();
+        var open = HopFrames.Open(sessionId, pool.Host(0).ModelId, MaxTokens, HiddenType.F32, hops,
+            resume is { } r ? new ResumePoint(r.Length, r.LastStepId) : null);
+        return await Channels.OpenAsync(Channels.For(pool.Options[route[0]].GrpcEndpoint), open, pool.Host(0).Width);
     }
 
     private static async Task<int> StepAsync(SessionHopClient client, float[][] inputs, int step, int position, float[] lastRow)
@@ -164,20 +153,6 @@ public sealed class ResumeTests
         await client.CloseAsync(Timeout);
         await client.DisposeAsync();
         return outputs.GetRange(0, to - from);
-    }
-
-    private static HopRequest RebuildStep(string sessionId, float[] rows, int count, int position, int width)
-    {
-        var bytes = new byte[count * width * sizeof(float)];
-        HiddenStateCodec.Encode(rows.AsSpan(0, count * width), HiddenType.F32, bytes);
-        return new HopRequest
-        {
-            Step = new Step
-            {
-                SessionId = sessionId, StepId = 0, Rebuild = true, StartPosition = position, RowCount = count, Width = width,
-                Dtype = HiddenType.F32, Hidden = ByteString.CopyFrom(bytes), LastRowOnly = true,
-            },
-        };
     }
 
     private static async Task WaitAsync(Func<bool> condition, string what)

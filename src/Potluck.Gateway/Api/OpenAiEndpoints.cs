@@ -7,7 +7,7 @@ using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Http;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging;
-using Potluck.Gateway.Generation;
+using Potluck.Gateway.Streaming;
 using Potluck.Gateway.Head;
 using Potluck.Gateway.Telemetry;
 using Potluck.Inference.Text;
@@ -161,7 +161,7 @@ public static class OpenAiEndpoints
         }
     }
 
-    private static async Task<string> StreamAsync(HttpContext context, Generation.Generation generation, CompletionResponses responses,
+    private static async Task<string> StreamAsync(HttpContext context, GenerationRun generation, CompletionResponses responses,
         CompletionKind kind, bool includeUsage, IServiceProvider services, CancellationToken ct)
     {
         await responses.StartStreamAsync();

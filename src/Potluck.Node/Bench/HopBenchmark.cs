@@ -6,7 +6,7 @@ using Potluck.Protocol.V1;
 using Potluck.Protocol;
 using Potluck.Node.Compute;
 using Potluck.Node.Hosting;
-using Potluck.Node.Stage;
+using Potluck.Node.Hops;
 using Potluck.Node.Telemetry;
 
 namespace Potluck.Node.Bench;

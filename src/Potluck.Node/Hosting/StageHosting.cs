@@ -4,7 +4,7 @@ using Microsoft.AspNetCore.Hosting;
 using Microsoft.AspNetCore.Server.Kestrel.Core;
 using Microsoft.Extensions.DependencyInjection;
 using Potluck.Node.Compute;
-using Potluck.Node.Stage;
+using Potluck.Node.Hops;
 using Potluck.Node.Telemetry;
 
 namespace Potluck.Node.Hosting;

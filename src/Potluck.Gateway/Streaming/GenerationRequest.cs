@@ -1,6 +1,6 @@
 using Potluck.Inference.Text;
 
-namespace Potluck.Gateway.Generation;
+namespace Potluck.Gateway.Streaming;
 
 /// <summary>A validated generation: prompt tokens, budget, sampling and stop sequences.</summary>
 public sealed record GenerationRequest(

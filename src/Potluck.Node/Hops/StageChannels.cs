@@ -1,7 +1,7 @@
 using System.Collections.Concurrent;
 using Grpc.Net.Client;
 
-namespace Potluck.Node.Stage;
+namespace Potluck.Node.Hops;
 
 /// <summary>
 /// One GrpcChannel per downstream endpoint for the node's lifetime: every session hop to the same node

@@ -4,7 +4,7 @@ using Potluck.Gateway.Routing;
 using Potluck.Gateway.Sessions;
 using Potluck.Gateway.Telemetry;
 
-namespace Potluck.Gateway.Generation;
+namespace Potluck.Gateway.Streaming;
 
 /// <summary>Starts generations: admission (a bounded number at once), session ids and session grains.</summary>
 public sealed class GenerationService(
@@ -34,14 +34,14 @@ public sealed class GenerationService(
     /// Admits a generation (waiting for a free slot) and returns it; the caller must dispose it. Cancelling
     /// <paramref name="ct"/> or cancelling the session grain stops it.
     /// </summary>
-    public async Task<(Generation Generation, CancellationTokenSource Cancel)> StartAsync(GenerationRequest request, string sessionId, CancellationToken ct)
+    public async Task<(GenerationRun Generation, CancellationTokenSource Cancel)> StartAsync(GenerationRequest request, string sessionId, CancellationToken ct)
     {
         await _slots.WaitAsync(ct);
         var cancel = CancellationTokenSource.CreateLinkedTokenSource(ct);
         try
         {
             var grain = grains.GetGrain<ISessionGrain>(sessionId);
-            var generation = new Generation(this, request, sessionId, grain);
+            var generation = new GenerationRun(this, request, sessionId, grain);
             running.Add(sessionId, cancel);
             telemetry.SessionStarted();
             return (generation, cancel);
@@ -54,7 +54,7 @@ public sealed class GenerationService(
         }
     }
 
-    internal void Release(Generation generation)
+    internal void Release(GenerationRun generation)
     {
         running.Remove(generation.SessionId);
         telemetry.SessionEnded();

@@ -1,4 +1,4 @@
-namespace Potluck.Gateway.Generation;
+namespace Potluck.Gateway.Streaming;
 
 /// <summary>
 /// Finds stop sequences in streamed text. Text that could still be the start of a stop sequence is held back,

@@ -1,6 +1,6 @@
 using Potluck.Gateway.Routing;
 
-namespace Potluck.Gateway.Generation;
+namespace Potluck.Gateway.Streaming;
 
 /// <summary>No chain of healthy stages can serve the request right now (HTTP 503).</summary>
 public sealed class PoolUnavailableException(string message, IReadOnlyList<LayerGap> missingLayers) : Exception(message)

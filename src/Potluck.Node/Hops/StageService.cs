@@ -1,11 +1,12 @@
 using Grpc.Core;
 using Microsoft.Extensions.Logging;
+using Potluck.Protocol;
 using Potluck.Protocol.V1;
 using Potluck.Node.Compute;
 using Potluck.Node.Telemetry;
 using GrpcStage = Potluck.Protocol.V1.Stage;
 
-namespace Potluck.Node.Stage;
+namespace Potluck.Node.Hops;
 
 /// <summary>The data-plane endpoint of one node: one Hop stream per session that passes through it.</summary>
 public sealed class StageService(SpanHost host, StageChannels channels, NodeTelemetry telemetry, ILogger<StageService> log)
@@ -31,7 +32,8 @@ public sealed class StageService(SpanHost host, StageChannels channels, NodeTele
         {
             // Never let a hostile or broken stream take the node down: report and end this stream only.
             log.LogWarning(e, "Hop stream on layers [{Start},{End}) failed", host.LayerStart, host.LayerEnd);
-            throw new RpcException(new Status(StatusCode.Internal, $"node {host.NodeId}: {e.GetType().Name}: {e.Message}"));
+            throw HopFailure.Exception(HopFailureReason.Internal, $"node {host.NodeId}: {e.GetType().Name}: {e.Message}",
+                new HopStage(host.NodeId, host.LayerStart, host.LayerEnd));
         }
     }
 

@@ -16,10 +16,6 @@ namespace Potluck.Cli.Commands;
 /// </summary>
 public static class RebalancingNode
 {
-    public const int DefaultPeriodSeconds = 30;
-    public const int MinPeriodSeconds = 1;
-    public const int MaxPeriodSeconds = 3600;
-
     /// <summary>How long a new child may take to load and show up healthy in /api/join.</summary>
     public static readonly TimeSpan ServingTimeout = TimeSpan.FromMinutes(3);
 
@@ -115,7 +111,7 @@ public static class RebalancingNode
         var arguments = new List<string>
         {
             "node", "--model", options.ModelPath, "--layers", $"{start}-{end}", "--join", plan.Gateway.ToString(),
-            "--host", options.AdvertisedHost, "--port", options.GrpcPort.ToString(CultureInfo.InvariantCulture),
+            "--advertise", options.AdvertisedHost, "--port", options.GrpcPort.ToString(CultureInfo.InvariantCulture),
             "--silo-port", options.SiloPort.ToString(CultureInfo.InvariantCulture), "--cluster-id", options.ClusterId,
             "--threads", options.Threads.ToString(CultureInfo.InvariantCulture), "--max-rows", options.MaxRowsPerStep.ToString(CultureInfo.InvariantCulture),
             "--drain-timeout", options.DrainTimeout.TotalSeconds.ToString("R", CultureInfo.InvariantCulture),

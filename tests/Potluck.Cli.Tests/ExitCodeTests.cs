@@ -68,6 +68,13 @@ public sealed class ExitCodeTests(DemoModel model) : IClassFixture<DemoModel>
         Assert.True(fromEnvironment.ExitCode == 2, fromEnvironment.ToString());
         TextAssert.OneLineError(fromEnvironment, "Potluck__Node__Threads");
         Assert.Contains("'lots'", fromEnvironment.Stderr);
+
+        var gatewayStart = PotluckProcess.StartInfo(["gateway"], model.Home.Path);
+        gatewayStart.Environment["Potluck__Gateway__ModelPath"] = model.Path;
+        gatewayStart.Environment["Potluck__Gateway__Port"] = "eighty";
+        var gateway = await RunAsync(gatewayStart, Limit);
+        Assert.True(gateway.ExitCode == 2, gateway.ToString());
+        TextAssert.OneLineError(gateway, "Potluck__Gateway__Port");
     }
 
     [Fact]
@@ -78,7 +85,11 @@ public sealed class ExitCodeTests(DemoModel model) : IClassFixture<DemoModel>
         Assert.True(node.ExitCode == 3, node.ToString());
         TextAssert.OneLineError(node, "model file not found");
 
-        var gateway = await PotluckProcess.RunAsync(model.Home.Path, Limit, "gateway", "--model", missing, "--port", ServeTests.FreePort().ToString());
+        // The gateway configured by its environment alone.
+        var gatewayStart = PotluckProcess.StartInfo(["gateway"], model.Home.Path);
+        gatewayStart.Environment["Potluck__Gateway__ModelPath"] = missing;
+        gatewayStart.Environment["Potluck__Gateway__Port"] = ServeTests.FreePort().ToString();
+        var gateway = await RunAsync(gatewayStart, Limit);
         Assert.True(gateway.ExitCode == 3, gateway.ToString());
         TextAssert.OneLineError(gateway, "model file not found");
 

@@ -128,7 +128,7 @@ public sealed record NodeOptions
     public static bool HasLayers(IConfiguration configuration)
     {
         var section = configuration.GetSection(ConfigurationSection);
-        return !string.IsNullOrWhiteSpace(section["Layers"])
+        return !string.IsNullOrWhiteSpace(section["Layers"]) || !string.IsNullOrWhiteSpace(section["LayersByOrdinal"])
             || (!string.IsNullOrWhiteSpace(section[nameof(LayerStart)]) && !string.IsNullOrWhiteSpace(section[nameof(LayerEnd)]));
     }
 

@@ -128,13 +128,14 @@ internal sealed class LocalPoolRunner : IAsyncDisposable
         return true;
     }
 
-    /// <summary>`serve`: start, show the pool, run until a signal (exit 0) or the gateway's death (exit 1).</summary>
+    /// <summary>`serve`: start, show the pool, run until a signal (exit 0; 130 before ready) or the gateway's death (exit 1).</summary>
     public async Task<int> ServeAsync()
     {
         using var signals = new ShutdownSignals();
         // A second Ctrl+C means "now": SIGKILL every child before this process goes down.
         signals.Forced = KillAll;
-        if (!await StartAsync(signals.Token)) return ExitCodes.Ok;
+        // Interrupted before the pool was ready: the command did not finish starting.
+        if (!await StartAsync(signals.Token)) return ExitCodes.Interrupted;
 
         PrintPool(await ServedModelNameAsync());
         var stopped = await Task.WhenAny(_gatewayDied.Task, Task.Delay(Timeout.Infinite, signals.Token).ContinueWith(_ => { }, TaskScheduler.Default));

@@ -144,7 +144,7 @@ public static class NodeCommand
                 if (joining.Rebalance)
                 {
                     // The node runs as a child process (each span its own process), so a move can load the next span while the old one serves.
-                    var plan = new RebalancingNode.Plan(gatewayUrl!, options, info, joined!.Capacity!, joined.MsPerLayer,
+                    var plan = new RebalancePlan(gatewayUrl!, options, info, joined!.Capacity!, joined.MsPerLayer,
                         configuration.GetSection(NodeOptions.ConfigurationSection)[nameof(NodeOptions.NodeId)], joining.RebalancePeriod, verbose);
                     return await RebalancingNode.RunAsync(plan, stop);
                 }

@@ -6,7 +6,10 @@ using Potluck.Cli.Commands;
 
 namespace Potluck.Cli;
 
-/// <summary>Builds the `potluck` command tree and maps every outcome to one exit code and at most one error line.</summary>
+/// <summary>
+/// Builds the `potluck` command tree and maps every outcome to one exit code of <see cref="ExitCodes"/> and at most
+/// one error line: a <see cref="HostExitException"/> (from a command, the join workflow or a host) carries its code.
+/// </summary>
 public static class CliApplication
 {
     /// <summary>Prints full exception details; without it errors are one line.</summary>
@@ -75,7 +78,7 @@ public static class CliApplication
         }
         Console.Error.WriteLine($"potluck: error: {OneLine(root.Message)}");
         if (verbose) Console.Error.WriteLine(error.ToString());
-        return root is UsageException ? ExitCodes.Usage : ExitCodes.Failure;
+        return root is HostExitException exit ? exit.ExitCode : ExitCodes.Failure;
     }
 
     public static RootCommand BuildRootCommand()

@@ -1,5 +1,4 @@
 using System.Globalization;
-using System.Net;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Hosting;
 using Microsoft.AspNetCore.Hosting.Server;
@@ -9,12 +8,10 @@ using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
 using OpenTelemetry.Metrics;
-using OpenTelemetry.Resources;
 using OpenTelemetry.Trace;
-using Orleans.Configuration;
 using Potluck.Cluster;
 using Potluck.Cluster.Membership;
-using Potluck.Cluster.Placement;
+using Potluck.Hosting;
 using Potluck.Protocol.Diagnostics;
 using Potluck.Gateway.Api;
 using Potluck.Gateway.Streaming;
@@ -33,7 +30,12 @@ namespace Potluck.Gateway;
 /// </summary>
 public static class GatewayHost
 {
-    /// <summary>Runs the gateway until <paramref name="ct"/> fires or the process gets SIGTERM/Ctrl+C. Returns an exit code.</summary>
+    /// <summary>
+    /// Runs the gateway until <paramref name="ct"/> fires or the process gets SIGTERM/Ctrl+C. Returns an exit code of
+    /// <see cref="ExitCodes"/>: 0 after a clean shutdown, <see cref="ExitCodes.Usage"/> for invalid options,
+    /// <see cref="ExitCodes.CannotLoad"/> when the head cannot be loaded, <see cref="ExitCodes.CannotJoin"/> when the
+    /// silo cannot join the pool; each after one error line on stderr.
+    /// </summary>
     public static async Task<int> RunAsync(GatewayOptions options, CancellationToken ct)
     {
         GatewayApp app;
@@ -41,22 +43,45 @@ public static class GatewayHost
         {
             app = Build(options);
         }
-        catch (EngineException e)
+        catch (Exception e) when (e is EngineException or FileNotFoundException or IOException or UnauthorizedAccessException)
         {
-            await Console.Error.WriteLineAsync($"potluck gateway: cannot load the head of {options.ModelPath}: {e.Message}");
-            return 2;
+            return Fatal(ExitCodes.CannotLoad, $"cannot load the head of {options.ModelPath}: {e.Message}");
         }
-        catch (Exception e) when (e is ArgumentException or FormatException or FileNotFoundException)
+        catch (Exception e) when (e is ConfigurationUsageException or ArgumentException or FormatException)
         {
-            await Console.Error.WriteLineAsync($"potluck gateway: {e.Message}");
-            return 2;
+            return Fatal(ExitCodes.Usage, $"invalid configuration: {e.Message}");
         }
         await using (app)
         {
-            await app.StartAsync(ct);
+            try
+            {
+                await app.StartAsync(ct);
+            }
+            catch (IOException e)
+            {
+                // Kestrel could not bind the API's port: a runtime failure, not the pool's.
+                return Fatal(ExitCodes.Failure, OneLine(e));
+            }
+            catch (Exception e) when (e is not OperationCanceledException)
+            {
+                return Fatal(ExitCodes.CannotJoin, $"cannot join the pool: {OneLine(e)}");
+            }
             await app.App.WaitForShutdownAsync(ct);
         }
-        return 0;
+        return ExitCodes.Ok;
+    }
+
+    private static int Fatal(int code, string message)
+    {
+        // One line, no stack trace: what an operator sees in `docker logs` or `kubectl logs`.
+        Console.Error.WriteLine($"potluck gateway: error: {message.ReplaceLineEndings(" ")}");
+        return code;
+    }
+
+    private static string OneLine(Exception e)
+    {
+        while (e is AggregateException { InnerExceptions.Count: 1 } aggregate) e = aggregate.InnerExceptions[0];
+        return e.Message;
     }
 
     /// <summary>Loads the head and builds the gateway without starting it (tests start it on port 0).</summary>
@@ -64,9 +89,8 @@ public static class GatewayHost
     {
         ArgumentNullException.ThrowIfNull(options);
         ShardKeys.ValidateNodeId(options.GatewayId);
-        if (options.Port is < 0 or > 65535) throw new ArgumentException($"port {options.Port} is out of range");
-        if (options.PrefillChunkRows < 1) throw new ArgumentException("PrefillChunkRows must be at least 1");
-        if (options.MaxBodyBytes < 1024) throw new ArgumentException("MaxBodyBytes must be at least 1024");
+        var invalid = new GatewayOptionsValidator().Validate(null, options);
+        if (invalid.Failed) throw new ArgumentException(invalid.FailureMessage);
         var model = new ModelFrontEnd(options.ModelPath, options.Threads, options.ModelName);
         try
         {
@@ -89,7 +113,7 @@ public static class GatewayHost
         });
         configureLogging?.Invoke(builder.Logging);
         builder.Services.Configure<HostOptions>(o => o.ShutdownTimeout = TimeSpan.FromSeconds(20));
-        var listen = SiloMembership.ResolveIPv4(options.Host);
+        var listen = SiloMembership.ResolveIPv4(options.ListenAddress);
         builder.WebHost.ConfigureKestrel(kestrel =>
         {
             kestrel.Listen(listen, options.Port);
@@ -114,30 +138,15 @@ public static class GatewayHost
             [NodeMetadataKeys.ProcessId] = Environment.ProcessId.ToString(CultureInfo.InvariantCulture),
         };
         StepTimeline.Start("gateway");
-        builder.UseOrleans(silo =>
-        {
-            ConfigureMembership(silo, options);
-            silo.AddPotluckControlPlane(metadata);
-            silo.AddActivityPropagation();
-        });
+        builder.UsePotluckSilo(MembershipOf(options), metadata);
+        builder.Services.AddPotluckHealthChecks();
         // After the silo: the monitor needs the cluster to read the pool directory.
         builder.Services.AddHostedService(sp => sp.GetRequiredService<PoolMonitor>());
 
-        builder.Services.AddOpenTelemetry()
-            .ConfigureResource(r => r.AddService("potluck-gateway", serviceInstanceId: options.GatewayId))
-            .WithMetrics(metrics =>
-            {
-                metrics.AddMeter(GatewayTelemetry.Name, "Microsoft.Orleans");
-                metrics.AddAspNetCoreInstrumentation();
-                metrics.AddPrometheusExporter();
-            })
-            .WithTracing(tracing =>
-            {
-                tracing.AddSource(GatewayTelemetry.Name, "Microsoft.Orleans.Runtime", "Microsoft.Orleans.Application");
-                tracing.AddAspNetCoreInstrumentation();
-                // Exported only when an OTLP collector is configured (OTEL_EXPORTER_OTLP_ENDPOINT).
-                if (!string.IsNullOrWhiteSpace(Environment.GetEnvironmentVariable("OTEL_EXPORTER_OTLP_ENDPOINT"))) tracing.AddOtlpExporter();
-            });
+        // Traces, metrics and logs; OTLP for all three when OTEL_EXPORTER_OTLP_ENDPOINT is set, Prometheus on /metrics always.
+        builder.AddPotluckTelemetry(new TelemetryIdentity("potluck-gateway", options.GatewayId), [GatewayTelemetry.Name], [GatewayTelemetry.Name],
+            configureMetrics: metrics => metrics.AddAspNetCoreInstrumentation().AddPrometheusExporter(),
+            configureTracing: tracing => tracing.AddAspNetCoreInstrumentation());
 
         var app = builder.Build();
         app.Use(CatchAllAsync);
@@ -190,12 +199,13 @@ public static class GatewayHost
     /// <summary>Bodies up to this size are read to the end even when over the limit, so the 413 arrives cleanly.</summary>
     internal static long DrainLimit(GatewayOptions options) => Math.Max(options.MaxBodyBytes * 4, options.MaxBodyBytes + 1024 * 1024);
 
-    private static void ConfigureMembership(ISiloBuilder silo, GatewayOptions options)
+    /// <summary>The silo binds by the shared rule (loopback when advertising loopback, else all interfaces), not the API's address.</summary>
+    private static SiloMembershipSettings MembershipOf(GatewayOptions options)
     {
         var advertised = SiloMembership.ResolveIPv4(options.AdvertisedHost);
-        var listen = IPAddress.IsLoopback(advertised) ? IPAddress.Loopback : IPAddress.Any;
-        silo.UsePotluckMembership(new SiloMembershipSettings(options.ClusterId, advertised, listen, options.SiloPort,
-            options.GatewayPort, options.RedisConnectionString, options.PrimarySiloEndpoint, options.FastFailureDetection));
+        var listen = PotluckSilo.ListenAddressFor(advertised.ToString(), listen: null);
+        return new SiloMembershipSettings(options.ClusterId, advertised, listen, options.SiloPort,
+            options.GatewayPort, options.RedisConnectionString, options.PrimarySiloEndpoint, options.FastFailureDetection);
     }
 
     private static void WireLifecycle(WebApplication app, GatewayOptions options, ModelFrontEnd model)

@@ -1,15 +1,26 @@
+using System.Globalization;
+using Microsoft.Extensions.Configuration;
+using Microsoft.Extensions.Options;
+using Potluck.Hosting;
 using Potluck.Protocol.V1;
 
 namespace Potluck.Gateway;
 
-/// <summary>How to run the gateway. The CLI's `potluck gateway` and `potluck serve` fill this in.</summary>
+/// <summary>
+/// How to run the gateway, bound from configuration: section <see cref="ConfigurationSection"/> (environment variables
+/// Potluck__Gateway__*) over the pool-wide <see cref="ClusterSettings.ConfigurationSection"/> (Potluck__Cluster__*).
+/// `potluck gateway` turns its flags into the same keys, layered over the environment.
+/// </summary>
 public sealed record GatewayOptions
 {
+    /// <summary>Configuration section the gateway reads: environment variables Potluck__Gateway__ModelPath, ...</summary>
+    public const string ConfigurationSection = "Potluck:Gateway";
+
     /// <summary>The GGUF file; only its head tensors (embedding, final norm, LM head) and tokenizer are used.</summary>
     public required string ModelPath { get; init; }
 
-    /// <summary>Address the HTTP API listens on.</summary>
-    public string Host { get; init; } = "127.0.0.1";
+    /// <summary>Address the HTTP API binds (0.0.0.0: all interfaces). The silo binds loopback when it advertises loopback, else all interfaces.</summary>
+    public string ListenAddress { get; init; } = "127.0.0.1";
 
     /// <summary>HTTP port of the OpenAI API; 0 picks a free port (read it from <see cref="GatewayApp.BaseAddress"/>).</summary>
     public int Port { get; init; } = 8080;
@@ -61,4 +72,114 @@ public sealed record GatewayOptions
 
     /// <summary>Node id of the gateway silo in the pool (silo metadata); never holds shards.</summary>
     public string GatewayId { get; init; } = $"gateway-{Environment.ProcessId}";
+
+    /// <summary>
+    /// Options from section <see cref="ConfigurationSection"/> of <paramref name="configuration"/> (the root), e.g.
+    /// environment variables Potluck__Gateway__ModelPath and Potluck__Gateway__Port; ModelPath is required.
+    /// </summary>
+    /// <exception cref="ConfigurationUsageException">A required key is missing or a value does not parse or validate.</exception>
+    public static GatewayOptions FromConfiguration(IConfiguration configuration)
+    {
+        var section = configuration.GetSection(ConfigurationSection);
+        if (string.IsNullOrWhiteSpace(section[nameof(ModelPath)]))
+            throw new ConfigurationUsageException($"{ClusterSettings.Describe(section, nameof(ModelPath))} is required: the GGUF file the gateway serves");
+        return new GatewayOptions { ModelPath = "" }.WithConfiguration(configuration);
+    }
+
+    /// <summary>A copy with every key present in the configuration applied over it; absent or empty keys keep this instance's values.</summary>
+    public GatewayOptions WithConfiguration(IConfiguration configuration)
+    {
+        var section = configuration.GetSection(ConfigurationSection);
+        var cluster = ClusterSettings.FromConfiguration(configuration,
+            new ClusterSettings(ClusterId, RedisConnectionString, PrimarySiloEndpoint, FastFailureDetection));
+        var options = this with
+        {
+            ModelPath = Read(section, nameof(ModelPath)) ?? ModelPath,
+            ListenAddress = Read(section, nameof(ListenAddress)) ?? ListenAddress,
+            Port = ReadInt(section, nameof(Port), Port, 0, 65535),
+            SiloPort = ReadInt(section, nameof(SiloPort), SiloPort, 0, 65535),
+            GatewayPort = ReadInt(section, nameof(GatewayPort), GatewayPort, 0, 65535),
+            AdvertisedHost = Read(section, nameof(AdvertisedHost)) ?? AdvertisedHost,
+            ClusterId = Read(section, nameof(ClusterId)) ?? cluster.ClusterId,
+            RedisConnectionString = Read(section, nameof(RedisConnectionString)) ?? cluster.RedisConnectionString,
+            PrimarySiloEndpoint = Read(section, nameof(PrimarySiloEndpoint)) ?? cluster.PrimarySiloEndpoint,
+            FastFailureDetection = ReadBool(section, nameof(FastFailureDetection), cluster.FastFailureDetection),
+            WireType = ReadWire(section, WireType),
+            MaxBodyBytes = ReadLong(section, nameof(MaxBodyBytes), MaxBodyBytes, 1024),
+            Threads = ReadInt(section, nameof(Threads), Threads, 0, 4096),
+            PrefillChunkRows = ReadInt(section, nameof(PrefillChunkRows), PrefillChunkRows, 1, 1 << 20),
+            StepTimeout = ReadDuration(section, nameof(StepTimeout), StepTimeout),
+            PoolRefreshPeriod = ReadDuration(section, nameof(PoolRefreshPeriod), PoolRefreshPeriod),
+            MaxConcurrentSessions = ReadInt(section, nameof(MaxConcurrentSessions), MaxConcurrentSessions, 1, 1 << 20),
+            ModelName = Read(section, nameof(ModelName)) ?? ModelName,
+            GatewayId = Read(section, nameof(GatewayId)) ?? GatewayId,
+        };
+        var invalid = new GatewayOptionsValidator().Validate(null, options);
+        return invalid.Failed ? throw new ConfigurationUsageException(invalid.FailureMessage) : options;
+    }
+
+    private static string? Read(IConfigurationSection section, string key) =>
+        string.IsNullOrWhiteSpace(section[key]) ? null : section[key]!.Trim();
+
+    private static int ReadInt(IConfigurationSection section, string key, int fallback, int min, int max)
+    {
+        if (Read(section, key) is not { } text) return fallback;
+        if (int.TryParse(text, NumberStyles.Integer, CultureInfo.InvariantCulture, out var value) && value >= min && value <= max) return value;
+        throw new ConfigurationUsageException($"{ClusterSettings.Describe(section, key)} is '{text}': expected an integer from {min} to {max}");
+    }
+
+    private static long ReadLong(IConfigurationSection section, string key, long fallback, long min)
+    {
+        if (Read(section, key) is not { } text) return fallback;
+        if (long.TryParse(text, NumberStyles.Integer, CultureInfo.InvariantCulture, out var value) && value >= min) return value;
+        throw new ConfigurationUsageException($"{ClusterSettings.Describe(section, key)} is '{text}': expected an integer of at least {min}");
+    }
+
+    private static bool ReadBool(IConfigurationSection section, string key, bool fallback)
+    {
+        if (Read(section, key) is not { } text) return fallback;
+        if (bool.TryParse(text, out var value)) return value;
+        if (text is "1" or "0") return text == "1";
+        throw new ConfigurationUsageException($"{ClusterSettings.Describe(section, key)} is '{text}': expected true or false");
+    }
+
+    private static HiddenType ReadWire(IConfigurationSection section, HiddenType fallback)
+    {
+        if (Read(section, nameof(WireType)) is not { } text) return fallback;
+        return Enum.TryParse<HiddenType>(text, ignoreCase: true, out var value) && value is HiddenType.F16 or HiddenType.F32
+            ? value
+            : throw new ConfigurationUsageException($"{ClusterSettings.Describe(section, nameof(WireType))} is '{text}': expected F16 or F32");
+    }
+
+    /// <summary>A duration as "00:00:02" or a number of seconds ("2", "0.5").</summary>
+    private static TimeSpan ReadDuration(IConfigurationSection section, string key, TimeSpan fallback)
+    {
+        if (Read(section, key) is not { } text) return fallback;
+        if (double.TryParse(text, NumberStyles.Float, CultureInfo.InvariantCulture, out var seconds) && seconds > 0 && seconds < TimeSpan.MaxValue.TotalSeconds)
+            return TimeSpan.FromSeconds(seconds);
+        if (TimeSpan.TryParse(text, CultureInfo.InvariantCulture, out var value) && value > TimeSpan.Zero) return value;
+        throw new ConfigurationUsageException($"{ClusterSettings.Describe(section, key)} is '{text}': expected a positive duration (seconds, or hh:mm:ss)");
+    }
+}
+
+/// <summary>What a gateway's options must satisfy; <see cref="GatewayHost.Build"/> checks it before loading anything.</summary>
+public sealed class GatewayOptionsValidator : IValidateOptions<GatewayOptions>
+{
+    public ValidateOptionsResult Validate(string? name, GatewayOptions options)
+    {
+        var failures = new List<string>();
+        if (string.IsNullOrWhiteSpace(options.ModelPath)) failures.Add("ModelPath is required: the GGUF file the gateway serves");
+        if (options.Port is < 0 or > 65535) failures.Add($"port {options.Port} is out of range");
+        if (options.SiloPort is < 0 or > 65535) failures.Add($"silo port {options.SiloPort} is out of range");
+        if (options.PrefillChunkRows < 1) failures.Add("PrefillChunkRows must be at least 1");
+        if (options.MaxBodyBytes < 1024) failures.Add("MaxBodyBytes must be at least 1024");
+        if (options.MaxConcurrentSessions < 1) failures.Add("MaxConcurrentSessions must be at least 1");
+        if (options.Threads < 0) failures.Add("Threads must be 0 (all cores) or more");
+        if (options.WireType is not (HiddenType.F16 or HiddenType.F32)) failures.Add($"WireType {options.WireType} is not F16 or F32");
+        if (string.IsNullOrWhiteSpace(options.GatewayId) || options.GatewayId.Contains('/', StringComparison.Ordinal))
+            failures.Add($"GatewayId '{options.GatewayId}' must be non-empty and without '/'");
+        if (options.PrimarySiloEndpoint is { } seed && !ClusterSettings.IsHostPort(seed))
+            failures.Add($"PrimarySiloEndpoint '{seed}' is not HOST:PORT (the seed silo)");
+        return failures.Count == 0 ? ValidateOptionsResult.Success : ValidateOptionsResult.Fail(failures);
+    }
 }

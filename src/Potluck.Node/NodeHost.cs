@@ -7,14 +7,10 @@ using Microsoft.AspNetCore.Hosting.Server;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
-using OpenTelemetry;
-using OpenTelemetry.Metrics;
-using OpenTelemetry.Resources;
-using OpenTelemetry.Trace;
 using Orleans.Configuration;
 using Potluck.Cluster;
 using Potluck.Cluster.Membership;
-using Potluck.Cluster.Placement;
+using Potluck.Hosting;
 using Potluck.Protocol.Diagnostics;
 using Potluck.Inference;
 using Potluck.Inference.Engine;
@@ -32,19 +28,22 @@ namespace Potluck.Node;
 /// </summary>
 public static class NodeHost
 {
-    /// <summary>Exit code when the model cannot be loaded or the configuration is invalid.</summary>
-    public const int ExitCannotLoad = 2;
+    /// <summary>Exit code when the model or the span cannot be loaded (also: the file is not the pool's model).</summary>
+    public const int ExitCannotLoad = ExitCodes.CannotLoad;
 
     /// <summary>Exit code when the node cannot join the pool (membership store or seed unreachable).</summary>
-    public const int ExitCannotJoin = 3;
+    public const int ExitCannotJoin = ExitCodes.CannotJoin;
 
     /// <summary>
-    /// Runs a node until <paramref name="ct"/> fires or the process gets SIGTERM/Ctrl+C. Returns an exit code:
-    /// 0 after a clean shutdown, <see cref="ExitCannotLoad"/> or <see cref="ExitCannotJoin"/> after one error
-    /// line on stderr saying why, so a supervisor restarting it shows the cause instead of a bare crash loop.
+    /// Runs a node until <paramref name="ct"/> fires or the process gets SIGTERM/Ctrl+C. Returns an exit code of
+    /// <see cref="ExitCodes"/>: 0 after a clean shutdown; <see cref="ExitCodes.Usage"/> (invalid configuration),
+    /// <see cref="ExitCannotLoad"/> or <see cref="ExitCannotJoin"/> after one error line on stderr saying why, so a
+    /// supervisor restarting it shows the cause instead of a bare crash loop.
     /// </summary>
     public static async Task<int> RunAsync(NodeOptions options, CancellationToken ct)
     {
+        var invalid = new NodeOptionsValidator().Validate(null, options);
+        if (invalid.Failed) return Fatal(ExitCodes.Usage, $"invalid configuration: {invalid.FailureMessage}");
         WebApplication app;
         try
         {
@@ -56,7 +55,7 @@ public static class NodeHost
         }
         catch (Exception e) when (e is NodeConfigurationException or ArgumentException or FormatException)
         {
-            return Fatal(ExitCannotLoad, $"invalid configuration: {e.Message}");
+            return Fatal(ExitCodes.Usage, $"invalid configuration: {e.Message}");
         }
         await using (app)
         {
@@ -167,9 +166,9 @@ public static class NodeHost
         configureHost?.Invoke(builder);
         // The drain runs inside the shutdown: the limit covers it plus leaving the cluster.
         builder.Services.Configure<HostOptions>(o => o.ShutdownTimeout = options.ShutdownTimeout);
-        AddOpenTelemetry(builder, nodeId);
+        builder.AddPotluckTelemetry(new TelemetryIdentity("potluck-node", nodeId, "potluck.node_id"), [NodeTelemetry.Name], [NodeTelemetry.Name]);
 
-        var listen = StageHosting.ListenAddressFor(options.AdvertisedHost, options.ListenAddress);
+        var listen = PotluckSilo.ListenAddressFor(options.AdvertisedHost, options.ListenAddress);
         var maxMessage = StageHosting.MaxMessageBytes(options.MaxRowsPerStep, compute.Width);
         StageHosting.AddStage(builder, listen, options.GrpcPort, maxMessage);
         builder.Services.AddSingleton(sp => new SpanHost(compute, nodeId, sp.GetRequiredService<ILogger<SpanHost>>(),
@@ -188,12 +187,10 @@ public static class NodeHost
         };
         StepTimeline.Start(nodeId);
 
-        builder.UseOrleans(silo =>
-        {
-            ConfigureMembership(silo, options, listen);
-            silo.AddPotluckControlPlane(metadata);
-            silo.AddActivityPropagation();
-        });
+        builder.UsePotluckSilo(new SiloMembershipSettings(options.ClusterId, SiloMembership.ResolveIPv4(options.AdvertisedHost),
+            listen, options.SiloPort, options.GatewayPort, options.RedisConnectionString, options.PrimarySiloEndpoint,
+            options.FastFailureDetection), metadata);
+        builder.Services.AddPotluckHealthChecks();
 
         builder.Services.AddSingleton(sp =>
         {
@@ -212,35 +209,11 @@ public static class NodeHost
 
         var app = builder.Build();
         StageHosting.MapStage(app);
+        // h2c like the Stage service: curl --http2-prior-knowledge http://NODE:GRPC-PORT/healthz
+        app.MapPotluckHealthChecks();
         WireLifecycle(app, options, nodeId);
         return app;
     }
-
-    /// <summary>
-    /// Traces (the node's spans plus Orleans' grain-call spans) and metrics (the node's meter plus Orleans').
-    /// Exported over OTLP only when the standard OTEL_EXPORTER_OTLP_ENDPOINT is set; the exporter then reads
-    /// the other OTEL_* variables (protocol, headers, intervals) itself.
-    /// </summary>
-    private static void AddOpenTelemetry(WebApplicationBuilder builder, string nodeId)
-    {
-        var telemetry = builder.Services.AddOpenTelemetry()
-            .ConfigureResource(resource =>
-            {
-                // OTEL_SERVICE_NAME wins when the operator set it.
-                if (string.IsNullOrWhiteSpace(builder.Configuration["OTEL_SERVICE_NAME"]))
-                    resource.AddService("potluck-node", serviceInstanceId: nodeId);
-                resource.AddAttributes([new KeyValuePair<string, object>("potluck.node_id", nodeId)]);
-            })
-            .WithTracing(tracing => tracing.AddSource(TelemetryNames.ActivitySources))
-            .WithMetrics(metrics => metrics.AddMeter(TelemetryNames.Meters));
-        if (!string.IsNullOrWhiteSpace(builder.Configuration["OTEL_EXPORTER_OTLP_ENDPOINT"]))
-            telemetry.UseOtlpExporter();
-    }
-
-    private static void ConfigureMembership(ISiloBuilder silo, NodeOptions options, IPAddress listen) =>
-        silo.UsePotluckMembership(new SiloMembershipSettings(options.ClusterId, SiloMembership.ResolveIPv4(options.AdvertisedHost),
-            listen, options.SiloPort, options.GatewayPort, options.RedisConnectionString, options.PrimarySiloEndpoint,
-            options.FastFailureDetection));
 
     private static void WireLifecycle(WebApplication app, NodeOptions options, string nodeId)
     {

@@ -1,11 +1,14 @@
 using System.Globalization;
 using Microsoft.Extensions.Configuration;
+using Microsoft.Extensions.Options;
+using Potluck.Hosting;
 
 namespace Potluck.Node;
 
 /// <summary>
-/// How to run one node. The CLI's `potluck node` fills this in; containers set the same values through
-/// configuration (<see cref="ConfigurationSection"/>, i.e. environment variables Potluck__Node__*).
+/// How to run one node, bound from configuration: section <see cref="ConfigurationSection"/> (environment variables
+/// Potluck__Node__*) over the pool-wide section <see cref="ClusterSettings.ConfigurationSection"/> (Potluck__Cluster__*).
+/// `potluck node` turns its flags into the same keys, layered over the environment.
 /// </summary>
 public sealed record NodeOptions
 {
@@ -102,15 +105,37 @@ public sealed record NodeOptions
     /// layers (Layers, or LayerStart and LayerEnd) are required; everything else keeps its default.
     /// </summary>
     /// <exception cref="NodeConfigurationException">A required key is missing or a value does not parse.</exception>
-    public static NodeOptions FromConfiguration(IConfiguration configuration)
+    public static NodeOptions FromConfiguration(IConfiguration configuration) => FromConfiguration(configuration, layersRequired: true);
+
+    /// <param name="layersRequired">
+    /// False when the span may be chosen later (joining by the gateway's URL): without layers the result holds the
+    /// placeholder span [0, 1); <see cref="HasLayers"/> tells which.
+    /// </param>
+    public static NodeOptions FromConfiguration(IConfiguration configuration, bool layersRequired)
     {
         var section = configuration.GetSection(ConfigurationSection);
         if (string.IsNullOrWhiteSpace(section[nameof(ModelPath)]))
             throw new NodeConfigurationException($"{Describe(section, nameof(ModelPath))} is required: the GGUF file this node serves");
-        if (section["Layers"] is null && (section[nameof(LayerStart)] is null || section[nameof(LayerEnd)] is null))
+        if (layersRequired && !HasLayers(configuration))
             throw new NodeConfigurationException($"{Describe(section, "Layers")} is required, as A-B meaning layers [A, B)");
-        return new NodeOptions { ModelPath = "", LayerStart = 0, LayerEnd = 1 }.WithConfiguration(configuration);
+        var options = new NodeOptions { ModelPath = "", LayerStart = 0, LayerEnd = 1 }.WithConfiguration(configuration);
+        var invalid = new NodeOptionsValidator().Validate(null, options);
+        if (invalid.Failed) throw new NodeConfigurationException(invalid.FailureMessage);
+        return options;
     }
+
+    /// <summary>Whether the configuration names a span (Layers, or LayerStart and LayerEnd).</summary>
+    public static bool HasLayers(IConfiguration configuration)
+    {
+        var section = configuration.GetSection(ConfigurationSection);
+        return !string.IsNullOrWhiteSpace(section["Layers"]) || !string.IsNullOrWhiteSpace(section["LayersByOrdinal"])
+            || (!string.IsNullOrWhiteSpace(section[nameof(LayerStart)]) && !string.IsNullOrWhiteSpace(section[nameof(LayerEnd)]));
+    }
+
+    /// <summary>Whether <paramref name="key"/> (a property name) is set under the node's section or, for pool-wide keys, the cluster's.</summary>
+    public static bool IsSet(IConfiguration configuration, string key) =>
+        ReadString(configuration.GetSection(ConfigurationSection), key) is not null
+        || (ClusterSettings.Keys.Contains(key) && ReadString(configuration.GetSection(ClusterSettings.ConfigurationSection), key) is not null);
 
     /// <summary>
     /// A copy of these options with every key present in section <see cref="ConfigurationSection"/> applied
@@ -121,8 +146,21 @@ public sealed record NodeOptions
     {
         var section = configuration.GetSection(ConfigurationSection);
         var options = this;
-        if (section[nameof(ModelPath)] is { } modelPath) options = options with { ModelPath = modelPath };
-        if (section["Layers"] is { } layers)
+        // Pool-wide settings first (Potluck:Cluster), so the node's own section can override them.
+        var cluster = ClusterSettings.FromConfiguration(configuration, new ClusterSettings(options.ClusterId, options.RedisConnectionString,
+            options.PrimarySiloEndpoint, options.FastFailureDetection));
+        options = options with
+        {
+            ClusterId = cluster.ClusterId,
+            RedisConnectionString = cluster.RedisConnectionString,
+            PrimarySiloEndpoint = cluster.PrimarySiloEndpoint,
+            FastFailureDetection = cluster.FastFailureDetection,
+        };
+        // Join=HOST:PORT is a seed silo; Join=http://... is the gateway's URL, which joining (NodeJoinOptions) handles.
+        if (ReadString(section, "Join") is { } join && !Joining.PoolJoinClient.IsGatewayUrl(join))
+            options = options with { PrimarySiloEndpoint = join };
+        if (ReadString(section, nameof(ModelPath)) is { } modelPath) options = options with { ModelPath = modelPath };
+        if (ReadString(section, "Layers") is { } layers)
         {
             var (start, end) = ParseLayers(layers, () => Describe(section, "Layers"));
             options = options with { LayerStart = start, LayerEnd = end };
@@ -134,6 +172,8 @@ public sealed record NodeOptions
                 LayerStart = ReadInt(section, nameof(LayerStart), options.LayerStart, 0, int.MaxValue),
                 LayerEnd = ReadInt(section, nameof(LayerEnd), options.LayerEnd, 1, int.MaxValue),
             };
+            // A span listed per StatefulSet ordinal (Helm): pod N takes the Nth entry.
+            if (ReadString(section, "LayersByOrdinal") is { } spans) options = options.WithOrdinalSpan(section, spans);
             if (options.LayerEnd <= options.LayerStart)
                 throw new NodeConfigurationException($"{Describe(section, nameof(LayerEnd))} ({options.LayerEnd}) must be greater than LayerStart ({options.LayerStart})");
         }
@@ -158,6 +198,21 @@ public sealed record NodeOptions
         };
     }
 
+    /// <summary>LayersByOrdinal "0-3 3-6 6-8" and Ordinal N: the Nth span (Kubernetes gives a StatefulSet pod its index).</summary>
+    private NodeOptions WithOrdinalSpan(IConfigurationSection section, string spans)
+    {
+        var list = spans.Split([' ', ',', ';'], StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+        if (ReadString(section, "Ordinal") is not { } ordinalText)
+            throw new NodeConfigurationException($"{Describe(section, "LayersByOrdinal")} needs {Describe(section, "Ordinal")}, the pod's index");
+        if (!int.TryParse(ordinalText, NumberStyles.None, CultureInfo.InvariantCulture, out var ordinal))
+            throw new NodeConfigurationException($"{Describe(section, "Ordinal")} is '{ordinalText}': expected the pod's index, 0 or more");
+        if (ordinal >= list.Length)
+            throw new NodeConfigurationException($"no span for ordinal '{ordinal}' in {Describe(section, "LayersByOrdinal")} ('{spans}'): " +
+                "list one span per node, or scale the nodes down");
+        var (start, end) = ParseLayers(list[ordinal], () => Describe(section, "LayersByOrdinal"));
+        return this with { LayerStart = start, LayerEnd = end };
+    }
+
     /// <summary>Parses "A-B", layers [A, B) with 0 &lt;= A &lt; B.</summary>
     public static bool TryParseLayers(string text, out int start, out int end)
     {
@@ -176,11 +231,11 @@ public sealed record NodeOptions
             : throw new NodeConfigurationException($"{where()} is '{text}': expected A-B with 0 <= A < B, meaning layers [A, B)");
 
     // Names the key both ways so the message points at whatever the operator actually set.
-    private static string Describe(IConfigurationSection section, string key) =>
+    internal static string Describe(IConfigurationSection section, string key) =>
         $"{section.Path}:{key} (environment variable {section.Path.Replace(":", "__", StringComparison.Ordinal)}__{key})";
 
     // Empty means "not set": compose files often pass VAR= for optional settings.
-    private static string? ReadString(IConfigurationSection section, string key) =>
+    internal static string? ReadString(IConfigurationSection section, string key) =>
         string.IsNullOrWhiteSpace(section[key]) ? null : section[key]!.Trim();
 
     private static int ReadInt(IConfigurationSection section, string key, int fallback, int min, int max)
@@ -197,7 +252,7 @@ public sealed record NodeOptions
         throw new NodeConfigurationException($"{Describe(section, key)} is '{text}': expected an integer of at least {min}");
     }
 
-    private static bool ReadBool(IConfigurationSection section, string key, bool fallback)
+    internal static bool ReadBool(IConfigurationSection section, string key, bool fallback)
     {
         if (ReadString(section, key) is not { } text) return fallback;
         if (bool.TryParse(text, out var value)) return value;
@@ -216,5 +271,29 @@ public sealed record NodeOptions
     }
 }
 
-/// <summary>The node's configuration is missing a required value or has one that does not parse.</summary>
-public sealed class NodeConfigurationException(string message) : Exception(message);
+/// <summary>The node's configuration is missing a required value or has one that does not parse: a usage error (exit 2).</summary>
+public sealed class NodeConfigurationException(string message) : ConfigurationUsageException(message);
+
+/// <summary>What a node's options must satisfy beyond each value parsing on its own.</summary>
+public sealed class NodeOptionsValidator : IValidateOptions<NodeOptions>
+{
+    public ValidateOptionsResult Validate(string? name, NodeOptions options)
+    {
+        var failures = new List<string>();
+        if (string.IsNullOrWhiteSpace(options.ModelPath)) failures.Add("ModelPath is required: the GGUF file this node serves");
+        if (options.LayerStart < 0 || options.LayerEnd <= options.LayerStart)
+            failures.Add($"the span [{options.LayerStart},{options.LayerEnd}) is empty: LayerEnd must be greater than LayerStart");
+        if (options.NodeId is { } id && (id.Length == 0 || id.Contains('/', StringComparison.Ordinal)))
+            failures.Add($"NodeId '{id}' must be non-empty and without '/'");
+        if (options.ListenAddress is { } listen && !IsBindAddress(listen))
+            failures.Add($"ListenAddress '{listen}' is not an IP address to bind (0.0.0.0 binds all interfaces)");
+        if (string.IsNullOrWhiteSpace(options.AdvertisedHost)) failures.Add("AdvertisedHost is required: the address the pool dials this node at");
+        if (options.PrimarySiloEndpoint is { } seed && !ClusterSettings.IsHostPort(seed))
+            failures.Add($"PrimarySiloEndpoint '{seed}' is not HOST:PORT (the seed silo)");
+        if (options.DrainTimeout > TimeSpan.FromDays(1)) failures.Add($"DrainTimeout {options.DrainTimeout} is longer than a day");
+        return failures.Count == 0 ? ValidateOptionsResult.Success : ValidateOptionsResult.Fail(failures);
+    }
+
+    private static bool IsBindAddress(string text) =>
+        text is "*" or "+" or "localhost" || System.Net.IPAddress.TryParse(text.Trim('[', ']'), out _);
+}

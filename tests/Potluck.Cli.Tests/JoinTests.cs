@@ -84,16 +84,17 @@ public sealed class JoinTests : IClassFixture<JoinModels>
         // Another file, by URL: refused before anything loads, naming both models.
         var byUrl = await PotluckProcess.RunAsync(_models.Home.Path, Limit, "node", "--model", _models.Other, "--join", url,
             "--port", ServeTests.FreePort().ToString(), "--silo-port", ServeTests.FreePort().ToString());
-        Assert.True(byUrl.ExitCode == 1, byUrl.ToString());
+        // Exit 3 (cannot load the model or span): this file is not the pool's model.
+        Assert.True(byUrl.ExitCode == 3, byUrl.ToString());
         TextAssert.OneLineError(byUrl, "refusing to join");
         Assert.Contains($"but the pool's gateway serves {poolModelId}", byUrl.Stderr);
         Assert.Contains(_models.Other, byUrl.Stderr);
 
         // Another file, by seed silo: the node joins the cluster, reads the gateway's model id from its silo metadata,
-        // and leaves with one clear line (exit 1 here; the container's healthcheck then fails).
+        // and leaves with one clear line (NodeHost's exit 3, passed through by the CLI; a container's healthcheck then fails).
         var bySeed = await PotluckProcess.RunAsync(_models.Home.Path, Limit, "node", "--model", _models.Other, "--layers", "0-8", "--join", seed,
             "--port", ServeTests.FreePort().ToString(), "--silo-port", ServeTests.FreePort().ToString(), "--threads", "1");
-        Assert.True(bySeed.ExitCode == 1, bySeed.ToString());
+        Assert.True(bySeed.ExitCode == 3, bySeed.ToString());
         var refusal = bySeed.Stderr.Split('\n').Single(l => l.StartsWith("potluck node: error:", StringComparison.Ordinal));
         Assert.Contains($"but the pool's gateway serves {poolModelId}", refusal);
         Assert.Contains("refusing to join", refusal);
@@ -138,7 +139,8 @@ public sealed class JoinTests : IClassFixture<JoinModels>
 
         var clock = Stopwatch.StartNew();
         var nothing = await PotluckProcess.RunAsync(_models.Home.Path, Limit, "node", "--model", _models.Pool, "--join", $"http://127.0.0.1:{ServeTests.FreePort()}");
-        Assert.True(nothing.ExitCode == 1, nothing.ToString());
+        // Exit 4: cannot join the pool.
+        Assert.True(nothing.ExitCode == 4, nothing.ToString());
         TextAssert.OneLineError(nothing, "cannot reach the gateway");
         Assert.True(clock.Elapsed < TimeSpan.FromSeconds(30), $"took {clock.Elapsed}");
 

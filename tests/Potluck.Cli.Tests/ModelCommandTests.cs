@@ -43,7 +43,7 @@ public sealed class ModelCommandTests : IClassFixture<TempHome>
     {
         var missing = _home.File("no-such-model.gguf");
         var run = await PotluckProcess.RunAsync(_home.Path, Timeout, "model", "inspect", missing);
-        Assert.True(run.ExitCode == 1, run.ToString());
+        Assert.True(run.ExitCode == 3, run.ToString()); // cannot load the model
         TextAssert.OneLineError(run, "not found");
         Assert.Contains(missing, run.Stderr);
     }
@@ -57,11 +57,11 @@ public sealed class ModelCommandTests : IClassFixture<TempHome>
         await File.WriteAllBytesAsync(corrupt, bytes);
 
         var run = await PotluckProcess.RunAsync(_home.Path, Timeout, "model", "inspect", corrupt);
-        Assert.True(run.ExitCode == 1, run.ToString());
+        Assert.True(run.ExitCode == 3, run.ToString()); // cannot load the model
         TextAssert.OneLineError(run, "cannot read model");
 
         var verbose = await PotluckProcess.RunAsync(_home.Path, Timeout, "model", "inspect", corrupt, "--verbose");
-        Assert.Equal(1, verbose.ExitCode);
+        Assert.Equal(3, verbose.ExitCode);
         Assert.Contains("   at ", verbose.Stderr);
     }
 }

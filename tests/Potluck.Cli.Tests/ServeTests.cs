@@ -19,7 +19,7 @@ public sealed class ServeTests : IClassFixture<TempHome>
     {
         var clock = Stopwatch.StartNew();
         var run = await PotluckProcess.RunAsync(_home.Path, FailFast, "serve", "--model", _home.File("missing.gguf"), "--port", Ports.Free().ToString());
-        Assert.True(run.ExitCode == 1, run.ToString());
+        Assert.True(run.ExitCode == 3, run.ToString());
         TextAssert.OneLineError(run, "model file not found");
         Assert.True(clock.Elapsed < TimeSpan.FromSeconds(15), $"took {clock.Elapsed}");
     }
@@ -32,7 +32,7 @@ public sealed class ServeTests : IClassFixture<TempHome>
         new Random(11).NextBytes(bytes);
         await File.WriteAllBytesAsync(corrupt, bytes);
         var run = await PotluckProcess.RunAsync(_home.Path, FailFast, "serve", "--model", corrupt, "--port", Ports.Free().ToString());
-        Assert.True(run.ExitCode == 1, run.ToString());
+        Assert.True(run.ExitCode == 3, run.ToString());
         TextAssert.OneLineError(run, "cannot read model");
     }
 

@@ -78,7 +78,8 @@ public sealed class ClusterContainerTests(PotluckImageFixture image)
         await using var gateway = new ContainerBuilder(PotluckImageFixture.Image)
             .WithImagePullPolicy(_ => false)
             .WithLabel(image.Labels)
-            .WithCommand(GatewayCommand("127.0.0.1", "127.0.0.1:6379", "/models/other.gguf"))
+            .WithCommand("gateway")
+            .WithEnvironment(GatewayEnvironment("127.0.0.1", "127.0.0.1:6379", "/models/other.gguf"))
             .Build();
         await Task.WhenAll(node.StartAsync(), gateway.StartAsync());
         foreach (var (container, path) in new[] { (node, "/models/no-such-model.gguf"), (gateway, "/models/other.gguf") })
@@ -129,7 +130,8 @@ public sealed class ClusterContainerTests(PotluckImageFixture image)
             .WithImagePullPolicy(_ => false)
             .WithLabel(image.Labels)
             .WithBindMount(image.ModelDirectory, "/models", AccessMode.ReadOnly)
-            .WithCommand(NodeCommand(id, span, redis, modelPath))
+            .WithCommand("node")
+            .WithEnvironment(NodeEnvironment(id, span, redis, modelPath))
             // Nodes serve h2c gRPC only: the healthcheck checks that the port accepts connections.
             .WithEnvironment("POTLUCK_HEALTHCHECK_URL", "tcp://127.0.0.1:7100");
         return network is null ? builder : builder.WithNetwork(network).WithNetworkAliases(id);
@@ -142,19 +144,36 @@ public sealed class ClusterContainerTests(PotluckImageFixture image)
             .WithNetwork(network)
             .WithNetworkAliases("gateway")
             .WithBindMount(image.ModelDirectory, "/models", AccessMode.ReadOnly)
-            .WithCommand(GatewayCommand("gateway", redis, $"/models/{PotluckImageFixture.ModelFile}"))
+            .WithCommand("gateway")
+            .WithEnvironment(GatewayEnvironment("gateway", redis, $"/models/{PotluckImageFixture.ModelFile}"))
             .WithPortBinding(hostPort, 8080)
             .WithWaitStrategy(Wait.ForUnixContainer().UntilContainerIsHealthy(failingStreak: 20, o => o.WithTimeout(StartTimeout)))
             .Build();
 
-    /// <summary>The same flags docker-compose.yml passes (keep them in step).</summary>
-    internal static string[] NodeCommand(string id, string span, string redis, string modelPath) =>
-        ["node", $"--model={modelPath}", $"--layers={span}", $"--host={id}", "--port=7100", "--silo-port=11111", $"--node-id={id}", $"--redis={redis}"];
+    /// <summary>The same environment docker-compose.yml sets (keep them in step): `potluck node` reads Potluck__Node__*.</summary>
+    internal static Dictionary<string, string> NodeEnvironment(string id, string span, string redis, string modelPath) => new()
+    {
+        ["Potluck__Node__ModelPath"] = modelPath,
+        ["Potluck__Node__Layers"] = span,
+        ["Potluck__Node__AdvertisedHost"] = id,
+        ["Potluck__Node__GrpcPort"] = "7100",
+        ["Potluck__Node__SiloPort"] = "11111",
+        ["Potluck__Node__NodeId"] = id,
+        ["Potluck__Cluster__RedisConnectionString"] = redis,
+    };
 
-    internal static string[] GatewayCommand(string advertisedHost, string redis, string modelPath) =>
-        ["gateway", $"--model={modelPath}", "--host=0.0.0.0", "--port=8080", "--silo-port=11110", $"--advertise={advertisedHost}", $"--redis={redis}",
-         // F32 hidden states on the wire are bit-exact with one process; F16 may flip near-tied tokens of this random model.
-         "--model-name=potluck", "--wire=F32"];
+    internal static Dictionary<string, string> GatewayEnvironment(string advertisedHost, string redis, string modelPath) => new()
+    {
+        ["Potluck__Gateway__ModelPath"] = modelPath,
+        ["Potluck__Gateway__ListenAddress"] = "0.0.0.0",
+        ["Potluck__Gateway__Port"] = "8080",
+        ["Potluck__Gateway__SiloPort"] = "11110",
+        ["Potluck__Gateway__AdvertisedHost"] = advertisedHost,
+        ["Potluck__Cluster__RedisConnectionString"] = redis,
+        ["Potluck__Gateway__ModelName"] = "potluck",
+        // F32 hidden states on the wire are bit-exact with one process; F16 may flip near-tied tokens of this random model.
+        ["Potluck__Gateway__WireType"] = "F32",
+    };
 
     /// <summary>Waits (bounded) for a container that should fail to exit; returns its exit code and logs.</summary>
     internal static async Task<(long ExitCode, string Logs)> WaitForExitAsync(IContainer container, TimeSpan timeout)

@@ -1,9 +1,10 @@
+using Microsoft.Extensions.Configuration;
+using Potluck.Node;
 using static Potluck.Deploy.Tests.RenderedChart;
 
 namespace Potluck.Deploy.Tests;
 
 /// <summary>helm lint and helm template of helm/potluck, with the rendered objects parsed and checked.</summary>
-[ProcessTest]
 public sealed class HelmChartTests
 {
     private const string Release = "pl";
@@ -75,15 +76,16 @@ public sealed class HelmChartTests
         var gatewayPod = Map(gateway, "spec.template.spec");
         var gatewayContainer = Named(gatewayPod, "containers", "gateway");
         Assert.Equal("potluck:0.1.0", Str(gatewayContainer, "image"));
-        var gatewayArgs = Strings(gatewayContainer, "args");
-        Assert.Equal("gateway", gatewayArgs[0]);
-        Assert.Equal("/models/model.gguf", FlagValue(gatewayArgs, "--model"));
-        Assert.Equal("8080", FlagValue(gatewayArgs, "--port"));
-        Assert.Equal($"{Prefix}-redis:6379", FlagValue(gatewayArgs, "--redis"));
-        Assert.Equal("potluck", FlagValue(gatewayArgs, "--cluster-id"));
-        Assert.Equal("potluck", FlagValue(gatewayArgs, "--model-name"));
-        Assert.Equal("$(POD_IP)", FlagValue(gatewayArgs, "--advertise"));
-        Assert.Equal("0.0.0.0", FlagValue(gatewayArgs, "--host"));
+        // Configured by environment (Potluck__Gateway__*, Potluck__Cluster__*), no computed flags.
+        Assert.Null(At(gatewayContainer, "command"));
+        Assert.Equal(["gateway"], Strings(gatewayContainer, "args"));
+        Assert.Equal("/models/model.gguf", Env(gatewayContainer, "Potluck__Gateway__ModelPath"));
+        Assert.Equal("8080", Env(gatewayContainer, "Potluck__Gateway__Port"));
+        Assert.Equal($"{Prefix}-redis:6379", Env(gatewayContainer, "Potluck__Cluster__RedisConnectionString"));
+        Assert.Equal("potluck", Env(gatewayContainer, "Potluck__Cluster__ClusterId"));
+        Assert.Equal("potluck", Env(gatewayContainer, "Potluck__Gateway__ModelName"));
+        Assert.Equal("$(POD_IP)", Env(gatewayContainer, "Potluck__Gateway__AdvertisedHost"));
+        Assert.Equal("0.0.0.0", Env(gatewayContainer, "Potluck__Gateway__ListenAddress"));
         Assert.Equal("8080", Str(Named(gatewayContainer, "ports", "http"), "containerPort"));
         Assert.Equal("11110", Str(Named(gatewayContainer, "ports", "silo"), "containerPort"));
         foreach (var probe in new[] { "livenessProbe", "readinessProbe", "startupProbe" })
@@ -102,15 +104,15 @@ public sealed class HelmChartTests
         Assert.Equal("None", Str(chart.Get("Service", $"{Prefix}-node"), "spec.clusterIP"));
         var nodePod = Map(nodes, "spec.template.spec");
         var node = Named(nodePod, "containers", "node");
-        // The default spans fit the demo model's 8 layers; pod N takes span N through the ordinal script.
-        Assert.Equal(["/bin/bash", "-c"], Strings(node, "command"));
-        Assert.Equal("0-3 3-6 6-8", Str(Named(node, "env", "LAYERS_BY_ORDINAL"), "value"));
-        var nodeArgs = Strings(node, "args");
-        Assert.Equal(["potluck", "node"], nodeArgs[1..3]);
-        Assert.Equal("$(POD_IP)", FlagValue(nodeArgs, "--host"));
-        Assert.Equal("7100", FlagValue(nodeArgs, "--port"));
-        Assert.Equal("11111", FlagValue(nodeArgs, "--silo-port"));
-        Assert.Equal($"{Prefix}-redis:6379", FlagValue(nodeArgs, "--redis"));
+        // The default spans fit the demo model's 8 layers; pod N takes span N from its index label, no script.
+        Assert.Null(At(node, "command"));
+        Assert.Equal(["node"], Strings(node, "args"));
+        Assert.Equal("0-3 3-6 6-8", Env(node, "Potluck__Node__LayersByOrdinal"));
+        Assert.Equal("metadata.labels['apps.kubernetes.io/pod-index']", Str(Named(node, "env", "Potluck__Node__Ordinal"), "valueFrom.fieldRef.fieldPath"));
+        Assert.Equal("$(POD_IP)", Env(node, "Potluck__Node__AdvertisedHost"));
+        Assert.Equal("7100", Env(node, "Potluck__Node__GrpcPort"));
+        Assert.Equal("11111", Env(node, "Potluck__Node__SiloPort"));
+        Assert.Equal($"{Prefix}-redis:6379", Env(node, "Potluck__Cluster__RedisConnectionString"));
         Assert.Equal("status.podIP", Str(Named(node, "env", "POD_IP"), "valueFrom.fieldRef.fieldPath"));
         Assert.Equal("7100", Str(Named(node, "ports", "grpc"), "containerPort"));
         Assert.Equal("grpc", Str(node, "readinessProbe.tcpSocket.port"));
@@ -121,14 +123,18 @@ public sealed class HelmChartTests
         Assert.Equal("kubernetes.io/hostname", Str(preferred[0], "podAffinityTerm.topologyKey"));
         Assert.Equal("node", ComponentOf(preferred[0], "podAffinityTerm.labelSelector.matchLabels"));
 
-        foreach (var (pod, container, modelArgs) in new[] { (gatewayPod, gatewayContainer, gatewayArgs), (nodePod, node, nodeArgs) })
+        foreach (var (pod, container, modelPath) in new[]
+                 {
+                     (gatewayPod, gatewayContainer, Env(gatewayContainer, "Potluck__Gateway__ModelPath")),
+                     (nodePod, node, Env(node, "Potluck__Node__ModelPath")),
+                 })
         {
             AssertHardened(pod, container);
             // The demo init container writes exactly the file the main container reads, into the shared volume.
             var init = Named(pod, "initContainers", "create-demo-model");
             var initArgs = Strings(init, "args");
             Assert.Equal(["model", "create-demo", "--output", "/models/model.gguf"], initArgs);
-            Assert.Equal(FlagValue(modelArgs, "--model"), FlagValue(initArgs, "--output"));
+            Assert.Equal(modelPath, FlagValue(initArgs, "--output"));
             Assert.Equal("/models", Str(Named(init, "volumeMounts", "model"), "mountPath"));
             Assert.Equal("/models", Str(Named(container, "volumeMounts", "model"), "mountPath"));
             Assert.Equal("True", Str(Named(container, "volumeMounts", "model"), "readOnly"), ignoreCase: true);
@@ -154,12 +160,11 @@ public sealed class HelmChartTests
         var gatewayPod = Map(chart.Get("Deployment", $"{Prefix}-gateway"), "spec.template.spec");
         var gateway = Named(gatewayPod, "containers", "gateway");
         Assert.Equal("registry.lab/potluck:1.2.3", Str(gateway, "image"));
-        var gatewayArgs = Strings(gateway, "args");
-        Assert.Equal("9000", FlagValue(gatewayArgs, "--port"));
+        Assert.Equal("9000", Env(gateway, "Potluck__Gateway__Port"));
         Assert.Equal("9000", Str(Named(gateway, "ports", "http"), "containerPort"));
-        Assert.Equal("redis.infra:6380,password=s3cret", FlagValue(gatewayArgs, "--redis"));
-        Assert.Equal("lab-pool", FlagValue(gatewayArgs, "--cluster-id"));
-        Assert.Equal("/models/qwen2.5-7b-q4_k_m.gguf", FlagValue(gatewayArgs, "--model"));
+        Assert.Equal("redis.infra:6380,password=s3cret", Env(gateway, "Potluck__Cluster__RedisConnectionString"));
+        Assert.Equal("lab-pool", Env(gateway, "Potluck__Cluster__ClusterId"));
+        Assert.Equal("/models/qwen2.5-7b-q4_k_m.gguf", Env(gateway, "Potluck__Gateway__ModelPath"));
         Assert.Equal("16", Str(Named(gateway, "env", "Potluck__Gateway__MaxConcurrentSessions"), "value"));
         Assert.Equal("shared-models", Str(Named(gatewayPod, "volumes", "model"), "persistentVolumeClaim.claimName"));
         Assert.Null(At(gatewayPod, "initContainers")); // the file is already on the claim
@@ -168,14 +173,13 @@ public sealed class HelmChartTests
         Assert.Equal("4", Str(nodes, "spec.replicas"));
         var nodePod = Map(nodes, "spec.template.spec");
         var node = Named(nodePod, "containers", "node");
-        Assert.Equal(["/bin/bash", "-c"], Strings(node, "command"));
-        Assert.Equal("0-8 8-16 16-24 24-28", Str(Named(node, "env", "LAYERS_BY_ORDINAL"), "value"));
-        var nodeArgs = Strings(node, "args");
-        Assert.Equal("7200", FlagValue(nodeArgs, "--port"));
+        Assert.Null(At(node, "command"));
+        Assert.Equal("0-8 8-16 16-24 24-28", Env(node, "Potluck__Node__LayersByOrdinal"));
+        Assert.Equal("7200", Env(node, "Potluck__Node__GrpcPort"));
         Assert.Equal("7200", Str(Named(node, "ports", "grpc"), "containerPort"));
-        Assert.Equal("8192", FlagValue(nodeArgs, "--kv-tokens"));
-        Assert.Equal("6", FlagValue(nodeArgs, "--threads"));
-        Assert.Equal("redis.infra:6380,password=s3cret", FlagValue(nodeArgs, "--redis"));
+        Assert.Equal("8192", Env(node, "Potluck__Node__KvBudgetTokens"));
+        Assert.Equal("6", Env(node, "Potluck__Node__Threads"));
+        Assert.Equal("redis.infra:6380,password=s3cret", Env(node, "Potluck__Cluster__RedisConnectionString"));
         Assert.Equal("12Gi", Str(node, "resources.requests.memory"));
         Assert.Equal("shared-models", Str(Named(nodePod, "volumes", "model"), "persistentVolumeClaim.claimName"));
         var required = List(nodePod, "affinity.podAntiAffinity.requiredDuringSchedulingIgnoredDuringExecution");
@@ -183,54 +187,59 @@ public sealed class HelmChartTests
         Assert.Null(At(nodePod, "affinity.podAntiAffinity.preferredDuringSchedulingIgnoredDuringExecution"));
     }
 
-    /// <summary>Runs the rendered ordinal script in bash with a stand-in `potluck` that prints its arguments.</summary>
+    /// <summary>
+    /// Binds the rendered pod environment, as the kubelet fills it in for pod N (its index label, pod IP and name), through
+    /// the node's real configuration path (NodeOptions.FromConfiguration).
+    /// </summary>
     [HelmFact]
     public void Node_pods_pick_their_span_from_the_statefulset_ordinal()
     {
         var chart = Render(Release, CustomValues);
         var node = Named(Map(chart.Get("StatefulSet", $"{Prefix}-node"), "spec.template.spec"), "containers", "node");
-        var args = Strings(node, "args");
-        var script = args[0];
-        var layers = Str(Named(node, "env", "LAYERS_BY_ORDINAL"), "value")!;
 
-        var bin = Directory.CreateTempSubdirectory("potluck-fake-bin");
-        try
-        {
-            var fake = Path.Combine(bin.FullName, "potluck");
-            File.WriteAllText(fake, "#!/bin/bash\nprintf '%s\\n' \"$@\"\n");
-            File.SetUnixFileMode(fake, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
-            string RunAs(string hostname, out int exitCode)
-            {
-                var start = ChildProcess.StartInfo("bash", ["-c", script, .. args.Skip(1)], new Dictionary<string, string>
-                {
-                    ["PATH"] = $"{bin.FullName}:/usr/bin:/bin",
-                    ["HOSTNAME"] = hostname,
-                    ["LAYERS_BY_ORDINAL"] = layers,
-                });
-                var run = ProcessRunner.Run(start, TimeSpan.FromSeconds(10)); // throws if the ordinal script hangs
-                exitCode = run.ExitCode;
-                return run.StandardOutput + run.StandardError;
-            }
+        var first = NodeOptions.FromConfiguration(PodConfiguration(node, 0));
+        Assert.Equal((0, 8), (first.LayerStart, first.LayerEnd));
+        var last = NodeOptions.FromConfiguration(PodConfiguration(node, 3));
+        Assert.Equal((24, 28), (last.LayerStart, last.LayerEnd));
+        Assert.Equal("/models/qwen2.5-7b-q4_k_m.gguf", last.ModelPath);
+        Assert.Equal($"{Prefix}-node-3", last.ResolvedNodeId);
+        Assert.Equal("http://10.1.0.3:7200", last.GrpcEndpoint);
+        Assert.Equal("redis.infra:6380,password=s3cret", last.RedisConnectionString);
+        Assert.Equal("lab-pool", last.ClusterId);
+        Assert.Equal((8192L, 6), (last.KvBudgetTokens, last.Threads));
 
-            var first = RunAs($"{Prefix}-node-0", out var firstExit).Split('\n', StringSplitOptions.RemoveEmptyEntries);
-            Assert.Equal(0, firstExit);
-            Assert.Equal("node", first[0]);
-            Assert.Equal("0-8", FlagValue(first, "--layers"));
-            var last = RunAs($"{Prefix}-node-3", out var lastExit).Split('\n', StringSplitOptions.RemoveEmptyEntries);
-            Assert.Equal(0, lastExit);
-            Assert.Equal("24-28", FlagValue(last, "--layers"));
-            Assert.Equal("/models/qwen2.5-7b-q4_k_m.gguf", FlagValue(last, "--model"));
-
-            // A pod beyond the listed spans (scaled up without updating nodes.layers) says why it stops.
-            var beyond = RunAs($"{Prefix}-node-4", out var beyondExit);
-            Assert.NotEqual(0, beyondExit);
-            Assert.Contains("no span for ordinal '4'", beyond);
-        }
-        finally
-        {
-            bin.Delete(recursive: true);
-        }
+        // A pod beyond the listed spans (scaled up without updating nodes.layers) says why it stops.
+        var beyond = Assert.Throws<NodeConfigurationException>(() => NodeOptions.FromConfiguration(PodConfiguration(node, 4)));
+        Assert.Contains("no span for ordinal '4'", beyond.Message);
     }
+
+    /// <summary>
+    /// The container's environment for pod <paramref name="ordinal"/>: downward-API fields filled in, $(VAR) references
+    /// expanded from earlier entries (as the kubelet does), then read like the environment-variable provider (__ is :).
+    /// </summary>
+    private static IConfiguration PodConfiguration(object container, int ordinal)
+    {
+        var values = new Dictionary<string, string?>(StringComparer.OrdinalIgnoreCase);
+        foreach (var entry in List(container, "env").OfType<Dictionary<object, object>>())
+        {
+            var name = Str(entry, "name")!;
+            var value = Str(entry, "valueFrom.fieldRef.fieldPath") switch
+            {
+                null => Str(entry, "value") ?? "",
+                "status.podIP" => $"10.1.0.{ordinal}",
+                "metadata.name" => $"{Prefix}-node-{ordinal}",
+                "metadata.labels['apps.kubernetes.io/pod-index']" => ordinal.ToString(System.Globalization.CultureInfo.InvariantCulture),
+                var other => throw new Xunit.Sdk.XunitException($"unexpected fieldRef {other} in {name}"),
+            };
+            foreach (var (earlier, earlierValue) in values) value = value.Replace($"$({earlier})", earlierValue, StringComparison.Ordinal);
+            values[name] = value;
+        }
+        return new ConfigurationBuilder()
+            .AddInMemoryCollection(values.Select(kv => new KeyValuePair<string, string?>(kv.Key.Replace("__", ":", StringComparison.Ordinal), kv.Value)))
+            .Build();
+    }
+
+    private static string? Env(object container, string name) => Str(Named(container, "env", name), "value");
 
     [HelmFact]
     public void Inconsistent_values_fail_rendering_with_a_clear_message()
@@ -270,11 +279,12 @@ public sealed class HelmChartTests
         Assert.NotNull(At(Named(pod, "volumes", "model"), "emptyDir"));
 
         var hostPath = Render(Release, "model: {source: hostPath, hostPath: {path: /srv/llm}}\nnodes: {layers: []}");
-        // No spans listed: plain `potluck node` arguments, no ordinal script and no --layers.
+        // No spans listed: plain `potluck node`, no span in its environment and no --layers.
         var plainNode = Named(Map(hostPath.Get("StatefulSet", $"{Prefix}-node"), "spec.template.spec"), "containers", "node");
         Assert.Null(At(plainNode, "command"));
         Assert.Equal("node", Strings(plainNode, "args")[0]);
         Assert.DoesNotContain("--layers", Strings(plainNode, "args"));
+        Assert.DoesNotContain(List(plainNode, "env").OfType<Dictionary<object, object>>(), e => Str(e, "name")!.StartsWith("Potluck__Node__Layers", StringComparison.Ordinal));
         var gatewayPod = Map(hostPath.Get("Deployment", $"{Prefix}-gateway"), "spec.template.spec");
         Assert.Equal("/srv/llm", Str(Named(gatewayPod, "volumes", "model"), "hostPath.path"));
         Assert.Null(At(gatewayPod, "initContainers"));

@@ -1,8 +1,10 @@
 using Microsoft.Extensions.Configuration;
+using Potluck.Hosting;
 using Potluck.Node;
 
-// Test-only node launcher, configured the way a container is: environment variables Potluck__Node__*
-// (NodeOptions.FromConfiguration), with optional flags applied over them.
+// Test-only node launcher, configured the way a container is: environment variables Potluck__Node__* and
+// Potluck__Cluster__* (the shipped configuration path, NodeOptions.FromConfiguration), with optional flags applied
+// over them. Exit codes are the shared table (Potluck.Hosting.ExitCodes).
 // Flags: --model PATH --layers A-B --node-id ID --grpc-port P --silo-port S [--gateway-port G] [--seed host:port]
 //        [--redis conn] [--cluster ID] [--fast]
 var flagKeys = new Dictionary<string, string>(StringComparer.Ordinal)
@@ -28,7 +30,7 @@ for (var i = 0; i < args.Length; i++)
     else
     {
         Console.Error.WriteLine($"unexpected argument '{args[i]}'");
-        return 64;
+        return ExitCodes.Usage;
     }
 }
 
@@ -51,6 +53,6 @@ try
 catch (NodeConfigurationException e)
 {
     Console.Error.WriteLine($"potluck node: error: {e.Message}");
-    return NodeHost.ExitCannotLoad;
+    return ExitCodes.Usage;
 }
 return await NodeHost.RunAsync(options, CancellationToken.None);

@@ -79,7 +79,8 @@ public sealed class NodeFailureTests(ITestOutputHelper output)
             ["Potluck__Node__ModelPath"] = TestModels.Small(GgmlType.Q8_0),
             ["Potluck__Node__Layers"] = "3-1",
         });
-        Assert.Equal(NodeHost.ExitCannotLoad, code);
+        // A bad setting is a usage error (exit 2) in the one exit-code table.
+        Assert.Equal(Potluck.Hosting.ExitCodes.Usage, code);
         Assert.Contains("Potluck__Node__Layers", line);
         Assert.Contains("'3-1'", line);
     }

@@ -1,4 +1,6 @@
 using Microsoft.Extensions.Configuration;
+using Potluck.Hosting;
+using Potluck.Node.Joining;
 
 namespace Potluck.Node.Tests;
 
@@ -109,5 +111,81 @@ public sealed class NodeOptionsConfigurationTests
         Assert.Contains("Potluck__Node__Layers", noLayers.Message);
         // LayerStart alone is not a span either.
         Assert.Throws<NodeConfigurationException>(() => NodeOptions.FromConfiguration(Config(("Potluck:Node:ModelPath", "m.gguf"), ("Potluck:Node:LayerStart", "1"))));
+    }
+
+    [Fact]
+    public void Pool_wide_cluster_settings_apply_and_the_node_section_overrides_them()
+    {
+        var configuration = Config(("Potluck:Node:ModelPath", "m.gguf"), ("Potluck:Node:Layers", "0-2"),
+            ("Potluck:Cluster:ClusterId", "lan-pool"), ("Potluck:Cluster:RedisConnectionString", "redis:6379"),
+            ("Potluck:Cluster:FastFailureDetection", "true"), ("Potluck:Node:RedisConnectionString", "other:6380"));
+        var options = NodeOptions.FromConfiguration(configuration);
+        Assert.Equal("lan-pool", options.ClusterId);
+        Assert.Equal("other:6380", options.RedisConnectionString);
+        Assert.True(options.FastFailureDetection);
+        Assert.True(NodeOptions.IsSet(configuration, nameof(NodeOptions.ClusterId)));
+        Assert.False(NodeOptions.IsSet(configuration, nameof(NodeOptions.AdvertisedHost)));
+
+        var bad = Assert.Throws<ConfigurationUsageException>(() => NodeOptions.FromConfiguration(Config(
+            ("Potluck:Node:ModelPath", "m.gguf"), ("Potluck:Node:Layers", "0-2"), ("Potluck:Cluster:FastFailureDetection", "sometimes"))));
+        Assert.Contains("Potluck__Cluster__FastFailureDetection", bad.Message);
+    }
+
+    [Fact]
+    public void Join_is_a_seed_silo_or_the_gateway_url_and_a_url_needs_no_layers()
+    {
+        var bySeed = Config(("Potluck:Node:ModelPath", "m.gguf"), ("Potluck:Node:Layers", "0-2"), ("Potluck:Node:Join", "10.0.0.1:11110"));
+        Assert.Equal("10.0.0.1:11110", NodeOptions.FromConfiguration(bySeed).PrimarySiloEndpoint);
+        Assert.Null(NodeJoinOptions.FromConfiguration(bySeed).GatewayUrl);
+
+        var byUrl = Config(("Potluck:Node:ModelPath", "m.gguf"), ("Potluck:Node:Join", "http://10.0.0.1:8080"), ("Potluck:Node:Memory", "6G"),
+            ("Potluck:Node:MaxLayers", "4"), ("Potluck:Node:Rebalance", "true"), ("Potluck:Node:RebalanceEvery", "5"));
+        Assert.False(NodeOptions.HasLayers(byUrl));
+        var options = NodeOptions.FromConfiguration(byUrl, layersRequired: false);
+        Assert.Null(options.PrimarySiloEndpoint);
+        var join = NodeJoinOptions.FromConfiguration(byUrl);
+        Assert.Equal(new Uri("http://10.0.0.1:8080"), join.GatewayUrl);
+        Assert.Equal(6L << 30, join.MemoryBudgetBytes);
+        Assert.Equal(4, join.MaxLayers);
+        Assert.True(join.Rebalance);
+        Assert.Equal(TimeSpan.FromSeconds(5), join.RebalancePeriod);
+        // Without a URL the span stays required.
+        Assert.Throws<NodeConfigurationException>(() => NodeOptions.FromConfiguration(byUrl));
+
+        var badMemory = Assert.Throws<NodeConfigurationException>(() => NodeJoinOptions.FromConfiguration(Config(("Potluck:Node:Memory", "lots"))));
+        Assert.Contains("Potluck__Node__Memory", badMemory.Message);
+    }
+
+    [Theory]
+    [InlineData("0", 0, 3)]
+    [InlineData("2", 6, 8)]
+    public void A_statefulset_pod_takes_the_span_of_its_ordinal(string ordinal, int start, int end)
+    {
+        var options = NodeOptions.FromConfiguration(Config(("Potluck:Node:ModelPath", "m.gguf"),
+            ("Potluck:Node:LayersByOrdinal", "0-3 3-6 6-8"), ("Potluck:Node:Ordinal", ordinal)));
+        Assert.Equal((start, end), (options.LayerStart, options.LayerEnd));
+    }
+
+    [Fact]
+    public void A_pod_beyond_the_listed_spans_says_why_it_stops()
+    {
+        var error = Assert.Throws<NodeConfigurationException>(() => NodeOptions.FromConfiguration(Config(("Potluck:Node:ModelPath", "m.gguf"),
+            ("Potluck:Node:LayersByOrdinal", "0-3 3-6 6-8"), ("Potluck:Node:Ordinal", "3"))));
+        Assert.Contains("no span for ordinal '3'", error.Message);
+        Assert.Contains("Potluck__Node__LayersByOrdinal", error.Message);
+    }
+
+    [Theory]
+    [InlineData("Potluck:Node:NodeId", "a/b", "NodeId 'a/b'")]
+    [InlineData("Potluck:Node:ListenAddress", "not-an-ip", "ListenAddress 'not-an-ip'")]
+    [InlineData("Potluck:Node:PrimarySiloEndpoint", "seed-without-port", "PrimarySiloEndpoint 'seed-without-port'")]
+    public void The_validator_rejects_values_that_parse_but_cannot_work(string key, string value, string expected)
+    {
+        var error = Assert.Throws<NodeConfigurationException>(() => NodeOptions.FromConfiguration(Config(
+            ("Potluck:Node:ModelPath", "m.gguf"), ("Potluck:Node:Layers", "0-2"), (key, value))));
+        Assert.Contains(expected, error.Message);
+        // A usage error in the one exit-code table.
+        Assert.IsAssignableFrom<HostExitException>(error);
+        Assert.Equal(ExitCodes.Usage, ((HostExitException)error).ExitCode);
     }
 }

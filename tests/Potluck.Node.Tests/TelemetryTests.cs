@@ -1,5 +1,6 @@
 using System.Collections.Concurrent;
 using System.Diagnostics;
+using System.Diagnostics.Metrics;
 using System.Net;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Hosting;
@@ -10,6 +11,7 @@ using Microsoft.Extensions.Logging;
 using OpenTelemetry.Metrics;
 using OpenTelemetry.Trace;
 using Potluck.Cluster;
+using Potluck.Hosting;
 using Potluck.Protocol.V1;
 using Potluck.Inference.Gguf;
 using Potluck.Node.Telemetry;
@@ -126,6 +128,42 @@ public sealed class TelemetryTests(ITestOutputHelper output)
         // OTLP: node 0 had OTEL_EXPORTER_OTLP_ENDPOINT, so traces and metrics arrive at the loopback collector.
         await WaitUntil(() => receiver.Requests.ContainsKey("/v1/traces") && receiver.Requests.ContainsKey("/v1/metrics"));
         output.WriteLine("OTLP requests: " + string.Join(", ", receiver.Requests.Select(kv => $"{kv.Key} x{kv.Value}")));
+    }
+
+    /// <summary>
+    /// The one setup every host uses (Potluck.Hosting): with OTEL_EXPORTER_OTLP_ENDPOINT set, a Potluck.* meter, its
+    /// activity source and the host's logs all reach the collector. The gateway's meter is wired exactly like this; before
+    /// the shared setup its metrics never reached OTLP.
+    /// </summary>
+    [Fact]
+    public async Task The_shared_host_setup_exports_traces_metrics_and_logs_over_otlp()
+    {
+        await using var receiver = await OtlpReceiver.StartAsync();
+        const string name = "Potluck.Gateway";
+        var builder = WebApplication.CreateSlimBuilder();
+        builder.Configuration.AddInMemoryCollection(new Dictionary<string, string?>
+        {
+            [PotluckTelemetry.OtlpEndpointKey] = receiver.Endpoint,
+            ["OTEL_EXPORTER_OTLP_PROTOCOL"] = "http/protobuf",
+            ["OTEL_BSP_SCHEDULE_DELAY"] = "100",
+            ["OTEL_BLRP_SCHEDULE_DELAY"] = "100",
+            ["OTEL_METRIC_EXPORT_INTERVAL"] = "200",
+        });
+        builder.WebHost.ConfigureKestrel(k => k.Listen(IPAddress.Loopback, 0));
+        builder.AddPotluckTelemetry(new TelemetryIdentity("potluck-gateway", "gateway-otlp-test"), [name], [name]);
+        await using var app = builder.Build();
+        using var timeout = new CancellationTokenSource(Timeout);
+        await app.StartAsync(timeout.Token);
+
+        using var source = new ActivitySource(name);
+        using var meter = new Meter(name);
+        var requests = meter.CreateCounter<long>("potluck.gateway.requests");
+        using (source.StartActivity("potluck.test.request")) requests.Add(1);
+        app.Services.GetRequiredService<ILoggerFactory>().CreateLogger(name).LogWarning("exported over OTLP");
+
+        await WaitUntil(() => receiver.Requests.ContainsKey("/v1/traces") && receiver.Requests.ContainsKey("/v1/metrics") && receiver.Requests.ContainsKey("/v1/logs"));
+        output.WriteLine("OTLP requests: " + string.Join(", ", receiver.Requests.Select(kv => $"{kv.Key} x{kv.Value}")));
+        await app.StopAsync(timeout.Token);
     }
 
     private static async Task WaitUntil(Func<bool> condition)

@@ -4,17 +4,21 @@ using Potluck.Gateway;
 
 namespace Potluck.Cli.Commands;
 
-/// <summary>`potluck gateway`: the OpenAI-compatible front door; holds only the head tensors and the tokenizer.</summary>
+/// <summary>
+/// `potluck gateway`: the OpenAI-compatible front door; holds only the head tensors and the tokenizer. The flags become
+/// configuration keys of section Potluck:Gateway over the environment (Potluck__Gateway__*, Potluck__Cluster__*).
+/// </summary>
 public static class GatewayCommand
 {
     public static Command Create()
     {
         var defaults = new GatewayOptions { ModelPath = "" };
-        var model = new Option<FileInfo>("--model") { Description = "The GGUF file (only the embedding, final norm, LM head and tokenizer are used)", Required = true };
-        var host = new Option<string>("--host") { Description = "Address the HTTP API listens on", DefaultValueFactory = _ => defaults.Host };
+        var model = new Option<FileInfo?>("--model") { Description = "The GGUF file (only the embedding, final norm, LM head and tokenizer are used) [env: Potluck__Gateway__ModelPath]" };
+        var listen = new Option<string?>("--listen") { Description = $"Address the HTTP API binds (0.0.0.0: all interfaces) [default: {defaults.ListenAddress}]" };
+        var host = new Option<string?>("--host") { Description = "Deprecated: use --listen (on `gateway`, --host always meant the address the API binds)" };
         var port = new Option<int>("--port") { Description = "HTTP port of the OpenAI API", DefaultValueFactory = _ => defaults.Port };
         var siloPort = new Option<int>("--silo-port") { Description = "Orleans silo-to-silo port; every node must reach it (nodes --join HOST:this)", DefaultValueFactory = _ => defaults.SiloPort };
-        var advertise = new Option<string>("--advertise") { Description = "Host or IP nodes use to reach this gateway's silo", DefaultValueFactory = _ => defaults.AdvertisedHost };
+        var advertise = new Option<string?>("--advertise") { Description = $"Host or IP nodes dial this gateway's silo at [default: {defaults.AdvertisedHost}]" };
         var join = new Option<string?>("--join") { Description = "Seed silo HOST:PORT, when the gateway is not the pool's first member" };
         var redis = new Option<string?>("--redis") { Description = "Use Redis membership at HOST:PORT instead of a seed" };
         var clusterId = new Option<string>("--cluster-id") { Description = "Pool name shared by the gateway and its nodes", DefaultValueFactory = _ => defaults.ClusterId };
@@ -24,30 +28,38 @@ public static class GatewayCommand
         var maxSessions = new Option<int>("--max-sessions") { Description = "Generations at once; more wait in line", DefaultValueFactory = _ => defaults.MaxConcurrentSessions };
         var fastFailure = new Option<bool>("--fast-failure-detection") { Description = "Tight membership probing (tests only)", Hidden = true };
         var parentPid = HostedCommand.ParentPidOption();
-        var command = new Command("gateway", "Run the gateway alone: the OpenAI API, the model head, routing and failover")
+        var command = new Command("gateway", "Run the gateway alone: the OpenAI API, the model head, routing and failover (flags override Potluck__Gateway__* environment variables)")
         {
-            model, host, port, siloPort, advertise, join, redis, clusterId, modelName, wire, threads, maxSessions, fastFailure, parentPid,
+            model, listen, host, port, siloPort, advertise, join, redis, clusterId, modelName, wire, threads, maxSessions, fastFailure, parentPid,
         };
-        command.SetAction(async (parse, _) =>
+        command.SetAction(async (parse, ct) =>
         {
             if (parse.GetValue(threads) < 0) throw new UsageException("--threads must be 0 (all cores) or more");
             if (parse.GetValue(maxSessions) < 1) throw new UsageException("--max-sessions must be at least 1");
-            var options = new GatewayOptions
-            {
-                ModelPath = parse.GetRequiredValue(model).FullName,
-                Host = parse.GetRequiredValue(host),
-                Port = HostedCommand.ValidatePort(parse.GetValue(port), "--port"),
-                SiloPort = HostedCommand.ValidatePort(parse.GetValue(siloPort), "--silo-port"),
-                AdvertisedHost = parse.GetRequiredValue(advertise),
-                PrimarySiloEndpoint = parse.GetValue(join),
-                RedisConnectionString = parse.GetValue(redis),
-                ClusterId = parse.GetRequiredValue(clusterId),
-                ModelName = parse.GetValue(modelName),
-                WireType = parse.GetValue(wire),
-                Threads = parse.GetValue(threads),
-                MaxConcurrentSessions = parse.GetValue(maxSessions),
-                FastFailureDetection = parse.GetValue(fastFailure),
-            };
+            HostedCommand.ValidatePort(parse.GetValue(port), "--port");
+            HostedCommand.ValidatePort(parse.GetValue(siloPort), "--silo-port");
+
+            var flags = new HostedCommand.FlagConfiguration(GatewayOptions.ConfigurationSection);
+            flags.Set(parse, model, nameof(GatewayOptions.ModelPath), file => file?.FullName);
+            flags.Set(parse, listen, nameof(GatewayOptions.ListenAddress));
+            if (HostedCommand.DeprecatedHost(parse, host, listen, "gateway", "the address the HTTP API binds") is { } hostValue)
+                flags.Set(nameof(GatewayOptions.ListenAddress), hostValue);
+            flags.Set(parse, port, nameof(GatewayOptions.Port));
+            flags.Set(parse, siloPort, nameof(GatewayOptions.SiloPort));
+            flags.Set(parse, advertise, nameof(GatewayOptions.AdvertisedHost));
+            flags.Set(parse, join, nameof(GatewayOptions.PrimarySiloEndpoint));
+            flags.Set(parse, redis, nameof(GatewayOptions.RedisConnectionString));
+            flags.Set(parse, clusterId, nameof(GatewayOptions.ClusterId));
+            flags.Set(parse, modelName, nameof(GatewayOptions.ModelName));
+            flags.Set(parse, wire, nameof(GatewayOptions.WireType));
+            flags.Set(parse, threads, nameof(GatewayOptions.Threads));
+            flags.Set(parse, maxSessions, nameof(GatewayOptions.MaxConcurrentSessions));
+            flags.Set(parse, fastFailure, nameof(GatewayOptions.FastFailureDetection));
+            var configuration = flags.Build();
+            if (string.IsNullOrWhiteSpace(configuration[$"{GatewayOptions.ConfigurationSection}:{nameof(GatewayOptions.ModelPath)}"]))
+                throw new UsageException("option '--model' is required (or set Potluck__Gateway__ModelPath)");
+            var options = GatewayOptions.FromConfiguration(configuration);
+
             // Read the header first: a missing or corrupt model is one clear line, not a host crash.
             ModelCommands.InspectOrFail(options.ModelPath);
             HostedCommand.ApplyVerbosity(parse.GetValue(CliApplication.Verbose));
@@ -55,6 +67,7 @@ public static class GatewayCommand
         });
         return CliApplication.AddExamples(command,
             "potluck gateway --model ./model.gguf --port 8080",
-            "potluck gateway --model ./model.gguf --host 0.0.0.0 --advertise 192.168.1.10 --silo-port 11110");
+            "potluck gateway --model ./model.gguf --listen 0.0.0.0 --advertise 192.168.1.10 --silo-port 11110",
+            "Potluck__Gateway__ModelPath=./model.gguf Potluck__Cluster__RedisConnectionString=redis:6379 potluck gateway");
     }
 }

@@ -1,9 +1,13 @@
 using System.CommandLine;
+using Microsoft.Extensions.Configuration;
 using Potluck.Cli.Supervision;
 
 namespace Potluck.Cli.Commands;
 
-/// <summary>Shared plumbing of the long-running `node` and `gateway` commands: shutdown on signal or when the parent `serve` dies.</summary>
+/// <summary>
+/// Shared plumbing of the long-running `node` and `gateway` commands: flags turned into configuration over the
+/// environment, shutdown on signal or when the parent `serve` dies, and the host's exit code passed through.
+/// </summary>
 public static class HostedCommand
 {
     /// <summary>Set by `serve` on its children: they exit when that process is gone, so a killed serve leaves no orphans.</summary>
@@ -14,8 +18,9 @@ public static class HostedCommand
     };
 
     /// <summary>
-    /// Runs a host until Ctrl+C/SIGTERM or parent death; a shutdown we asked for is a clean exit.
-    /// A host's own non-zero code (it failed to start and said why) becomes exit 1.
+    /// Runs a command's startup and host until Ctrl+C/SIGTERM or parent death. A host that ran and was asked to stop
+    /// is a clean exit (0); a stop that arrived before the host was up (while joining or loading) is
+    /// <see cref="ExitCodes.Interrupted"/>; a host's own non-zero code (it said why on stderr) is passed through.
     /// </summary>
     public static async Task<int> RunAsync(int? parentPid, string what, Func<CancellationToken, Task<int>> runHost)
     {
@@ -31,13 +36,18 @@ public static class HostedCommand
         }
         catch (OperationCanceledException) when (stop.IsCancellationRequested)
         {
-            // Asked to stop: that is success.
-            code = ExitCodes.Ok;
+            // Stopped before the host was serving.
+            code = ExitCodes.Interrupted;
         }
         if (watcher is not null && watcher.ParentGone.IsCancellationRequested)
             Console.Error.WriteLine($"potluck: the supervising process is gone; {what} shut down");
         if (code == ExitCodes.Ok) return ExitCodes.Ok;
-        throw new CliFailureException($"the {what} could not start (see the message above)");
+        if (code == ExitCodes.Interrupted)
+        {
+            Console.Error.WriteLine("potluck: interrupted");
+            return code;
+        }
+        throw new HostExitException(code, $"the {what} could not start: {ExitCodes.Describe(code)} (see the message above)");
     }
 
     /// <summary>--verbose turns on debug logs in the host (ASP.NET Core reads Logging__* from the environment).</summary>
@@ -62,5 +72,40 @@ public static class HostedCommand
     {
         if (port is < 0 or > 65535) throw new UsageException($"{option} must be between 0 and 65535 (got {port})");
         return port;
+    }
+
+    /// <summary>
+    /// `--host`, kept as a deprecated alias: says what it maps to (its meaning differed between commands) and fails
+    /// when given together with the option it stands for.
+    /// </summary>
+    public static string? DeprecatedHost(ParseResult parse, Option<string?> host, Option<string?> replacement, string command, string meaning)
+    {
+        if (parse.GetValue(host) is not { } value) return null;
+        if (parse.GetResult(replacement) is { Implicit: false })
+            throw new UsageException($"--host is a deprecated alias of {replacement.Name} on `potluck {command}`; pass only {replacement.Name}");
+        Console.Error.WriteLine($"potluck: warning: --host is deprecated; on `potluck {command}` it means {replacement.Name} {value} ({meaning})");
+        return value;
+    }
+
+    /// <summary>The flags a user gave, as configuration keys of one section, layered over the environment variables.</summary>
+    public sealed class FlagConfiguration(string section)
+    {
+        private readonly Dictionary<string, string?> _values = new(StringComparer.OrdinalIgnoreCase);
+
+        /// <summary>Sets <paramref name="key"/> when the flag was given (an implicit default leaves the environment's value or the options' default).</summary>
+        public void Set<T>(ParseResult parse, Option<T> option, string key, Func<T, string?>? format = null)
+        {
+            if (parse.GetResult(option) is not { Implicit: false }) return;
+            var value = parse.GetValue(option);
+            Set(key, format is null ? Convert.ToString(value, System.Globalization.CultureInfo.InvariantCulture) : format(value!));
+        }
+
+        public void Set(string key, string? value) => _values[$"{section}:{key}"] = value;
+
+        /// <summary>Environment variables (Potluck__Node__*, Potluck__Cluster__*, OTEL_*) first, the flags over them.</summary>
+        public IConfiguration Build() => new ConfigurationBuilder()
+            .AddEnvironmentVariables()
+            .AddInMemoryCollection(_values)
+            .Build();
     }
 }

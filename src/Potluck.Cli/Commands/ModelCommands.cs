@@ -70,17 +70,18 @@ public static class ModelCommands
     }
 
     /// <summary>Reads the header and tensor index; a missing or unreadable file becomes one clear line (exit 1).</summary>
+    /// <summary>The model's header and tensor index; a missing or unreadable file is <see cref="CannotLoadException"/> (exit 3).</summary>
     public static ModelInfo InspectOrFail(string path)
     {
-        if (!File.Exists(path)) throw new CliFailureException($"model file not found: {path}");
+        if (!File.Exists(path)) throw new CannotLoadException($"model file not found: {path}");
         NativeRuntime.EnsureLoaded();
         try
         {
             return GgufModel.Inspect(path);
         }
-        catch (Exception error) when (error is not (CliFailureException or OperationCanceledException or OutOfMemoryException))
+        catch (Exception error) when (error is not (HostExitException or OperationCanceledException or OutOfMemoryException))
         {
-            throw new CliFailureException($"cannot read model {path}: {error.Message}", error);
+            throw new CannotLoadException($"cannot read model {path}: {error.Message}", error);
         }
     }
 
@@ -171,16 +172,5 @@ public static class ModelCommands
             .Select(g => (g.Key, g.Count(), g.Sum(t => t.Bytes)))
             .OrderByDescending(g => g.Item3);
 
-    public static string FormatBytes(long bytes)
-    {
-        string[] units = ["B", "KiB", "MiB", "GiB", "TiB"];
-        double value = bytes;
-        var unit = 0;
-        while (value >= 1024 && unit < units.Length - 1)
-        {
-            value /= 1024;
-            unit++;
-        }
-        return unit == 0 ? $"{bytes} B" : $"{value:F1} {units[unit]}";
-    }
+    public static string FormatBytes(long bytes) => Potluck.Node.Joining.PoolJoiner.FormatBytes(bytes);
 }

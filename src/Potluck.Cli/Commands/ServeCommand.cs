@@ -19,12 +19,13 @@ public static class ServeCommand
         var nodes = new Option<int>("--nodes", "-n") { Description = "Node processes to start", DefaultValueFactory = _ => 2 };
         var replicas = new Option<int>("--replicas", "-r") { Description = "Nodes holding each span: the layers split into nodes/replicas spans", DefaultValueFactory = _ => 1 };
         var port = new Option<int>("--port", "-p") { Description = "HTTP port of the OpenAI API", DefaultValueFactory = _ => 8080 };
-        var host = new Option<string>("--host") { Description = "Address the gateway listens on", DefaultValueFactory = _ => "127.0.0.1" };
+        var listen = new Option<string?>("--listen") { Description = "Address the gateway's HTTP API binds (0.0.0.0: all interfaces) [default: 127.0.0.1]" };
+        var host = new Option<string?>("--host") { Description = "Deprecated: use --listen (on `serve`, --host always meant the address the API binds)" };
         var readyTimeout = new Option<int>("--ready-timeout") { Description = "Seconds to wait for the pool to become ready", DefaultValueFactory = _ => 120 };
         var fastFailure = new Option<bool>("--fast-failure-detection") { Description = "Tight membership probing in the children (tests only)", Hidden = true };
         var command = new Command("serve", "Run a whole pool on this machine: a gateway plus N nodes that split the model's layers evenly")
         {
-            model, nodes, replicas, port, host, readyTimeout, fastFailure,
+            model, nodes, replicas, port, listen, host, readyTimeout, fastFailure,
         };
         command.SetAction(async (parse, _) =>
         {
@@ -34,14 +35,15 @@ public static class ServeCommand
             if (listenPort is < 1 or > 65535) throw new UsageException($"--port must be between 1 and 65535 (got {listenPort})");
             var timeoutSeconds = parse.GetValue(readyTimeout);
             if (timeoutSeconds < 1) throw new UsageException($"--ready-timeout must be at least 1 second (got {timeoutSeconds})");
-            var plan = PlanPool(parse.GetValue(model), nodeCount, replicaCount, parse.GetRequiredValue(host), listenPort, parse.GetValue(fastFailure));
+            var bind = HostedCommand.DeprecatedHost(parse, host, listen, "serve", "the address the HTTP API binds") ?? parse.GetValue(listen) ?? "127.0.0.1";
+            var plan = PlanPool(parse.GetValue(model), nodeCount, replicaCount, bind, listenPort, parse.GetValue(fastFailure));
             await using var pool = new LocalPoolRunner(plan, TimeSpan.FromSeconds(timeoutSeconds), parse.GetValue(CliApplication.Verbose));
             return await pool.ServeAsync();
         });
         return CliApplication.AddExamples(command,
             "potluck serve",
             "potluck serve --model ./qwen2.5-7b-instruct-q4_k_m.gguf --nodes 4 --replicas 2",
-            "potluck serve --host 0.0.0.0 --port 9000");
+            "potluck serve --listen 0.0.0.0 --port 9000");
     }
 
     /// <summary>
@@ -126,13 +128,14 @@ internal sealed class LocalPoolRunner : IAsyncDisposable
         return true;
     }
 
-    /// <summary>`serve`: start, show the pool, run until a signal (exit 0) or the gateway's death (exit 1).</summary>
+    /// <summary>`serve`: start, show the pool, run until a signal (exit 0; 130 before ready) or the gateway's death (exit 1).</summary>
     public async Task<int> ServeAsync()
     {
         using var signals = new ShutdownSignals();
         // A second Ctrl+C means "now": SIGKILL every child before this process goes down.
         signals.Forced = KillAll;
-        if (!await StartAsync(signals.Token)) return ExitCodes.Ok;
+        // Interrupted before the pool was ready: the command did not finish starting.
+        if (!await StartAsync(signals.Token)) return ExitCodes.Interrupted;
 
         PrintPool(await ServedModelNameAsync());
         var stopped = await Task.WhenAny(_gatewayDied.Task, Task.Delay(Timeout.Infinite, signals.Token).ContinueWith(_ => { }, TaskScheduler.Default));

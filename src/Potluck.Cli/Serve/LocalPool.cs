@@ -56,7 +56,7 @@ public static class LocalPoolCommands
     public static ChildProcessSpec Gateway(LocalPoolPlan plan, int parentPid, bool verbose) =>
         Child("gateway", verbose,
         [
-            "gateway", "--model", plan.ModelPath, "--host", plan.Host, "--port", plan.Port.ToString(),
+            "gateway", "--model", plan.ModelPath, "--listen", plan.Host, "--port", plan.Port.ToString(),
             "--silo-port", plan.Ports.GatewaySilo.ToString(), "--cluster-id", plan.ClusterId,
         ], plan, parentPid);
 
@@ -64,7 +64,7 @@ public static class LocalPoolCommands
         Child(node.Name, verbose,
         [
             "node", "--model", plan.ModelPath, "--layers", node.Layers, "--node-id", node.Name,
-            "--host", "127.0.0.1", "--port", plan.Ports.Nodes[index].Grpc.ToString(), "--silo-port", plan.Ports.Nodes[index].Silo.ToString(),
+            "--advertise", "127.0.0.1", "--port", plan.Ports.Nodes[index].Grpc.ToString(), "--silo-port", plan.Ports.Nodes[index].Silo.ToString(),
             "--join", $"127.0.0.1:{plan.Ports.GatewaySilo}", "--cluster-id", plan.ClusterId,
             // Nodes share the machine's cores; without this each would start one thread per core.
             "--threads", Math.Max(1, Environment.ProcessorCount / Math.Max(1, plan.Nodes.Count)).ToString(),

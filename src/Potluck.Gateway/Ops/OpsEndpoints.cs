@@ -2,6 +2,7 @@ using System.Text.Json;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Http;
 using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Diagnostics.HealthChecks;
 using Potluck.Gateway.Api;
 using Potluck.Gateway.Head;
 using Potluck.Gateway.Routing;
@@ -15,10 +16,18 @@ public static class OpsEndpoints
 {
     public static void Map(WebApplication app)
     {
-        app.MapGet("/healthz", static context => WriteJsonAsync(context, 200, json =>
+        // Live while the gateway's silo is an active pool member (Potluck.Hosting's checks); what it serves is /readyz.
+        app.MapGet("/healthz", static async context =>
         {
-            json.WriteString("status", "live");
-        }));
+            var report = await context.RequestServices.GetRequiredService<HealthCheckService>().CheckHealthAsync(context.RequestAborted);
+            var healthy = report.Status == HealthStatus.Healthy;
+            await WriteJsonAsync(context, healthy ? 200 : 503, json =>
+            {
+                json.WriteString("status", healthy ? "live" : "unhealthy");
+                if (healthy) return;
+                foreach (var (name, entry) in report.Entries) json.WriteString(name, entry.Description ?? entry.Status.ToString());
+            });
+        });
         app.MapGet("/readyz", ReadyAsync);
         app.MapGet("/api/pool", PoolAsync);
         JoinEndpoint.Map(app);

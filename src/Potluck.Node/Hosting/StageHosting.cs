@@ -37,11 +37,4 @@ internal static class StageHosting
     }
 
     public static void MapStage(WebApplication app) => app.MapGrpcService<StageService>();
-
-    public static IPAddress ListenAddressFor(string advertisedHost, string? listenAddress)
-    {
-        if (!string.IsNullOrEmpty(listenAddress)) return IPAddress.Parse(listenAddress);
-        if (advertisedHost == "localhost") return IPAddress.Loopback;
-        return IPAddress.TryParse(advertisedHost, out var ip) && IPAddress.IsLoopback(ip) ? ip : IPAddress.Any;
-    }
 }

@@ -3,14 +3,6 @@ using System.Diagnostics.Metrics;
 
 namespace Potluck.Node.Telemetry;
 
-/// <summary>Every ActivitySource and Meter a node exports.</summary>
-public static class TelemetryNames
-{
-    public static readonly string[] ActivitySources = [NodeTelemetry.Name, "Microsoft.Orleans.Runtime", "Microsoft.Orleans.Application"];
-
-    public static readonly string[] Meters = [NodeTelemetry.Name, "Microsoft.Orleans"];
-}
-
 /// <summary>The node's ActivitySource and Meter, both named "Potluck.Node".</summary>
 public sealed class NodeTelemetry : IDisposable
 {

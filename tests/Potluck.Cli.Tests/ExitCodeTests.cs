@@ -48,7 +48,7 @@ public sealed class ExitCodeTests(DemoModel model) : IClassFixture<DemoModel>
         holder.Start();
         var port = ((IPEndPoint)holder.LocalEndpoint).Port;
         var run = await PotluckProcess.RunAsync(model.Home.Path, Limit, "gateway", "--model", model.Path, "--port", port.ToString(),
-            "--silo-port", ServeTests.FreePort().ToString(), "--cluster-id", $"exit1-{Guid.NewGuid():N}");
+            "--silo-port", Ports.Free().ToString(), "--cluster-id", $"exit1-{Guid.NewGuid():N}");
         Assert.True(run.ExitCode == 1, run.ToString());
         Assert.Contains(run.Stderr.Split('\n'), line => line.StartsWith("potluck gateway: error:", StringComparison.Ordinal) && line.Contains(port.ToString()));
     }
@@ -88,7 +88,7 @@ public sealed class ExitCodeTests(DemoModel model) : IClassFixture<DemoModel>
         // The gateway configured by its environment alone.
         var gatewayStart = PotluckProcess.StartInfo(["gateway"], model.Home.Path);
         gatewayStart.Environment["Potluck__Gateway__ModelPath"] = missing;
-        gatewayStart.Environment["Potluck__Gateway__Port"] = ServeTests.FreePort().ToString();
+        gatewayStart.Environment["Potluck__Gateway__Port"] = Ports.Free().ToString();
         var gateway = await RunAsync(gatewayStart, Limit);
         Assert.True(gateway.ExitCode == 3, gateway.ToString());
         TextAssert.OneLineError(gateway, "model file not found");
@@ -102,14 +102,14 @@ public sealed class ExitCodeTests(DemoModel model) : IClassFixture<DemoModel>
     public async Task Four_is_a_pool_that_cannot_be_joined_also_when_the_node_host_says_so()
     {
         // Joining by URL: nothing answers there.
-        var byUrl = await PotluckProcess.RunAsync(model.Home.Path, Limit, "node", "--model", model.Path, "--join", $"http://127.0.0.1:{ServeTests.FreePort()}");
+        var byUrl = await PotluckProcess.RunAsync(model.Home.Path, Limit, "node", "--model", model.Path, "--join", $"http://127.0.0.1:{Ports.Free()}");
         Assert.True(byUrl.ExitCode == 4, byUrl.ToString());
         TextAssert.OneLineError(byUrl, "cannot reach the gateway");
 
         // The node host loads its span, then cannot reach Redis: its exit 4 passes through the CLI.
-        var deadRedis = $"127.0.0.1:{ServeTests.FreePort()}";
+        var deadRedis = $"127.0.0.1:{Ports.Free()}";
         var host = await PotluckProcess.RunAsync(model.Home.Path, Limit, "node", "--model", model.Path, "--layers", "0-8",
-            "--redis", $"{deadRedis},connectTimeout=1000", "--port", ServeTests.FreePort().ToString(), "--silo-port", ServeTests.FreePort().ToString(),
+            "--redis", $"{deadRedis},connectTimeout=1000", "--port", Ports.Free().ToString(), "--silo-port", Ports.Free().ToString(),
             "--threads", "1", "--cluster-id", $"exit4-{Guid.NewGuid():N}");
         Assert.True(host.ExitCode == 4, host.ToString());
         Assert.Contains(host.Stderr.Split('\n'), line => line.StartsWith("potluck node: error: cannot join the pool via Redis membership at " + deadRedis, StringComparison.Ordinal));
@@ -131,7 +131,7 @@ public sealed class ExitCodeTests(DemoModel model) : IClassFixture<DemoModel>
         {
             using (var accepted = await silent.AcceptTcpClientAsync().WaitAsync(Limit))
             {
-                ServeTests.Signal(process.Id, "INT");
+                ChildProcess.Signal(process.Id, ProcessSignal.Interrupt);
                 using var deadline = new CancellationTokenSource(TimeSpan.FromSeconds(30));
                 await process.WaitForExitAsync(deadline.Token);
             }
@@ -177,13 +177,13 @@ public sealed class NodeEnvironmentTests(DemoModel model) : IClassFixture<DemoMo
     [Fact]
     public async Task A_node_configured_only_by_environment_variables_serves_its_span()
     {
-        var grpcPort = ServeTests.FreePort();
+        var grpcPort = Ports.Free();
         var start = PotluckProcess.StartInfo(["node"], model.Home.Path);
         start.Environment["Potluck__Node__ModelPath"] = model.Path;
         start.Environment["Potluck__Node__Layers"] = "2-6";
         start.Environment["Potluck__Node__NodeId"] = "env-node";
         start.Environment["Potluck__Node__GrpcPort"] = grpcPort.ToString();
-        start.Environment["Potluck__Node__SiloPort"] = ServeTests.FreePort().ToString();
+        start.Environment["Potluck__Node__SiloPort"] = Ports.Free().ToString();
         start.Environment["Potluck__Node__Threads"] = "1";
         start.Environment["Potluck__Cluster__ClusterId"] = $"env-{Guid.NewGuid():N}";
         await using var node = RunningNode.Start(start);
@@ -199,13 +199,13 @@ public sealed class NodeEnvironmentTests(DemoModel model) : IClassFixture<DemoMo
     [Fact]
     public async Task Flags_override_the_environment_and_the_deprecated_host_says_what_it_means()
     {
-        var grpcPort = ServeTests.FreePort();
+        var grpcPort = Ports.Free();
         var start = PotluckProcess.StartInfo(["node", "--layers", "0-8", "--node-id", "flag-node", "--host", "127.0.0.1"], model.Home.Path);
         start.Environment["Potluck__Node__ModelPath"] = model.Path;
         start.Environment["Potluck__Node__Layers"] = "0-4";
         start.Environment["Potluck__Node__NodeId"] = "env-node";
         start.Environment["Potluck__Node__GrpcPort"] = grpcPort.ToString();
-        start.Environment["Potluck__Node__SiloPort"] = ServeTests.FreePort().ToString();
+        start.Environment["Potluck__Node__SiloPort"] = Ports.Free().ToString();
         start.Environment["Potluck__Node__Threads"] = "1";
         start.Environment["Potluck__Cluster__ClusterId"] = $"env-{Guid.NewGuid():N}";
         await using var node = RunningNode.Start(start);
@@ -251,7 +251,7 @@ public sealed class NodeEnvironmentTests(DemoModel model) : IClassFixture<DemoMo
         {
             if (!_process.HasExited)
             {
-                ServeTests.Signal(_process.Id, "TERM");
+                ChildProcess.Signal(_process.Id, ProcessSignal.Terminate);
                 using var deadline = new CancellationTokenSource(TimeSpan.FromSeconds(60));
                 try
                 {

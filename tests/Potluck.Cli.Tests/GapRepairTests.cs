@@ -28,7 +28,7 @@ public sealed class GapRepairTests(JoinModels models, ITestOutputHelper output) 
         await JoinTests.WaitUntilAsync(http, "healthz", _ => true, Limit, gateway);
 
         ChildProcess Node(string layers, string id) => PotluckProcess.Start(home, "node", "--model", models.Pool, "--layers", layers, "--join", seed, "--node-id", id,
-            "--port", ServeTests.FreePort().ToString(), "--silo-port", ServeTests.FreePort().ToString(), "--threads", "1");
+            "--port", Ports.Free().ToString(), "--silo-port", Ports.Free().ToString(), "--threads", "1");
         await using var front = Node("0-3", "front");
         await using var middle = Node("3-6", "middle");
         await using var back = Node("6-8", "back");
@@ -94,7 +94,7 @@ public sealed class GapRepairTests(JoinModels models, ITestOutputHelper output) 
 
         // A node that joins by URL without --layers takes exactly the gap.
         await using var filler = PotluckProcess.Start(home, "node", "--model", models.Pool, "--join", url, "--node-id", "filler",
-            "--port", ServeTests.FreePort().ToString(), "--silo-port", ServeTests.FreePort().ToString(), "--threads", "1");
+            "--port", Ports.Free().ToString(), "--silo-port", Ports.Free().ToString(), "--threads", "1");
         var ready = await JoinTests.WaitUntilAsync(http, "readyz", _ => true, Limit, filler);
         output.WriteLine($"/readyz after the join: {ready}");
         using (var pool = JsonDocument.Parse(await http.GetStringAsync("api/pool")))

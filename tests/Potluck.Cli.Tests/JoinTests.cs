@@ -50,13 +50,13 @@ public sealed class JoinTests : IClassFixture<JoinModels>
         await WaitUntilAsync(http, "healthz", _ => true, Limit, gateway);
 
         await using var first = PotluckProcess.Start(_models.Home.Path, "node", "--model", _models.Pool, "--layers", "0-3", "--join", seed,
-            "--port", ServeTests.FreePort().ToString(), "--silo-port", ServeTests.FreePort().ToString(), "--threads", "1");
+            "--port", Ports.Free().ToString(), "--silo-port", Ports.Free().ToString(), "--threads", "1");
         // The join document lists the first node once its shard reached the gateway's pool view.
         await WaitUntilAsync(http, "api/join", body => body.Contains("\"end\":3", StringComparison.Ordinal), Limit, first);
 
-        var secondPort = ServeTests.FreePort();
+        var secondPort = Ports.Free();
         await using var second = PotluckProcess.Start(_models.Home.Path, "node", "--model", _models.Pool, "--join", url,
-            "--port", secondPort.ToString(), "--silo-port", ServeTests.FreePort().ToString(), "--threads", "1");
+            "--port", secondPort.ToString(), "--silo-port", Ports.Free().ToString(), "--threads", "1");
         var ready = await WaitUntilAsync(http, "readyz", _ => true, Limit, second);
         Assert.Contains($"node-127.0.0.1-{secondPort}[3,8)", ready);
         Assert.Contains("chose layers 3-8", second.Output);
@@ -83,7 +83,7 @@ public sealed class JoinTests : IClassFixture<JoinModels>
 
         // Another file, by URL: refused before anything loads, naming both models.
         var byUrl = await PotluckProcess.RunAsync(_models.Home.Path, Limit, "node", "--model", _models.Other, "--join", url,
-            "--port", ServeTests.FreePort().ToString(), "--silo-port", ServeTests.FreePort().ToString());
+            "--port", Ports.Free().ToString(), "--silo-port", Ports.Free().ToString());
         // Exit 3 (cannot load the model or span): this file is not the pool's model.
         Assert.True(byUrl.ExitCode == 3, byUrl.ToString());
         TextAssert.OneLineError(byUrl, "refusing to join");
@@ -93,7 +93,7 @@ public sealed class JoinTests : IClassFixture<JoinModels>
         // Another file, by seed silo: the node joins the cluster, reads the gateway's model id from its silo metadata,
         // and leaves with one clear line (NodeHost's exit 3, passed through by the CLI; a container's healthcheck then fails).
         var bySeed = await PotluckProcess.RunAsync(_models.Home.Path, Limit, "node", "--model", _models.Other, "--layers", "0-8", "--join", seed,
-            "--port", ServeTests.FreePort().ToString(), "--silo-port", ServeTests.FreePort().ToString(), "--threads", "1");
+            "--port", Ports.Free().ToString(), "--silo-port", Ports.Free().ToString(), "--threads", "1");
         Assert.True(bySeed.ExitCode == 3, bySeed.ToString());
         var refusal = bySeed.Stderr.Split('\n').Single(l => l.StartsWith("potluck node: error:", StringComparison.Ordinal));
         Assert.Contains($"but the pool's gateway serves {poolModelId}", refusal);
@@ -108,9 +108,9 @@ public sealed class JoinTests : IClassFixture<JoinModels>
     public async Task TheGatewayFlagsANodeOfAnotherModelOnceAndNeverRoutesToIt()
     {
         // A node of another model that was there first (it had no gateway to compare with), then a gateway joins.
-        var nodeSilo = ServeTests.FreePort();
+        var nodeSilo = Ports.Free();
         await using var stranger = PotluckProcess.Start(_models.Home.Path, "node", "--model", _models.Other, "--layers", "0-8",
-            "--port", ServeTests.FreePort().ToString(), "--silo-port", nodeSilo.ToString(), "--node-id", "stranger", "--threads", "1");
+            "--port", Ports.Free().ToString(), "--silo-port", nodeSilo.ToString(), "--node-id", "stranger", "--threads", "1");
         await stranger.WaitForOutputAsync("serving layers [0,8)", Limit);
 
         await using var gateway = GatewayProcess.Start(_models.Home.Path, _models.Pool, ["--join", $"127.0.0.1:{nodeSilo}"]);
@@ -138,7 +138,7 @@ public sealed class JoinTests : IClassFixture<JoinModels>
         TextAssert.OneLineError(noPool, "without --layers the node chooses its own span");
 
         var clock = Stopwatch.StartNew();
-        var nothing = await PotluckProcess.RunAsync(_models.Home.Path, Limit, "node", "--model", _models.Pool, "--join", $"http://127.0.0.1:{ServeTests.FreePort()}");
+        var nothing = await PotluckProcess.RunAsync(_models.Home.Path, Limit, "node", "--model", _models.Pool, "--join", $"http://127.0.0.1:{Ports.Free()}");
         // Exit 4: cannot join the pool.
         Assert.True(nothing.ExitCode == 4, nothing.ToString());
         TextAssert.OneLineError(nothing, "cannot reach the gateway");

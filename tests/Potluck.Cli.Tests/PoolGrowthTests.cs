@@ -186,15 +186,15 @@ public sealed class PoolGrowthTests : IClassFixture<JoinModels>
 
     private (ChildProcess Node, string Id) StartChoosingNode(string url)
     {
-        var port = ServeTests.FreePort();
+        var port = Ports.Free();
         var node = PotluckProcess.Start(_models.Home.Path, "node", "--model", _models.Pool, "--join", url, "--max-layers", "3", "--memory", "1G",
-            "--port", port.ToString(), "--silo-port", ServeTests.FreePort().ToString(), "--threads", "1");
+            "--port", port.ToString(), "--silo-port", Ports.Free().ToString(), "--threads", "1");
         return (node, $"node-127.0.0.1-{port}");
     }
 
     private ChildProcess StartFixedNode(string url, string layers, string id) =>
         PotluckProcess.Start(_models.Home.Path, "node", "--model", _models.Pool, "--join", url, "--layers", layers, "--node-id", id,
-            "--port", ServeTests.FreePort().ToString(), "--silo-port", ServeTests.FreePort().ToString(), "--threads", "1");
+            "--port", Ports.Free().ToString(), "--silo-port", Ports.Free().ToString(), "--threads", "1");
 
     /// <summary>POST /api/join/announce: bad bodies get OpenAI-style 400s; a good one shows as joining and is never routed to.</summary>
     private static async Task CheckAnnouncementsAsync(HttpClient http, string modelId)
@@ -307,7 +307,7 @@ public sealed class PoolGrowthTests : IClassFixture<JoinModels>
     {
         for (var attempt = 0; attempt < 50; attempt++)
         {
-            var port = ServeTests.FreePort();
+            var port = Ports.Free();
             if (port >= 65535) continue;
             try
             {

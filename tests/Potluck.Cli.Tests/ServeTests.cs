@@ -100,5 +100,4 @@ public sealed class ServeTests : IClassFixture<TempHome>
     }
 
     /// <summary>Kept for the CLI tests that call it: the shared <see cref="Ports.Free"/>.</summary>
-    internal static int FreePort() => Ports.Free();
 }

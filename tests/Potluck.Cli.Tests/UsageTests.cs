@@ -49,7 +49,7 @@ public sealed class UsageTests : IClassFixture<TempHome>
     [Fact]
     public async Task ChatAgainstNothingFailsWithOneLine()
     {
-        var port = ServeTests.FreePort(); // free, so nothing answers there
+        var port = Ports.Free(); // free, so nothing answers there
         var run = await PotluckProcess.RunWithInputAsync(_home.Path, Timeout, "hello\n", "chat", "--url", $"http://127.0.0.1:{port}");
         Assert.True(run.ExitCode == 1, run.ToString());
         TextAssert.OneLineError(run, "cannot reach");

@@ -27,7 +27,7 @@ public sealed class ClusterContainerTests(PotluckImageFixture image)
         await redis.StartAsync();
 
         var nodes = Spans.Select((span, i) => Node(network, $"node{i + 1}", span, "redis:6379")).ToArray();
-        var gatewayPort = PotluckImageFixture.FreeLoopbackPort();
+        var gatewayPort = Ports.Free();
         var gateway = Gateway(network, gatewayPort, "redis:6379");
         try
         {

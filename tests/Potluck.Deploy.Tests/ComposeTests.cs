@@ -16,8 +16,8 @@ public sealed class ComposeTests(PotluckImageFixture image)
     {
         image.EnsureReady();
         var project = $"{PotluckImageFixture.ComposeProjectPrefix}{image.RunId}";
-        var gatewayPort = PotluckImageFixture.FreeLoopbackPort();
-        var prometheusPort = PotluckImageFixture.FreeLoopbackPort();
+        var gatewayPort = Ports.Free();
+        var prometheusPort = Ports.Free();
         var environment = new Dictionary<string, string>
         {
             ["POTLUCK_IMAGE"] = PotluckImageFixture.Image,
@@ -61,7 +61,7 @@ public sealed class ComposeTests(PotluckImageFixture image)
         var environment = new Dictionary<string, string>
         {
             ["POTLUCK_IMAGE"] = PotluckImageFixture.Image,
-            ["POTLUCK_PORT"] = PotluckImageFixture.FreeLoopbackPort().ToString(System.Globalization.CultureInfo.InvariantCulture),
+            ["POTLUCK_PORT"] = Ports.Free().ToString(System.Globalization.CultureInfo.InvariantCulture),
             ["POTLUCK_MODEL_DIR"] = emptyModels.FullName,
             ["POTLUCK_MODEL_FILE"] = "missing.gguf",
         };

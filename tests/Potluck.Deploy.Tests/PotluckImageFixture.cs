@@ -1,6 +1,3 @@
-using System.Net;
-using System.Net.Sockets;
-
 namespace Potluck.Deploy.Tests;
 
 /// <summary>
@@ -54,13 +51,6 @@ public sealed class PotluckImageFixture : IDisposable
     }
 
     public IReadOnlyDictionary<string, string> Labels => new Dictionary<string, string> { [Label] = RunId };
-
-    public static int FreeLoopbackPort()
-    {
-        using var listener = new TcpListener(IPAddress.Loopback, 0);
-        listener.Start();
-        return ((IPEndPoint)listener.LocalEndpoint).Port;
-    }
 
     public static void RemoveLabelled()
     {

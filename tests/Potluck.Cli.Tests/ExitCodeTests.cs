@@ -1,4 +1,3 @@
-using System.Collections.Concurrent;
 using System.Diagnostics;
 using System.Net;
 using System.Net.Sockets;
@@ -29,6 +28,7 @@ public sealed class DemoModel : IAsyncLifetime
 /// 0 ok, 1 runtime failure, 2 usage error, 3 cannot load the model or span, 4 cannot join the pool, 130 interrupted.
 /// The node host's own codes (3, 4) come out of the CLI unchanged.
 /// </summary>
+[ProcessTest]
 public sealed class ExitCodeTests(DemoModel model) : IClassFixture<DemoModel>
 {
     private static readonly TimeSpan Limit = TimeSpan.FromSeconds(90);
@@ -123,46 +123,22 @@ public sealed class ExitCodeTests(DemoModel model) : IClassFixture<DemoModel>
         using var silent = new TcpListener(IPAddress.Loopback, 0);
         silent.Start();
         var port = ((IPEndPoint)silent.LocalEndpoint).Port;
-        var start = PotluckProcess.StartInfo(["node", "--model", model.Path, "--join", $"http://127.0.0.1:{port}"], model.Home.Path);
-        using var process = Process.Start(start)!;
-        var stdout = process.StandardOutput.ReadToEndAsync();
-        var stderr = process.StandardError.ReadToEndAsync();
-        try
+        await using var process = PotluckProcess.Start(model.Home.Path, "node", "--model", model.Path, "--join", $"http://127.0.0.1:{port}");
+        using (var accepted = await silent.AcceptTcpClientAsync().WaitAsync(Limit))
         {
-            using (var accepted = await silent.AcceptTcpClientAsync().WaitAsync(Limit))
-            {
-                ChildProcess.Signal(process.Id, ProcessSignal.Interrupt);
-                using var deadline = new CancellationTokenSource(TimeSpan.FromSeconds(30));
-                await process.WaitForExitAsync(deadline.Token);
-            }
-            var run = new PotluckRun(process.ExitCode, await stdout, await stderr);
-            Assert.True(run.ExitCode == 130, run.ToString());
-            Assert.Contains("potluck: interrupted", run.Stderr);
+            process.Signal(ProcessSignal.Interrupt);
+            await process.WaitForExitAsync(TimeSpan.FromSeconds(30));
         }
-        finally
-        {
-            if (!process.HasExited) process.Kill(entireProcessTree: true);
-        }
+        var run = new PotluckRun(process.ExitCode, process.StandardOutput, process.StandardError);
+        Assert.True(run.ExitCode == 130, run.ToString());
+        Assert.Contains("potluck: interrupted", run.Stderr);
     }
 
     /// <summary>Runs a prepared start (PotluckProcess.StartInfo plus environment) to its exit, bounded.</summary>
     internal static async Task<PotluckRun> RunAsync(ProcessStartInfo start, TimeSpan timeout)
     {
-        using var process = Process.Start(start)!;
-        process.StandardInput.Close();
-        var stdout = process.StandardOutput.ReadToEndAsync();
-        var stderr = process.StandardError.ReadToEndAsync();
-        using var deadline = new CancellationTokenSource(timeout);
-        try
-        {
-            await process.WaitForExitAsync(deadline.Token);
-        }
-        catch (OperationCanceledException)
-        {
-            process.Kill(entireProcessTree: true);
-            throw new TimeoutException($"potluck {string.Join(' ', start.ArgumentList.Skip(1))} did not exit within {timeout.TotalSeconds} s");
-        }
-        return new PotluckRun(process.ExitCode, await stdout, await stderr);
+        var run = await ChildProcess.RunAsync(start, timeout);
+        return new PotluckRun(run.ExitCode, run.StandardOutput, run.StandardError);
     }
 }
 
@@ -170,6 +146,7 @@ public sealed class ExitCodeTests(DemoModel model) : IClassFixture<DemoModel>
 /// The shipped `potluck node` configured the way a container is: Potluck__Node__* and Potluck__Cluster__* environment
 /// variables, with flags layered over them.
 /// </summary>
+[ProcessTest]
 public sealed class NodeEnvironmentTests(DemoModel model) : IClassFixture<DemoModel>
 {
     private static readonly TimeSpan Limit = TimeSpan.FromSeconds(90);
@@ -186,7 +163,7 @@ public sealed class NodeEnvironmentTests(DemoModel model) : IClassFixture<DemoMo
         start.Environment["Potluck__Node__SiloPort"] = Ports.Free().ToString();
         start.Environment["Potluck__Node__Threads"] = "1";
         start.Environment["Potluck__Cluster__ClusterId"] = $"env-{Guid.NewGuid():N}";
-        await using var node = RunningNode.Start(start);
+        await using var node = StartNode(start);
         await node.WaitForOutputAsync("Node env-node serving layers [2,6) of 8", Limit);
         Assert.Contains($"gRPC http://127.0.0.1:{grpcPort}", node.Output);
 
@@ -208,61 +185,17 @@ public sealed class NodeEnvironmentTests(DemoModel model) : IClassFixture<DemoMo
         start.Environment["Potluck__Node__SiloPort"] = Ports.Free().ToString();
         start.Environment["Potluck__Node__Threads"] = "1";
         start.Environment["Potluck__Cluster__ClusterId"] = $"env-{Guid.NewGuid():N}";
-        await using var node = RunningNode.Start(start);
+        await using var node = StartNode(start);
         await node.WaitForOutputAsync("Node flag-node serving layers [0,8) of 8", Limit);
         Assert.Contains($"gRPC http://127.0.0.1:{grpcPort}", node.Output);
-        Assert.Contains("stderr: potluck: warning: --host is deprecated; on `potluck node` it means --advertise 127.0.0.1", node.Output);
+        Assert.Contains("potluck: warning: --host is deprecated; on `potluck node` it means --advertise 127.0.0.1", node.StandardError);
     }
 
-    /// <summary>
-    /// A long-running `potluck node` with its own environment (JoinTests.Daemon starts only with arguments); stopped
-    /// with SIGTERM, then killed.
-    /// </summary>
-    private sealed class RunningNode : IAsyncDisposable
+    /// <summary>A long-running `potluck node` with its own environment: SIGTERM on dispose, then killed.</summary>
+    private static ChildProcess StartNode(ProcessStartInfo start)
     {
-        private readonly Process _process;
-        private readonly ConcurrentQueue<string> _lines = new();
-
-        private RunningNode(Process process)
-        {
-            _process = process;
-            process.OutputDataReceived += (_, e) => { if (e.Data is not null) _lines.Enqueue(e.Data); };
-            process.ErrorDataReceived += (_, e) => { if (e.Data is not null) _lines.Enqueue("stderr: " + e.Data); };
-            process.BeginOutputReadLine();
-            process.BeginErrorReadLine();
-        }
-
-        public string Output => string.Join('\n', _lines);
-
-        public static RunningNode Start(ProcessStartInfo start) => new(Process.Start(start)!);
-
-        public async Task WaitForOutputAsync(string fragment, TimeSpan limit)
-        {
-            var clock = Stopwatch.StartNew();
-            while (!_lines.Any(line => line.Contains(fragment, StringComparison.Ordinal)))
-            {
-                if (_process.HasExited) throw new InvalidOperationException($"node exited ({_process.ExitCode}) before '{fragment}'\n{Output}");
-                if (clock.Elapsed > limit) throw new TimeoutException($"no '{fragment}' within {limit}\n{Output}");
-                await Task.Delay(100);
-            }
-        }
-
-        public async ValueTask DisposeAsync()
-        {
-            if (!_process.HasExited)
-            {
-                ChildProcess.Signal(_process.Id, ProcessSignal.Terminate);
-                using var deadline = new CancellationTokenSource(TimeSpan.FromSeconds(60));
-                try
-                {
-                    await _process.WaitForExitAsync(deadline.Token);
-                }
-                catch (OperationCanceledException)
-                {
-                    _process.Kill(entireProcessTree: true);
-                }
-            }
-            _process.Dispose();
-        }
+        var node = ChildProcess.Start(start, "potluck node");
+        node.StopGrace = PotluckProcess.StopGrace;
+        return node;
     }
 }

@@ -17,6 +17,7 @@ namespace Potluck.Node.Tests;
 /// prefill holds the compute thread.
 /// </summary>
 [Collection("timing")]
+[ProcessTest]
 public sealed class ProbeDuringComputeTests(ITestOutputHelper output)
 {
     /// <summary>512 wide, 2 layers, 4096 context: a prefill of thousands of rows on one thread takes seconds.</summary>

@@ -57,6 +57,7 @@ public sealed class FrameRecorder : Interceptor
 /// frame they received (<see cref="HopFrames.ForNextStage"/>, <see cref="HopFrames.Relay"/>), replacing only what a
 /// stage owns, so nothing else changes; these tests compare every field except those, so they cover the new one too.
 /// </summary>
+[ProcessTest]
 public sealed class WireFieldTests
 {
     private static readonly TimeSpan Timeout = TimeSpan.FromSeconds(30);
@@ -189,6 +190,7 @@ public sealed class WireFieldTests
 /// A failure deep in a chain reaches the caller with its own reason and failing stage, whatever stage the caller
 /// talks to; the first stage only prepends the path. Real in-process stages over gRPC loopback.
 /// </summary>
+[ProcessTest]
 public sealed class ChainFailureTests
 {
     private static readonly TimeSpan Timeout = TimeSpan.FromSeconds(30);

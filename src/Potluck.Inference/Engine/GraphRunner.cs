@@ -12,13 +12,17 @@ internal sealed unsafe class GraphRunner : IDisposable
     private readonly CpuBackendHandle _backend;
     private readonly GraphAllocatorHandle _allocator;
     private NativeArenaHandle _arena;
-    private GgmlContextHandle? _context;
+    // One context over the arena for the runner's life, emptied with ggml_reset per step: a context handle
+    // created per step was the decode loop's only managed allocation.
+    private GgmlContextHandle _context;
+    private bool _building;
 
     public GraphRunner(int threads)
     {
         _backend = CpuBackendHandle.Create(threads);
         _allocator = GraphAllocatorHandle.CreateCpu();
         _arena = NativeArenaHandle.Allocate(ArenaBytes(4096));
+        _context = GgmlContextHandle.Create(0, _arena.DangerousGetHandle(), _arena.Size);
     }
 
     /// <summary>Bytes of the compute buffer (intermediate tensors) currently reserved.</summary>
@@ -30,14 +34,20 @@ internal sealed unsafe class GraphRunner : IDisposable
     /// <summary>Starts a graph of at most <paramref name="nodes"/> nodes; returns the context to build it in.</summary>
     public (IntPtr Context, IntPtr Graph) Begin(int nodes)
     {
-        if (_context is not null) throw new InvalidOperationException("a graph is already being built");
+        if (_building) throw new InvalidOperationException("a graph is already being built");
         var needed = ArenaBytes(nodes);
         if (needed > _arena.Size)
         {
+            _context.Dispose();
             _arena.Dispose();
             _arena = NativeArenaHandle.Allocate(needed);
+            _context = GgmlContextHandle.Create(0, _arena.DangerousGetHandle(), _arena.Size);
         }
-        _context = GgmlContextHandle.Create(0, _arena.DangerousGetHandle(), _arena.Size);
+        else
+        {
+            Ggml.ggml_reset(_context.DangerousGetHandle());
+        }
+        _building = true;
         var ctx = _context.DangerousGetHandle();
         return (ctx, Ggml.ggml_new_graph_custom(ctx, (nuint)nodes, 0));
     }
@@ -55,12 +65,8 @@ internal sealed unsafe class GraphRunner : IDisposable
         if (status != Ggml.StatusSuccess) throw new EngineException($"ggml graph compute failed with status {status}");
     }
 
-    /// <summary>Releases the step's graph metadata (the arena itself is kept).</summary>
-    public void End()
-    {
-        _context?.Dispose();
-        _context = null;
-    }
+    /// <summary>Ends the step's graph; its metadata is dropped by the next <see cref="Begin"/>.</summary>
+    public void End() => _building = false;
 
     public IntPtr Backend => _backend.DangerousGetHandle();
 
@@ -76,7 +82,8 @@ internal sealed unsafe class GraphRunner : IDisposable
 
     public void Dispose()
     {
-        End();
+        _building = false;
+        _context.Dispose();
         _allocator.Dispose();
         _backend.Dispose();
         _arena.Dispose();

@@ -24,6 +24,7 @@ internal static unsafe partial class Ggml
     // --- contexts and tensors (libggml-base) ---
     [DllImport(NativeRuntime.GgmlBase)] internal static extern IntPtr ggml_init(InitParams p);
     [DllImport(NativeRuntime.GgmlBase)] internal static extern void ggml_free(IntPtr ctx);
+    [DllImport(NativeRuntime.GgmlBase)] internal static extern void ggml_reset(IntPtr ctx);
     [DllImport(NativeRuntime.GgmlBase)] internal static extern nuint ggml_tensor_overhead();
     [DllImport(NativeRuntime.GgmlBase)] internal static extern nuint ggml_graph_overhead_custom(nuint size, byte grads);
     [DllImport(NativeRuntime.GgmlBase)] internal static extern IntPtr ggml_new_graph_custom(IntPtr ctx, nuint size, byte grads);

@@ -158,11 +158,7 @@ public sealed class NodeEnvironmentTests(DemoModel model) : IClassFixture<DemoMo
         var start = PotluckProcess.StartInfo(["node"], model.Home.Path);
         start.Environment["Potluck__Node__ModelPath"] = model.Path;
         start.Environment["Potluck__Node__Layers"] = "2-6";
-        start.Environment["Potluck__Node__NodeId"] = "env-node";
-        start.Environment["Potluck__Node__GrpcPort"] = grpcPort.ToString();
-        start.Environment["Potluck__Node__SiloPort"] = Ports.Free().ToString();
-        start.Environment["Potluck__Node__Threads"] = "1";
-        start.Environment["Potluck__Cluster__ClusterId"] = $"env-{Guid.NewGuid():N}";
+        ContainerEnvironment(start, grpcPort);
         await using var node = StartNode(start);
         await node.WaitForOutputAsync("Node env-node serving layers [2,6) of 8", Limit);
         Assert.Contains($"gRPC http://127.0.0.1:{grpcPort}", node.Output);
@@ -180,15 +176,21 @@ public sealed class NodeEnvironmentTests(DemoModel model) : IClassFixture<DemoMo
         var start = PotluckProcess.StartInfo(["node", "--layers", "0-8", "--node-id", "flag-node", "--host", "127.0.0.1"], model.Home.Path);
         start.Environment["Potluck__Node__ModelPath"] = model.Path;
         start.Environment["Potluck__Node__Layers"] = "0-4";
+        ContainerEnvironment(start, grpcPort);
+        await using var node = StartNode(start);
+        await node.WaitForOutputAsync("Node flag-node serving layers [0,8) of 8", Limit);
+        Assert.Contains($"gRPC http://127.0.0.1:{grpcPort}", node.Output);
+        Assert.Contains("potluck: warning: --host is deprecated; on `potluck node` it means --advertise 127.0.0.1", node.StandardError);
+    }
+
+    /// <summary>The rest of a container's node environment: id, ports, one thread and a fresh cluster id.</summary>
+    private static void ContainerEnvironment(ProcessStartInfo start, int grpcPort)
+    {
         start.Environment["Potluck__Node__NodeId"] = "env-node";
         start.Environment["Potluck__Node__GrpcPort"] = grpcPort.ToString();
         start.Environment["Potluck__Node__SiloPort"] = Ports.Free().ToString();
         start.Environment["Potluck__Node__Threads"] = "1";
         start.Environment["Potluck__Cluster__ClusterId"] = $"env-{Guid.NewGuid():N}";
-        await using var node = StartNode(start);
-        await node.WaitForOutputAsync("Node flag-node serving layers [0,8) of 8", Limit);
-        Assert.Contains($"gRPC http://127.0.0.1:{grpcPort}", node.Output);
-        Assert.Contains("potluck: warning: --host is deprecated; on `potluck node` it means --advertise 127.0.0.1", node.StandardError);
     }
 
     /// <summary>A long-running `potluck node` with its own environment: SIGTERM on dispose, then killed.</summary>

@@ -64,21 +64,10 @@ public sealed class InProcessPool : IAsyncDisposable
         }
     }
 
-    public OpenSession OpenMessage(string sessionId, string modelId, int maxTokens, HiddenType wire = HiddenType.F16)
-    {
-        var open = new OpenSession
-        {
-            SessionId = sessionId,
-            ModelId = modelId,
-            LayerStart = Options[0].LayerStart,
-            LayerEnd = Options[0].LayerEnd,
-            MaxTokens = maxTokens,
-            WireType = wire,
-        };
-        for (var i = 1; i < Options.Count; i++)
-            open.Next.Add(new RouteHop { NodeId = Options[i].ResolvedNodeId, Endpoint = Options[i].GrpcEndpoint, LayerStart = Options[i].LayerStart, LayerEnd = Options[i].LayerEnd });
-        return open;
-    }
+    /// <summary>The open frame for this pool's whole chain, built where every caller builds it (HopFrames).</summary>
+    public OpenSession OpenMessage(string sessionId, string modelId, int maxTokens, HiddenType wire = HiddenType.F16) =>
+        HopFrames.Open(sessionId, modelId, maxTokens, wire,
+            Options.Select(o => new RouteHop { NodeId = o.ResolvedNodeId, Endpoint = o.GrpcEndpoint, LayerStart = o.LayerStart, LayerEnd = o.LayerEnd }).ToList());
 
     public async ValueTask DisposeAsync()
     {

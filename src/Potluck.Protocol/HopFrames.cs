@@ -84,7 +84,8 @@ public static class HopFrames
 
     /// <summary>
     /// Turns a received step into the one a stage passes on: every field kept, except the hidden-state payload (this
-    /// stage's outputs), its shape and dtype, and the trace context (this stage's activity).
+    /// stage's outputs), its shape and dtype, and the trace context (this stage's activity; the caller's when this
+    /// stage records none, so later stages still join the caller's trace).
     /// </summary>
     public static void Relay(Step received, ReadOnlyMemory<byte> payload, int rowCount, int width, HiddenType dtype)
     {
@@ -92,6 +93,6 @@ public static class HopFrames
         received.RowCount = rowCount;
         received.Width = width;
         received.Dtype = dtype;
-        received.Traceparent = Activity.Current?.Id ?? "";
+        if (Activity.Current?.Id is { } id) received.Traceparent = id;
     }
 }

@@ -82,7 +82,7 @@ public sealed class DrainTests(ITestOutputHelper output)
         var stuck = host.Open("stuck", 8);
         Assert.Equal(2, host.BeginDrain());
         Assert.True(host.Draining);
-        Assert.Throws<KvBudgetExceededException>(() => host.Open("late", 8));
+        Assert.Throws<NodeDrainingException>(() => host.Open("late", 8));
 
         // Open sessions keep stepping while draining.
         finishing.RentInput(1).Fill(1f);

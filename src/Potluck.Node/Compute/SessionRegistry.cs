@@ -152,7 +152,7 @@ internal sealed class SessionRegistry : IDisposable
 
     private void ThrowIfDraining()
     {
-        if (Draining) throw new KvBudgetExceededException("node is shutting down and accepts no new sessions");
+        if (Draining) throw new NodeDrainingException();
     }
 
     public int CountDetached()

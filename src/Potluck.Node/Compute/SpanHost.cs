@@ -73,7 +73,7 @@ public sealed partial class SpanHost : IDisposable
 
     /// <summary>
     /// Opens (or returns) a session and reserves its KV. Throws the engine's KvBudgetExceededException /
-    /// ContextOverflowException when it does not fit.
+    /// ContextOverflowException when it does not fit, and NodeDrainingException while the node drains.
     /// </summary>
     public StageSession Open(string sessionId, int maxTokens) => _registry.Open(sessionId, maxTokens);
 

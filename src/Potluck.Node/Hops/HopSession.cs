@@ -123,7 +123,7 @@ internal sealed class HopSession
                 throw;
             }
         }
-        catch (EngineException e)
+        catch (Exception e) when (e is EngineException or NodeDrainingException)
         {
             throw Reject(_failures.FromException(e));
         }

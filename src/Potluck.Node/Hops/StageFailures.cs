@@ -26,8 +26,8 @@ internal sealed class StageFailures(SpanHost host)
         UnknownSessionException => Fail(HopFailureReason.SessionNotFound, error.Message),
         PositionMismatchException => Fail(HopFailureReason.PositionMismatch, error.Message),
         ContextOverflowException => Fail(HopFailureReason.PositionOutOfRange, error.Message),
-        // SpanHost refuses sessions with the same exception while it drains; the host says which it is.
-        KvBudgetExceededException => Fail(host.Draining ? HopFailureReason.Draining : HopFailureReason.KvFull, error.Message),
+        NodeDrainingException => Fail(HopFailureReason.Draining, error.Message),
+        KvBudgetExceededException => Fail(HopFailureReason.KvFull, error.Message),
         LayerRangeException => Fail(HopFailureReason.SpanMismatch, error.Message),
         SessionClosedException closed => Fail(closed.Cancelled ? HopFailureReason.SessionCancelled : HopFailureReason.SessionClosed, error.Message),
         ArgumentException => Fail(HopFailureReason.InvalidFrame, error.Message),

@@ -123,6 +123,9 @@ public static class GatewayHost
 
         builder.Services.AddSingleton(options);
         builder.Services.AddSingleton(model);
+        // The pool CA lives with the gateway: it issues members' certificates and signs route tickets.
+        var security = MemberSecurity.ForAuthority(options.Security, options.ClusterId, options.GatewayId);
+        builder.Services.AddSingleton(_ => security);
         builder.Services.AddSingleton<GatewayTelemetry>();
         builder.Services.AddSingleton<StageChannelPool>();
         builder.Services.AddSingleton<RunningSessions>();

@@ -71,6 +71,9 @@ public sealed record GatewayOptions
     public bool FastFailureDetection { get; init; }
 
     /// <summary>Node id of the gateway silo in the pool (silo metadata); never holds shards.</summary>
+    /// <summary>The pool authority this gateway holds (section Potluck:Security; created on first start).</summary>
+    public PoolSecuritySettings Security { get; init; } = new();
+
     public string GatewayId { get; init; } = $"gateway-{Environment.ProcessId}";
 
     /// <summary>
@@ -113,6 +116,7 @@ public sealed record GatewayOptions
             MaxConcurrentSessions = ReadInt(section, nameof(MaxConcurrentSessions), MaxConcurrentSessions, 1, 1 << 20),
             ModelName = Read(section, nameof(ModelName)) ?? ModelName,
             GatewayId = Read(section, nameof(GatewayId)) ?? GatewayId,
+            Security = PoolSecuritySettings.FromConfiguration(configuration, Security),
         };
         var invalid = new GatewayOptionsValidator().Validate(null, options);
         return invalid.Failed ? throw new ConfigurationUsageException(invalid.FailureMessage) : options;

@@ -57,6 +57,11 @@ public static class NodeHost
         {
             return Fatal(ExitCodes.Usage, $"invalid configuration: {e.Message}");
         }
+        catch (HostExitException e)
+        {
+            // No pool credential, or one of another node: says what to do (join with a token).
+            return Fatal(e.ExitCode, e.Message);
+        }
         await using (app)
         {
             using var startup = CancellationTokenSource.CreateLinkedTokenSource(ct);
@@ -155,6 +160,8 @@ public static class NodeHost
         Action<WebApplicationBuilder>? configureHost = null)
     {
         var nodeId = options.ResolvedNodeId;
+        // Before anything else: a node without a pool certificate has nothing to serve with.
+        var security = MemberSecurity.ForMember(options.Security, options.ClusterId, nodeId);
         var msPerToken = SpanHost.MeasureDecodeMs(compute);
         var builder = WebApplication.CreateBuilder(new WebApplicationOptions
         {
@@ -166,6 +173,7 @@ public static class NodeHost
         configureHost?.Invoke(builder);
         // The drain runs inside the shutdown: the limit covers it plus leaving the cluster.
         builder.Services.Configure<HostOptions>(o => o.ShutdownTimeout = options.ShutdownTimeout);
+        builder.Services.AddSingleton(_ => security);
         builder.AddPotluckTelemetry(new TelemetryIdentity("potluck-node", nodeId, "potluck.node_id"), [NodeTelemetry.Name], [NodeTelemetry.Name]);
 
         var listen = PotluckSilo.ListenAddressFor(options.AdvertisedHost, options.ListenAddress);

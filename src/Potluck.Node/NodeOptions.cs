@@ -92,6 +92,9 @@ public sealed record NodeOptions
     /// <summary>What the shutdown allows after the drain: withdrawing the shard, Kestrel and the silo stopping.</summary>
     public static readonly TimeSpan LeaveTimeout = TimeSpan.FromSeconds(20);
 
+    /// <summary>Where this node's pool credential comes from (section Potluck:Security).</summary>
+    public PoolSecuritySettings Security { get; init; } = new();
+
     public string ResolvedNodeId => NodeId ?? $"node-{AdvertisedHost}-{GrpcPort}";
 
     public string GrpcEndpoint => $"http://{FormatHost(AdvertisedHost)}:{GrpcPort}";
@@ -195,6 +198,7 @@ public sealed record NodeOptions
             FastFailureDetection = ReadBool(section, nameof(FastFailureDetection), options.FastFailureDetection),
             StartupTimeout = ReadDuration(section, nameof(StartupTimeout), options.StartupTimeout),
             DrainTimeout = ReadDuration(section, nameof(DrainTimeout), options.DrainTimeout),
+            Security = PoolSecuritySettings.FromConfiguration(configuration, options.Security),
         };
     }
 

@@ -48,6 +48,7 @@ public sealed class ChurnFailoverTests(ITestOutputHelper output) : IAsyncLifetim
         _seed = $"127.0.0.1:{gatewaySilo}";
         _gateway = GatewayHost.Build(new GatewayOptions
         {
+            Security = TestPki.Settings(),
             ModelPath = _modelPath,
             Port = 0,
             SiloPort = gatewaySilo,

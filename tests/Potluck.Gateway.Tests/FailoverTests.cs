@@ -46,6 +46,7 @@ public sealed class FailoverTests(ITestOutputHelper output) : IAsyncLifetime
             // F16, the default wire: the replay repeats the original steps, so even half-precision hops give the same text.
             _gateway = GatewayHost.Build(new GatewayOptions
             {
+                Security = TestPki.Settings(),
                 ModelPath = _modelPath,
                 Port = 0,
                 SiloPort = Ports.Free(),

@@ -16,6 +16,7 @@ public sealed class NoPoolTests
     {
         var gateway = GatewayHost.Build(new GatewayOptions
         {
+            Security = TestPki.Settings(),
             ModelPath = TestModels.Small(GgmlType.Q8_0),
             Port = 0,
             SiloPort = Ports.Free(),

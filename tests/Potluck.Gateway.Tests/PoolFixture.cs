@@ -40,6 +40,7 @@ public sealed class PoolFixture : IAsyncLifetime
     {
         var app = GatewayHost.Build(new GatewayOptions
         {
+            Security = TestPki.Settings(),
             ModelPath = ModelPath,
             Port = 0,
             SiloPort = Ports.Free(),

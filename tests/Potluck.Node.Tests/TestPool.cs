@@ -47,6 +47,7 @@ public sealed class InProcessPool : IAsyncDisposable
                     KvBudgetTokens = kvBudgetTokens,
                     Threads = 1,
                     ReportPeriod = TimeSpan.FromMilliseconds(500),
+                    Security = TestPki.Settings(),
                 };
                 seed ??= $"127.0.0.1:{o.SiloPort}";
                 var app = NodeHost.Build(o, logging => logging.SetMinimumLevel(LogLevel.Warning), configureHost?.Invoke(i));

@@ -46,7 +46,9 @@ public sealed record NodeLaunch(string NodeId, string ModelPath, int LayerStart,
 
     public IReadOnlyDictionary<string, string> EnvironmentVariables()
     {
-        var environment = new Dictionary<string, string>(Environment ?? new Dictionary<string, string>());
+        // Members of the test run's CA for this cluster, unless the test gives its own security settings.
+        var environment = new Dictionary<string, string>(TestPki.Environment(Cluster ?? TestPki.DefaultPool));
+        foreach (var (key, value) in Environment ?? new Dictionary<string, string>()) environment[key] = value;
         if (DrainTimeout is { } drain) environment["Potluck__Node__DrainTimeout"] = drain.TotalSeconds.ToString(CultureInfo.InvariantCulture);
         return environment;
     }
@@ -97,8 +99,13 @@ public sealed class NodeProcess : ChildProcess
     /// no flags. <paramref name="grpcPort"/> is the port that environment gives it.
     /// </summary>
     public static NodeProcess StartFromEnvironment(ITestOutputHelper? output, string nodeId, int grpcPort,
-        IReadOnlyDictionary<string, string> environment) =>
-        new(nodeId, grpcPort, 0, [], environment, output);
+        IReadOnlyDictionary<string, string> environment)
+    {
+        var cluster = environment.GetValueOrDefault("Potluck__Node__ClusterId") ?? environment.GetValueOrDefault("Potluck__Cluster__ClusterId") ?? TestPki.DefaultPool;
+        var merged = new Dictionary<string, string>(TestPki.Environment(cluster));
+        foreach (var (key, value) in environment) merged[key] = value;
+        return new(nodeId, grpcPort, 0, [], merged, output);
+    }
 
     /// <summary>Waits until the Stage service answers Describe; fails if the process exits first.</summary>
     public Task WaitServingAsync(TimeSpan timeout)

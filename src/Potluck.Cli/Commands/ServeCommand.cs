@@ -2,6 +2,8 @@ using System.CommandLine;
 using System.Diagnostics;
 using Potluck.Cli.Serve;
 using Potluck.Cli.Supervision;
+using Potluck.Hosting;
+using Potluck.Security;
 using Potluck.Inference.Models;
 using Spectre.Console;
 
@@ -110,6 +112,9 @@ internal sealed class LocalPoolRunner : IAsyncDisposable
     public async Task<bool> StartAsync(CancellationToken cancellationToken)
     {
         var parentPid = Environment.ProcessId;
+        // This run's pool CA, made before any child starts: the gateway holds it, the nodes (same user, same
+        // POTLUCK_HOME) issue themselves certificates from it. Members then talk mutual TLS like any pool.
+        PoolAuthority.LoadOrCreate(PoolDirectory, plan.ClusterId).Dispose();
         _supervisor.Start(LocalPoolCommands.Gateway(plan, parentPid, verbose));
         for (var i = 0; i < plan.Nodes.Count; i++) _supervisor.Start(LocalPoolCommands.Node(plan, plan.Nodes[i], i, parentPid, verbose));
 
@@ -165,7 +170,17 @@ internal sealed class LocalPoolRunner : IAsyncDisposable
     {
         await StopAsync();
         await _supervisor.DisposeAsync();
+        // The CA was this run's only (its cluster id names the serve process): nothing may reuse its key.
+        try
+        {
+            if (Directory.Exists(PoolDirectory)) Directory.Delete(PoolDirectory, recursive: true);
+        }
+        catch (IOException)
+        {
+        }
     }
+
+    private string PoolDirectory => new PoolSecuritySettings().PoolDirectoryFor(plan.ClusterId);
 
     /// <summary>Polls GET /readyz until 200; returns null when ready, else why it never got there.</summary>
     private async Task<string?> WaitUntilReadyAsync(CancellationToken cancellationToken)

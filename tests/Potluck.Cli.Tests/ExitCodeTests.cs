@@ -108,9 +108,11 @@ public sealed class ExitCodeTests(DemoModel model) : IClassFixture<DemoModel>
 
         // The node host loads its span, then cannot reach Redis: its exit 4 passes through the CLI.
         var deadRedis = $"127.0.0.1:{Ports.Free()}";
+        var cluster = $"exit4-{Guid.NewGuid():N}";
+        TestPki.InitPool(model.Home.Path, cluster);
         var host = await PotluckProcess.RunAsync(model.Home.Path, Limit, "node", "--model", model.Path, "--layers", "0-8",
             "--redis", $"{deadRedis},connectTimeout=1000", "--port", Ports.Free().ToString(), "--silo-port", Ports.Free().ToString(),
-            "--threads", "1", "--cluster-id", $"exit4-{Guid.NewGuid():N}");
+            "--threads", "1", "--cluster-id", cluster);
         Assert.True(host.ExitCode == 4, host.ToString());
         Assert.Contains(host.Stderr.Split('\n'), line => line.StartsWith("potluck node: error: cannot join the pool via Redis membership at " + deadRedis, StringComparison.Ordinal));
         Assert.Contains("cannot join the pool", host.Stderr.Split('\n').Single(l => l.StartsWith("potluck: error:", StringComparison.Ordinal)));
@@ -190,7 +192,10 @@ public sealed class NodeEnvironmentTests(DemoModel model) : IClassFixture<DemoMo
         start.Environment["Potluck__Node__GrpcPort"] = grpcPort.ToString();
         start.Environment["Potluck__Node__SiloPort"] = Ports.Free().ToString();
         start.Environment["Potluck__Node__Threads"] = "1";
-        start.Environment["Potluck__Cluster__ClusterId"] = $"env-{Guid.NewGuid():N}";
+        var cluster = $"env-{Guid.NewGuid():N}";
+        start.Environment["Potluck__Cluster__ClusterId"] = cluster;
+        // The container way to a credential: the pool's CA directory mounted in (compose's gateway volume, a Secret).
+        foreach (var (key, value) in TestPki.Environment(cluster)) start.Environment[key] = value;
     }
 
     /// <summary>A long-running `potluck node` with its own environment: SIGTERM on dispose, then killed.</summary>

@@ -109,6 +109,8 @@ public sealed class JoinTests : IClassFixture<JoinModels>
     {
         // A node of another model that was there first (it had no gateway to compare with), then a gateway joins.
         var nodeSilo = Ports.Free();
+        // The pool's CA exists before its first member (`potluck pool init`); the gateway would otherwise make it.
+        TestPki.InitPool(_models.Home.Path);
         await using var stranger = PotluckProcess.Start(_models.Home.Path, "node", "--model", _models.Other, "--layers", "0-8",
             "--port", Ports.Free().ToString(), "--silo-port", nodeSilo.ToString(), "--node-id", "stranger", "--threads", "1");
         await stranger.WaitForOutputAsync("serving layers [0,8)", Limit);

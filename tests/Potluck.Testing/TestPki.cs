@@ -26,6 +26,19 @@ public static class TestPki
         return directory;
     }
 
+    /// <summary>
+    /// What `potluck pool init` does for a POTLUCK_HOME: the pool's CA in its default place, so nodes started there
+    /// before any gateway (which would create it) issue themselves certificates from it.
+    /// </summary>
+    public static void InitPool(string potluckHome, string poolId = DefaultPool)
+    {
+        var directory = Path.Combine(potluckHome, "pools", poolId);
+        lock (Gate)
+        {
+            if (!PoolAuthority.Exists(directory)) PoolAuthority.Create(directory, poolId).Dispose();
+        }
+    }
+
     /// <summary>Security settings of a host of <paramref name="poolId"/>: the gateway holds the test CA, nodes issue from it.</summary>
     public static PoolSecuritySettings Settings(string poolId = DefaultPool) => new(PoolDirectory: PoolDirectory(poolId));
 

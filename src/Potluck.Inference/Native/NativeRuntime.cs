@@ -123,7 +123,7 @@ public static class NativeRuntime
         if (string.IsNullOrWhiteSpace(requested)) return DetectVariant();
         var name = requested.Trim();
         foreach (var known in KnownVariants)
-            if (string.Equals(known, name, StringComparison.Ordinal)) return known;
+            if (string.Equals(known, name, StringComparison.OrdinalIgnoreCase)) return known;
         throw new EngineException(
             $"{VariantVariable} is '{requested}': expected one of {string.Join(", ", KnownVariants)} (or unset to detect the CPU's)");
     }

@@ -1,4 +1,6 @@
+using System.Net;
 using Microsoft.Extensions.Configuration;
+using Microsoft.Extensions.Hosting;
 using Potluck.Cluster.Membership;
 using Potluck.Hosting;
 using StackExchange.Redis;
@@ -98,27 +100,78 @@ public sealed class RedisPasswordTests : IDisposable
     [RedisFact]
     public async Task A_redis_server_that_requires_the_password_accepts_the_options_and_refuses_a_client_without_it()
     {
+        const string password = "Zx9-generated.like~compose+does/=";
+        var (server, endpoint) = StartRedisWithPassword(password);
+        await using (server)
+        {
+            var options = RedisConnection.Options($"{endpoint},connectTimeout=2000,abortConnect=false", Secret("redis.password", password + "\n"));
+            await using (var authenticated = await ConnectWhenUpAsync(options))
+            {
+                var pong = await authenticated.GetDatabase().PingAsync();
+                Assert.True(pong < TimeSpan.FromSeconds(5));
+            }
+
+            await using var anonymous = await ConnectionMultiplexer.ConnectAsync(RedisConnection.Options($"{endpoint},abortConnect=false", null));
+            var refused = await Assert.ThrowsAnyAsync<RedisException>(() => anonymous.GetDatabase().StringGetAsync("potluck-probe"));
+            Assert.Contains("NOAUTH", refused.ToString(), StringComparison.OrdinalIgnoreCase);
+        }
+    }
+
+    /// <summary>
+    /// The way compose and the chart run members: the silo's configuration names the password file
+    /// (Potluck__Cluster__RedisPasswordFile), and a real Orleans silo joins Redis membership with it; without it, the
+    /// same silo cannot start.
+    /// </summary>
+    [RedisFact]
+    public async Task A_silo_joins_password_protected_redis_membership_through_the_configured_file_and_not_without_it()
+    {
+        const string password = "silo-secret-4f1c";
+        var (server, endpoint) = StartRedisWithPassword(password);
+        await using (server)
+        {
+            var cluster = $"pw-{Guid.NewGuid():N}";
+            using (var silo = Silo(cluster, endpoint, Secret("redis.password", password + "\n")))
+            {
+                using var start = new CancellationTokenSource(TimeSpan.FromSeconds(60));
+                await silo.StartAsync(start.Token);
+                // Its membership entry is in Redis: read it back with the password.
+                await using var reader = await ConnectWhenUpAsync(RedisConnection.Options($"{endpoint},password={password},abortConnect=false", null));
+                var keys = reader.GetServer(reader.GetEndPoints()[0]).Keys(pattern: $"*{cluster}*").ToList();
+                Assert.NotEmpty(keys);
+                using var stop = new CancellationTokenSource(TimeSpan.FromSeconds(30));
+                await silo.StopAsync(stop.Token);
+            }
+
+            using var withoutPassword = Silo($"{cluster}-nopw", endpoint, passwordFile: null);
+            using var attempt = new CancellationTokenSource(TimeSpan.FromSeconds(60));
+            var failure = await Assert.ThrowsAnyAsync<Exception>(() => withoutPassword.StartAsync(attempt.Token));
+            Assert.False(attempt.IsCancellationRequested, $"the silo should fail on NOAUTH, not wait: {failure}");
+            Assert.Contains("NOAUTH", failure.ToString(), StringComparison.OrdinalIgnoreCase);
+        }
+    }
+
+    private static IHost Silo(string cluster, string redisEndpoint, string? passwordFile)
+    {
+        var builder = Host.CreateEmptyApplicationBuilder(new HostApplicationBuilderSettings());
+        if (passwordFile is not null)
+            builder.Configuration.AddInMemoryCollection([new KeyValuePair<string, string?>(RedisConnection.PasswordFileKey, passwordFile)]);
+        var settings = new SiloMembershipSettings(cluster, IPAddress.Loopback, IPAddress.Loopback, Ports.Free(), 0, redisEndpoint, null,
+            FastFailureDetection: true);
+        builder.UseOrleans(silo => silo.UsePotluckMembership(settings));
+        return builder.Build();
+    }
+
+    private static (ChildProcess Server, string Endpoint) StartRedisWithPassword(string password)
+    {
         var executable = RedisServer.FindExecutable()
             ?? throw new InvalidOperationException("redis-server is not installed; install the Debian package redis-server");
-        const string password = "Zx9-generated.like~compose+does/=";
         var port = Ports.Free();
-        // The config arrives on stdin, as in docker-compose.yml: the password is not on the command line.
-        await using var server = ChildProcess.Start(
+        // The config arrives on stdin, as in docker-compose.yml and the chart: the password is not on the command line.
+        var server = ChildProcess.Start(
             ChildProcess.StartInfo(executable, ["-", "--bind", "127.0.0.1", "--port", $"{port}", "--save", "", "--appendonly", "no"],
                 workingDirectory: Path.GetTempPath()),
             name: "redis-server (requirepass)", standardInput: $"requirepass {password}\n");
-        var endpoint = $"127.0.0.1:{port},connectTimeout=2000,abortConnect=false";
-
-        var options = RedisConnection.Options(endpoint, Secret("redis.password", password + "\n"));
-        await using (var authenticated = await ConnectWhenUpAsync(options))
-        {
-            var pong = await authenticated.GetDatabase().PingAsync();
-            Assert.True(pong < TimeSpan.FromSeconds(5));
-        }
-
-        await using var anonymous = await ConnectionMultiplexer.ConnectAsync(RedisConnection.Options(endpoint, null));
-        var refused = await Assert.ThrowsAnyAsync<RedisException>(() => anonymous.GetDatabase().StringGetAsync("potluck-probe"));
-        Assert.Contains("NOAUTH", refused.ToString(), StringComparison.OrdinalIgnoreCase);
+        return (server, $"127.0.0.1:{port}");
     }
 
     private static async Task<ConnectionMultiplexer> ConnectWhenUpAsync(ConfigurationOptions options)

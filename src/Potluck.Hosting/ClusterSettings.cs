@@ -1,5 +1,6 @@
 using System.Globalization;
 using Microsoft.Extensions.Configuration;
+using Potluck.Cluster.Membership;
 
 namespace Potluck.Hosting;
 
@@ -9,17 +10,25 @@ namespace Potluck.Hosting;
 /// may override each key, so one compose file or Helm value sets them once for every member.
 /// </summary>
 /// <param name="ClusterId">Orleans cluster id; the gateway and its nodes share it.</param>
-/// <param name="RedisConnectionString">Redis membership, e.g. "redis:6379"; takes precedence over the seed.</param>
+/// <param name="RedisConnectionString">Redis membership, e.g. "redis:6379" (options after commas: "password=...",
+/// "ssl=true"); takes precedence over the seed.</param>
 /// <param name="PrimarySiloEndpoint">Development membership seed HOST:PORT; null with no Redis makes this silo the primary.</param>
 /// <param name="FastFailureDetection">Tight membership probing (tests only).</param>
 public sealed record ClusterSettings(string ClusterId, string? RedisConnectionString, string? PrimarySiloEndpoint, bool FastFailureDetection)
 {
     public const string ConfigurationSection = "Potluck:Cluster";
 
+    /// <summary>
+    /// A file holding the Redis password (a mounted secret: compose's pool volume, a Kubernetes Secret), so it is in no
+    /// environment variable, command line or log line. The silo reads it when it builds the Redis connection
+    /// (<see cref="RedisConnection"/>); it may not be combined with a password in <see cref="RedisConnectionString"/>.
+    /// </summary>
+    public string? RedisPasswordFile { get; init; }
+
     /// <summary>The keys this section holds (property names).</summary>
     public static readonly IReadOnlySet<string> Keys = new HashSet<string>(StringComparer.OrdinalIgnoreCase)
     {
-        nameof(ClusterId), nameof(RedisConnectionString), nameof(PrimarySiloEndpoint), nameof(FastFailureDetection),
+        nameof(ClusterId), nameof(RedisConnectionString), nameof(PrimarySiloEndpoint), nameof(FastFailureDetection), nameof(RedisPasswordFile),
     };
 
     /// <summary>These settings with every key present under <see cref="ConfigurationSection"/> applied; empty values mean "not set".</summary>
@@ -32,7 +41,20 @@ public sealed record ClusterSettings(string ClusterId, string? RedisConnectionSt
             ClusterId = Read(section, nameof(ClusterId)) ?? defaults.ClusterId,
             RedisConnectionString = Read(section, nameof(RedisConnectionString)) ?? defaults.RedisConnectionString,
             PrimarySiloEndpoint = Read(section, nameof(PrimarySiloEndpoint)) ?? defaults.PrimarySiloEndpoint,
+            RedisPasswordFile = Read(section, nameof(RedisPasswordFile)) ?? defaults.RedisPasswordFile,
         };
+        if (settings.RedisPasswordFile is { } passwordFile)
+        {
+            // Checked here too, so a missing or empty secret stops start-up with the key's name (exit 2), before any model loads.
+            try
+            {
+                RedisConnection.ReadPasswordFile(passwordFile);
+            }
+            catch (ArgumentException e)
+            {
+                throw new ConfigurationUsageException($"{Describe(section, nameof(RedisPasswordFile))}: {e.Message}");
+            }
+        }
         if (Read(section, nameof(FastFailureDetection)) is { } fast)
         {
             settings = settings with

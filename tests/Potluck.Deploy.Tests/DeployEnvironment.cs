@@ -21,10 +21,15 @@ public static class DeployEnvironment
 
     private static readonly Lazy<string?> HelmProblem = new(() => Probe("helm", "version --short"));
 
+    // `docker compose config` needs only the CLI and its compose plugin, no engine.
+    private static readonly Lazy<string?> ComposeCliProblem = new(() => Probe("docker", "compose version --short"));
+
     /// <summary>Why docker cannot be used here, or null when it can.</summary>
     public static string? WhyNoDocker => DockerProblem.Value;
 
     public static string? WhyNoHelm => HelmProblem.Value;
+
+    public static string? WhyNoComposeCli => ComposeCliProblem.Value;
 
     /// <summary>Testcontainers talks to the 20.10 engine (API 1.41) and must not pull the Ryuk image (no registry).</summary>
     public static void ConfigureTestcontainers()
@@ -70,5 +75,15 @@ public sealed class HelmFactAttribute : FactAttribute
     {
         if (!DeployEnvironment.Required && DeployEnvironment.WhyNoHelm is { } why)
             Skip = $"helm is not available ({why}); run deploy/ci/setup-helm.sh, or set {DeployEnvironment.RequireVariable}=1 to fail instead";
+    }
+}
+
+/// <summary>A fact that needs the docker CLI with compose v2 (not a running engine).</summary>
+public sealed class ComposeFactAttribute : FactAttribute
+{
+    public ComposeFactAttribute()
+    {
+        if (!DeployEnvironment.Required && DeployEnvironment.WhyNoComposeCli is { } why)
+            Skip = $"docker compose is not available ({why}); run deploy/ci/setup-docker.sh, or set {DeployEnvironment.RequireVariable}=1 to fail instead";
     }
 }

@@ -4,10 +4,33 @@ using System.Text.Json.Nodes;
 
 namespace Potluck.Deploy.Tests;
 
-/// <summary>Talks to a gateway on a published loopback port: readiness, the pool view and a chat completion.</summary>
-public sealed class GatewayClient(int port) : IDisposable
+/// <summary>
+/// Talks to a gateway on a published loopback port: readiness, the pool view and a chat completion. With an admin key
+/// the operator endpoints (/api/pool, /api/sessions) are asked with it as a bearer token.
+/// </summary>
+public sealed class GatewayClient(int port, string? adminKey = null) : IDisposable
 {
     private readonly HttpClient _http = new() { BaseAddress = new Uri($"http://127.0.0.1:{port}"), Timeout = TimeSpan.FromSeconds(60) };
+
+    // TODO-LEAD: the admin key as "Authorization: Bearer" on operator endpoints (the dashboard uses a cookie).
+    private Task<string> GetAdminStringAsync(string path)
+    {
+        if (adminKey is null) return _http.GetStringAsync(path);
+        var request = new HttpRequestMessage(HttpMethod.Get, path);
+        request.Headers.Authorization = new System.Net.Http.Headers.AuthenticationHeaderValue("Bearer", adminKey);
+        return SendForStringAsync(request);
+    }
+
+    private async Task<string> SendForStringAsync(HttpRequestMessage request)
+    {
+        using (request)
+        using (var response = await _http.SendAsync(request))
+        {
+            var body = await response.Content.ReadAsStringAsync();
+            if (!response.IsSuccessStatusCode) throw new HttpRequestException($"{request.RequestUri}: {(int)response.StatusCode} {body}", null, response.StatusCode);
+            return body;
+        }
+    }
 
     /// <summary>Polls /readyz until the pool has a full chain of layers, or fails with the last answer.</summary>
     public async Task WaitUntilReadyAsync(TimeSpan timeout)
@@ -50,15 +73,25 @@ public sealed class GatewayClient(int port) : IDisposable
         var json = JsonNode.Parse(body)!;
         var text = json["choices"]![0]!["message"]!["content"]!.GetValue<string>();
         var id = json["id"]!.GetValue<string>();
-        var session = JsonNode.Parse(await _http.GetStringAsync($"/api/sessions/{id}"))!;
+        var session = JsonNode.Parse(await GetAdminStringAsync($"/api/sessions/{id}"))!;
         var tokens = session["generated_tokens"]!.AsArray().Select(t => t!.GetValue<int>()).ToList();
         return (tokens, text);
     }
 
     public async Task<JsonNode> PoolAsync()
     {
-        var body = await _http.GetStringAsync("/api/pool");
+        var body = await GetAdminStringAsync("/api/pool");
         return JsonNode.Parse(body) ?? throw new JsonException("empty /api/pool answer");
+    }
+
+    /// <summary>The data-plane endpoints of the stages the pool view lists, by node id.</summary>
+    public async Task<Dictionary<string, string>> EndpointsAsync()
+    {
+        var pool = await PoolAsync();
+        var endpoints = new Dictionary<string, string>();
+        foreach (var node in pool["nodes"]?.AsArray() ?? [])
+            if (node?["id"]?.GetValue<string>() is { } id && node["endpoint"]?.GetValue<string>() is { } endpoint) endpoints[id] = endpoint;
+        return endpoints;
     }
 
     /// <summary>The ids of the nodes the pool view lists as healthy.</summary>

@@ -59,9 +59,12 @@ public sealed class HelmChartTests
     {
         var chart = Render(Release);
 
-        var kinds = chart.Objects.Select(o => $"{Str(o, "kind")}/{Str(o, "metadata.name")}").Order().ToList();
+        var kinds = chart.Objects.Select(o => $"{Str(o, "kind")}/{Str(o, "metadata.name")}").Order(StringComparer.Ordinal).ToList();
         Assert.Equal(
-            [$"Deployment/{Prefix}-gateway", $"Deployment/{Prefix}-redis", $"Service/{Prefix}-gateway", $"Service/{Prefix}-node",
+            [$"Deployment/{Prefix}-gateway", $"Deployment/{Prefix}-redis",
+             $"NetworkPolicy/{Prefix}-default-deny", $"NetworkPolicy/{Prefix}-gateway", $"NetworkPolicy/{Prefix}-node", $"NetworkPolicy/{Prefix}-redis",
+             $"Secret/{Prefix}-join", $"Secret/{Prefix}-pool-ca", $"Secret/{Prefix}-redis-auth",
+             $"Service/{Prefix}-gateway", $"Service/{Prefix}-gateway-pool", $"Service/{Prefix}-node",
              $"Service/{Prefix}-redis", $"StatefulSet/{Prefix}-node"],
             kinds);
 
@@ -167,7 +170,8 @@ public sealed class HelmChartTests
         Assert.Equal("/models/qwen2.5-7b-q4_k_m.gguf", Env(gateway, "Potluck__Gateway__ModelPath"));
         Assert.Equal("16", Str(Named(gateway, "env", "Potluck__Gateway__MaxConcurrentSessions"), "value"));
         Assert.Equal("shared-models", Str(Named(gatewayPod, "volumes", "model"), "persistentVolumeClaim.claimName"));
-        Assert.Null(At(gatewayPod, "initContainers")); // the file is already on the claim
+        // The file is already on the claim: the only init container prepares the pool directory.
+        Assert.Equal(["pool-init"], List(gatewayPod, "initContainers").Select(c => Str(c, "name")!));
 
         var nodes = chart.Get("StatefulSet", $"{Prefix}-node");
         Assert.Equal("4", Str(nodes, "spec.replicas"));
@@ -287,7 +291,7 @@ public sealed class HelmChartTests
         Assert.DoesNotContain(List(plainNode, "env").OfType<Dictionary<object, object>>(), e => Str(e, "name")!.StartsWith("Potluck__Node__Layers", StringComparison.Ordinal));
         var gatewayPod = Map(hostPath.Get("Deployment", $"{Prefix}-gateway"), "spec.template.spec");
         Assert.Equal("/srv/llm", Str(Named(gatewayPod, "volumes", "model"), "hostPath.path"));
-        Assert.Null(At(gatewayPod, "initContainers"));
+        Assert.Equal(["pool-init"], List(gatewayPod, "initContainers").Select(c => Str(c, "name")!));
 
         var createdClaim = Render(Release, "model: {source: pvc}");
         var claim = createdClaim.Get("PersistentVolumeClaim", $"{Prefix}-model");
@@ -298,6 +302,7 @@ public sealed class HelmChartTests
 
     private static void AssertHardened(Dictionary<object, object> pod, Dictionary<object, object> container)
     {
+        Assert.Equal("RuntimeDefault", Str(pod, "securityContext.seccompProfile.type"));
         Assert.Equal("true", Str(pod, "securityContext.runAsNonRoot"), ignoreCase: true);
         Assert.Equal("1654", Str(pod, "securityContext.runAsUser"));
         Assert.Equal("false", Str(container, "securityContext.allowPrivilegeEscalation"), ignoreCase: true);

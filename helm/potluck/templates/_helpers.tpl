@@ -128,3 +128,72 @@ app.kubernetes.io/component: {{ .component }}
       mountPath: {{ .Values.model.mountPath }}
 {{- end }}
 {{- end }}
+
+{{/* The pool id: the CA's and every member certificate's (potluck://<pool-id>/member/<node-id>). */}}
+{{- define "potluck.poolId" -}}
+{{- $id := default .Values.clusterId .Values.pool.id }}
+{{- if not (regexMatch "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$" $id) }}
+{{- fail (printf "pool.id (or clusterId) must be 1 to 63 characters of a-z, A-Z, 0-9, '-', '_' or '.', starting with a letter or digit (got %q)" $id) }}
+{{- end }}
+{{- $id }}
+{{- end }}
+
+{{- define "potluck.caSecretName" -}}
+{{- default (printf "%s-pool-ca" (include "potluck.fullname" .)) .Values.pool.ca.existingSecret }}
+{{- end }}
+
+{{- define "potluck.joinSecretName" -}}
+{{- default (printf "%s-join" (include "potluck.fullname" .)) .Values.pool.join.existingSecret }}
+{{- end }}
+
+{{/* The Secret holding the Redis password: the chart's own for the bundled Redis, else redis.auth.existingSecret (may be empty). */}}
+{{- define "potluck.redisSecretName" -}}
+{{- if .Values.redis.auth.existingSecret }}
+{{- .Values.redis.auth.existingSecret }}
+{{- else if .Values.redis.enabled }}
+{{- printf "%s-redis-auth" (include "potluck.fullname" .) }}
+{{- end }}
+{{- end }}
+
+{{- define "potluck.redisSecretKey" -}}
+{{- if .Values.redis.auth.existingSecret }}{{ .Values.redis.auth.existingSecretKey }}{{ else }}password{{ end }}
+{{- end }}
+
+{{/* Where every Potluck container reads the Redis password (Potluck__Cluster__RedisPasswordFile). */}}
+{{- define "potluck.redisPasswordFile" -}}
+/etc/potluck/redis/password
+{{- end }}
+
+{{/* Environment every member (gateway, node) gets for the Redis password, when there is a secret for it. */}}
+{{- define "potluck.redisPasswordEnv" -}}
+{{- if include "potluck.redisSecretName" . }}
+- name: Potluck__Cluster__RedisPasswordFile
+  value: {{ include "potluck.redisPasswordFile" . | quote }}
+{{- end }}
+{{- end }}
+
+{{- define "potluck.redisPasswordVolume" -}}
+{{- with include "potluck.redisSecretName" . }}
+- name: redis-auth
+  secret:
+    secretName: {{ . }}
+    defaultMode: 0440
+    items:
+      - key: {{ include "potluck.redisSecretKey" $ }}
+        path: password
+{{- end }}
+{{- end }}
+
+{{- define "potluck.redisPasswordMount" -}}
+{{- if include "potluck.redisSecretName" . }}
+- name: redis-auth
+  mountPath: /etc/potluck/redis
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{/* Labels that select every pod of this release (the NetworkPolicies' "own pods"). */}}
+{{- define "potluck.releasePods" -}}
+app.kubernetes.io/name: {{ include "potluck.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}

@@ -15,7 +15,14 @@ public sealed record SiloMembershipSettings(
     int GatewayPort,
     string? RedisConnectionString,
     string? PrimarySiloEndpoint,
-    bool FastFailureDetection);
+    bool FastFailureDetection)
+{
+    /// <summary>
+    /// A file holding the Redis password (a mounted secret). Unset: the configuration's
+    /// <see cref="RedisConnection.PasswordFileKey"/> (Potluck__Cluster__RedisPasswordFile), if any.
+    /// </summary>
+    public string? RedisPasswordFile { get; init; }
+}
 
 /// <summary>Membership configuration every Potluck silo shares: Redis clustering when configured, else development clustering.</summary>
 public static class SiloMembership
@@ -37,7 +44,10 @@ public static class SiloMembership
         });
         if (!string.IsNullOrWhiteSpace(settings.RedisConnectionString))
         {
-            silo.UseRedisClustering(settings.RedisConnectionString);
+            // Read now, not when Orleans first connects: a missing or empty secret is a configuration error at start-up.
+            var redis = RedisConnection.Options(settings.RedisConnectionString,
+                settings.RedisPasswordFile ?? silo.Configuration[RedisConnection.PasswordFileKey]);
+            silo.UseRedisClustering(o => o.ConfigurationOptions = redis);
         }
         else
         {

@@ -99,13 +99,33 @@ public static class NativeRuntime
                 $"Potluck's engine ships native ggml for linux-x64 only; this is {RuntimeInformation.OSDescription} {RuntimeInformation.ProcessArchitecture}.");
 
         var root = Path.Combine(AppContext.BaseDirectory, "runtimes", "linux-x64", "native");
-        var requested = Environment.GetEnvironmentVariable("POTLUCK_GGML_VARIANT");
-        var variant = string.IsNullOrWhiteSpace(requested) ? DetectVariant() : requested.Trim();
+        var variant = SelectVariant(Environment.GetEnvironmentVariable(VariantVariable));
         var folder = Path.Combine(root, variant);
         if (!File.Exists(Path.Combine(folder, "libggml-base.so")))
             throw new DllNotFoundException(
                 $"native ggml variant '{variant}' not found under {root}; the LLamaSharp.Backend.Cpu runtimes folder is missing from the build output.");
         return folder;
+    }
+
+    /// <summary>The environment variable that overrides the detected CPU variant.</summary>
+    public const string VariantVariable = "POTLUCK_GGML_VARIANT";
+
+    /// <summary>The CPU variant folders LLamaSharp.Backend.Cpu ships; the only values <see cref="VariantVariable"/> may take.</summary>
+    public static readonly IReadOnlyList<string> KnownVariants = ["avx512", "avx2", "avx", "noavx"];
+
+    /// <summary>
+    /// The variant to load: <paramref name="requested"/> (the environment override) when set, else the best one this CPU
+    /// runs. The value becomes a path segment, so only the known names are accepted (never a path).
+    /// </summary>
+    /// <exception cref="EngineException">The requested name is not one of <see cref="KnownVariants"/>.</exception>
+    public static string SelectVariant(string? requested)
+    {
+        if (string.IsNullOrWhiteSpace(requested)) return DetectVariant();
+        var name = requested.Trim();
+        foreach (var known in KnownVariants)
+            if (string.Equals(known, name, StringComparison.OrdinalIgnoreCase)) return known;
+        throw new EngineException(
+            $"{VariantVariable} is '{requested}': expected one of {string.Join(", ", KnownVariants)} (or unset to detect the CPU's)");
     }
 
     private static string DetectVariant()

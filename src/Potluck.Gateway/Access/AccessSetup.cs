@@ -3,6 +3,8 @@ using Microsoft.AspNetCore.Authentication.Cookies;
 using Microsoft.AspNetCore.Authorization;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.DataProtection;
+using Microsoft.AspNetCore.DataProtection.KeyManagement;
+using Microsoft.AspNetCore.DataProtection.XmlEncryption;
 using Microsoft.AspNetCore.Http;
 using Microsoft.AspNetCore.HostFiltering;
 using Microsoft.AspNetCore.Server.Kestrel.Core;
@@ -34,7 +36,13 @@ public static class AccessSetup
         });
 
         // The login cookie dies with the process (re-login after a restart) and nothing is written to disk.
-        services.AddDataProtection().UseEphemeralDataProtectionProvider();
+        services.AddDataProtection().SetApplicationName("potluck-gateway");
+        services.Configure<KeyManagementOptions>(o =>
+        {
+            o.XmlRepository = new InMemoryKeyRepository();
+            // The keys never leave this process's memory, so there is nothing to encrypt them against.
+            o.XmlEncryptor = new NullXmlEncryptor();
+        });
         services.AddAuthentication(ApiKeyAuthenticationHandler.SchemeName)
             .AddScheme<AuthenticationSchemeOptions, ApiKeyAuthenticationHandler>(ApiKeyAuthenticationHandler.SchemeName, null)
             .AddCookie(AccessPolicies.DashboardScheme, o =>

@@ -121,6 +121,11 @@ public sealed record GatewayOptions
     /// <summary>Address the silo binds; null: <see cref="ListenAddress"/>, so nothing listens beyond what the operator chose.</summary>
     public string? SiloListenAddress { get; init; }
 
+    /// <summary>The main settings, never a key (the generated record ToString would print AdminKey).</summary>
+    public override string ToString() =>
+        $"GatewayOptions {{ ModelPath = {ModelPath}, ListenAddress = {ListenAddress}, Port = {Port}, SiloPort = {SiloPort}, AdvertisedHost = {AdvertisedHost}, " +
+        $"ClusterId = {ClusterId}, ApiKeys = {ApiKeys.Count}, ApiKeysFile = {ApiKeysFile}, AdminKey = {(string.IsNullOrEmpty(AdminKey) ? "none" : "set")}, Insecure = {Insecure} }}";
+
     /// <summary>
     /// Options from section <see cref="ConfigurationSection"/> of <paramref name="configuration"/> (the root), e.g.
     /// environment variables Potluck__Gateway__ModelPath and Potluck__Gateway__Port; ModelPath is required.

@@ -188,4 +188,13 @@ public sealed class AccessConfigurationTests : IDisposable
         var slow = RateLimits.Bucket(3);
         Assert.Equal((3, 1, TimeSpan.FromSeconds(20)), (slow.TokenLimit, slow.TokensPerPeriod, slow.ReplenishmentPeriod));
     }
+
+    [Fact]
+    public void Options_never_print_their_keys()
+    {
+        var text = (Options() with { ApiKeys = ["printed-key-0001"], AdminKey = "printed-admin-01" }).ToString();
+        Assert.DoesNotContain("printed-key-0001", text);
+        Assert.DoesNotContain("printed-admin-01", text);
+        Assert.Contains("AdminKey = set", text);
+    }
 }

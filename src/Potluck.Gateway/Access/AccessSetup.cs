@@ -7,7 +7,10 @@ using Microsoft.AspNetCore.DataProtection.KeyManagement;
 using Microsoft.AspNetCore.DataProtection.XmlEncryption;
 using Microsoft.AspNetCore.Http;
 using Microsoft.AspNetCore.HostFiltering;
+using System.Net.Security;
+using System.Security.Cryptography.X509Certificates;
 using Microsoft.AspNetCore.Server.Kestrel.Core;
+using Microsoft.AspNetCore.Server.Kestrel.Https;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging;
 
@@ -71,11 +74,30 @@ public static class AccessSetup
         services.AddRateLimiter(o => RateLimits.Configure(o, access));
     }
 
-    /// <summary>HTTPS on the API's listener when a certificate is configured; asked per handshake, so a renewed one is used at once.</summary>
+    /// <summary>
+    /// HTTPS on the API's listener when a certificate is configured. The source is asked on every handshake, so a renewed
+    /// certificate is used at once; its context (certificate plus chain) is built once per certificate.
+    /// </summary>
     public static void UseApiHttps(this ListenOptions listen, GatewayAccess access)
     {
         if (access.Certificate is not { } source) return;
-        listen.UseHttps(https => https.ServerCertificateSelector = (_, _) => source.Current);
+        var gate = new Lock();
+        (X509Certificate2 For, SslStreamCertificateContext Context)? cached = null;
+        listen.UseHttps(new TlsHandshakeCallbackOptions
+        {
+            OnConnection = _ =>
+            {
+                var current = source.Current;
+                SslStreamCertificateContext context;
+                lock (gate)
+                {
+                    if (cached is not { } hit || !ReferenceEquals(hit.For, current))
+                        cached = hit = (current, SslStreamCertificateContext.Create(current, source.Chain, offline: true));
+                    context = hit.Context;
+                }
+                return ValueTask.FromResult(new SslServerAuthenticationOptions { ServerCertificateContext = context });
+            },
+        });
     }
 
     /// <summary>

@@ -14,9 +14,12 @@ public interface IApiCertificateSource
 {
     /// <summary>The certificate, with its private key.</summary>
     X509Certificate2 Current { get; }
+
+    /// <summary>Intermediate certificates sent after <see cref="Current"/> (none by default).</summary>
+    X509Certificate2Collection? Chain => null;
 }
 
-/// <summary>An operator's certificate and key from PEM files, read once at start.</summary>
+/// <summary>An operator's certificate and key from PEM files, read once at start; further certificates in the file are its chain.</summary>
 public sealed class PemFileCertificateSource : IApiCertificateSource
 {
     public PemFileCertificateSource(string certificateFile, string keyFile)
@@ -33,7 +36,14 @@ public sealed class PemFileCertificateSource : IApiCertificateSource
             throw new ConfigurationUsageException($"the TLS key {keyFile} does not hold the private key of {certificateFile}");
         if (Current.NotAfter < DateTime.Now)
             throw new ConfigurationUsageException($"the TLS certificate {certificateFile} expired on {Current.NotAfter:u}");
+        var all = new X509Certificate2Collection();
+        all.ImportFromPemFile(certificateFile);
+        Chain = [];
+        foreach (var certificate in all)
+            if (certificate.Thumbprint != Current.Thumbprint) Chain.Add(certificate);
     }
 
     public X509Certificate2 Current { get; }
+
+    public X509Certificate2Collection Chain { get; }
 }

@@ -23,7 +23,11 @@ public sealed class ApiKeyAuthenticationHandler(IOptionsMonitor<AuthenticationSc
     protected override Task<AuthenticateResult> HandleAuthenticateAsync()
     {
         if (PresentedKey(Request) is not { } presented) return Task.FromResult(AuthenticateResult.NoResult());
-        if (access.Keys.Match(presented) is not { } key) return Task.FromResult(AuthenticateResult.Fail("the key is not one of this gateway's keys"));
+        if (access.Keys.Match(presented) is not { } key)
+        {
+            // An open API takes any key (SDKs insist on sending one, e.g. "unused"): not worth a failure log per request.
+            return Task.FromResult(access.ApiIsOpen ? AuthenticateResult.NoResult() : AuthenticateResult.Fail("the key is not one of this gateway's keys"));
+        }
         var identity = new ClaimsIdentity(
         [
             new Claim(KeyNameClaim, key.Name),

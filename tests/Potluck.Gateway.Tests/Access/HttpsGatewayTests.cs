@@ -13,21 +13,45 @@ public sealed class HttpsGateway : AccessGateway
     public const string AdminKey = "tls-admin-key-001";
     public X509Certificate2 Certificate { get; private set; } = null!;
 
+    /// <summary>The root the operator's certificate chains to through an intermediate (sent by the gateway).</summary>
+    public X509Certificate2 Root { get; private set; } = null!;
+
     protected override GatewayOptions Configure(GatewayOptions options)
     {
+        var now = DateTimeOffset.UtcNow;
+        using var rootKey = ECDsa.Create(ECCurve.NamedCurves.nistP256);
+        Root = Authority("CN=potluck test root", rootKey, issuer: null, now);
+        using var intermediateKey = ECDsa.Create(ECCurve.NamedCurves.nistP256);
+        using var intermediate = Authority("CN=potluck test intermediate", intermediateKey, Root, now);
+        using var intermediateWithKey = intermediate.CopyWithPrivateKey(intermediateKey);
+
         using var key = ECDsa.Create(ECCurve.NamedCurves.nistP256);
         var request = new CertificateRequest("CN=potluck test gateway", key, HashAlgorithmName.SHA256);
         var san = new SubjectAlternativeNameBuilder();
         san.AddDnsName("localhost");
         san.AddIpAddress(IPAddress.Loopback);
         request.CertificateExtensions.Add(san.Build());
+        request.CertificateExtensions.Add(new X509BasicConstraintsExtension(false, false, 0, true));
         request.CertificateExtensions.Add(new X509EnhancedKeyUsageExtension([new Oid("1.3.6.1.5.5.7.3.1")], critical: false));
-        Certificate = request.CreateSelfSigned(DateTimeOffset.UtcNow.AddMinutes(-5), DateTimeOffset.UtcNow.AddDays(1));
+        request.CertificateExtensions.Add(X509AuthorityKeyIdentifierExtension.CreateFromCertificate(intermediate, true, false));
+        Certificate = request.Create(intermediateWithKey, now.AddMinutes(-5), now.AddDays(1), [1, 2, 3, 4]);
         var certFile = Path.Combine(Directory, "cert.pem");
         var keyFile = Path.Combine(Directory, "key.pem");
-        File.WriteAllText(certFile, Certificate.ExportCertificatePem());
+        // The operator's usual file: the certificate, then its intermediate.
+        File.WriteAllText(certFile, Certificate.ExportCertificatePem() + "\n" + intermediate.ExportCertificatePem());
         File.WriteAllText(keyFile, key.ExportPkcs8PrivateKeyPem());
         return options with { TlsCertificateFile = certFile, TlsKeyFile = keyFile, ApiKeys = [ApiKey], AdminKey = AdminKey };
+    }
+
+    private static X509Certificate2 Authority(string name, ECDsa key, X509Certificate2? issuer, DateTimeOffset now)
+    {
+        var request = new CertificateRequest(name, key, HashAlgorithmName.SHA256);
+        request.CertificateExtensions.Add(new X509BasicConstraintsExtension(true, false, 0, true));
+        request.CertificateExtensions.Add(new X509KeyUsageExtension(X509KeyUsageFlags.KeyCertSign | X509KeyUsageFlags.CrlSign, true));
+        request.CertificateExtensions.Add(new X509SubjectKeyIdentifierExtension(request.PublicKey, false));
+        if (issuer is null) return request.CreateSelfSigned(now.AddMinutes(-10), now.AddDays(2));
+        request.CertificateExtensions.Add(X509AuthorityKeyIdentifierExtension.CreateFromCertificate(issuer, true, false));
+        return request.Create(issuer, now.AddMinutes(-10), now.AddDays(2), [5, 6, 7, 8]);
     }
 
     /// <summary>Trusts exactly the test certificate.</summary>
@@ -78,6 +102,28 @@ public sealed class HttpsGatewayTests(HttpsGateway gateway) : IClassFixture<Http
         // A client that does not trust the certificate fails the handshake.
         using var strict = new HttpClient { Timeout = TimeSpan.FromSeconds(10) };
         await Assert.ThrowsAsync<HttpRequestException>(() => strict.GetAsync(new Uri(gateway.BaseAddress, "healthz")));
+    }
+
+    [Fact]
+    public async Task The_gateway_sends_the_intermediate_so_a_client_trusting_only_the_root_validates_it()
+    {
+        var handler = new SocketsHttpHandler();
+        var policy = new X509ChainPolicy { TrustMode = X509ChainTrustMode.CustomRootTrust, RevocationMode = X509RevocationMode.NoCheck };
+        policy.CustomTrustStore.Add(gateway.Root);
+        handler.SslOptions.CertificateChainPolicy = policy;
+        SslPolicyErrors? errors = null;
+        int? length = null;
+        handler.SslOptions.RemoteCertificateValidationCallback = (_, _, chain, problems) =>
+        {
+            errors = problems;
+            length = chain?.ChainElements.Count;
+            return problems == SslPolicyErrors.None;
+        };
+        using var http = new HttpClient(handler) { BaseAddress = gateway.BaseAddress, Timeout = TimeSpan.FromSeconds(30) };
+        using var health = await http.GetAsync("healthz");
+        Assert.Equal(HttpStatusCode.OK, health.StatusCode);
+        Assert.Equal(SslPolicyErrors.None, errors);
+        Assert.Equal(3, length);
     }
 
     [Fact]

@@ -1,4 +1,5 @@
 using System.Globalization;
+using System.Net;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Hosting;
 using Microsoft.AspNetCore.Hosting.Server;
@@ -13,6 +14,7 @@ using Potluck.Cluster;
 using Potluck.Cluster.Membership;
 using Potluck.Hosting;
 using Potluck.Protocol.Diagnostics;
+using Potluck.Gateway.Access;
 using Potluck.Gateway.Api;
 using Potluck.Gateway.Streaming;
 using Potluck.Gateway.Head;
@@ -91,10 +93,12 @@ public static class GatewayHost
         ShardKeys.ValidateNodeId(options.GatewayId);
         var invalid = new GatewayOptionsValidator().Validate(null, options);
         if (invalid.Failed) throw new ArgumentException(invalid.FailureMessage);
+        // Keys, certificate and the start rules before the model: a refused start costs nothing.
+        var access = GatewayAccess.Resolve(options);
         var model = new ModelFrontEnd(options.ModelPath, options.Threads, options.ModelName);
         try
         {
-            return new GatewayApp(BuildApp(options, model, configureLogging));
+            return new GatewayApp(BuildApp(options, access, model, configureLogging));
         }
         catch
         {
@@ -103,7 +107,7 @@ public static class GatewayHost
         }
     }
 
-    private static WebApplication BuildApp(GatewayOptions options, ModelFrontEnd model, Action<ILoggingBuilder>? configureLogging)
+    private static WebApplication BuildApp(GatewayOptions options, GatewayAccess access, ModelFrontEnd model, Action<ILoggingBuilder>? configureLogging)
     {
         var builder = WebApplication.CreateBuilder(new WebApplicationOptions
         {
@@ -113,15 +117,15 @@ public static class GatewayHost
         });
         configureLogging?.Invoke(builder.Logging);
         builder.Services.Configure<HostOptions>(o => o.ShutdownTimeout = TimeSpan.FromSeconds(20));
-        var listen = SiloMembership.ResolveIPv4(options.ListenAddress);
         builder.WebHost.ConfigureKestrel(kestrel =>
         {
-            kestrel.Listen(listen, options.Port);
+            kestrel.Listen(access.ListenAddress, options.Port, listen => listen.UseApiHttps(access));
             kestrel.Limits.MaxRequestBodySize = DrainLimit(options);
             kestrel.AddServerHeader = false;
         });
 
         builder.Services.AddSingleton(options);
+        builder.Services.AddPotluckAccess(access);
         builder.Services.AddSingleton(model);
         // The pool CA lives with the gateway: it issues members' certificates and signs route tickets.
         var security = MemberSecurity.ForAuthority(options.Security, options.ClusterId, options.GatewayId);
@@ -167,9 +171,11 @@ public static class GatewayHost
             await new ApiError(status, message, ApiError.InvalidRequest, null, status switch { 404 => "unknown_url", 405 => "method_not_allowed", 413 => "request_too_large", _ => null })
                 .WriteAsync(http);
         });
+        // Host filtering (first, from WebApplication), routing, CORS, authentication, JSON content type, rate limits, authorization.
+        app.UsePotluckAccess(access);
         OpenAiEndpoints.Map(app);
         OpsEndpoints.Map(app);
-        app.MapPrometheusScrapingEndpoint("/metrics");
+        app.MapPrometheusScrapingEndpoint("/metrics").RequireAuthorization(AccessPolicies.Metrics);
         WireLifecycle(app, options, model);
         return app;
     }
@@ -202,11 +208,21 @@ public static class GatewayHost
     /// <summary>Bodies up to this size are read to the end even when over the limit, so the 413 arrives cleanly.</summary>
     internal static long DrainLimit(GatewayOptions options) => Math.Max(options.MaxBodyBytes * 4, options.MaxBodyBytes + 1024 * 1024);
 
-    /// <summary>The silo binds by the shared rule (loopback when advertising loopback, else all interfaces), not the API's address.</summary>
+    /// <summary>
+    /// The silo binds <see cref="GatewayOptions.SiloListenAddress"/>, else the API's <see cref="GatewayOptions.ListenAddress"/>
+    /// (loopback by default), never all interfaces just because it advertises a LAN address.
+    /// </summary>
+    internal static IPAddress SiloListenAddress(GatewayOptions options)
+    {
+        var advertised = SiloMembership.ResolveIPv4(options.AdvertisedHost);
+        var listen = SiloMembership.ResolveIPv4(options.SiloListenAddress ?? options.ListenAddress);
+        return PotluckSilo.ListenAddressFor(advertised.ToString(), listen.ToString());
+    }
+
     private static SiloMembershipSettings MembershipOf(GatewayOptions options)
     {
         var advertised = SiloMembership.ResolveIPv4(options.AdvertisedHost);
-        var listen = PotluckSilo.ListenAddressFor(advertised.ToString(), listen: null);
+        var listen = SiloListenAddress(options);
         return new SiloMembershipSettings(options.ClusterId, advertised, listen, options.SiloPort,
             options.GatewayPort, options.RedisConnectionString, options.PrimarySiloEndpoint, options.FastFailureDetection);
     }
@@ -217,8 +233,12 @@ public static class GatewayHost
         app.Lifetime.ApplicationStarted.Register(() =>
         {
             var addresses = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()?.Addresses;
-            log.LogInformation("Gateway serving {Model} ({Layers} layers, context {Context}) at {Addresses}; silo port {SiloPort}; wire {Wire}",
-                model.Name, model.LayerCount, model.ContextLength, string.Join(", ", addresses ?? []), options.SiloPort, options.WireType);
+            var silo = SiloListenAddress(options);
+            log.LogInformation("Gateway serving {Model} ({Layers} layers, context {Context}) at {Addresses}; silo on {SiloListen}:{SiloPort} advertised as {Advertised}; wire {Wire}",
+                model.Name, model.LayerCount, model.ContextLength, string.Join(", ", addresses ?? []), silo, options.SiloPort, options.AdvertisedHost, options.WireType);
+            if (IPAddress.IsLoopback(silo) && IPAddress.TryParse(options.AdvertisedHost, out var advertised) && !IPAddress.IsLoopback(advertised))
+                log.LogWarning("The silo listens on {SiloListen} but advertises {Advertised}: nodes on other machines cannot reach it; pass --silo-listen 0.0.0.0 (or that address)",
+                    silo, options.AdvertisedHost);
         });
         app.Lifetime.ApplicationStopped.Register(model.Dispose);
     }

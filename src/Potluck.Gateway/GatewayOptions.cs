@@ -1,6 +1,7 @@
 using System.Globalization;
 using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.Options;
+using Potluck.Gateway.Access;
 using Potluck.Hosting;
 using Potluck.Protocol.V1;
 
@@ -19,7 +20,7 @@ public sealed record GatewayOptions
     /// <summary>The GGUF file; only its head tensors (embedding, final norm, LM head) and tokenizer are used.</summary>
     public required string ModelPath { get; init; }
 
-    /// <summary>Address the HTTP API binds (0.0.0.0: all interfaces). The silo binds loopback when it advertises loopback, else all interfaces.</summary>
+    /// <summary>Address the HTTP API binds (0.0.0.0: all interfaces); also the silo's unless <see cref="SiloListenAddress"/> is set.</summary>
     public string ListenAddress { get; init; } = "127.0.0.1";
 
     /// <summary>HTTP port of the OpenAI API; 0 picks a free port (read it from <see cref="GatewayApp.BaseAddress"/>).</summary>
@@ -70,11 +71,63 @@ public sealed record GatewayOptions
     /// <summary>Tight membership probing (tests only: it can evict slow silos on a busy machine).</summary>
     public bool FastFailureDetection { get; init; }
 
-    /// <summary>Node id of the gateway silo in the pool (silo metadata); never holds shards.</summary>
     /// <summary>The pool authority this gateway holds (section Potluck:Security; created on first start).</summary>
     public PoolSecuritySettings Security { get; init; } = new();
 
+    /// <summary>Node id of the gateway silo in the pool (silo metadata); never holds shards.</summary>
     public string GatewayId { get; init; } = $"gateway-{Environment.ProcessId}";
+
+    // ---- Access control and safe defaults (src/Potluck.Gateway/Access) ----
+
+    /// <summary>Environment variable with more API keys, comma separated (added to <see cref="ApiKeys"/>).</summary>
+    public const string ApiKeysEnvironmentVariable = "POTLUCK_API_KEYS";
+
+    /// <summary>
+    /// Keys the OpenAI API accepts (Authorization: Bearer, or x-api-key). None, and no <see cref="ApiKeysFile"/>: the
+    /// API is open, which only a loopback <see cref="ListenAddress"/> (or <see cref="Insecure"/>) allows.
+    /// </summary>
+    public IReadOnlyList<string> ApiKeys { get; init; } = [];
+
+    /// <summary>A file of API keys, one a line: <c>[NAME:]KEY [rpm=N] [concurrency=N]</c>, '#' starts a comment.</summary>
+    public string? ApiKeysFile { get; init; }
+
+    /// <summary>The key of the operator endpoints and the dashboard; API keys never grant them.</summary>
+    public string? AdminKey { get; init; }
+
+    /// <summary>A file whose first non-comment line is the admin key (instead of <see cref="AdminKey"/>).</summary>
+    public string? AdminKeyFile { get; init; }
+
+    /// <summary>Origins allowed to call the API from a browser (CORS); none turns CORS off.</summary>
+    public IReadOnlyList<string> CorsOrigins { get; init; } = [];
+
+    /// <summary>Host names the API answers to (HostFiltering; the loopback names are always allowed); none: see docs/cli.md.</summary>
+    public IReadOnlyList<string> AllowedHosts { get; init; } = [];
+
+    /// <summary>PEM certificate (with its chain) for HTTPS on the API port; needs <see cref="TlsKeyFile"/>.</summary>
+    public string? TlsCertificateFile { get; init; }
+
+    /// <summary>PEM private key of <see cref="TlsCertificateFile"/>.</summary>
+    public string? TlsKeyFile { get; init; }
+
+    /// <summary>Serves HTTPS with this source's certificate when no PEM files are given (a pool-CA certificate; not from configuration).</summary>
+    public IApiCertificateSource? ApiCertificate { get; init; }
+
+    /// <summary>Allows an open API and open operator endpoints on a non-loopback address (logs a warning on every start).</summary>
+    public bool Insecure { get; init; }
+
+    /// <summary>Requests per minute per key (per client IP when the API is open); 0 is no limit.</summary>
+    public int RateLimitPerMinute { get; init; } = 600;
+
+    /// <summary>Requests at once per key (per client IP when the API is open); 0 is no limit.</summary>
+    public int ConcurrencyLimit { get; init; } = 16;
+
+    /// <summary>Address the silo binds; null: <see cref="ListenAddress"/>, so nothing listens beyond what the operator chose.</summary>
+    public string? SiloListenAddress { get; init; }
+
+    /// <summary>The main settings, never a key (the generated record ToString would print AdminKey).</summary>
+    public override string ToString() =>
+        $"GatewayOptions {{ ModelPath = {ModelPath}, ListenAddress = {ListenAddress}, Port = {Port}, SiloPort = {SiloPort}, AdvertisedHost = {AdvertisedHost}, " +
+        $"ClusterId = {ClusterId}, ApiKeys = {ApiKeys.Count}, ApiKeysFile = {ApiKeysFile}, AdminKey = {(string.IsNullOrEmpty(AdminKey) ? "none" : "set")}, Insecure = {Insecure} }}";
 
     /// <summary>
     /// Options from section <see cref="ConfigurationSection"/> of <paramref name="configuration"/> (the root), e.g.
@@ -117,6 +170,19 @@ public sealed record GatewayOptions
             ModelName = Read(section, nameof(ModelName)) ?? ModelName,
             GatewayId = Read(section, nameof(GatewayId)) ?? GatewayId,
             Security = PoolSecuritySettings.FromConfiguration(configuration, Security),
+            // Access control: every key source adds up; the other lists are replaced by what configuration gives.
+            ApiKeys = [.. ReadList(section, nameof(ApiKeys)) ?? ApiKeys, .. Split(configuration[ApiKeysEnvironmentVariable])],
+            ApiKeysFile = Read(section, nameof(ApiKeysFile)) ?? ApiKeysFile,
+            AdminKey = Read(section, nameof(AdminKey)) ?? AdminKey,
+            AdminKeyFile = Read(section, nameof(AdminKeyFile)) ?? AdminKeyFile,
+            CorsOrigins = ReadList(section, nameof(CorsOrigins)) ?? CorsOrigins,
+            AllowedHosts = ReadList(section, nameof(AllowedHosts)) ?? AllowedHosts,
+            TlsCertificateFile = Read(section, nameof(TlsCertificateFile)) ?? TlsCertificateFile,
+            TlsKeyFile = Read(section, nameof(TlsKeyFile)) ?? TlsKeyFile,
+            Insecure = ReadBool(section, nameof(Insecure), Insecure),
+            RateLimitPerMinute = ReadInt(section, nameof(RateLimitPerMinute), RateLimitPerMinute, 0, 1_000_000),
+            ConcurrencyLimit = ReadInt(section, nameof(ConcurrencyLimit), ConcurrencyLimit, 0, 1_000_000),
+            SiloListenAddress = Read(section, nameof(SiloListenAddress)) ?? SiloListenAddress,
         };
         var invalid = new GatewayOptionsValidator().Validate(null, options);
         return invalid.Failed ? throw new ConfigurationUsageException(invalid.FailureMessage) : options;
@@ -124,6 +190,17 @@ public sealed record GatewayOptions
 
     private static string? Read(IConfigurationSection section, string key) =>
         string.IsNullOrWhiteSpace(section[key]) ? null : section[key]!.Trim();
+
+    /// <summary>A list as one comma-separated value, or as children (Key:0, Key:1, ...); null when neither is there.</summary>
+    private static List<string>? ReadList(IConfigurationSection section, string key)
+    {
+        var values = new List<string>(Split(section[key]));
+        foreach (var child in section.GetSection(key).GetChildren()) values.AddRange(Split(child.Value));
+        return values.Count == 0 ? null : values;
+    }
+
+    private static IEnumerable<string> Split(string? text) =>
+        string.IsNullOrWhiteSpace(text) ? [] : text.Split([',', ';'], StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries);
 
     private static int ReadInt(IConfigurationSection section, string key, int fallback, int min, int max)
     {
@@ -184,6 +261,16 @@ public sealed class GatewayOptionsValidator : IValidateOptions<GatewayOptions>
             failures.Add($"GatewayId '{options.GatewayId}' must be non-empty and without '/'");
         if (options.PrimarySiloEndpoint is { } seed && !ClusterSettings.IsHostPort(seed))
             failures.Add($"PrimarySiloEndpoint '{seed}' is not HOST:PORT (the seed silo)");
+        // Access control; keys and files are read (and checked) by GatewayAccess.Resolve.
+        if (options.RateLimitPerMinute < 0) failures.Add("RateLimitPerMinute must be 0 (no limit) or more");
+        if (options.ConcurrencyLimit < 0) failures.Add("ConcurrencyLimit must be 0 (no limit) or more");
+        if (string.IsNullOrWhiteSpace(options.TlsCertificateFile) != string.IsNullOrWhiteSpace(options.TlsKeyFile))
+            failures.Add("TlsCertificateFile and TlsKeyFile go together (--tls-cert and --tls-key)");
+        foreach (var origin in options.CorsOrigins)
+        {
+            if (origin == "*" || origin.EndsWith('/') || !Uri.TryCreate(origin, UriKind.Absolute, out var uri) || uri.Scheme is not ("http" or "https") || uri.AbsolutePath != "/")
+                failures.Add($"CORS origin '{origin}' must be scheme://host[:port] (http or https, no path, no '*')");
+        }
         return failures.Count == 0 ? ValidateOptionsResult.Success : ValidateOptionsResult.Fail(failures);
     }
 }

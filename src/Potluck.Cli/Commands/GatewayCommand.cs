@@ -1,6 +1,7 @@
 using System.CommandLine;
 using Potluck.Protocol.V1;
 using Potluck.Gateway;
+using Potluck.Gateway.Access;
 
 namespace Potluck.Cli.Commands;
 
@@ -14,7 +15,8 @@ public static class GatewayCommand
     {
         var defaults = new GatewayOptions { ModelPath = "" };
         var model = new Option<FileInfo?>("--model") { Description = "The GGUF file (only the embedding, final norm, LM head and tokenizer are used) [env: Potluck__Gateway__ModelPath]" };
-        var listen = new Option<string?>("--listen") { Description = $"Address the HTTP API binds (0.0.0.0: all interfaces) [default: {defaults.ListenAddress}]" };
+        var listen = new Option<string?>("--listen") { Description = $"Address the HTTP API binds (0.0.0.0: all interfaces), and the silo unless --silo-listen [default: {defaults.ListenAddress}]" };
+        var siloListen = new Option<string?>("--silo-listen") { Description = "Address the Orleans silo binds, when not the --listen address (e.g. 0.0.0.0 for nodes on other machines)" };
         var host = new Option<string?>("--host") { Description = "Deprecated: use --listen (on `gateway`, --host always meant the address the API binds)" };
         var port = new Option<int>("--port") { Description = "HTTP port of the OpenAI API", DefaultValueFactory = _ => defaults.Port };
         var siloPort = new Option<int>("--silo-port") { Description = "Orleans silo-to-silo port; every node must reach it (nodes --join HOST:this)", DefaultValueFactory = _ => defaults.SiloPort };
@@ -28,10 +30,12 @@ public static class GatewayCommand
         var maxSessions = new Option<int>("--max-sessions") { Description = "Generations at once; more wait in line", DefaultValueFactory = _ => defaults.MaxConcurrentSessions };
         var fastFailure = new Option<bool>("--fast-failure-detection") { Description = "Tight membership probing (tests only)", Hidden = true };
         var parentPid = HostedCommand.ParentPidOption();
+        var access = new HostedCommand.AccessFlags();
         var command = new Command("gateway", "Run the gateway alone: the OpenAI API, the model head, routing and failover (flags override Potluck__Gateway__* environment variables)")
         {
-            model, listen, host, port, siloPort, advertise, join, redis, clusterId, modelName, wire, threads, maxSessions, fastFailure, parentPid,
+            model, listen, siloListen, host, port, siloPort, advertise, join, redis, clusterId, modelName, wire, threads, maxSessions, fastFailure, parentPid,
         };
+        foreach (var option in access.All) command.Options.Add(option);
         command.SetAction(async (parse, ct) =>
         {
             if (parse.GetValue(threads) < 0) throw new UsageException("--threads must be 0 (all cores) or more");
@@ -55,10 +59,14 @@ public static class GatewayCommand
             flags.Set(parse, threads, nameof(GatewayOptions.Threads));
             flags.Set(parse, maxSessions, nameof(GatewayOptions.MaxConcurrentSessions));
             flags.Set(parse, fastFailure, nameof(GatewayOptions.FastFailureDetection));
+            flags.Set(parse, siloListen, nameof(GatewayOptions.SiloListenAddress));
+            access.Apply(parse, flags);
             var configuration = flags.Build();
             if (string.IsNullOrWhiteSpace(configuration[$"{GatewayOptions.ConfigurationSection}:{nameof(GatewayOptions.ModelPath)}"]))
                 throw new UsageException("option '--model' is required (or set Potluck__Gateway__ModelPath)");
             var options = GatewayOptions.FromConfiguration(configuration);
+            // Keys, certificate and the safe-default rule (no keys off loopback) before the model: exit 2, one line.
+            GatewayAccess.Resolve(options);
 
             // Read the header first: a missing or corrupt model is one clear line, not a host crash.
             ModelCommands.InspectOrFail(options.ModelPath);
@@ -67,7 +75,8 @@ public static class GatewayCommand
         });
         return CliApplication.AddExamples(command,
             "potluck gateway --model ./model.gguf --port 8080",
-            "potluck gateway --model ./model.gguf --listen 0.0.0.0 --advertise 192.168.1.10 --silo-port 11110",
+            "potluck gateway --model ./model.gguf --listen 0.0.0.0 --advertise 192.168.1.10 --api-keys-file ./keys.txt --admin-key-file ./admin.key",
+            "potluck gateway --model ./model.gguf --listen 0.0.0.0 --advertise 192.168.1.10 --api-key \"$KEY\" --tls-cert cert.pem --tls-key key.pem",
             "Potluck__Gateway__ModelPath=./model.gguf Potluck__Cluster__RedisConnectionString=redis:6379 potluck gateway");
     }
 }

@@ -1,6 +1,7 @@
 using System.CommandLine;
 using Microsoft.Extensions.Configuration;
 using Potluck.Cli.Supervision;
+using Potluck.Gateway;
 
 namespace Potluck.Cli.Commands;
 
@@ -102,10 +103,100 @@ public static class HostedCommand
 
         public void Set(string key, string? value) => _values[$"{section}:{key}"] = value;
 
+        /// <summary>The flags given so far, as configuration keys.</summary>
+        public IReadOnlyDictionary<string, string?> Values => _values;
+
         /// <summary>Environment variables (Potluck__Node__*, Potluck__Cluster__*, OTEL_*) first, the flags over them.</summary>
         public IConfiguration Build() => new ConfigurationBuilder()
             .AddEnvironmentVariables()
             .AddInMemoryCollection(_values)
             .Build();
+    }
+
+    /// <summary>
+    /// The gateway's access flags, shared by `gateway` and `serve`: API keys, admin key, CORS, allowed hosts, HTTPS,
+    /// --insecure and the per-key limits. `gateway` turns them into Potluck:Gateway keys; `serve` hands them to its
+    /// gateway child, the keys through the environment (never its command line, which `ps` shows).
+    /// </summary>
+    public sealed class AccessFlags
+    {
+        private static readonly GatewayOptions Defaults = new() { ModelPath = "" };
+
+        public Option<string[]> ApiKey { get; } = new("--api-key")
+        {
+            Description = $"An API key the OpenAI API accepts (Bearer or x-api-key); repeat for more. Without any key the API is open, on loopback only [env: {GatewayOptions.ApiKeysEnvironmentVariable}, comma separated]",
+        };
+        public Option<FileInfo?> ApiKeysFile { get; } = new("--api-keys-file") { Description = "File of API keys, one a line: [NAME:]KEY [rpm=N] [concurrency=N], '#' comments" };
+        public Option<string?> AdminKey { get; } = new("--admin-key") { Description = "Key of the operator endpoints and the dashboard login (API keys never grant them) [env: Potluck__Gateway__AdminKey]" };
+        public Option<FileInfo?> AdminKeyFile { get; } = new("--admin-key-file") { Description = "File holding the admin key (instead of --admin-key)" };
+        public Option<string[]> CorsOrigin { get; } = new("--cors-origin") { Description = "Allow browser calls from this origin (scheme://host[:port]); repeat for more. Default: CORS off" };
+        public Option<string[]> AllowedHost { get; } = new("--allowed-host") { Description = "Host name the API answers to (beyond the loopback names); repeat for more, '*' for any. Default: see docs/cli.md" };
+        public Option<FileInfo?> TlsCert { get; } = new("--tls-cert") { Description = "Serve the API over HTTPS with this PEM certificate (with --tls-key)" };
+        public Option<FileInfo?> TlsKey { get; } = new("--tls-key") { Description = "PEM private key of --tls-cert" };
+        public Option<bool> Insecure { get; } = new("--insecure") { Description = "Serve a non-loopback API without keys and the operator endpoints without an admin key (warns on every start)" };
+        public Option<int?> RateLimit { get; } = new("--rate-limit") { Description = $"Requests per minute per API key (per client IP when open); 0 = no limit [default: {Defaults.RateLimitPerMinute}]" };
+        public Option<int?> ConcurrencyLimit { get; } = new("--concurrency-limit") { Description = $"Requests at once per API key (per client IP when open); 0 = no limit [default: {Defaults.ConcurrencyLimit}]" };
+
+        public IEnumerable<Option> All => [ApiKey, ApiKeysFile, AdminKey, AdminKeyFile, CorsOrigin, AllowedHost, TlsCert, TlsKey, Insecure, RateLimit, ConcurrencyLimit];
+
+        private void Check(ParseResult parse)
+        {
+            if (parse.GetValue(RateLimit) is < 0) throw new UsageException("--rate-limit must be 0 (no limit) or more");
+            if (parse.GetValue(ConcurrencyLimit) is < 0) throw new UsageException("--concurrency-limit must be 0 (no limit) or more");
+            if (parse.GetValue(TlsCert) is null != parse.GetValue(TlsKey) is null) throw new UsageException("--tls-cert and --tls-key go together");
+            if (parse.GetValue(AdminKey) is not null && parse.GetValue(AdminKeyFile) is not null) throw new UsageException("pass --admin-key or --admin-key-file, not both");
+        }
+
+        /// <summary>`gateway`: the flags as Potluck:Gateway keys (lists joined with commas, so a flag replaces a variable of the same key).</summary>
+        public void Apply(ParseResult parse, FlagConfiguration flags)
+        {
+            Check(parse);
+            flags.Set(parse, ApiKey, nameof(GatewayOptions.ApiKeys), keys => string.Join(',', keys));
+            flags.Set(parse, ApiKeysFile, nameof(GatewayOptions.ApiKeysFile), file => file?.FullName);
+            flags.Set(parse, AdminKey, nameof(GatewayOptions.AdminKey));
+            flags.Set(parse, AdminKeyFile, nameof(GatewayOptions.AdminKeyFile), file => file?.FullName);
+            flags.Set(parse, CorsOrigin, nameof(GatewayOptions.CorsOrigins), origins => string.Join(',', origins));
+            flags.Set(parse, AllowedHost, nameof(GatewayOptions.AllowedHosts), hosts => string.Join(',', hosts));
+            flags.Set(parse, TlsCert, nameof(GatewayOptions.TlsCertificateFile), file => file?.FullName);
+            flags.Set(parse, TlsKey, nameof(GatewayOptions.TlsKeyFile), file => file?.FullName);
+            flags.Set(parse, Insecure, nameof(GatewayOptions.Insecure));
+            flags.Set(parse, RateLimit, nameof(GatewayOptions.RateLimitPerMinute));
+            flags.Set(parse, ConcurrencyLimit, nameof(GatewayOptions.ConcurrencyLimit));
+        }
+
+        /// <summary>`serve`: the same flags applied over <paramref name="options"/> (for the up-front check) and split for the child.</summary>
+        public (GatewayOptions Options, List<string> Arguments, Dictionary<string, string> Environment) ForChild(ParseResult parse, GatewayOptions options)
+        {
+            Check(parse);
+            var arguments = new List<string>();
+            var environment = new Dictionary<string, string>(StringComparer.Ordinal);
+            var keys = parse.GetValue(ApiKey) ?? [];
+            if (keys.Length > 0)
+            {
+                // Added to what the child inherits from serve's own POTLUCK_API_KEYS.
+                var inherited = System.Environment.GetEnvironmentVariable(GatewayOptions.ApiKeysEnvironmentVariable);
+                environment[GatewayOptions.ApiKeysEnvironmentVariable] = string.Join(',', string.IsNullOrWhiteSpace(inherited) ? keys : [inherited, .. keys]);
+            }
+            if (parse.GetValue(AdminKey) is { } admin) environment["Potluck__Gateway__AdminKey"] = admin;
+            void File(Option<FileInfo?> option, string flag)
+            {
+                if (parse.GetValue(option) is { } file) arguments.AddRange([flag, file.FullName]);
+            }
+            File(ApiKeysFile, "--api-keys-file");
+            File(AdminKeyFile, "--admin-key-file");
+            File(TlsCert, "--tls-cert");
+            File(TlsKey, "--tls-key");
+            foreach (var origin in parse.GetValue(CorsOrigin) ?? []) arguments.AddRange(["--cors-origin", origin]);
+            foreach (var host in parse.GetValue(AllowedHost) ?? []) arguments.AddRange(["--allowed-host", host]);
+            if (parse.GetValue(Insecure)) arguments.Add("--insecure");
+            if (parse.GetValue(RateLimit) is { } rpm) arguments.AddRange(["--rate-limit", rpm.ToString(System.Globalization.CultureInfo.InvariantCulture)]);
+            if (parse.GetValue(ConcurrencyLimit) is { } permits) arguments.AddRange(["--concurrency-limit", permits.ToString(System.Globalization.CultureInfo.InvariantCulture)]);
+
+            // What the child will see: serve's environment and these flags (it gets the keys through its environment instead).
+            var flags = new FlagConfiguration(GatewayOptions.ConfigurationSection);
+            Apply(parse, flags);
+            var configuration = new ConfigurationBuilder().AddEnvironmentVariables().AddInMemoryCollection(flags.Values).Build();
+            return (options.WithConfiguration(configuration), arguments, environment);
+        }
     }
 }

@@ -2,6 +2,8 @@ using System.CommandLine;
 using System.Diagnostics;
 using Potluck.Cli.Serve;
 using Potluck.Cli.Supervision;
+using Potluck.Gateway;
+using Potluck.Gateway.Access;
 using Potluck.Hosting;
 using Potluck.Security;
 using Potluck.Inference.Models;
@@ -25,10 +27,12 @@ public static class ServeCommand
         var host = new Option<string?>("--host") { Description = "Deprecated: use --listen (on `serve`, --host always meant the address the API binds)" };
         var readyTimeout = new Option<int>("--ready-timeout") { Description = "Seconds to wait for the pool to become ready", DefaultValueFactory = _ => 120 };
         var fastFailure = new Option<bool>("--fast-failure-detection") { Description = "Tight membership probing in the children (tests only)", Hidden = true };
+        var access = new HostedCommand.AccessFlags();
         var command = new Command("serve", "Run a whole pool on this machine: a gateway plus N nodes that split the model's layers evenly")
         {
             model, nodes, replicas, port, listen, host, readyTimeout, fastFailure,
         };
+        foreach (var option in access.All) command.Options.Add(option);
         command.SetAction(async (parse, _) =>
         {
             var nodeCount = parse.GetValue(nodes);
@@ -38,14 +42,39 @@ public static class ServeCommand
             var timeoutSeconds = parse.GetValue(readyTimeout);
             if (timeoutSeconds < 1) throw new UsageException($"--ready-timeout must be at least 1 second (got {timeoutSeconds})");
             var bind = HostedCommand.DeprecatedHost(parse, host, listen, "serve", "the address the HTTP API binds") ?? parse.GetValue(listen) ?? "127.0.0.1";
-            var plan = PlanPool(parse.GetValue(model), nodeCount, replicaCount, bind, listenPort, parse.GetValue(fastFailure));
+            // The gateway child's access rules, checked before anything is generated or started (exit 2, one line).
+            var gatewayAccess = PlanAccess(parse, access, bind, listenPort);
+            var plan = PlanPool(parse.GetValue(model), nodeCount, replicaCount, bind, listenPort, parse.GetValue(fastFailure)) with { Access = gatewayAccess };
             await using var pool = new LocalPoolRunner(plan, TimeSpan.FromSeconds(timeoutSeconds), parse.GetValue(CliApplication.Verbose));
             return await pool.ServeAsync();
         });
         return CliApplication.AddExamples(command,
             "potluck serve",
             "potluck serve --model ./qwen2.5-7b-instruct-q4_k_m.gguf --nodes 4 --replicas 2",
-            "potluck serve --listen 0.0.0.0 --port 9000");
+            "potluck serve --listen 0.0.0.0 --port 9000 --api-keys-file ./keys.txt --admin-key-file ./admin.key");
+    }
+
+    /// <summary>What the gateway child gets: keys through its environment, the other access flags as arguments.</summary>
+    private static LocalPoolAccess PlanAccess(ParseResult parse, HostedCommand.AccessFlags flags, string bind, int port)
+    {
+        var (options, arguments, environment) = flags.ForChild(parse, new GatewayOptions { ModelPath = "serve", Port = port });
+        options = options with { ListenAddress = bind, Port = port };
+        var access = GatewayAccess.Resolve(options);
+        return new LocalPoolAccess(arguments, environment)
+        {
+            ClientKey = FirstApiKey(options),
+            KeysRequired = access.Keys.HasApiKeys,
+            Certificate = access.Certificate?.Current,
+        };
+    }
+
+    private static string? FirstApiKey(GatewayOptions options)
+    {
+        if (options.ApiKeys.Count > 0) return options.ApiKeys[0];
+        if (string.IsNullOrWhiteSpace(options.ApiKeysFile)) return null;
+        foreach (var line in File.ReadLines(options.ApiKeysFile))
+            if (AccessKeys.ParseKeyLine(line, options.ApiKeysFile) is { } entry) return entry.Key;
+        return null;
     }
 
     /// <summary>
@@ -185,7 +214,7 @@ internal sealed class LocalPoolRunner : IAsyncDisposable
     /// <summary>Polls GET /readyz until 200; returns null when ready, else why it never got there.</summary>
     private async Task<string?> WaitUntilReadyAsync(CancellationToken cancellationToken)
     {
-        using var http = new HttpClient { Timeout = TimeSpan.FromSeconds(2) };
+        using var http = plan.Access.CreateClient(TimeSpan.FromSeconds(2));
         var readyz = new Uri(plan.Url, "readyz");
         var clock = Stopwatch.StartNew();
         while (clock.Elapsed < readyTimeout)
@@ -235,7 +264,7 @@ internal sealed class LocalPoolRunner : IAsyncDisposable
     /// <summary>The name clients must send as "model" (the gateway's /v1/models), for the example line.</summary>
     private async Task<string> ServedModelNameAsync()
     {
-        using var http = new HttpClient { Timeout = TimeSpan.FromSeconds(5) };
+        using var http = plan.Access.CreateClient(TimeSpan.FromSeconds(5));
         try
         {
             return await new Chat.ChatClient(http, plan.Url).FirstModelAsync(CancellationToken.None);
@@ -262,8 +291,11 @@ internal sealed class LocalPoolRunner : IAsyncDisposable
                 table.AddRow(node.Name, supervisor.Get(node.Name).Pid.ToString(), $"[[{node.Start}, {node.End})", (node.SpanIndex + 1).ToString(), (node.Replica + 1).ToString());
             AnsiConsole.Write(table);
             Console.Out.WriteLine($"Pool ready: {plan.Url}  (OpenAI API at {plan.Url}v1, Ctrl+C to stop)");
-            Console.Out.WriteLine($"Try: curl {plan.Url}v1/chat/completions -H 'Content-Type: application/json' -d '{{\"model\":\"{modelName}\",\"messages\":[{{\"role\":\"user\",\"content\":\"Hello\"}}],\"max_tokens\":32}}'");
-            Console.Out.WriteLine($" or: potluck chat --url {plan.Url}");
+            // Never the key itself: this line ends up in terminals and logs.
+            var auth = plan.Access.KeysRequired ? " -H \"Authorization: Bearer $POTLUCK_API_KEY\"" : "";
+            var insecure = plan.Access.Https ? " --cacert YOUR-CERT.pem" : "";
+            Console.Out.WriteLine($"Try: curl{insecure} {plan.Url}v1/chat/completions{auth} -H 'Content-Type: application/json' -d '{{\"model\":\"{modelName}\",\"messages\":[{{\"role\":\"user\",\"content\":\"Hello\"}}],\"max_tokens\":32}}'");
+            if (!plan.Access.KeysRequired && !plan.Access.Https) Console.Out.WriteLine($" or: potluck chat --url {plan.Url}");
         }
     }
 

@@ -1,5 +1,7 @@
 using System.Net;
+using System.Net.Http.Headers;
 using System.Net.Sockets;
+using System.Security.Cryptography.X509Certificates;
 using Potluck.Cli.Supervision;
 
 namespace Potluck.Cli.Serve;
@@ -16,10 +18,47 @@ public sealed record LocalPoolPlan(string ModelPath, string Host, int Port, IRea
     /// <summary>Tight membership probing for the children (tests only).</summary>
     public bool FastFailureDetection { get; init; }
 
+    /// <summary>The gateway's access flags and keys (none: an open loopback API, as before).</summary>
+    public LocalPoolAccess Access { get; init; } = LocalPoolAccess.None;
+
     /// <summary>The address clients use; a wildcard bind is still reached through loopback on this machine.</summary>
-    public Uri Url => new($"http://{ReachableHost}:{Port}/");
+    public Uri Url => new($"{(Access.Https ? "https" : "http")}://{ReachableHost}:{Port}/");
 
     public string ReachableHost => Host is "0.0.0.0" or "*" or "+" ? "127.0.0.1" : Host is "::" or "[::]" ? "[::1]" : Host;
+}
+
+/// <summary>
+/// What `serve` hands its gateway child for access control: flags that hold no secret on its command line, the keys in
+/// its environment (so `ps` never shows them), and what serve itself needs to reach the API (a key, the certificate).
+/// </summary>
+public sealed record LocalPoolAccess(IReadOnlyList<string> GatewayArguments, IReadOnlyDictionary<string, string> GatewayEnvironment)
+{
+    public static LocalPoolAccess None { get; } = new([], new Dictionary<string, string>());
+
+    /// <summary>A key serve uses for its own requests (the served model's name); null when the API is open.</summary>
+    public string? ClientKey { get; init; }
+
+    /// <summary>Clients need a key (API keys are configured).</summary>
+    public bool KeysRequired { get; init; }
+
+    /// <summary>The API's HTTPS certificate; serve's own requests trust exactly this one.</summary>
+    public X509Certificate2? Certificate { get; init; }
+
+    public bool Https => Certificate is not null;
+
+    /// <summary>An HTTP client for serve's own requests to its gateway: the key, and the pinned certificate over HTTPS.</summary>
+    public HttpClient CreateClient(TimeSpan timeout)
+    {
+        var handler = new SocketsHttpHandler();
+        if (Certificate is { } pinned)
+        {
+            handler.SslOptions.RemoteCertificateValidationCallback = (_, presented, _, errors) =>
+                errors == System.Net.Security.SslPolicyErrors.None || (presented is not null && presented.GetCertHashString() == pinned.GetCertHashString());
+        }
+        var http = new HttpClient(handler) { Timeout = timeout };
+        if (ClientKey is not null) http.DefaultRequestHeaders.Authorization = new AuthenticationHeaderValue("Bearer", ClientKey);
+        return http;
+    }
 }
 
 /// <summary>Loopback ports picked for the pool's internal traffic, which never leaves this machine.</summary>
@@ -57,8 +96,11 @@ public static class LocalPoolCommands
         Child("gateway", verbose,
         [
             "gateway", "--model", plan.ModelPath, "--listen", plan.Host, "--port", plan.Port.ToString(),
+            // The pool's internal traffic stays on this machine, whatever address the API listens on.
+            "--silo-listen", "127.0.0.1",
             "--silo-port", plan.Ports.GatewaySilo.ToString(), "--cluster-id", plan.ClusterId,
-        ], plan, parentPid);
+            .. plan.Access.GatewayArguments,
+        ], plan, parentPid, plan.Access.GatewayEnvironment);
 
     public static ChildProcessSpec Node(LocalPoolPlan plan, NodeAssignment node, int index, int parentPid, bool verbose) =>
         Child(node.Name, verbose,
@@ -70,7 +112,8 @@ public static class LocalPoolCommands
             "--threads", Math.Max(1, Environment.ProcessorCount / Math.Max(1, plan.Nodes.Count)).ToString(),
         ], plan, parentPid);
 
-    private static ChildProcessSpec Child(string name, bool verbose, List<string> arguments, LocalPoolPlan plan, int parentPid)
+    private static ChildProcessSpec Child(string name, bool verbose, List<string> arguments, LocalPoolPlan plan, int parentPid,
+        IReadOnlyDictionary<string, string>? environment = null)
     {
         arguments.Add("--parent-pid");
         arguments.Add(parentPid.ToString());
@@ -78,7 +121,9 @@ public static class LocalPoolCommands
         if (verbose) arguments.Add("--verbose");
         var spec = SelfLauncher.Spec(name, arguments) with { OwnSession = true };
         // Keep the interleaved output readable: framework chatter only at warning level unless --verbose.
-        return verbose ? spec : spec with { Environment = QuietFrameworkLogs };
+        var variables = new Dictionary<string, string>(verbose ? [] : QuietFrameworkLogs);
+        foreach (var (key, value) in environment ?? new Dictionary<string, string>()) variables[key] = value;
+        return variables.Count == 0 ? spec : spec with { Environment = variables };
     }
 
     private static readonly Dictionary<string, string> QuietFrameworkLogs = new()

@@ -6,6 +6,7 @@ using Microsoft.Extensions.Logging;
 using Potluck.Cluster;
 using Potluck.Cluster.Directory;
 using Potluck.Cluster.Joining;
+using Potluck.Gateway.Access;
 using Potluck.Gateway.Api;
 using Potluck.Gateway.Head;
 using Potluck.Gateway.Routing;
@@ -30,8 +31,9 @@ public static class JoinEndpoint
 
     public static void Map(WebApplication app)
     {
-        app.MapGet(PoolJoinInfo.Path, HandleAsync);
-        app.MapPost(JoinAnnouncement.Path, AnnounceAsync);
+        app.MapGet(PoolJoinInfo.Path, HandleAsync).AllowAnonymous();
+        // An operator action: the admin key when one is set (open on a loopback gateway without one).
+        app.MapPost(JoinAnnouncement.Path, AnnounceAsync).RequireAuthorization(AccessPolicies.Operator);
     }
 
     public static async Task HandleAsync(HttpContext context)

@@ -3,6 +3,7 @@ using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Http;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Diagnostics.HealthChecks;
+using Potluck.Gateway.Access;
 using Potluck.Gateway.Api;
 using Potluck.Gateway.Head;
 using Potluck.Gateway.Routing;
@@ -17,27 +18,25 @@ public static class OpsEndpoints
     public static void Map(WebApplication app)
     {
         // Live while the gateway's silo is an active pool member (Potluck.Hosting's checks); what it serves is /readyz.
+        // Probes need no key; they say live/ready and why not, and (when pool details are guarded) nothing about addresses or routes.
         app.MapGet("/healthz", static async context =>
         {
             var report = await context.RequestServices.GetRequiredService<HealthCheckService>().CheckHealthAsync(context.RequestAborted);
             var healthy = report.Status == HealthStatus.Healthy;
+            var guarded = context.RequestServices.GetRequiredService<GatewayAccess>().PoolDetailsGuarded;
             await WriteJsonAsync(context, healthy ? 200 : 503, json =>
             {
                 json.WriteString("status", healthy ? "live" : "unhealthy");
                 if (healthy) return;
-                foreach (var (name, entry) in report.Entries) json.WriteString(name, entry.Description ?? entry.Status.ToString());
+                foreach (var (name, entry) in report.Entries) json.WriteString(name, guarded ? entry.Status.ToString() : entry.Description ?? entry.Status.ToString());
             });
-        });
-        app.MapGet("/readyz", ReadyAsync);
-        app.MapGet("/api/pool", PoolAsync);
+        }).AllowAnonymous();
+        app.MapGet("/readyz", ReadyAsync).AllowAnonymous();
+        app.MapGet("/api/pool", PoolAsync).RequireAuthorization(AccessPolicies.OperatorRead);
         JoinEndpoint.Map(app);
-        app.MapGet("/api/sessions/{id}", SessionAsync);
-        app.MapPost("/api/sessions/{id}/cancel", CancelAsync);
-        app.MapGet("/", static context =>
-        {
-            context.Response.ContentType = "text/html; charset=utf-8";
-            return context.Response.WriteAsync(Dashboard.Html, context.RequestAborted);
-        });
+        app.MapGet("/api/sessions/{id}", SessionAsync).RequireAuthorization(AccessPolicies.OperatorRead);
+        app.MapPost("/api/sessions/{id}/cancel", CancelAsync).RequireAuthorization(AccessPolicies.Operator);
+        DashboardLogin.Map(app);
     }
 
     private static Task ReadyAsync(HttpContext context)
@@ -52,7 +51,7 @@ public static class OpsEndpoints
                 json.WriteString("reason", failure!.Message);
                 WriteGaps(json, "missing_layers", failure.MissingLayers);
             }
-            else
+            else if (!context.RequestServices.GetRequiredService<GatewayAccess>().PoolDetailsGuarded)
             {
                 json.WriteString("route", plan.ToString());
             }

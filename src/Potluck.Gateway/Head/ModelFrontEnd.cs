@@ -34,6 +34,9 @@ public sealed class ModelFrontEnd : IDisposable
     }
 
     public ModelInfo Info { get; }
+
+    /// <summary>Bounds how many prompts are tokenized at once (llama.cpp cannot stop one midway).</summary>
+    public TokenizerSlots TokenizerSlots { get; } = new(Math.Max(1, Environment.ProcessorCount));
     public ModelHead Head { get; }
     public Tokenizer Tokenizer { get; }
 
@@ -55,8 +58,45 @@ public sealed class ModelFrontEnd : IDisposable
 
     public void Dispose()
     {
+        TokenizerSlots.Dispose();
         Tokenizer.Dispose();
         Head.Dispose();
         _model.Dispose();
     }
+}
+
+/// <summary>No tokenizer slot freed up within the timeout: every slot is busy with other prompts.</summary>
+public sealed class TokenizerBusyException(string message) : Exception(message);
+
+/// <summary>
+/// Runs tokenizer calls on the thread pool, at most a fixed number at once, each awaited for at most a timeout.
+/// A call past its timeout keeps its slot until llama.cpp returns, so abandoned work still counts against the bound.
+/// </summary>
+public sealed class TokenizerSlots(int slots) : IDisposable
+{
+    private readonly SemaphoreSlim _slots = new(slots, slots);
+
+    /// <exception cref="TokenizerBusyException">No slot within <paramref name="timeout"/>.</exception>
+    /// <exception cref="TimeoutException">The work took longer than what was left of <paramref name="timeout"/>.</exception>
+    public async Task<T> RunAsync<T>(Func<T> work, TimeSpan timeout, CancellationToken ct)
+    {
+        var started = System.Diagnostics.Stopwatch.GetTimestamp();
+        if (!await _slots.WaitAsync(timeout, ct))
+            throw new TokenizerBusyException($"All {slots} tokenizer slots stayed busy for {timeout.TotalSeconds:0.###} s; retry shortly.");
+        var task = Task.Run(() =>
+        {
+            try
+            {
+                return work();
+            }
+            finally
+            {
+                _slots.Release();
+            }
+        }, CancellationToken.None);
+        var left = timeout - System.Diagnostics.Stopwatch.GetElapsedTime(started);
+        return await task.WaitAsync(left > TimeSpan.Zero ? left : TimeSpan.Zero, ct);
+    }
+
+    public void Dispose() => _slots.Dispose();
 }

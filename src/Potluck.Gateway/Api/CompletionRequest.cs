@@ -269,8 +269,9 @@ public static class CompletionRequestParser
             var partAt = $"{at}.content[{part}]";
             if (item.ValueKind != JsonValueKind.Object) throw Error(ApiError.WrongType(partAt, "an object"));
             if (!item.TryGetProperty("type", out var type) || type.ValueKind != JsonValueKind.String) throw Error(ApiError.Missing($"{partAt}.type"));
-            if (!type.ValueEquals("text"))
-                throw Error(ApiError.BadRequest($"Content part type '{Text(type, $"{partAt}.type")}' is not supported; this model takes text only.", $"{partAt}.type", "unsupported_value"));
+            var partType = Text(type, $"{partAt}.type");
+            if (partType != "text")
+                throw Error(ApiError.BadRequest($"Content part type '{partType}' is not supported; this model takes text only.", $"{partAt}.type", "unsupported_value"));
             if (!item.TryGetProperty("text", out var partText) || partText.ValueKind != JsonValueKind.String) throw Error(ApiError.Missing($"{partAt}.text"));
             text.Append(Text(partText, $"{partAt}.text"));
             part++;

@@ -1,3 +1,4 @@
+using Microsoft.Extensions.Configuration;
 using System.Text;
 using Potluck.Cluster;
 using Potluck.Gateway.Api;
@@ -200,4 +201,28 @@ public sealed class InputValidationTests
     [MemberData(nameof(BadReports))]
     public void MalformedReportsAreRefused(string what, ShardStatus report) =>
         Assert.Contains(what, report.Problem() ?? "(accepted)");
+}
+
+/// <summary>The input-limit options bind from configuration and are validated.</summary>
+public sealed class InputLimitOptionsTests
+{
+    private static GatewayOptions Bind(params (string Key, string Value)[] values) =>
+        GatewayOptions.FromConfiguration(new Microsoft.Extensions.Configuration.ConfigurationBuilder()
+            .AddInMemoryCollection(values.Select(v => new KeyValuePair<string, string?>($"Potluck:Gateway:{v.Key}", v.Value))
+                .Append(new KeyValuePair<string, string?>("Potluck:Gateway:ModelPath", "m.gguf")))
+            .Build());
+
+    [Fact]
+    public void DefaultsAndOverrides()
+    {
+        var defaults = Bind();
+        Assert.Null(defaults.MaxPromptCharacters);
+        Assert.Equal(TimeSpan.FromSeconds(5), defaults.TokenizeTimeout);
+        var set = Bind(("MaxPromptCharacters", "1000"), ("TokenizeTimeout", "0.5"));
+        Assert.Equal(1000, set.MaxPromptCharacters);
+        Assert.Equal(TimeSpan.FromMilliseconds(500), set.TokenizeTimeout);
+        Assert.Throws<Potluck.Hosting.ConfigurationUsageException>(() => Bind(("MaxPromptCharacters", "0")));
+        Assert.Throws<Potluck.Hosting.ConfigurationUsageException>(() => Bind(("TokenizeTimeout", "-1")));
+        Assert.False(new GatewayOptionsValidator().Validate(null, defaults with { MaxPromptCharacters = -5 }).Succeeded);
+    }
 }

@@ -118,6 +118,16 @@ public sealed class InputValidationTests
     }
 
     [Fact]
+    public void OversizeModelNamesAreNotEchoed()
+    {
+        var error = Refused("{\"model\":\"" + new string('m', 100_000) + "\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}");
+        Assert.Equal("model", error.Param);
+        Assert.True(error.Message.Length < 200);
+        var part = Refused(Chat("[{\"type\":\"" + new string('t', 100_000) + "\",\"text\":\"x\"}]"));
+        Assert.True(part.Message.Length < 300);
+    }
+
+    [Fact]
     public void DeepNestingIsA400()
     {
         Assert.Equal("invalid_json", Refused(new string('[', 100_000) + new string(']', 100_000)).Code);

@@ -45,6 +45,7 @@ public static class CompletionRequestParser
 {
     public const int MaxStopSequences = 4;
     public const int MaxMessages = 4096;
+    public const int MaxNameLength = 256;
 
     private static readonly HashSet<string> Roles = new(StringComparer.Ordinal) { "system", "developer", "user", "assistant", "tool" };
 
@@ -167,6 +168,8 @@ public static class CompletionRequestParser
         if (value.ValueKind != JsonValueKind.String) throw Error(ApiError.WrongType(name, "a string"));
         var text = Text(value, name);
         if (text.Length == 0) throw Error(ApiError.OutOfRange(name, "a non-empty string"));
+        // Echoed in errors (unknown model): a megabyte of it must not come back in the answer.
+        if (text.Length > MaxNameLength) throw Error(ApiError.OutOfRange(name, $"at most {MaxNameLength} characters"));
         return text;
     }
 
@@ -272,7 +275,7 @@ public static class CompletionRequestParser
             if (!item.TryGetProperty("type", out var type) || type.ValueKind != JsonValueKind.String) throw Error(ApiError.Missing($"{partAt}.type"));
             var partType = Text(type, $"{partAt}.type");
             if (partType != "text")
-                throw Error(ApiError.BadRequest($"Content part type '{partType}' is not supported; this model takes text only.", $"{partAt}.type", "unsupported_value"));
+                throw Error(ApiError.BadRequest($"Content part type '{(partType.Length <= 64 ? partType : partType[..64] + "...")}' is not supported; this model takes text only.", $"{partAt}.type", "unsupported_value"));
             if (!item.TryGetProperty("text", out var partText) || partText.ValueKind != JsonValueKind.String) throw Error(ApiError.Missing($"{partAt}.text"));
             text.Append(Text(partText, $"{partAt}.text"));
             part++;

@@ -27,6 +27,61 @@ public sealed record ShardStatus(
     public string ShardKey => ShardKeys.For(NodeId, LayerStart, LayerEnd);
 
     public bool IsFinal => LayerEnd == LayerCount;
+
+    /// <summary>Why this report cannot be trusted as a routing entry, or null when it is well-formed.</summary>
+    public string? Problem() => ShardValidation.Problem(this);
+}
+
+/// <summary>
+/// Checks on what a node reports about itself, applied where reports enter (the pool directory) and again where
+/// they are used (the gateway's pool monitor), so one malformed entry is refused instead of poisoning the view.
+/// </summary>
+public static class ShardValidation
+{
+    public const int MaxIdLength = 128;
+    public const int MaxEndpointLength = 256;
+    public const int MaxSiloAddressLength = 256;
+    public const int MaxLayers = 1 << 16;
+    public const int MaxWidth = 1 << 20;
+
+    public static string? Problem(ShardStatus s)
+    {
+        if (s is null) return "report is null";
+        if (NodeIdProblem(s.NodeId) is { } node) return node;
+        if (string.IsNullOrEmpty(s.ModelId) || s.ModelId.Length > MaxIdLength) return $"model id must be 1-{MaxIdLength} characters";
+        if (s.LayerCount is < 1 or > MaxLayers) return $"layer count {s.LayerCount} is not in [1, {MaxLayers}]";
+        if (s.LayerStart < 0 || s.LayerStart >= s.LayerEnd || s.LayerEnd > s.LayerCount)
+            return $"layers [{s.LayerStart}, {s.LayerEnd}) do not lie in order within [0, {s.LayerCount})";
+        if (s.Width is < 1 or > MaxWidth) return $"width {s.Width} is not in [1, {MaxWidth}]";
+        if (EndpointProblem(s.GrpcEndpoint) is { } endpoint) return endpoint;
+        if (s.KvBudgetTokens < 0 || s.FreeKvTokens < 0 || s.FreeKvTokens > s.KvBudgetTokens)
+            return $"free KV {s.FreeKvTokens} is not within the budget [0, {s.KvBudgetTokens}]";
+        if (s.KvBytesPerToken < 0) return $"KV bytes per token {s.KvBytesPerToken} is negative";
+        if (s.OpenSessions < 0) return $"open sessions {s.OpenSessions} is negative";
+        if (!double.IsFinite(s.StepsPerSecond) || s.StepsPerSecond < 0) return $"steps per second {s.StepsPerSecond} is not a non-negative number";
+        if (!double.IsFinite(s.MeasuredMsPerToken) || s.MeasuredMsPerToken < 0) return $"ms per token {s.MeasuredMsPerToken} is not a non-negative number";
+        if (s.SiloAddress is null || s.SiloAddress.Length > MaxSiloAddressLength) return $"silo address must be at most {MaxSiloAddressLength} characters";
+        return null;
+    }
+
+    public static string? NodeIdProblem(string? nodeId) =>
+        string.IsNullOrWhiteSpace(nodeId) || nodeId.Contains(ShardKeys.Separator) || nodeId.Length > MaxIdLength || nodeId.Any(char.IsControl)
+            ? $"node id '{Shorten(nodeId)}' must be 1-{MaxIdLength} printable characters without '/'"
+            : null;
+
+    /// <summary>A stage endpoint is an absolute http or https URL with a host and nothing after the port.</summary>
+    public static string? EndpointProblem(string? endpoint)
+    {
+        if (string.IsNullOrEmpty(endpoint) || endpoint.Length > MaxEndpointLength)
+            return $"endpoint must be 1-{MaxEndpointLength} characters";
+        if (!Uri.TryCreate(endpoint, UriKind.Absolute, out var uri) || uri.Scheme is not ("http" or "https") || string.IsNullOrEmpty(uri.Host)
+            || uri.AbsolutePath != "/" || uri.Query.Length > 0 || uri.Fragment.Length > 0 || uri.UserInfo.Length > 0
+            || endpoint.EndsWith('?') || endpoint.EndsWith('#'))
+            return $"endpoint '{Shorten(endpoint)}' is not an absolute http(s) URL without path, query or credentials";
+        return null;
+    }
+
+    private static string Shorten(string? text) => text is null ? "" : text.Length <= 64 ? text : text[..64] + "...";
 }
 
 /// <summary>One shard as the pool sees it, with its health judged by membership and report age.</summary>

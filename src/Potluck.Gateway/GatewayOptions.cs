@@ -50,6 +50,15 @@ public sealed record GatewayOptions
     /// <summary>Largest accepted request body; bigger ones get 413.</summary>
     public long MaxBodyBytes { get; init; } = 4 * 1024 * 1024;
 
+    /// <summary>
+    /// Most characters of prompt text (all message contents, or the completion prompt) accepted before tokenizing;
+    /// more get 400 context_length_exceeded without touching the tokenizer. Null: 16 per token of the model's context.
+    /// </summary>
+    public int? MaxPromptCharacters { get; init; }
+
+    /// <summary>Longest a prompt may take to tokenize (off the request thread); longer gets 400 prompt_too_long.</summary>
+    public TimeSpan TokenizeTimeout { get; init; } = TimeSpan.FromSeconds(5);
+
     /// <summary>Threads for the head (embedding and LM head); 0 means all cores.</summary>
     public int Threads { get; init; }
 
@@ -163,6 +172,9 @@ public sealed record GatewayOptions
             WireType = ReadWire(section, WireType),
             MaxBodyBytes = ReadLong(section, nameof(MaxBodyBytes), MaxBodyBytes, 1024),
             Threads = ReadInt(section, nameof(Threads), Threads, 0, 4096),
+            MaxPromptCharacters = Read(section, nameof(MaxPromptCharacters)) is null ? MaxPromptCharacters
+                : ReadInt(section, nameof(MaxPromptCharacters), 0, 1, int.MaxValue),
+            TokenizeTimeout = ReadDuration(section, nameof(TokenizeTimeout), TokenizeTimeout),
             PrefillChunkRows = ReadInt(section, nameof(PrefillChunkRows), PrefillChunkRows, 1, 1 << 20),
             StepTimeout = ReadDuration(section, nameof(StepTimeout), StepTimeout),
             PoolRefreshPeriod = ReadDuration(section, nameof(PoolRefreshPeriod), PoolRefreshPeriod),
@@ -256,6 +268,8 @@ public sealed class GatewayOptionsValidator : IValidateOptions<GatewayOptions>
         if (options.MaxBodyBytes < 1024) failures.Add("MaxBodyBytes must be at least 1024");
         if (options.MaxConcurrentSessions < 1) failures.Add("MaxConcurrentSessions must be at least 1");
         if (options.Threads < 0) failures.Add("Threads must be 0 (all cores) or more");
+        if (options.MaxPromptCharacters is < 1) failures.Add("MaxPromptCharacters must be at least 1 (or unset: 16 per context token)");
+        if (options.TokenizeTimeout <= TimeSpan.Zero) failures.Add("TokenizeTimeout must be positive");
         if (options.WireType is not (HiddenType.F16 or HiddenType.F32)) failures.Add($"WireType {options.WireType} is not F16 or F32");
         if (string.IsNullOrWhiteSpace(options.GatewayId) || options.GatewayId.Contains('/', StringComparison.Ordinal))
             failures.Add($"GatewayId '{options.GatewayId}' must be non-empty and without '/'");

@@ -36,9 +36,9 @@ public sealed class PoolFixture : IAsyncLifetime
         await WaitReadyAsync(Http, StartTimeout, () => string.Join("\n", Nodes.Select(n => $"--- {n.NodeId}\n{n.Output}")));
     }
 
-    public async Task<GatewayApp> StartGatewayAsync(string? seed, HiddenType wire)
+    public async Task<GatewayApp> StartGatewayAsync(string? seed, HiddenType wire, Func<GatewayOptions, GatewayOptions>? configure = null)
     {
-        var app = GatewayHost.Build(new GatewayOptions
+        var options = new GatewayOptions
         {
             Security = TestPki.Settings(),
             ModelPath = ModelPath,
@@ -51,7 +51,8 @@ public sealed class PoolFixture : IAsyncLifetime
             PoolRefreshPeriod = TimeSpan.FromMilliseconds(500),
             GatewayId = $"gateway-{Guid.NewGuid():N}"[..20],
             StepTimeout = TimeSpan.FromSeconds(30),
-        }, logging => logging.SetMinimumLevel(LogLevel.Warning));
+        };
+        var app = GatewayHost.Build(configure?.Invoke(options) ?? options, logging => logging.SetMinimumLevel(LogLevel.Warning));
         using var timeout = new CancellationTokenSource(StartTimeout);
         await app.StartAsync(timeout.Token);
         return app;

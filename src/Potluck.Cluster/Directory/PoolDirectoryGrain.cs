@@ -27,9 +27,20 @@ public sealed class PoolDirectoryGrain(IClusterMembershipService membership, IOp
     // Node id -> announcement; a node loads one span at a time.
     private readonly Dictionary<string, JoiningNode> _joining = new(StringComparer.Ordinal);
 
+    /// <summary>Most shard entries kept; a report for a new shard beyond this is refused (a flood of fake shards).</summary>
+    public const int MaxShards = 4096;
+    /// <summary>Most announcements kept at once.</summary>
+    public const int MaxJoining = 1024;
+
+    /// <exception cref="ArgumentException">The report is malformed (<see cref="ShardValidation"/>), or the directory is full.</exception>
     public Task Report(ShardStatus status)
     {
-        _shards[status.ShardKey] = status;
+        if (ShardValidation.Problem(status) is { } problem)
+            throw new ArgumentException($"shard report refused: {problem}", nameof(status));
+        var key = status.ShardKey;
+        if (!_shards.ContainsKey(key) && _shards.Count >= MaxShards)
+            throw new ArgumentException($"shard report refused: the pool directory already holds {MaxShards} shards", nameof(status));
+        _shards[key] = status;
         // The node is serving now: its announcement has done its job.
         _joining.Remove(status.NodeId);
         return Task.CompletedTask;
@@ -37,6 +48,18 @@ public sealed class PoolDirectoryGrain(IClusterMembershipService membership, IOp
 
     public Task AnnounceJoining(JoiningNode node)
     {
+        ArgumentNullException.ThrowIfNull(node);
+        var problem = ShardValidation.NodeIdProblem(node.NodeId) ?? ShardValidation.EndpointProblem(node.GrpcEndpoint)
+            ?? (string.IsNullOrEmpty(node.ModelId) || node.ModelId.Length > ShardValidation.MaxIdLength ? "bad model id" : null)
+            ?? (node.LayerStart < 0 || node.LayerStart >= node.LayerEnd || node.LayerEnd > ShardValidation.MaxLayers
+                ? $"layers [{node.LayerStart}, {node.LayerEnd}) are not in order" : null);
+        if (problem is not null) throw new ArgumentException($"announcement refused: {problem}", nameof(node));
+        if (!_joining.ContainsKey(node.NodeId))
+        {
+            if (_joining.Count >= MaxJoining) _ = GetJoining(); // drop expired ones first
+            if (_joining.Count >= MaxJoining)
+                throw new ArgumentException($"announcement refused: {MaxJoining} nodes are already joining", nameof(node));
+        }
         _joining[node.NodeId] = node;
         return Task.CompletedTask;
     }

@@ -1,4 +1,5 @@
 using System.Text.Json;
+using System.Text.Unicode;
 
 namespace Potluck.Gateway.Api;
 
@@ -44,16 +45,22 @@ public static class CompletionRequestParser
 {
     public const int MaxStopSequences = 4;
     public const int MaxMessages = 4096;
+    public const int MaxNameLength = 256;
 
     private static readonly HashSet<string> Roles = new(StringComparer.Ordinal) { "system", "developer", "user", "assistant", "tool" };
 
-    public static CompletionRequest Parse(ReadOnlySpan<byte> body, CompletionKind kind)
+    /// <param name="body">The request body; parsed in place (a 4 MiB body is not copied again).</param>
+    public static CompletionRequest Parse(ReadOnlyMemory<byte> body, CompletionKind kind)
     {
         if (body.IsEmpty) throw Error(ApiError.BadRequest("The request body is empty; send a JSON object.", code: "invalid_json"));
+        // JSON text is UTF-8 (RFC 8259); System.Text.Json checks it only when a string is read, and then throws
+        // InvalidOperationException (a 500), so the whole body is checked up front.
+        if (!Utf8.IsValid(body.Span))
+            throw Error(ApiError.BadRequest($"The request body is not valid UTF-8 (first bad byte at offset {InvalidUtf8At(body.Span)}).", code: "invalid_json"));
         JsonDocument document;
         try
         {
-            document = JsonDocument.Parse(body.ToArray(), new JsonDocumentOptions { MaxDepth = 32 });
+            document = JsonDocument.Parse(body, new JsonDocumentOptions { MaxDepth = 32 });
         }
         catch (JsonException e)
         {
@@ -106,7 +113,7 @@ public static class CompletionRequestParser
             if (root.TryGetProperty("user", out var userElement) && userElement.ValueKind != JsonValueKind.Null)
             {
                 if (userElement.ValueKind != JsonValueKind.String) throw Error(ApiError.WrongType("user", "a string"));
-                user = userElement.GetString();
+                user = Text(userElement, "user");
                 if (user!.Length > 256) throw Error(ApiError.OutOfRange("user", "at most 256 characters"));
             }
             return request with
@@ -130,12 +137,39 @@ public static class CompletionRequestParser
 
     private static ApiErrorException Error(ApiError error) => new(error);
 
+    private static int InvalidUtf8At(ReadOnlySpan<byte> bytes)
+    {
+        var at = 0;
+        while (at < bytes.Length && System.Text.Rune.DecodeFromUtf8(bytes[at..], out _, out var consumed) == System.Buffers.OperationStatus.Done)
+            at += consumed;
+        return at;
+    }
+
+    /// <summary>
+    /// A JSON string as .NET text. Escapes can still spell a lone surrogate ("\ud800"), which is not a Unicode
+    /// scalar value: GetString throws InvalidOperationException for it, so it becomes a 400 naming the parameter.
+    /// </summary>
+    internal static string Text(JsonElement value, string param)
+    {
+        try
+        {
+            return value.GetString()!;
+        }
+        catch (InvalidOperationException)
+        {
+            throw Error(ApiError.BadRequest($"Invalid value for '{param}': the string is not valid Unicode (a lone surrogate escape such as \\ud800?).",
+                param, "invalid_string"));
+        }
+    }
+
     private static string RequiredString(JsonElement root, string name)
     {
         if (!root.TryGetProperty(name, out var value) || value.ValueKind == JsonValueKind.Null) throw Error(ApiError.Missing(name));
         if (value.ValueKind != JsonValueKind.String) throw Error(ApiError.WrongType(name, "a string"));
-        var text = value.GetString()!;
+        var text = Text(value, name);
         if (text.Length == 0) throw Error(ApiError.OutOfRange(name, "a non-empty string"));
+        // Echoed in errors (unknown model): a megabyte of it must not come back in the answer.
+        if (text.Length > MaxNameLength) throw Error(ApiError.OutOfRange(name, $"at most {MaxNameLength} characters"));
         return text;
     }
 
@@ -178,7 +212,7 @@ public static class CompletionRequestParser
         if (!root.TryGetProperty("stop", out var value) || value.ValueKind == JsonValueKind.Null) return [];
         if (value.ValueKind == JsonValueKind.String)
         {
-            var single = value.GetString()!;
+            var single = Text(value, "stop");
             if (single.Length == 0) throw Error(ApiError.OutOfRange("stop", "non-empty strings"));
             return [single];
         }
@@ -188,7 +222,7 @@ public static class CompletionRequestParser
         foreach (var item in value.EnumerateArray())
         {
             if (item.ValueKind != JsonValueKind.String) throw Error(ApiError.WrongType("stop", "a string or an array of strings"));
-            var text = item.GetString()!;
+            var text = Text(item, "stop");
             if (text.Length == 0) throw Error(ApiError.OutOfRange("stop", "non-empty strings"));
             if (text.Length > 256) throw Error(ApiError.OutOfRange("stop", "sequences of at most 256 characters"));
             stops.Add(text);
@@ -211,7 +245,7 @@ public static class CompletionRequestParser
             if (message.ValueKind != JsonValueKind.Object) throw Error(ApiError.WrongType(at, "an object"));
             if (!message.TryGetProperty("role", out var roleElement) || roleElement.ValueKind == JsonValueKind.Null) throw Error(ApiError.Missing($"{at}.role"));
             if (roleElement.ValueKind != JsonValueKind.String) throw Error(ApiError.WrongType($"{at}.role", "a string"));
-            var role = roleElement.GetString()!;
+            var role = Text(roleElement, $"{at}.role");
             if (!Roles.Contains(role))
                 throw Error(ApiError.OutOfRange($"{at}.role", "one of 'system', 'developer', 'user', 'assistant', 'tool'"));
             var content = ParseContent(message, at, role);
@@ -230,7 +264,7 @@ public static class CompletionRequestParser
             if (role == "assistant") return "";
             throw Error(ApiError.Missing($"{at}.content"));
         }
-        if (content.ValueKind == JsonValueKind.String) return content.GetString()!;
+        if (content.ValueKind == JsonValueKind.String) return Text(content, $"{at}.content");
         if (content.ValueKind != JsonValueKind.Array) throw Error(ApiError.WrongType($"{at}.content", "a string or an array of content parts"));
         var text = new System.Text.StringBuilder();
         var part = 0;
@@ -239,10 +273,11 @@ public static class CompletionRequestParser
             var partAt = $"{at}.content[{part}]";
             if (item.ValueKind != JsonValueKind.Object) throw Error(ApiError.WrongType(partAt, "an object"));
             if (!item.TryGetProperty("type", out var type) || type.ValueKind != JsonValueKind.String) throw Error(ApiError.Missing($"{partAt}.type"));
-            if (type.GetString() != "text")
-                throw Error(ApiError.BadRequest($"Content part type '{type.GetString()}' is not supported; this model takes text only.", $"{partAt}.type", "unsupported_value"));
+            var partType = Text(type, $"{partAt}.type");
+            if (partType != "text")
+                throw Error(ApiError.BadRequest($"Content part type '{(partType.Length <= 64 ? partType : partType[..64] + "...")}' is not supported; this model takes text only.", $"{partAt}.type", "unsupported_value"));
             if (!item.TryGetProperty("text", out var partText) || partText.ValueKind != JsonValueKind.String) throw Error(ApiError.Missing($"{partAt}.text"));
-            text.Append(partText.GetString());
+            text.Append(Text(partText, $"{partAt}.text"));
             part++;
         }
         return text.ToString();
@@ -255,7 +290,7 @@ public static class CompletionRequestParser
         switch (prompt.ValueKind)
         {
             case JsonValueKind.String:
-                return (prompt.GetString()!, null);
+                return (Text(prompt, "prompt"), null);
             case JsonValueKind.Array:
                 var length = prompt.GetArrayLength();
                 if (length == 0) throw Error(ApiError.OutOfRange("prompt", "non-empty"));
@@ -263,7 +298,7 @@ public static class CompletionRequestParser
                 if (first.ValueKind == JsonValueKind.String)
                 {
                     if (length != 1) throw Error(ApiError.BadRequest("Only one prompt per request is supported.", "prompt", "unsupported_value"));
-                    return (first.GetString()!, null);
+                    return (Text(first, "prompt"), null);
                 }
                 if (first.ValueKind == JsonValueKind.Array)
                 {

@@ -99,7 +99,7 @@ public static class OpenAiEndpoints
         var request = CompletionRequestParser.Parse(body, kind);
         if (request.Model != model.Name) throw new ApiErrorException(UnknownModel(request.Model, model));
 
-        var prompt = Tokenize(request, model);
+        var prompt = await PromptTokenizer.TokenizeAsync(request, model, options, context.RequestAborted);
         var context_ = model.ContextLength;
         var maxTokens = request.MaxTokens ?? (context_ - prompt.Length);
         if (prompt.Length >= context_ || (long)prompt.Length + maxTokens > context_)
@@ -204,40 +204,6 @@ public static class OpenAiEndpoints
             PenaltyLastN = contextLength,
             Seed = seed,
         };
-    }
-
-    private static int[] Tokenize(CompletionRequest request, ModelFrontEnd model)
-    {
-        var tokenizer = model.Tokenizer;
-        int[] tokens;
-        if (request.Kind == CompletionKind.Chat)
-        {
-            var messages = new (string Role, string Content)[request.Messages.Count];
-            for (var i = 0; i < messages.Length; i++) messages[i] = (request.Messages[i].Role, request.Messages[i].Content);
-            string text;
-            try
-            {
-                text = tokenizer.ApplyChatTemplate(messages, addAssistantPrompt: true);
-            }
-            catch (ChatTemplateException e)
-            {
-                throw new ApiErrorException(ApiError.BadRequest($"This model cannot format chat messages: {e.Message}", "messages", "chat_template_unavailable"));
-            }
-            tokens = tokenizer.Encode(text, addBos: tokenizer.AddBosByDefault, parseSpecial: true);
-        }
-        else if (request.PromptTokens is { } ids)
-        {
-            foreach (var id in ids)
-                if ((uint)id >= (uint)model.VocabSize)
-                    throw new ApiErrorException(ApiError.OutOfRange("prompt", $"token ids in [0, {model.VocabSize})"));
-            tokens = ids;
-        }
-        else
-        {
-            tokens = tokenizer.Encode(request.PromptText ?? "", addBos: tokenizer.AddBosByDefault, parseSpecial: false);
-        }
-        if (tokens.Length == 0) throw new ApiErrorException(ApiError.OutOfRange(request.Kind == CompletionKind.Chat ? "messages" : "prompt", "non-empty once tokenized"));
-        return tokens;
     }
 
     /// <summary>

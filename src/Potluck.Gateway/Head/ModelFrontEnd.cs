@@ -34,6 +34,9 @@ public sealed class ModelFrontEnd : IDisposable
     }
 
     public ModelInfo Info { get; }
+
+    /// <summary>Bounds how many prompts are tokenized at once (llama.cpp cannot stop one midway).</summary>
+    public TokenizerSlots TokenizerSlots { get; } = new(Math.Max(1, Environment.ProcessorCount));
     public ModelHead Head { get; }
     public Tokenizer Tokenizer { get; }
 
@@ -55,8 +58,78 @@ public sealed class ModelFrontEnd : IDisposable
 
     public void Dispose()
     {
+        TokenizerSlots.Dispose();
         Tokenizer.Dispose();
         Head.Dispose();
         _model.Dispose();
     }
+}
+
+/// <summary>No tokenizer slot freed up within the timeout: every slot is busy with other prompts.</summary>
+public sealed class TokenizerBusyException(string message) : Exception(message);
+
+/// <summary>
+/// Runs tokenizer calls on a fixed set of worker threads, one call per thread at a time, each awaited for at most a
+/// timeout. A call past its timeout keeps its thread until llama.cpp returns, so abandoned work still counts against
+/// the bound. Dedicated threads also keep the tokenizer's native memory (one malloc arena per thread) bounded,
+/// where thread-pool threads would each grow their own.
+/// </summary>
+public sealed class TokenizerSlots : IDisposable
+{
+    private readonly int _count;
+    private readonly SemaphoreSlim _free;
+    private readonly System.Collections.Concurrent.BlockingCollection<Action> _queue = new();
+
+    public TokenizerSlots(int slots)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(slots, 1);
+        _count = slots;
+        _free = new SemaphoreSlim(slots, slots);
+        for (var i = 0; i < slots; i++)
+            new Thread(Work) { IsBackground = true, Name = $"potluck-tokenizer-{i}" }.Start();
+    }
+
+    private void Work()
+    {
+        foreach (var item in _queue.GetConsumingEnumerable()) item();
+    }
+
+    /// <exception cref="TokenizerBusyException">No slot within <paramref name="timeout"/>.</exception>
+    /// <exception cref="TimeoutException">The work took longer than what was left of <paramref name="timeout"/>.</exception>
+    public async Task<T> RunAsync<T>(Func<T> work, TimeSpan timeout, CancellationToken ct)
+    {
+        var started = System.Diagnostics.Stopwatch.GetTimestamp();
+        if (!await _free.WaitAsync(timeout, ct))
+            throw new TokenizerBusyException($"All {_count} tokenizer slots stayed busy for {timeout.TotalSeconds:0.###} s; retry shortly.");
+        var done = new TaskCompletionSource<T>(TaskCreationOptions.RunContinuationsAsynchronously);
+        try
+        {
+            // A slot was free, so a worker is idle and starts this at once.
+            _queue.Add(() =>
+            {
+                try
+                {
+                    done.TrySetResult(work());
+                }
+                catch (Exception e)
+                {
+                    done.TrySetException(e);
+                }
+                finally
+                {
+                    _free.Release();
+                }
+            }, CancellationToken.None);
+        }
+        catch (InvalidOperationException)
+        {
+            _free.Release();
+            throw new ObjectDisposedException(nameof(TokenizerSlots));
+        }
+        var left = timeout - System.Diagnostics.Stopwatch.GetElapsedTime(started);
+        return await done.Task.WaitAsync(left > TimeSpan.Zero ? left : TimeSpan.Zero, ct);
+    }
+
+    /// <summary>Stops the workers once their current call returns.</summary>
+    public void Dispose() => _queue.CompleteAdding();
 }

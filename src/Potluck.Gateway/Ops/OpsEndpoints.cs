@@ -178,6 +178,12 @@ public static class OpsEndpoints
     private static async Task SessionAsync(HttpContext context)
     {
         var id = (string)context.Request.RouteValues["id"]!;
+        // A grain is activated only for a session this gateway runs or ran recently: random ids must not create activations.
+        if (!IsKnownSession(context, id))
+        {
+            await new ApiError(404, $"No session '{Shorten(id)}' is known to this gateway.", ApiError.InvalidRequest, "id", "session_not_found").WriteAsync(context);
+            return;
+        }
         var snapshot = await context.RequestServices.GetRequiredService<IGrainFactory>().GetGrain<ISessionGrain>(id).Get();
         if (snapshot.Start is null)
         {
@@ -215,14 +221,31 @@ public static class OpsEndpoints
     private static async Task CancelAsync(HttpContext context)
     {
         var id = (string)context.Request.RouteValues["id"]!;
-        var cancelled = await context.RequestServices.GetRequiredService<IGrainFactory>().GetGrain<ISessionGrain>(id).Cancel();
+        var cancelled = IsKnownSession(context, id) &&
+                        await context.RequestServices.GetRequiredService<IGrainFactory>().GetGrain<ISessionGrain>(id).Cancel();
         if (!cancelled)
         {
-            await new ApiError(404, $"No running session '{id}' in this gateway.", ApiError.InvalidRequest, "id", "session_not_found").WriteAsync(context);
+            await new ApiError(404, $"No running session '{Shorten(id)}' in this gateway.", ApiError.InvalidRequest, "id", "session_not_found").WriteAsync(context);
             return;
         }
         await WriteJsonAsync(context, 200, json => json.WriteBoolean("cancelled", true));
     }
+
+    /// <summary>Session ids this gateway issues: "chatcmpl-" or "cmpl-" and 32 lowercase hex digits.</summary>
+    internal static bool IsSessionIdFormat(string id)
+    {
+        var hex = id.StartsWith("chatcmpl-", StringComparison.Ordinal) ? id.AsSpan(9)
+            : id.StartsWith("cmpl-", StringComparison.Ordinal) ? id.AsSpan(5) : default;
+        if (hex.Length != 32) return false;
+        foreach (var c in hex)
+            if (c is not ((>= '0' and <= '9') or (>= 'a' and <= 'f'))) return false;
+        return true;
+    }
+
+    private static bool IsKnownSession(HttpContext context, string id) =>
+        IsSessionIdFormat(id) && context.RequestServices.GetRequiredService<RunningSessions>().IsKnown(id);
+
+    private static string Shorten(string id) => id.Length <= 64 ? id : id[..64] + "...";
 
     private static async Task WriteJsonAsync(HttpContext context, int status, Action<Utf8JsonWriter> body)
     {

@@ -46,7 +46,7 @@ public sealed class PoolMonitor(
     public async Task<PoolSnapshot> RefreshAsync(CancellationToken ct)
     {
         var view = await grains.GetGrain<IPoolDirectoryGrain>(PoolKeys.Default).GetView().WaitAsync(ProbeTimeout * 2, ct);
-        view = CarryOverRestart(view);
+        view = WithoutMalformed(CarryOverRestart(view));
         _view = view;
         var stages = new List<StageCandidate>(view.Shards.Count);
         var probes = new List<Task>();
@@ -106,6 +106,32 @@ public sealed class PoolMonitor(
         }
         return merged is null ? view : view with { Shards = merged };
     }
+
+    /// <summary>
+    /// The view without entries that fail <see cref="ShardValidation"/> (an older directory, or one that did not
+    /// check): one bad endpoint must cost that entry only, never the whole refresh. Each is logged once.
+    /// </summary>
+    private PoolView WithoutMalformed(PoolView view)
+    {
+        List<PoolShard>? kept = null;
+        for (var i = 0; i < view.Shards.Count; i++)
+        {
+            var shard = view.Shards[i];
+            var problem = shard?.Status is null ? "empty entry" : ShardValidation.Problem(shard.Status);
+            if (problem is null)
+            {
+                kept?.Add(shard!);
+                continue;
+            }
+            kept ??= new List<PoolShard>(view.Shards.Take(i));
+            var key = shard?.Status is { } st ? $"{st.NodeId?.Length}:{st.LayerStart}-{st.LayerEnd}:{problem}" : problem;
+            if (_malformedWarned.Count < 1024 && _malformedWarned.TryAdd(key, 0))
+                log.LogWarning("Ignoring a malformed shard entry in the pool directory: {Problem}", problem);
+        }
+        return kept is null ? view : view with { Shards = kept };
+    }
+
+    private readonly ConcurrentDictionary<string, byte> _malformedWarned = new(StringComparer.Ordinal);
 
     /// <summary>How long shards of a restarted directory's previous view are kept (a few report periods).</summary>
     public static readonly TimeSpan RefillWindow = TimeSpan.FromSeconds(10);
@@ -200,6 +226,13 @@ public sealed class PoolMonitor(
         catch (RpcException e)
         {
             log.LogDebug("Probe of {Endpoint} failed: {Status}", endpoint, e.Status);
+            _hopSamples.TryRemove(endpoint, out _);
+            return false;
+        }
+        catch (Exception e) when (e is not OperationCanceledException)
+        {
+            // A channel that cannot even be built (bad address) fails this stage's probe, never the whole refresh.
+            log.LogDebug("Probe of {Endpoint} failed: {Error}", endpoint, e.Message);
             _hopSamples.TryRemove(endpoint, out _);
             return false;
         }

@@ -74,7 +74,38 @@ public sealed class RunningSessions
 
     public void Add(string sessionId, CancellationTokenSource cancel) => _running[sessionId] = cancel;
 
-    public void Remove(string sessionId) => _running.TryRemove(sessionId, out _);
+    public void Remove(string sessionId)
+    {
+        if (!_running.ContainsKey(sessionId)) return;
+        // Known as finished before it stops being known as running, so a concurrent lookup never misses it.
+        // Remembered while its grain stays inspectable, so /api/sessions/{id} can answer 404 for anything else
+        // without activating a grain. Bounded: past the cap the oldest are forgotten (their grains may still answer).
+        lock (_finished)
+        {
+            _finished.Enqueue((sessionId, DateTime.UtcNow + RecentlyFinishedFor));
+            _finishedIds.Add(sessionId);
+            while (_finished.Count > MaxRecentlyFinished) _finishedIds.Remove(_finished.Dequeue().Id);
+        }
+        _running.TryRemove(sessionId, out _);
+    }
+
+    /// <summary>How long a finished session's id stays known (its grain lingers as long, see SessionGrain).</summary>
+    public static readonly TimeSpan RecentlyFinishedFor = TimeSpan.FromMinutes(2);
+    public const int MaxRecentlyFinished = 16384;
+    private readonly Queue<(string Id, DateTime Until)> _finished = new();
+    private readonly HashSet<string> _finishedIds = new(StringComparer.Ordinal);
+
+    /// <summary>True while the session runs in this gateway or finished here within <see cref="RecentlyFinishedFor"/>.</summary>
+    public bool IsKnown(string sessionId)
+    {
+        if (_running.ContainsKey(sessionId)) return true;
+        lock (_finished)
+        {
+            var now = DateTime.UtcNow;
+            while (_finished.TryPeek(out var oldest) && oldest.Until < now) _finishedIds.Remove(_finished.Dequeue().Id);
+            return _finishedIds.Contains(sessionId);
+        }
+    }
 
     public bool Cancel(string sessionId)
     {
@@ -99,7 +130,7 @@ public sealed class RunningSessions
 internal sealed class SessionGrain(RunningSessions running) : Grain, ISessionGrain
 {
     // Finished sessions stay inspectable for a while, then the activation is collected.
-    private static readonly TimeSpan KeepFinished = TimeSpan.FromMinutes(2);
+    private static readonly TimeSpan KeepFinished = RunningSessions.RecentlyFinishedFor;
     private SessionStart? _start;
     private IReadOnlyList<RouteHopRecord> _route = [];
     private int _reroutes;

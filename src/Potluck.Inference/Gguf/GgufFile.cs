@@ -1,4 +1,5 @@
 using System.Buffers.Binary;
+using System.Runtime.InteropServices;
 using System.Security.Cryptography;
 using System.Text;
 
@@ -13,6 +14,9 @@ public sealed class GgufFile
 {
     private const uint Magic = 0x46554747; // "GGUF" little-endian
     private const int MaxKeyLength = 1 << 16;
+    private const int MaxDims = 4; // GGML_MAX_DIMS
+    // A string value (chat template, token text) past this is hostile, and would not fit a .NET string anyway.
+    private const int MaxValueStringLength = 64 << 20;
 
     public required string Path { get; init; }
     public required uint Version { get; init; }
@@ -26,10 +30,12 @@ public sealed class GgufFile
     public T? Get<T>(string key) where T : class => Metadata.TryGetValue(key, out var v) ? v as T : null;
 
     /// <summary>A numeric metadata value converted to long, or null when absent or not numeric.</summary>
+    /// <exception cref="GgufFormatException">A uint64 value above long.MaxValue (it would wrap negative).</exception>
     public long? GetInteger(string key) => Metadata.TryGetValue(key, out var v) ? v switch
     {
         byte b => b, sbyte sb => sb, ushort us => us, short s => s, uint ui => ui, int i => i,
-        ulong ul => (long)ul, long l => l, bool bo => bo ? 1 : 0,
+        ulong ul => ul <= long.MaxValue ? (long)ul : throw new GgufFormatException(Path, $"metadata '{key}' = {ul} is out of range"),
+        long l => l, bool bo => bo ? 1 : 0,
         _ => null,
     } : null;
 
@@ -97,13 +103,13 @@ public sealed class GgufFile
         if (alignment == 0 || (alignment & (alignment - 1)) != 0)
             throw new GgufFormatException(path, $"general.alignment {alignment} is not a power of two");
 
-        var raw = new List<(string Name, GgmlType Type, long[] Shape, long Offset)>((int)Math.Min(tensorCount, 1 << 16));
+        var raw = new List<(string Name, GgmlType Type, long[] Shape, ulong Offset)>((int)Math.Min(tensorCount, 1 << 16));
         var names = new HashSet<string>(StringComparer.Ordinal);
         for (long i = 0; i < tensorCount; i++)
         {
             var name = reader.String(MaxKeyLength);
             var dims = reader.U32();
-            if (dims is 0 or > 4) throw new GgufFormatException(path, $"tensor '{name}' has {dims} dimensions");
+            if (dims is 0 or > MaxDims) throw new GgufFormatException(path, $"tensor '{name}' has {dims} dimensions");
             var shape = new long[dims];
             for (var d = 0; d < dims; d++)
             {
@@ -117,20 +123,23 @@ public sealed class GgufFile
             var offset = reader.U64();
             if (offset % alignment != 0) throw new GgufFormatException(path, $"tensor '{name}' offset {offset} is not aligned to {alignment}");
             if (!names.Add(name)) throw new GgufFormatException(path, $"duplicate tensor '{name}'");
-            raw.Add((name, (GgmlType)typeId, shape, (long)offset));
+            raw.Add((name, (GgmlType)typeId, shape, offset));
         }
 
-        var dataOffset = (reader.Position + alignment - 1) / alignment * alignment;
-        var dataLength = length - dataOffset;
+        // Unsigned throughout: a hostile offset near 2^64 must not wrap to a small or negative position.
+        var dataOffset = ((ulong)reader.Position + alignment - 1) / alignment * alignment;
+        var dataLength = (ulong)length > dataOffset ? (ulong)length - dataOffset : 0UL;
         var tensors = new List<TensorInfo>(raw.Count);
         foreach (var (name, type, shape, offset) in raw)
         {
             var bytes = TensorBytes(type, shape, path, name);
-            if (offset + bytes > dataLength)
+            if (offset > dataLength || (ulong)bytes > dataLength - offset)
                 throw new GgufFormatException(path,
-                    $"tensor '{name}' ends at byte {dataOffset + offset + bytes} but the file has {length} (truncated?)");
-            tensors.Add(new TensorInfo(name, type, shape, dataOffset + offset, bytes));
+                    $"tensor '{name}' at data offset {offset} with {bytes} bytes ends past the end of the file ({length} bytes, data from byte {dataOffset}; truncated?)");
+            tensors.Add(new TensorInfo(name, type, shape, (long)(dataOffset + offset), bytes));
         }
+        if (dataOffset > (ulong)length && tensors.Count > 0)
+            throw new GgufFormatException(path, $"tensor data would start at byte {dataOffset} but the file has {length} (truncated?)");
 
         return new GgufFile
         {
@@ -138,21 +147,29 @@ public sealed class GgufFile
             Version = version,
             Metadata = metadata,
             Tensors = tensors,
-            DataOffset = dataOffset,
+            DataOffset = (long)Math.Min(dataOffset, (ulong)length),
             FileLength = length,
             HeaderHash = Convert.ToHexStringLower(sha.GetHashAndReset()),
         };
     }
 
-    /// <summary>Bytes of a tensor, from the block size and block bytes of its type.</summary>
+    /// <summary>
+    /// Bytes of a tensor, from the block size and block bytes of its type. Element count and bytes must both fit
+    /// in an int64 (ggml computes them so); an overflow is a format error, never a wrapped size.
+    /// </summary>
     internal static long TensorBytes(GgmlType type, long[] shape, string path, string name)
     {
         var (block, blockBytes) = TypeLayout(type);
         if (shape[0] % block != 0)
             throw new GgufFormatException(path, $"tensor '{name}' row length {shape[0]} is not a multiple of the {type} block size {block}");
-        long bytes = shape[0] / block * blockBytes;
-        for (var d = 1; d < shape.Length; d++) bytes = checked(bytes * shape[d]);
-        return bytes;
+        UInt128 elements = 1;
+        UInt128 bytes = (UInt128)(ulong)(shape[0] / block) * (ulong)blockBytes;
+        foreach (var ne in shape) elements *= (ulong)ne;
+        for (var d = 1; d < shape.Length; d++) bytes *= (ulong)shape[d];
+        // Each factor is below 2^31 and there are at most 4, so UInt128 cannot wrap; compare before narrowing.
+        if (elements > long.MaxValue || bytes > long.MaxValue)
+            throw new GgufFormatException(path, $"tensor '{name}' shape [{string.Join(", ", shape)}] is too large");
+        return (long)bytes;
     }
 
     /// <summary>Block size and bytes per block, as ggml's type traits define them.</summary>
@@ -177,31 +194,40 @@ public sealed class GgufFile
         private readonly byte[] _scratch = new byte[8];
         public long Position { get; private set; }
 
+        private long Remaining => length - Position;
+
         private ReadOnlySpan<byte> Take(int count)
         {
             var buffer = count <= 8 ? _scratch : new byte[count];
-            stream.ReadExactly(buffer, 0, count);
-            hash.AppendData(buffer, 0, count);
-            Position += count;
+            Fill(buffer.AsSpan(0, count));
             return buffer.AsSpan(0, count);
+        }
+
+        private void Fill(Span<byte> destination)
+        {
+            stream.ReadExactly(destination);
+            hash.AppendData(destination);
+            Position += destination.Length;
         }
 
         public uint U32() => BinaryPrimitives.ReadUInt32LittleEndian(Take(4));
         public ulong U64() => BinaryPrimitives.ReadUInt64LittleEndian(Take(8));
 
-        /// <summary>A count that cannot exceed the bytes left in the file (each item takes at least one byte).</summary>
-        public long Count(string what)
+        /// <summary>A count whose items (each at least <paramref name="minItemBytes"/>) must fit in the bytes left in the file.</summary>
+        public long Count(string what, int minItemBytes = 1)
         {
             var n = U64();
-            if (n > (ulong)(length - Position)) throw new GgufFormatException(path, $"{what} {n} exceeds the file size");
+            // Divide instead of multiplying: n * size could wrap for n near 2^64.
+            if (n > (ulong)Remaining / (ulong)minItemBytes) throw new GgufFormatException(path, $"{what} {n} exceeds the file size");
             return (long)n;
         }
 
         public string String(int maxLength)
         {
+            var at = Position;
             var n = U64();
-            if (n > (ulong)maxLength || n > (ulong)(length - Position))
-                throw new GgufFormatException(path, $"string of length {n} at byte {Position} is too long");
+            if (n > (ulong)maxLength || n > (ulong)Remaining)
+                throw new GgufFormatException(path, $"string of length {n} at byte {at} is too long for the file");
             return Encoding.UTF8.GetString(Take((int)n));
         }
 
@@ -215,7 +241,7 @@ public sealed class GgufFile
             5 => (int)U32(),
             6 => BinaryPrimitives.ReadSingleLittleEndian(Take(4)),
             7 => Take(1)[0] != 0,
-            8 => String(int.MaxValue),
+            8 => String(MaxValueStringLength),
             9 => Array(key),
             10 => U64(),
             11 => (long)U64(),
@@ -223,29 +249,55 @@ public sealed class GgufFile
             _ => throw new GgufFormatException(path, $"metadata '{key}' has unknown value type {type}"),
         };
 
+        /// <summary>
+        /// An array as a typed array of its element type (byte[], int[], float[], string[], ...), never object[]:
+        /// a boxed element costs 24+ bytes where the file spends one. Its length is checked against the file first.
+        /// </summary>
         private object Array(string key)
         {
             var itemType = U32();
             if (itemType == 9) throw new GgufFormatException(path, $"metadata '{key}' is a nested array");
-            var n = Count($"metadata '{key}' array length");
-            switch (itemType)
+            var what = $"metadata '{key}' array length";
+            return itemType switch
             {
-                case 8:
-                    var strings = new string[n];
-                    for (long i = 0; i < n; i++) strings[i] = String(int.MaxValue);
-                    return strings;
-                case 4 or 5:
-                    var ints = new int[n];
-                    for (long i = 0; i < n; i++) ints[i] = (int)U32();
-                    return ints;
-                case 6:
-                    var floats = new float[n];
-                    for (long i = 0; i < n; i++) floats[i] = BitConverter.Int32BitsToSingle((int)U32());
-                    return floats;
-                default:
-                    var items = new object[n];
-                    for (long i = 0; i < n; i++) items[i] = Value(itemType, key);
-                    return items;
+                0 => Numbers<byte>(Count(what, 1)),
+                1 => Numbers<sbyte>(Count(what, 1)),
+                2 => Numbers<ushort>(Count(what, 2)),
+                3 => Numbers<short>(Count(what, 2)),
+                4 => Numbers<uint>(Count(what, 4)),
+                5 => Numbers<int>(Count(what, 4)),
+                6 => Numbers<float>(Count(what, 4)),
+                7 => Bools(Count(what, 1)),
+                8 => Strings(Count(what, 8)),
+                10 => Numbers<ulong>(Count(what, 8)),
+                11 => Numbers<long>(Count(what, 8)),
+                12 => Numbers<double>(Count(what, 8)),
+                _ => throw new GgufFormatException(path, $"metadata '{key}' is an array of unknown type {itemType}"),
+            };
+
+            T[] Numbers<T>(long n) where T : unmanaged
+            {
+                if (n > System.Array.MaxLength) throw new GgufFormatException(path, $"metadata '{key}' array of {n} items is too large");
+                var items = new T[n];
+                Fill(MemoryMarshal.AsBytes(items.AsSpan()));
+                if (!BitConverter.IsLittleEndian) throw new PlatformNotSupportedException("GGUF is read on little-endian hosts only");
+                return items;
+            }
+
+            bool[] Bools(long n)
+            {
+                var raw = Numbers<byte>(n);
+                var items = new bool[raw.Length];
+                for (var i = 0; i < raw.Length; i++) items[i] = raw[i] != 0;
+                return items;
+            }
+
+            string[] Strings(long n)
+            {
+                if (n > System.Array.MaxLength) throw new GgufFormatException(path, $"metadata '{key}' array of {n} items is too large");
+                var items = new string[n];
+                for (long i = 0; i < n; i++) items[i] = String(MaxValueStringLength);
+                return items;
             }
         }
     }

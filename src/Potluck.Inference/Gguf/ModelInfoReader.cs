@@ -16,7 +16,14 @@ internal static class ModelInfoReader
     {
         var arch = file.Get<string>("general.architecture")
                    ?? throw new GgufFormatException(file.Path, "metadata has no general.architecture");
-        long Int(string key, long fallback = 0) => file.GetInteger($"{arch}.{key}") ?? fallback;
+        // Hyper-parameters are ints to the engine; a value outside int range is refused, never truncated.
+        long Int(string key, long fallback = 0)
+        {
+            var value = file.GetInteger($"{arch}.{key}") ?? fallback;
+            return value is >= int.MinValue and <= int.MaxValue
+                ? value
+                : throw new GgufFormatException(file.Path, $"metadata '{arch}.{key}' = {value} is out of range");
+        }
         float Float(string key, float fallback) => (float)(file.GetFloat($"{arch}.{key}") ?? fallback);
 
         var embd = (int)Int("embedding_length");
@@ -46,7 +53,7 @@ internal static class ModelInfoReader
             RopeFreqScale = scaleFactor > 0f ? 1f / scaleFactor : 1f,
             RopeScalingType = file.Get<string>($"{arch}.rope.scaling.type"),
             Rope = Supported.TryGetValue(arch, out var rope) ? rope : RopeKind.Normal,
-            SlidingWindow = file.GetInteger($"{arch}.attention.sliding_window") is { } sw ? (int)sw : null,
+            SlidingWindow = file.GetInteger($"{arch}.attention.sliding_window") is { } ? (int)Int("attention.sliding_window") : null,
             VocabSize = vocab,
             ChatTemplate = file.Get<string>("tokenizer.chat_template"),
             TiedEmbeddings = !tensorsByName.ContainsKey("output.weight"),

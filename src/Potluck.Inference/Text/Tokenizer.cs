@@ -31,6 +31,25 @@ public sealed class Tokenizer : IDisposable
         EosToken = _vocab.EOS is { } eos ? (int)eos : null;
         AddBosByDefault = _vocab.ShouldAddBOS;
         ChatTemplate = weights.Metadata.TryGetValue(ChatTemplateKey, out var template) && !string.IsNullOrEmpty(template) ? template : null;
+        SpecialTexts = FindSpecialTexts(_vocab);
+    }
+
+    /// <summary>
+    /// Texts that llama_tokenize turns into one token only when parse_special is set: control and unknown tokens
+    /// (user-defined tokens are matched either way, so they cannot be forged by parsing). Longest first.
+    /// </summary>
+    internal IReadOnlyList<string> SpecialTexts { get; }
+
+    private static string[] FindSpecialTexts(SafeLlamaModelHandle.Vocabulary vocab)
+    {
+        var texts = new HashSet<string>(StringComparer.Ordinal);
+        for (var id = 0; id < vocab.Count; id++)
+        {
+            var token = (LLamaToken)id;
+            if ((token.GetAttributes(vocab) & (LLamaTokenAttr.Control | LLamaTokenAttr.Unknown)) == 0) continue;
+            if (vocab.LLamaTokenToString(token, isSpecialToken: true) is { Length: > 0 } text) texts.Add(text);
+        }
+        return texts.OrderByDescending(t => t.Length).ThenBy(t => t, StringComparer.Ordinal).ToArray();
     }
 
     /// <summary>Loads only the vocabulary and metadata of the GGUF at <paramref name="path"/>.</summary>
@@ -117,6 +136,122 @@ public sealed class Tokenizer : IDisposable
             throw new ChatTemplateException($"llama.cpp does not recognize the chat template of '{Path}': {e.Message}", e);
         }
     }
+
+    /// <summary>
+    /// Formats a conversation with the chat template and tokenizes it so that special tokens come only from the
+    /// template's own markup: message contents are plain text, so a user writing "&lt;|im_end|&gt;" cannot forge a turn.
+    /// </summary>
+    /// <remarks>
+    /// The template is rendered a second time with a private-use sentinel in place of each content, which shows
+    /// which characters of the real rendering are content. When no special token's text touches a content range
+    /// (the normal case) the rendering is tokenized in one call with special tokens parsed: exactly the tokens
+    /// llama.cpp's own server would produce. Otherwise each template part is tokenized with special tokens and
+    /// each content part without.
+    /// </remarks>
+    public int[] EncodeChat(IReadOnlyList<(string Role, string Content)> messages, bool addAssistantPrompt, bool addBos)
+    {
+        ArgumentNullException.ThrowIfNull(messages);
+        var rendered = ApplyChatTemplate(messages, addAssistantPrompt);
+        var marked = new (string Role, string Content)[messages.Count];
+        for (var i = 0; i < marked.Length; i++)
+            marked[i] = (messages[i].Role, string.IsNullOrEmpty(messages[i].Content) ? "" : Sentinel(i));
+        var skeleton = SkeletonParts(ApplyChatTemplate(marked, addAssistantPrompt), messages.Count);
+
+        var aligned = skeleton is null ? null : Align(rendered, skeleton, messages);
+        if (aligned is not null && !SpecialTextTouchesContent(rendered, aligned)) return Encode(rendered, addBos, parseSpecial: true);
+
+        // Part by part: markup with special tokens, contents without. When the real rendering does not line up
+        // with the skeleton (a template that rewrites contents), the skeleton's markup and the raw contents are used.
+        var pieces = aligned is not null
+            ? aligned.Select(p => (rendered.Substring(p.Start, p.Length), p.IsContent))
+            : skeleton is not null
+                ? skeleton.Select(p => p.Content < 0 ? (p.Text, false) : (messages[p.Content].Content, true))
+                : [(rendered, true)]; // no usable skeleton: nothing is provably markup, so nothing is parsed as special
+        var tokens = new List<int>();
+        var first = true;
+        foreach (var (text, isContent) in pieces)
+        {
+            if (text.Length == 0) continue;
+            tokens.AddRange(Encode(text, addBos && first, parseSpecial: !isContent));
+            first = false;
+        }
+        if (first && addBos) tokens.AddRange(Encode("", addBos, parseSpecial: false));
+        return tokens.ToArray();
+    }
+
+    /// <summary>The sentinel rendering as markup parts (Content = -1) and content slots (the message index), or null if malformed.</summary>
+    private static List<(string Text, int Content)>? SkeletonParts(string skeleton, int messageCount)
+    {
+        var parts = new List<(string, int)>();
+        var at = 0;
+        while (true)
+        {
+            var open = skeleton.IndexOf(SentinelOpen, at);
+            parts.Add((open < 0 ? skeleton[at..] : skeleton[at..open], -1));
+            if (open < 0) return parts;
+            var close = skeleton.IndexOf(SentinelClose, open);
+            if (close < 0 || !int.TryParse(skeleton.AsSpan(open + 1, close - open - 1), System.Globalization.NumberStyles.None,
+                    System.Globalization.CultureInfo.InvariantCulture, out var index) || index >= messageCount) return null;
+            parts.Add(("", index));
+            at = close + 1;
+        }
+    }
+
+    /// <summary>Character ranges of the real rendering: markup as in the skeleton, each content as sent or trimmed.</summary>
+    private static List<(int Start, int Length, bool IsContent)>? Align(
+        string rendered, List<(string Text, int Content)> skeleton, IReadOnlyList<(string Role, string Content)> messages)
+    {
+        var ranges = new List<(int, int, bool)>(skeleton.Count);
+        var pos = 0;
+        for (var k = 0; k < skeleton.Count; k++)
+        {
+            var (text, index) = skeleton[k];
+            if (index < 0)
+            {
+                if (!rendered.AsSpan(pos).StartsWith(text, StringComparison.Ordinal)) return null;
+                ranges.Add((pos, text.Length, false));
+                pos += text.Length;
+                continue;
+            }
+            // The markup after a content slot comes next in the skeleton (parts alternate markup, slot, markup).
+            var following = k + 1 < skeleton.Count ? skeleton[k + 1].Text : "";
+            var content = messages[index].Content;
+            var matched = -1;
+            foreach (var form in new[] { content, content.Trim(), content.TrimEnd(), content.TrimStart() })
+            {
+                var rest = rendered.AsSpan(pos);
+                if (rest.StartsWith(form, StringComparison.Ordinal) && rest[form.Length..].StartsWith(following, StringComparison.Ordinal))
+                {
+                    matched = form.Length;
+                    break;
+                }
+            }
+            if (matched < 0) return null;
+            ranges.Add((pos, matched, true));
+            pos += matched;
+        }
+        return pos == rendered.Length ? ranges : null;
+    }
+
+    private bool SpecialTextTouchesContent(string rendered, List<(int Start, int Length, bool IsContent)> parts)
+    {
+        foreach (var special in SpecialTexts)
+        {
+            for (var i = rendered.IndexOf(special, StringComparison.Ordinal); i >= 0;
+                 i = i + 1 < rendered.Length ? rendered.IndexOf(special, i + 1, StringComparison.Ordinal) : -1)
+            {
+                var end = i + special.Length;
+                foreach (var (start, length, isContent) in parts)
+                    if (isContent && length > 0 && i < start + length && end > start) return true;
+            }
+        }
+        return false;
+    }
+
+    // Private-use characters: no chat template emits them, and they survive trimming and role formatting.
+    private const char SentinelOpen = '\uE000';
+    private const char SentinelClose = '\uE001';
+    private static string Sentinel(int index) => $"{SentinelOpen}{index.ToString(System.Globalization.CultureInfo.InvariantCulture)}{SentinelClose}";
 
     public void Dispose() => _weights.Dispose();
 }

@@ -27,8 +27,12 @@ public sealed class PoolDirectoryGrain(IClusterMembershipService membership, IOp
     // Node id -> announcement; a node loads one span at a time.
     private readonly Dictionary<string, JoiningNode> _joining = new(StringComparer.Ordinal);
 
+    // Revoked node ids (from the CA holder): never listed, never routed to.
+    private HashSet<string> _revoked = new(StringComparer.Ordinal);
+
     public Task Report(ShardStatus status)
     {
+        if (_revoked.Contains(status.NodeId)) return Task.CompletedTask;
         _shards[status.ShardKey] = status;
         // The node is serving now: its announcement has done its job.
         _joining.Remove(status.NodeId);
@@ -37,6 +41,7 @@ public sealed class PoolDirectoryGrain(IClusterMembershipService membership, IOp
 
     public Task AnnounceJoining(JoiningNode node)
     {
+        if (_revoked.Contains(node.NodeId)) return Task.CompletedTask;
         _joining[node.NodeId] = node;
         return Task.CompletedTask;
     }
@@ -56,6 +61,20 @@ public sealed class PoolDirectoryGrain(IClusterMembershipService membership, IOp
         result.Sort((a, b) => string.CompareOrdinal(a.NodeId, b.NodeId));
         return Task.FromResult<IReadOnlyList<JoiningNode>>(result);
     }
+
+    public Task SetRevoked(IReadOnlyList<string> nodeIds)
+    {
+        _revoked = new HashSet<string>(nodeIds, StringComparer.Ordinal);
+        List<string>? dropped = null;
+        foreach (var (key, status) in _shards)
+            if (_revoked.Contains(status.NodeId)) (dropped ??= []).Add(key);
+        if (dropped is not null)
+            foreach (var key in dropped) _shards.Remove(key);
+        foreach (var nodeId in _revoked) _joining.Remove(nodeId);
+        return Task.CompletedTask;
+    }
+
+    public Task<IReadOnlyList<string>> GetRevoked() => Task.FromResult<IReadOnlyList<string>>([.. _revoked.Order(StringComparer.Ordinal)]);
 
     public Task Withdraw(string shardKey)
     {

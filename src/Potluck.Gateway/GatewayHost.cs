@@ -17,6 +17,7 @@ using Potluck.Gateway.Api;
 using Potluck.Gateway.Streaming;
 using Potluck.Gateway.Head;
 using Potluck.Gateway.Ops;
+using Potluck.Gateway.Pool;
 using Potluck.Gateway.Routing;
 using Potluck.Gateway.Sessions;
 using Potluck.Gateway.Telemetry;
@@ -126,6 +127,12 @@ public static class GatewayHost
         // The pool CA lives with the gateway: it issues members' certificates and signs route tickets.
         var security = MemberSecurity.ForAuthority(options.Security, options.ClusterId, options.GatewayId);
         builder.Services.AddSingleton(_ => security);
+        // Admission: the pool endpoint (its own HTTPS listener: enrol, renew, the members' join document, announce),
+        // revocation publishing and the gateway's own renewal.
+        var poolListener = new PoolListener(security);
+        builder.Services.AddSingleton(poolListener);
+        builder.WebHost.ConfigureKestrel(kestrel => poolListener.Listen(kestrel, listen, options.ResolvedPoolPort));
+        builder.Services.AddHostedService<GatewayCredentialRenewer>();
         builder.Services.AddSingleton<GatewayTelemetry>();
         builder.Services.AddSingleton<StageChannelPool>();
         builder.Services.AddSingleton<RunningSessions>();
@@ -145,6 +152,7 @@ public static class GatewayHost
         builder.Services.AddPotluckHealthChecks();
         // After the silo: the monitor needs the cluster to read the pool directory.
         builder.Services.AddHostedService(sp => sp.GetRequiredService<PoolMonitor>());
+        builder.Services.AddHostedService<RevocationPublisher>();
 
         // Traces, metrics and logs; OTLP for all three when OTEL_EXPORTER_OTLP_ENDPOINT is set, Prometheus on /metrics always.
         builder.AddPotluckTelemetry(new TelemetryIdentity("potluck-gateway", options.GatewayId), [GatewayTelemetry.Name], [GatewayTelemetry.Name],
@@ -153,6 +161,8 @@ public static class GatewayHost
 
         var app = builder.Build();
         app.Use(CatchAllAsync);
+        // Requests on the pool port are answered by the pool endpoint alone (no API keys, no other route there).
+        app.Use(PoolEndpoint.MiddlewareAsync);
         app.UseStatusCodePages(async context =>
         {
             var http = context.HttpContext;

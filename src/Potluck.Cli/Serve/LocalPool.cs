@@ -58,6 +58,8 @@ public static class LocalPoolCommands
         [
             "gateway", "--model", plan.ModelPath, "--listen", plan.Host, "--port", plan.Port.ToString(),
             "--silo-port", plan.Ports.GatewaySilo.ToString(), "--cluster-id", plan.ClusterId,
+            // serve's nodes hold certificates from its own CA directory; the pool endpoint is for machines joining later.
+            "--pool-port", "0",
         ], plan, parentPid);
 
     public static ChildProcessSpec Node(LocalPoolPlan plan, NodeAssignment node, int index, int parentPid, bool verbose) =>

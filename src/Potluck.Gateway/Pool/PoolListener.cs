@@ -72,11 +72,7 @@ public sealed class PoolListener
             await next(connection);
             return;
         }
-        if (_security.Trust.Revocations.IsRevoked(nodeId))
-        {
-            connection.Abort(new ConnectionAbortedException($"node {nodeId} is revoked"));
-            return;
-        }
+        // A revoked node connecting anew gets the endpoints' 403 naming the revocation; open ones are aborted on the change.
         _open[connection.ConnectionId] = (nodeId, connection);
         try
         {

@@ -76,6 +76,17 @@ public static class NodeCommand
                 throw new UsageException("pass the invite as --token or as --token-file, not both");
             if ((parse.GetValue(token) is not null || parse.GetValue(tokenFile) is not null) && !PoolJoinClient.IsGatewayUrl(parse.GetValue(join) ?? ""))
                 throw new UsageException("an invite is redeemed at the pool's gateway: pass --join http://GATEWAY:PORT with --token");
+            if (parse.GetValue(token) is { } tokenFlag)
+            {
+                try
+                {
+                    Potluck.Security.JoinToken.Parse(tokenFlag);
+                }
+                catch (Potluck.Security.PoolSecurityException e)
+                {
+                    throw new UsageException(e.Message);
+                }
+            }
             if (parse.GetValue(join) is { } joinText && PoolJoinClient.IsGatewayUrl(joinText)) ParseGatewayUrl(joinText);
             if (parse.GetValue(layers) is { } layerText) HostedCommand.ParseLayers(layerText);
             if (parse.GetValue(maxLayers) is < 1) throw new UsageException("--max-layers must be at least 1");

@@ -90,6 +90,7 @@ public static class CliApplication
         root.Subcommands.Add(ServeCommand.Create());
         root.Subcommands.Add(NodeCommand.Create());
         root.Subcommands.Add(GatewayCommand.Create());
+        root.Subcommands.Add(PoolCommand.Create());
         root.Subcommands.Add(ModelCommands.Create());
         root.Subcommands.Add(ChatCommand.Create());
         root.Subcommands.Add(BenchCommand.Create());

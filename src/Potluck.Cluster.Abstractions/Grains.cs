@@ -47,6 +47,16 @@ public interface IPoolDirectoryGrain : IGrainWithStringKey
     /// <summary>Announcements that have neither expired nor been followed by a shard report from that node.</summary>
     [Alias("GetJoining")]
     Task<IReadOnlyList<JoiningNode>> GetJoining();
+
+    /// <summary>
+    /// The pool's revoked node ids, published by the CA holder: their reports are refused and their shards dropped;
+    /// every member refreshes its revocation list from <see cref="GetRevoked"/>.
+    /// </summary>
+    [Alias("SetRevoked")]
+    Task SetRevoked(IReadOnlyList<string> nodeIds);
+
+    [Alias("GetRevoked")]
+    Task<IReadOnlyList<string>> GetRevoked();
 }
 
 public static class PoolKeys

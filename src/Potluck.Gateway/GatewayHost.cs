@@ -19,6 +19,7 @@ using Potluck.Gateway.Api;
 using Potluck.Gateway.Streaming;
 using Potluck.Gateway.Head;
 using Potluck.Gateway.Ops;
+using Potluck.Gateway.Pool;
 using Potluck.Gateway.Routing;
 using Potluck.Gateway.Sessions;
 using Potluck.Gateway.Telemetry;
@@ -130,6 +131,13 @@ public static class GatewayHost
         // The pool CA lives with the gateway: it issues members' certificates and signs route tickets.
         var security = MemberSecurity.ForAuthority(options.Security, options.ClusterId, options.GatewayId);
         builder.Services.AddSingleton(_ => security);
+        // Admission: the pool endpoint (its own HTTPS listener: enrol, renew, the members' join document, announce),
+        // revocation publishing and the gateway's own renewal.
+        var poolListener = new PoolListener(security);
+        builder.Services.AddSingleton(poolListener);
+        // Member-facing like the silo, so it binds where the silo does (a LAN pool may keep its API on loopback).
+        builder.WebHost.ConfigureKestrel(kestrel => poolListener.Listen(kestrel, SiloListenAddress(options), options.ResolvedPoolPort));
+        builder.Services.AddHostedService<GatewayCredentialRenewer>();
         builder.Services.AddSingleton<GatewayTelemetry>();
         builder.Services.AddSingleton<StageChannelPool>();
         builder.Services.AddSingleton<RunningSessions>();
@@ -149,6 +157,7 @@ public static class GatewayHost
         builder.Services.AddPotluckHealthChecks();
         // After the silo: the monitor needs the cluster to read the pool directory.
         builder.Services.AddHostedService(sp => sp.GetRequiredService<PoolMonitor>());
+        builder.Services.AddHostedService<RevocationPublisher>();
 
         // Traces, metrics and logs; OTLP for all three when OTEL_EXPORTER_OTLP_ENDPOINT is set, Prometheus on /metrics always.
         builder.AddPotluckTelemetry(new TelemetryIdentity("potluck-gateway", options.GatewayId), [GatewayTelemetry.Name], [GatewayTelemetry.Name],
@@ -157,6 +166,8 @@ public static class GatewayHost
 
         var app = builder.Build();
         app.Use(CatchAllAsync);
+        // Requests on the pool port are answered by the pool endpoint alone (no API keys, no other route there).
+        app.Use(PoolEndpoint.MiddlewareAsync);
         app.UseStatusCodePages(async context =>
         {
             var http = context.HttpContext;

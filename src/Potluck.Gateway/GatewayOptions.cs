@@ -26,6 +26,16 @@ public sealed record GatewayOptions
     /// <summary>HTTP port of the OpenAI API; 0 picks a free port (read it from <see cref="GatewayApp.BaseAddress"/>).</summary>
     public int Port { get; init; } = 8080;
 
+    /// <summary>
+    /// HTTPS port of the pool endpoint (enrolment with invite tokens, renewal, the members' join document), bound like the
+    /// API (<see cref="ListenAddress"/>). Null: <see cref="DefaultPoolPort"/>, or a free port when <see cref="Port"/> is 0 (tests).
+    /// </summary>
+    public int? PoolPort { get; init; }
+
+    public const int DefaultPoolPort = 7443;
+
+    public int ResolvedPoolPort => PoolPort ?? (Port == 0 ? 0 : DefaultPoolPort);
+
     /// <summary>Orleans silo-to-silo port; every node must reach it.</summary>
     public int SiloPort { get; init; } = 11110;
 
@@ -163,6 +173,7 @@ public sealed record GatewayOptions
             ListenAddress = Read(section, nameof(ListenAddress)) ?? ListenAddress,
             Port = ReadInt(section, nameof(Port), Port, 0, 65535),
             SiloPort = ReadInt(section, nameof(SiloPort), SiloPort, 0, 65535),
+            PoolPort = Read(section, nameof(PoolPort)) is null ? PoolPort : ReadInt(section, nameof(PoolPort), 0, 0, 65535),
             GatewayPort = ReadInt(section, nameof(GatewayPort), GatewayPort, 0, 65535),
             AdvertisedHost = Read(section, nameof(AdvertisedHost)) ?? AdvertisedHost,
             ClusterId = Read(section, nameof(ClusterId)) ?? cluster.ClusterId,
@@ -264,6 +275,8 @@ public sealed class GatewayOptionsValidator : IValidateOptions<GatewayOptions>
         if (string.IsNullOrWhiteSpace(options.ModelPath)) failures.Add("ModelPath is required: the GGUF file the gateway serves");
         if (options.Port is < 0 or > 65535) failures.Add($"port {options.Port} is out of range");
         if (options.SiloPort is < 0 or > 65535) failures.Add($"silo port {options.SiloPort} is out of range");
+        if (options.PoolPort is < 0 or > 65535) failures.Add($"pool port {options.PoolPort} is out of range");
+        if (options.PoolPort is > 0 && options.PoolPort == options.Port) failures.Add($"the pool port and the API port are both {options.Port}");
         if (options.PrefillChunkRows < 1) failures.Add("PrefillChunkRows must be at least 1");
         if (options.MaxBodyBytes < 1024) failures.Add("MaxBodyBytes must be at least 1024");
         if (options.MaxConcurrentSessions < 1) failures.Add("MaxConcurrentSessions must be at least 1");

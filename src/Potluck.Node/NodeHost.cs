@@ -174,6 +174,7 @@ public static class NodeHost
         // The drain runs inside the shutdown: the limit covers it plus leaving the cluster.
         builder.Services.Configure<HostOptions>(o => o.ShutdownTimeout = options.ShutdownTimeout);
         builder.Services.AddSingleton(_ => security);
+        Membership.NodeMembership.Add(builder.Services, options.Security, options.ReportPeriod);
         builder.AddPotluckTelemetry(new TelemetryIdentity("potluck-node", nodeId, "potluck.node_id"), [NodeTelemetry.Name], [NodeTelemetry.Name]);
 
         var listen = PotluckSilo.ListenAddressFor(options.AdvertisedHost, options.ListenAddress);
@@ -216,6 +217,7 @@ public static class NodeHost
             sp.GetRequiredService<IServer>(), options.DrainTimeout, sp.GetRequiredService<NodeTelemetry>(), sp.GetRequiredService<ILogger<NodeDrain>>()));
 
         var app = builder.Build();
+        Membership.NodeMembership.Use(app);
         StageHosting.MapStage(app);
         // h2c like the Stage service: curl --http2-prior-knowledge http://NODE:GRPC-PORT/healthz
         app.MapPotluckHealthChecks();

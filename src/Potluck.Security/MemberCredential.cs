@@ -45,6 +45,35 @@ public sealed class MemberCredential : IDisposable
         return new MemberCredential(certificate, PoolCertificates.LoadCertificate(Path.Combine(directory, AuthorityFile)));
     }
 
+    /// <summary>
+    /// A new key pair and a PKCS#10 request (DER) for it: what a member sends to enrol or renew. The key stays here;
+    /// pass it to <see cref="FromIssued"/> with the authority's answer.
+    /// </summary>
+    public static (System.Security.Cryptography.ECDsa Key, byte[] Request) CreateRequest(PoolIdentity identity)
+    {
+        var key = PoolCertificates.NewKey();
+        var request = new CertificateRequest($"CN={identity.NodeId}", key, System.Security.Cryptography.HashAlgorithmName.SHA256);
+        return (key, request.CreateSigningRequest());
+    }
+
+    /// <summary>The credential from an issued certificate (PEM), the pool CA (PEM) and the key the request was made with.</summary>
+    /// <exception cref="PoolSecurityException">The certificate is not for that key, or either PEM does not parse.</exception>
+    public static MemberCredential FromIssued(string certificatePem, string authorityPem, System.Security.Cryptography.ECDsa key)
+    {
+        try
+        {
+            using var issued = X509Certificate2.CreateFromPem(certificatePem);
+            using var withKey = issued.CopyWithPrivateKey(key);
+            using var authority = X509Certificate2.CreateFromPem(authorityPem);
+            return new MemberCredential(X509CertificateLoader.LoadPkcs12(withKey.Export(X509ContentType.Pkcs12), null),
+                X509CertificateLoader.LoadCertificate(authority.RawData));
+        }
+        catch (Exception e) when (e is System.Security.Cryptography.CryptographicException or ArgumentException)
+        {
+            throw new PoolSecurityException($"the issued certificate does not match this node's key or does not parse: {e.Message}", e);
+        }
+    }
+
     public void Save(string directory)
     {
         SecureFiles.CreatePrivateDirectory(directory);

@@ -145,6 +145,30 @@ public sealed class PoolAuthority : IDisposable
         return request.Create(Certificate.SubjectName, generator, now - PoolCertificates.ClockSkew, notAfter, serial);
     }
 
+    /// <summary>
+    /// A certificate for <paramref name="identity"/> on the public key of a PKCS#10 request (DER), whose signature
+    /// proves the requester holds the private key. The request's subject and extensions are ignored: the identity is
+    /// what the authority decided (from the token, or the renewing member's certificate).
+    /// </summary>
+    /// <exception cref="PoolSecurityException">The request does not parse or its signature does not verify.</exception>
+    public X509Certificate2 IssueForRequest(PoolIdentity identity, ReadOnlySpan<byte> requestDer, TimeSpan? lifetime = null)
+    {
+        CertificateRequest request;
+        try
+        {
+            request = CertificateRequest.LoadSigningRequest(requestDer, HashAlgorithmName.SHA256, out var read, CertificateRequestLoadOptions.Default);
+            if (read != requestDer.Length) throw new PoolSecurityException("the certificate request has trailing bytes");
+        }
+        catch (CryptographicException e)
+        {
+            throw new PoolSecurityException($"the certificate request is not a valid signed PKCS#10 request: {e.Message}", e);
+        }
+        var algorithm = request.PublicKey.Oid.Value;
+        if (algorithm is not ("1.2.840.10045.2.1" or "1.2.840.113549.1.1.1"))
+            throw new PoolSecurityException($"the certificate request's key ({request.PublicKey.Oid.FriendlyName ?? algorithm}) is neither ECDSA nor RSA");
+        return Issue(identity, request.PublicKey, lifetime ?? PoolCertificates.DefaultMemberLifetime);
+    }
+
     /// <summary>A whole credential (new key pair plus certificate): for this gateway itself, `serve`'s children and tests.</summary>
     public MemberCredential IssueCredential(PoolIdentity identity, TimeSpan? lifetime = null, IEnumerable<string>? dnsNames = null,
         IEnumerable<System.Net.IPAddress>? addresses = null)

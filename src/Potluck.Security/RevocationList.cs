@@ -70,6 +70,34 @@ public sealed class RevocationList
         Changed?.Invoke(next);
     }
 
+    /// <summary>
+    /// Re-reads the file this list was opened from (another process, `potluck pool revoke`, writes it); raises
+    /// <see cref="Changed"/> when it changed. True on a change; false for an in-memory list or an unchanged file.
+    /// </summary>
+    /// <exception cref="PoolSecurityException">The file is not a revocation list.</exception>
+    public bool Reload()
+    {
+        if (_path is null) return false;
+        FrozenSet<string> next;
+        try
+        {
+            next = File.Exists(_path)
+                ? (JsonSerializer.Deserialize(SecureFiles.ReadText(_path), SecurityJsonContext.Default.StringArray) ?? []).Where(PoolIdentity.IsValidId).ToFrozenSet(StringComparer.Ordinal)
+                : FrozenSet<string>.Empty;
+        }
+        catch (JsonException e)
+        {
+            throw new PoolSecurityException($"{_path} is not a revocation list: {e.Message}", e);
+        }
+        lock (_gate)
+        {
+            if (next.SetEquals(_revoked)) return false;
+            _revoked = next;
+        }
+        Changed?.Invoke(next);
+        return true;
+    }
+
     private void Save(IEnumerable<string> ids)
     {
         if (_path is null) return;

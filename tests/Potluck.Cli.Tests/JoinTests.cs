@@ -46,13 +46,13 @@ public sealed class JoinTests : IClassFixture<JoinModels>
         await using var gateway = GatewayProcess.Start(_models.Home.Path, _models.Pool);
         var url = gateway.Url;
         var seed = gateway.Seed;
-        using var http = gateway.CreateClient();
+        using var http = gateway.CreateMemberClient();
         await WaitUntilAsync(http, "healthz", _ => true, Limit, gateway);
 
         await using var first = PotluckProcess.Start(_models.Home.Path, "node", "--model", _models.Pool, "--layers", "0-3", "--join", seed,
             "--port", Ports.Free().ToString(), "--silo-port", Ports.Free().ToString(), "--threads", "1");
         // The join document lists the first node once its shard reached the gateway's pool view.
-        await WaitUntilAsync(http, "api/join", body => body.Contains("\"end\":3", StringComparison.Ordinal), Limit, first);
+        await WaitUntilAsync(http, "api/pool/join", body => body.Contains("\"end\":3", StringComparison.Ordinal), Limit, first);
 
         var secondPort = Ports.Free();
         await using var second = PotluckProcess.Start(_models.Home.Path, "node", "--model", _models.Pool, "--join", url,
@@ -107,7 +107,10 @@ public sealed class JoinTests : IClassFixture<JoinModels>
     [Fact]
     public async Task TheGatewayFlagsANodeOfAnotherModelOnceAndNeverRoutesToIt()
     {
-        // A node of another model that was there first (it had no gateway to compare with), then a gateway joins.
+        // A node of another model that was there first (it had no gateway to compare with), then a gateway joins. The
+        // pool's CA exists before either (as `potluck pool init` makes it), so the node issues itself a certificate.
+        var init = await PotluckProcess.RunAsync(_models.Home.Path, Limit, "pool", "init");
+        Assert.True(init.ExitCode == 0, init.ToString());
         var nodeSilo = Ports.Free();
         // The pool's CA exists before its first member (`potluck pool init`); the gateway would otherwise make it.
         TestPki.InitPool(_models.Home.Path);
@@ -159,9 +162,14 @@ public sealed class JoinTests : IClassFixture<JoinModels>
         Assert.True(periodAlone.ExitCode == 2, periodAlone.ToString());
         TextAssert.OneLineError(periodAlone, "--rebalance-every needs --rebalance");
 
+        // A token that is not one, or one without a gateway URL to redeem it at: usage errors before anything is dialled.
         var token = await PotluckProcess.RunAsync(_models.Home.Path, Limit, "node", "--model", _models.Pool, "--join", "http://127.0.0.1:1", "--token", "t");
         Assert.True(token.ExitCode == 2, token.ToString());
-        TextAssert.OneLineError(token, "--token is not supported yet");
+        TextAssert.OneLineError(token, "not a Potluck join token");
+        var tokenBySeed = await PotluckProcess.RunAsync(_models.Home.Path, Limit, "node", "--model", _models.Pool, "--layers", "0-4", "--join", "127.0.0.1:1",
+            "--token", "plk1_x");
+        Assert.True(tokenBySeed.ExitCode == 2, tokenBySeed.ToString());
+        TextAssert.OneLineError(tokenBySeed, "an invite is redeemed at the pool's gateway");
     }
 
     private static int CountOf(string text, string fragment)

@@ -58,7 +58,7 @@ public sealed class PoolGrowthTests : IClassFixture<JoinModels>
                 var (node, id) = StartChoosingNode(url);
                 nodes.Add(node);
                 ids.Add(id);
-                await JoinTests.WaitUntilAsync(http, "api/join", body => body.Contains($"\"node_id\":\"{id}\"", StringComparison.Ordinal), Limit, node);
+                await JoinTests.WaitUntilAsync(http, "api/pool/join", body => body.Contains($"\"node_id\":\"{id}\"", StringComparison.Ordinal), Limit, node);
             }
             var ready = await JoinTests.WaitUntilAsync(http, "readyz", _ => true, Limit, nodes[^1]);
             for (var i = 0; i < expected.Length; i++)
@@ -68,7 +68,7 @@ public sealed class PoolGrowthTests : IClassFixture<JoinModels>
             }
             Assert.Contains("announced to the gateway as joining", nodes[1].Output);
             // Each announcement ends with that node's first shard report: nothing is left "joining".
-            await JoinTests.WaitUntilAsync(http, "api/join", body => !PoolJoinInfo.Parse(body).Spans.Any(s => s.Joining), TimeSpan.FromSeconds(30), nodes[^1]);
+            await JoinTests.WaitUntilAsync(http, "api/pool/join", body => !PoolJoinInfo.Parse(body).Spans.Any(s => s.Joining), TimeSpan.FromSeconds(30), nodes[^1]);
             Assert.DoesNotContain("\"joining\"", await http.GetStringAsync("api/pool"));
             // One probe for the machine and model, then the cached figure.
             Assert.Contains("speed probe: measured", nodes[0].Output);
@@ -80,12 +80,12 @@ public sealed class PoolGrowthTests : IClassFixture<JoinModels>
             var capacity = new NodeCapacity(Enumerable.Repeat(1L, ModelLayers).ToArray(), ModelLayers, maxLayers: 3);
             for (var replica = 0; replica < 2; replica++)
             {
-                await JoinTests.WaitUntilAsync(http, "api/join", body => CountHealthy(body) == nodes.Count, Limit, nodes[^1]);
-                var pool = PoolJoinInfo.Parse(await http.GetStringAsync("api/join"));
+                await JoinTests.WaitUntilAsync(http, "api/pool/join", body => CountHealthy(body) == nodes.Count, Limit, nodes[^1]);
+                var pool = PoolJoinInfo.Parse(await http.GetStringAsync("api/pool/join"));
                 var rule = SpanChooser.Choose(ModelLayers, pool.Spans, capacity);
                 var (node, id) = StartChoosingNode(url);
                 nodes.Add(node);
-                var listed = await JoinTests.WaitUntilAsync(http, "api/join", body => HealthySpanOf(body, id) is not null, Limit, node);
+                var listed = await JoinTests.WaitUntilAsync(http, "api/pool/join", body => HealthySpanOf(body, id) is not null, Limit, node);
                 Assert.Equal((rule.Start, rule.End), HealthySpanOf(listed, id));
                 Assert.Contains($"chose layers {rule.Start}-{rule.End}", node.Output);
                 Assert.Contains("least total throughput", node.Output);
@@ -93,7 +93,7 @@ public sealed class PoolGrowthTests : IClassFixture<JoinModels>
             await JoinTests.WaitUntilAsync(http, "readyz", _ => true, Limit, gateway);
 
             for (var i = 0; i < nodes.Count; i++) Report($"node {i + 1}", nodes[i]);
-            await CheckAnnouncementsAsync(http, JsonDocument.Parse(await http.GetStringAsync("api/join")).RootElement.GetProperty("model").GetProperty("id").GetString()!);
+            await CheckAnnouncementsAsync(http, JsonDocument.Parse(await http.GetStringAsync("api/pool/join")).RootElement.GetProperty("model").GetProperty("id").GetString()!);
         }
         finally
         {
@@ -109,14 +109,14 @@ public sealed class PoolGrowthTests : IClassFixture<JoinModels>
         using var __ = http;
         await using var front = StartFixedNode(url, "0-4", "front");
         await using var back = StartFixedNode(url, "4-8", "back");
-        await JoinTests.WaitUntilAsync(http, "api/join", body => CountHealthy(body) == 2, Limit, back);
+        await JoinTests.WaitUntilAsync(http, "api/pool/join", body => CountHealthy(body) == 2, Limit, back);
 
         var port = FreePortPair();
         var silo = FreePortPair();
         await using var mover = PotluckProcess.Start(_models.Home.Path, "node", "--model", _models.Pool, "--join", url, "--max-layers", "4", "--memory", "1G",
             "--rebalance", "--rebalance-every", "1", "--port", port.ToString(), "--silo-port", silo.ToString(), "--threads", "1", "--node-id", "mover");
         await mover.WaitForOutputAsync("checking the pool every", Limit);
-        var first = HealthySpanOf(await http.GetStringAsync("api/join"), "mover");
+        var first = HealthySpanOf(await http.GetStringAsync("api/pool/join"), "mover");
         Assert.True(first is (0, 4) or (4, 8), $"mover holds {first}");
         var (start, end) = first!.Value;
         var other = start == 0 ? (4, 8) : (0, 4);
@@ -133,7 +133,7 @@ public sealed class PoolGrowthTests : IClassFixture<JoinModels>
         Report("mover", mover);
         _output.WriteLine($"coverage polls during the move: {coverage.Polls}");
         // The old child withdrew its shard on the way out; the gateway's view drops it at its next refresh.
-        var after = await JoinTests.WaitUntilAsync(http, "api/join", body => HealthySpanOf(body, "mover") is null, TimeSpan.FromSeconds(30), mover);
+        var after = await JoinTests.WaitUntilAsync(http, "api/pool/join", body => HealthySpanOf(body, "mover") is null, TimeSpan.FromSeconds(30), mover);
         Assert.Equal<(int, int)?>(other, HealthySpanOf(after, "mover-b"));
         // The new span served before the old one was asked to leave, and the pool could route all along.
         var output = mover.Output;
@@ -149,7 +149,7 @@ public sealed class PoolGrowthTests : IClassFixture<JoinModels>
         await using var _ = gateway;
         using var __ = http;
         await using var front = StartFixedNode(url, "0-2", "front");
-        await JoinTests.WaitUntilAsync(http, "api/join", body => CountHealthy(body) == 1, Limit, front);
+        await JoinTests.WaitUntilAsync(http, "api/pool/join", body => CountHealthy(body) == 1, Limit, front);
 
         var port = FreePortPair();
         var silo = FreePortPair();
@@ -157,7 +157,7 @@ public sealed class PoolGrowthTests : IClassFixture<JoinModels>
             "--rebalance", "--rebalance-every", "1", "--port", port.ToString(), "--silo-port", silo.ToString(), "--threads", "1", "--node-id", "mover");
         await mover.WaitForOutputAsync("checking the pool every", Limit);
         // Four layers at most: the largest gap [2,8) from its start. It is the only holder of [2,6), so it stays.
-        Assert.Equal<(int, int)?>((2, 6), HealthySpanOf(await http.GetStringAsync("api/join"), "mover"));
+        Assert.Equal<(int, int)?>((2, 6), HealthySpanOf(await http.GetStringAsync("api/pool/join"), "mover"));
         await Task.Delay(TimeSpan.FromSeconds(3));
         Assert.DoesNotContain("rebalancing:", mover.Output);
         using (var notReady = await http.GetAsync("readyz")) Assert.Equal(HttpStatusCode.ServiceUnavailable, notReady.StatusCode);
@@ -179,7 +179,8 @@ public sealed class PoolGrowthTests : IClassFixture<JoinModels>
     private async Task<(ChildProcess Gateway, HttpClient Http, string Url)> StartGatewayAsync()
     {
         var gateway = GatewayProcess.Start(_models.Home.Path, _models.Pool);
-        var http = gateway.CreateClient();
+        // A member too (named ghost, the node CheckAnnouncementsAsync announces): the pool's spans are for members only.
+        var http = gateway.CreateMemberClient("ghost");
         await JoinTests.WaitUntilAsync(http, "healthz", _ => true, Limit, gateway);
         return (gateway, http, gateway.Url);
     }
@@ -196,13 +197,13 @@ public sealed class PoolGrowthTests : IClassFixture<JoinModels>
         PotluckProcess.Start(_models.Home.Path, "node", "--model", _models.Pool, "--join", url, "--layers", layers, "--node-id", id,
             "--port", Ports.Free().ToString(), "--silo-port", Ports.Free().ToString(), "--threads", "1");
 
-    /// <summary>POST /api/join/announce: bad bodies get OpenAI-style 400s; a good one shows as joining and is never routed to.</summary>
+    /// <summary>POST /api/pool/announce: bad bodies get OpenAI-style 400s; a good one shows as joining and is never routed to.</summary>
     private static async Task CheckAnnouncementsAsync(HttpClient http, string modelId)
     {
         async Task<(HttpStatusCode Status, JsonElement Body)> Post(string body)
         {
             using var content = new StringContent(body, Encoding.UTF8, "application/json");
-            using var response = await http.PostAsync("api/join/announce", content);
+            using var response = await http.PostAsync("api/pool/announce", content);
             return (response.StatusCode, JsonDocument.Parse(await response.Content.ReadAsStringAsync()).RootElement.Clone());
         }
         string Body(string nodeId = "ghost", object? model = null, object? start = null, object? end = null, string endpoint = "http://127.0.0.1:7999") =>
@@ -235,7 +236,7 @@ public sealed class PoolGrowthTests : IClassFixture<JoinModels>
         using var pool = JsonDocument.Parse(await http.GetStringAsync("api/pool"));
         var ghost = pool.RootElement.GetProperty("nodes").EnumerateArray().Single(n => n.GetProperty("id").GetString() == "ghost");
         Assert.Equal("joining", ghost.GetProperty("state").GetString());
-        var join = PoolJoinInfo.Parse(await http.GetStringAsync("api/join"));
+        var join = PoolJoinInfo.Parse(await http.GetStringAsync("api/pool/join"));
         var listed = join.Spans.Single(s => s.NodeId == "ghost");
         Assert.True(listed.Joining);
         Assert.False(listed.Healthy);
@@ -262,7 +263,7 @@ public sealed class PoolGrowthTests : IClassFixture<JoinModels>
                 try
                 {
                     using var readyz = await http.GetAsync("readyz", stop.Token);
-                    var body = await http.GetStringAsync("api/join", stop.Token);
+                    var body = await http.GetStringAsync("api/pool/join", stop.Token);
                     polls++;
                     if (requireReady && readyz.StatusCode != HttpStatusCode.OK) problems.Add($"{DateTime.UtcNow:HH:mm:ss.fff} readyz {(int)readyz.StatusCode}");
                     if (HealthySpanOf(body, "mover") is null && HealthySpanOf(body, "mover-b") is null)

@@ -20,6 +20,10 @@ public static class GatewayCommand
         var host = new Option<string?>("--host") { Description = "Deprecated: use --listen (on `gateway`, --host always meant the address the API binds)" };
         var port = new Option<int>("--port") { Description = "HTTP port of the OpenAI API", DefaultValueFactory = _ => defaults.Port };
         var siloPort = new Option<int>("--silo-port") { Description = "Orleans silo-to-silo port; every node must reach it (nodes --join HOST:this)", DefaultValueFactory = _ => defaults.SiloPort };
+        var poolPort = new Option<int?>("--pool-port")
+        {
+            Description = $"HTTPS port of the pool endpoint (nodes enroll with invite tokens and renew their certificates there), bound like the API [default: {GatewayOptions.DefaultPoolPort}]",
+        };
         var advertise = new Option<string?>("--advertise") { Description = $"Host or IP nodes dial this gateway's silo at [default: {defaults.AdvertisedHost}]" };
         var join = new Option<string?>("--join") { Description = "Seed silo HOST:PORT, when the gateway is not the pool's first member" };
         var redis = new Option<string?>("--redis") { Description = "Use Redis membership at HOST:PORT instead of a seed" };
@@ -33,7 +37,7 @@ public static class GatewayCommand
         var access = new HostedCommand.AccessFlags();
         var command = new Command("gateway", "Run the gateway alone: the OpenAI API, the model head, routing and failover (flags override Potluck__Gateway__* environment variables)")
         {
-            model, listen, siloListen, host, port, siloPort, advertise, join, redis, clusterId, modelName, wire, threads, maxSessions, fastFailure, parentPid,
+            model, listen, siloListen, host, port, poolPort, siloPort, advertise, join, redis, clusterId, modelName, wire, threads, maxSessions, fastFailure, parentPid,
         };
         foreach (var option in access.All) command.Options.Add(option);
         command.SetAction(async (parse, ct) =>
@@ -42,6 +46,7 @@ public static class GatewayCommand
             if (parse.GetValue(maxSessions) < 1) throw new UsageException("--max-sessions must be at least 1");
             HostedCommand.ValidatePort(parse.GetValue(port), "--port");
             HostedCommand.ValidatePort(parse.GetValue(siloPort), "--silo-port");
+            if (parse.GetValue(poolPort) is { } poolPortValue) HostedCommand.ValidatePort(poolPortValue, "--pool-port");
 
             var flags = new HostedCommand.FlagConfiguration(GatewayOptions.ConfigurationSection);
             flags.Set(parse, model, nameof(GatewayOptions.ModelPath), file => file?.FullName);
@@ -50,6 +55,7 @@ public static class GatewayCommand
                 flags.Set(nameof(GatewayOptions.ListenAddress), hostValue);
             flags.Set(parse, port, nameof(GatewayOptions.Port));
             flags.Set(parse, siloPort, nameof(GatewayOptions.SiloPort));
+            flags.Set(parse, poolPort, nameof(GatewayOptions.PoolPort));
             flags.Set(parse, advertise, nameof(GatewayOptions.AdvertisedHost));
             flags.Set(parse, join, nameof(GatewayOptions.PrimarySiloEndpoint));
             flags.Set(parse, redis, nameof(GatewayOptions.RedisConnectionString));

@@ -106,6 +106,9 @@ public static class HostedCommand
         /// <summary>The flags given so far, as configuration keys.</summary>
         public IReadOnlyDictionary<string, string?> Values => _values;
 
+        /// <summary>Sets a key of another section (Potluck:Security:JoinToken from `node --token`).</summary>
+        public void SetKey(string path, string? value) => _values[path] = value;
+
         /// <summary>Environment variables (Potluck__Node__*, Potluck__Cluster__*, OTEL_*) first, the flags over them.</summary>
         public IConfiguration Build() => new ConfigurationBuilder()
             .AddEnvironmentVariables()

@@ -25,7 +25,12 @@ public static class NodeCommand
                 "or a seed silo HOST:PORT (the gateway's or the first node's silo endpoint); omit to be the primary silo",
         };
         var redis = new Option<string?>("--redis") { Description = "Use Redis membership at HOST:PORT instead of a seed" };
-        var token = new Option<string?>("--token") { Description = "Pool join token (for community pools; not supported yet)" };
+        var token = new Option<string?>("--token")
+        {
+            Description = "Invite to the pool (`potluck pool invite` prints one): with --join URL, redeemed for this node's certificate when it has none yet " +
+                "[env: Potluck__Security__JoinToken]",
+        };
+        var tokenFile = new Option<FileInfo?>("--token-file") { Description = "A file holding the invite (a mounted secret) [env: Potluck__Security__JoinTokenFile]" };
         var maxLayers = new Option<int?>("--max-layers") { Description = "Most layers to hold when choosing a span (no --layers)" };
         var memory = new Option<string?>("--memory") { Description = "Memory for weights and KV when choosing a span, e.g. 6G or 512M (default: what the machine has free)" };
         var advertise = new Option<string?>("--advertise")
@@ -61,14 +66,27 @@ public static class NodeCommand
         var parentPid = HostedCommand.ParentPidOption();
         var command = new Command("node", "Run one node: load a span of the model's layers and serve it to the pool (flags override Potluck__Node__* environment variables)")
         {
-            model, layers, join, redis, token, maxLayers, memory, advertise, listen, host, port, siloPort, nodeId, clusterId, kvTokens, threads, maxRows,
+            model, layers, join, redis, token, tokenFile, maxLayers, memory, advertise, listen, host, port, siloPort, nodeId, clusterId, kvTokens, threads, maxRows,
             fastFailure, drainTimeout, rebalance, rebalanceEvery, parentPid,
         };
         command.SetAction(async (parse, ct) =>
         {
             // Flags are checked as flags (their own messages); the environment's values by the options binder.
-            if (parse.GetValue(token) is not null)
-                throw new UsageException("--token is not supported yet: nodes join by --join URL, --join HOST:PORT or --redis on a trusted network");
+            if (parse.GetValue(token) is not null && parse.GetValue(tokenFile) is not null)
+                throw new UsageException("pass the invite as --token or as --token-file, not both");
+            if ((parse.GetValue(token) is not null || parse.GetValue(tokenFile) is not null) && !PoolJoinClient.IsGatewayUrl(parse.GetValue(join) ?? ""))
+                throw new UsageException("an invite is redeemed at the pool's gateway: pass --join http://GATEWAY:PORT with --token");
+            if (parse.GetValue(token) is { } tokenFlag)
+            {
+                try
+                {
+                    Potluck.Security.JoinToken.Parse(tokenFlag);
+                }
+                catch (Potluck.Security.PoolSecurityException e)
+                {
+                    throw new UsageException(e.Message);
+                }
+            }
             if (parse.GetValue(join) is { } joinText && PoolJoinClient.IsGatewayUrl(joinText)) ParseGatewayUrl(joinText);
             if (parse.GetValue(layers) is { } layerText) HostedCommand.ParseLayers(layerText);
             if (parse.GetValue(maxLayers) is < 1) throw new UsageException("--max-layers must be at least 1");
@@ -105,6 +123,8 @@ public static class NodeCommand
             flags.Set(parse, drainTimeout, nameof(NodeOptions.DrainTimeout), seconds => seconds.ToString("R", CultureInfo.InvariantCulture));
             flags.Set(parse, rebalance, nameof(NodeJoinOptions.Rebalance));
             flags.Set(parse, rebalanceEvery, "RebalanceEvery");
+            if (parse.GetValue(token) is { } tokenText) flags.SetKey($"{Potluck.Hosting.PoolSecuritySettings.ConfigurationSection}:JoinToken", tokenText);
+            if (parse.GetValue(tokenFile) is { } file) flags.SetKey($"{Potluck.Hosting.PoolSecuritySettings.ConfigurationSection}:JoinTokenFile", file.FullName);
             var configuration = flags.Build();
 
             var section = configuration.GetSection(NodeOptions.ConfigurationSection);
@@ -125,6 +145,15 @@ public static class NodeCommand
             // Without a span these are placeholders until the join chooses one.
             var options = NodeOptions.FromConfiguration(configuration, layersRequired: false);
             var verbose = parse.GetValue(CliApplication.Verbose);
+            string? invite;
+            try
+            {
+                invite = options.Security.ReadJoinToken();
+            }
+            catch (Potluck.Hosting.ConfigurationUsageException e)
+            {
+                throw new UsageException(e.Message);
+            }
 
             return await HostedCommand.RunAsync(parse.GetValue(parentPid), "node", async stop =>
             {
@@ -134,7 +163,7 @@ public static class NodeCommand
                 JoinResult? joined = null;
                 if (gatewayUrl is not null)
                 {
-                    joined = await joiner.JoinByUrlAsync(gatewayUrl, options, info, joining, chooseSpan: !fixedSpan, stop);
+                    joined = await joiner.JoinByUrlAsync(gatewayUrl, options, info, joining, chooseSpan: !fixedSpan, stop, invite);
                     options = joined.Options;
                 }
                 if (options.LayerEnd > info.LayerCount)
@@ -145,14 +174,15 @@ public static class NodeCommand
                 {
                     // The node runs as a child process (each span its own process), so a move can load the next span while the old one serves.
                     var plan = new RebalancePlan(gatewayUrl!, options, info, joined!.Capacity!, joined.MsPerLayer,
-                        configuration.GetSection(NodeOptions.ConfigurationSection)[nameof(NodeOptions.NodeId)], joining.RebalancePeriod, verbose);
+                        options.NodeId, joining.RebalancePeriod, verbose) { PoolUrl = joined.PoolUrl, Credential = joined.Credential };
                     return await RebalancingNode.RunAsync(plan, stop);
                 }
-                if (gatewayUrl is not null) await joiner.AnnounceAsync(gatewayUrl, options, info, stop);
+                if (joined?.PoolUrl is { } poolUrl && joined.Credential is { } credential) await joiner.AnnounceAsync(poolUrl, credential, options, info, stop);
                 return await NodeHost.RunAsync(options, stop);
             });
         });
         return CliApplication.AddExamples(command,
+            "potluck node --model ./model.gguf --join http://192.168.1.10:8080 --token plk1_...",
             "potluck node --model ./model.gguf --join http://192.168.1.10:8080",
             "potluck node --model ./model.gguf --join http://192.168.1.10:8080 --memory 6G",
             "potluck node --model ./model.gguf --join http://192.168.1.10:8080 --rebalance",

@@ -100,6 +100,8 @@ public static class LocalPoolCommands
             "--silo-listen", "127.0.0.1",
             "--silo-port", plan.Ports.GatewaySilo.ToString(), "--cluster-id", plan.ClusterId,
             .. plan.Access.GatewayArguments,
+            // serve's nodes hold certificates from its own CA directory; the pool endpoint is for machines joining later.
+            "--pool-port", "0",
         ], plan, parentPid, plan.Access.GatewayEnvironment);
 
     public static ChildProcessSpec Node(LocalPoolPlan plan, NodeAssignment node, int index, int parentPid, bool verbose) =>

@@ -9,8 +9,8 @@ namespace Potluck.Cluster.Joining;
 /// </summary>
 public sealed record JoinAnnouncement(string NodeId, string ModelId, int Start, int End, string Endpoint)
 {
-    /// <summary>The gateway's HTTP path for announcements.</summary>
-    public const string Path = "/api/join/announce";
+    /// <summary>The pool endpoint's path for announcements (mutual TLS with a member certificate).</summary>
+    public const string Path = "/api/pool/announce";
 
     /// <summary>
     /// How long an announcement counts when the node never reports (it crashed while loading). Loading a

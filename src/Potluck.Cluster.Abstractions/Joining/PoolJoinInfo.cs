@@ -4,14 +4,14 @@ using System.Text.Json.Serialization;
 namespace Potluck.Cluster.Joining;
 
 /// <summary>
-/// What a machine needs to join a pool, served by the gateway at <see cref="Path"/>: the model the pool
-/// serves (a node with another file must refuse), how to reach membership, and who holds which layers with
-/// what load (so a node without --layers can choose its own span).
+/// What a member needs to join a pool, served by the gateway's pool endpoint at <see cref="Path"/> to holders of a
+/// pool certificate only: the model the pool serves (a node with another file must refuse), how to reach membership
+/// (cluster id, seed), and who holds which layers with what load (so a node without --layers can choose its span).
 /// </summary>
 public sealed record PoolJoinInfo(JoinModel Model, string ClusterId, JoinMembership Membership, IReadOnlyList<JoinSpan> Spans)
 {
-    /// <summary>The gateway's HTTP path for this document.</summary>
-    public const string Path = "/api/join";
+    /// <summary>The pool endpoint's path for this document (mutual TLS with a member certificate).</summary>
+    public const string Path = "/api/pool/join";
 
     public string ToJson() => JsonSerializer.Serialize(this, PoolJoinJsonContext.Default.PoolJoinInfo);
 
@@ -86,4 +86,7 @@ public sealed record JoinSpan(
 [JsonSerializable(typeof(PoolJoinInfo))]
 [JsonSerializable(typeof(JoinAnnouncement))]
 [JsonSerializable(typeof(JoinAnnouncementAccepted))]
+[JsonSerializable(typeof(PublicJoinInfo))]
+[JsonSerializable(typeof(EnrollRequest))]
+[JsonSerializable(typeof(EnrollResponse))]
 internal sealed partial class PoolJoinJsonContext : JsonSerializerContext;

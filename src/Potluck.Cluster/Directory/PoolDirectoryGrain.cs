@@ -32,11 +32,15 @@ public sealed class PoolDirectoryGrain(IClusterMembershipService membership, IOp
     /// <summary>Most announcements kept at once.</summary>
     public const int MaxJoining = 1024;
 
+    // Revoked node ids (from the CA holder): never listed, never routed to.
+    private HashSet<string> _revoked = new(StringComparer.Ordinal);
+
     /// <exception cref="ArgumentException">The report is malformed (<see cref="ShardValidation"/>), or the directory is full.</exception>
     public Task Report(ShardStatus status)
     {
         if (ShardValidation.Problem(status) is { } problem)
             throw new ArgumentException($"shard report refused: {problem}", nameof(status));
+        if (_revoked.Contains(status.NodeId)) return Task.CompletedTask;
         var key = status.ShardKey;
         if (!_shards.ContainsKey(key) && _shards.Count >= MaxShards)
             throw new ArgumentException($"shard report refused: the pool directory already holds {MaxShards} shards", nameof(status));
@@ -54,6 +58,7 @@ public sealed class PoolDirectoryGrain(IClusterMembershipService membership, IOp
             ?? (node.LayerStart < 0 || node.LayerStart >= node.LayerEnd || node.LayerEnd > ShardValidation.MaxLayers
                 ? $"layers [{node.LayerStart}, {node.LayerEnd}) are not in order" : null);
         if (problem is not null) throw new ArgumentException($"announcement refused: {problem}", nameof(node));
+        if (_revoked.Contains(node.NodeId)) return Task.CompletedTask;
         if (!_joining.ContainsKey(node.NodeId))
         {
             if (_joining.Count >= MaxJoining) _ = GetJoining(); // drop expired ones first
@@ -79,6 +84,20 @@ public sealed class PoolDirectoryGrain(IClusterMembershipService membership, IOp
         result.Sort((a, b) => string.CompareOrdinal(a.NodeId, b.NodeId));
         return Task.FromResult<IReadOnlyList<JoiningNode>>(result);
     }
+
+    public Task SetRevoked(IReadOnlyList<string> nodeIds)
+    {
+        _revoked = new HashSet<string>(nodeIds, StringComparer.Ordinal);
+        List<string>? dropped = null;
+        foreach (var (key, status) in _shards)
+            if (_revoked.Contains(status.NodeId)) (dropped ??= []).Add(key);
+        if (dropped is not null)
+            foreach (var key in dropped) _shards.Remove(key);
+        foreach (var nodeId in _revoked) _joining.Remove(nodeId);
+        return Task.CompletedTask;
+    }
+
+    public Task<IReadOnlyList<string>> GetRevoked() => Task.FromResult<IReadOnlyList<string>>([.. _revoked.Order(StringComparer.Ordinal)]);
 
     public Task Withdraw(string shardKey)
     {

@@ -10,14 +10,16 @@ using Potluck.Gateway.Access;
 using Potluck.Gateway.Api;
 using Potluck.Gateway.Head;
 using Potluck.Gateway.Routing;
+using Potluck.Hosting;
 
 namespace Potluck.Gateway.Ops;
 
 /// <summary>
-/// GET /api/join: what `potluck node --join http://gateway:8080` needs: the pool's model id (a node with another
-/// file refuses), how to reach membership, and who holds which layers with what load (to choose a span), including
-/// nodes that announced a span and are still loading it.
-/// POST /api/join/announce: a node says which span it is about to load (listed as joining until it reports).
+/// GET /api/join (public): the pool's model (a node with another file refuses), its pool endpoint and CA certificate;
+/// nothing secret. On the pool endpoint, to members only (<see cref="Pool.PoolEndpoint"/>): GET /api/pool/join, how to
+/// reach membership and who holds which layers with what load (to choose a span), including nodes that announced a
+/// span and are still loading it; POST /api/pool/announce, a member says which span it is about to load (listed as
+/// joining until it reports).
 /// </summary>
 public static class JoinEndpoint
 {
@@ -31,12 +33,28 @@ public static class JoinEndpoint
 
     public static void Map(WebApplication app)
     {
-        app.MapGet(PoolJoinInfo.Path, HandleAsync).AllowAnonymous();
-        // An operator action: the admin key when one is set (open on a loopback gateway without one).
-        app.MapPost(JoinAnnouncement.Path, AnnounceAsync).RequireAuthorization(AccessPolicies.Operator);
+        app.MapGet(PublicJoinInfo.Path, HandleAsync).AllowAnonymous();
     }
 
+    /// <summary>The public document: model, pool endpoint (on the host the caller reached this gateway by) and pool CA.</summary>
     public static async Task HandleAsync(HttpContext context)
+    {
+        var services = context.RequestServices;
+        var model = services.GetRequiredService<ModelFrontEnd>();
+        var options = services.GetRequiredService<GatewayOptions>();
+        var port = services.GetRequiredService<Pool.PoolListener>().Port;
+        var host = context.Request.Host.HasValue ? context.Request.Host.Host : options.AdvertisedHost;
+        if (host.Contains(':', StringComparison.Ordinal) && !host.StartsWith('[')) host = $"[{host}]";
+        var info = new PublicJoinInfo(PublicJoinInfo.CurrentVersion, new JoinModel(model.ModelId, model.Name, model.LayerCount, model.Info.Architecture),
+            $"https://{host}:{port}/", Potluck.Security.PoolCertificates.ToPem(services.GetRequiredService<MemberSecurity>().Trust.Authority));
+        context.Response.StatusCode = 200;
+        context.Response.ContentType = "application/json";
+        context.Response.Headers.CacheControl = "no-store";
+        await context.Response.WriteAsync(info.ToJson(), context.RequestAborted);
+    }
+
+    /// <summary>The members' document (the caller's certificate was checked by the pool endpoint).</summary>
+    public static async Task HandleMembersAsync(HttpContext context)
     {
         var services = context.RequestServices;
         var monitor = services.GetRequiredService<PoolMonitor>();
@@ -98,7 +116,8 @@ public static class JoinEndpoint
         }
     }
 
-    private static async Task AnnounceAsync(HttpContext context)
+    /// <summary>A member's announcement; <paramref name="caller"/> is its certificate's identity, which the announcement must name.</summary>
+    public static async Task AnnounceAsync(HttpContext context, Potluck.Security.PoolIdentity caller)
     {
         var services = context.RequestServices;
         var model = services.GetRequiredService<ModelFrontEnd>();
@@ -106,6 +125,9 @@ public static class JoinEndpoint
         try
         {
             announcement = await ReadAnnouncementAsync(context.Request, model, context.RequestAborted);
+            if (announcement.NodeId != caller.NodeId)
+                throw new ApiErrorException(new ApiError(403, $"A member announces itself: the certificate names {caller.NodeId}, not {announcement.NodeId}.",
+                    ApiError.InvalidRequest, "node_id", "identity_mismatch"));
         }
         catch (ApiErrorException e)
         {

@@ -27,7 +27,17 @@ public delegate ISpanProcess SpanProcessLauncher(NodeOptions options, int genera
 /// <param name="Options">The first span's options (ports, host, membership as settled by joining).</param>
 /// <param name="ExplicitNodeId">The node id when given; children then alternate between it and "ID-b".</param>
 public sealed record RebalancePlan(Uri Gateway, NodeOptions Options, ModelInfo Model, NodeCapacity Capacity, double? MsPerLayer,
-    string? ExplicitNodeId, TimeSpan Period, bool Verbose);
+    string? ExplicitNodeId, TimeSpan Period, bool Verbose)
+{
+    /// <summary>The pool endpoint and this node's credential: the pool's spans are read over mutual TLS.</summary>
+    public Uri? PoolUrl { get; init; }
+    public Potluck.Security.MemberCredential? Credential { get; init; }
+
+    internal Task<PoolJoinInfo> FetchPoolAsync(CancellationToken ct) =>
+        PoolUrl is null || Credential is null
+            ? throw new PoolJoinException("rebalancing needs the pool endpoint and a member certificate")
+            : PoolJoinClient.FetchAsync(PoolUrl, Credential, PoolJoinClient.DefaultTimeout, ct);
+}
 
 public sealed class Rebalancer(RebalancePlan plan, SpanProcessLauncher launch, TextWriter output, TextWriter errors)
 {
@@ -79,9 +89,9 @@ public sealed class Rebalancer(RebalancePlan plan, SpanProcessLauncher launch, T
             PoolJoinInfo pool;
             try
             {
-                pool = await PoolJoinClient.FetchAsync(plan.Gateway, PoolJoinClient.DefaultTimeout, stop);
+                pool = await plan.FetchPoolAsync(stop);
             }
-            catch (PoolJoinException e)
+            catch (Exception e) when (e is PoolJoinException or PoolRefusedException)
             {
                 errors.WriteLine($"potluck node: warning: rebalance check skipped: {e.Message}");
                 continue;
@@ -150,14 +160,14 @@ public sealed class Rebalancer(RebalancePlan plan, SpanProcessLauncher launch, T
                 return $"the node process {child.NodeId} for layers {child.Span} exited with code {await child.Process.Exited} before serving";
             try
             {
-                var pool = await PoolJoinClient.FetchAsync(plan.Gateway, PoolJoinClient.DefaultTimeout, stop);
+                var pool = await plan.FetchPoolAsync(stop);
                 foreach (var span in pool.Spans)
                 {
                     if (span.NodeId == child.NodeId && span.Start == child.Options.LayerStart && span.End == child.Options.LayerEnd && span.Healthy && !span.Joining)
                         return null;
                 }
             }
-            catch (PoolJoinException e)
+            catch (Exception e) when (e is PoolJoinException or PoolRefusedException)
             {
                 lastProblem = e.Message;
             }

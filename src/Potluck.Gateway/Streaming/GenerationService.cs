@@ -1,4 +1,6 @@
 using Microsoft.Extensions.Logging;
+using Potluck.Hosting;
+using Potluck.Security;
 using Potluck.Gateway.Head;
 using Potluck.Gateway.Routing;
 using Potluck.Gateway.Sessions;
@@ -15,6 +17,7 @@ public sealed class GenerationService(
     RunningSessions running,
     GatewayTelemetry telemetry,
     GatewayOptions options,
+    MemberSecurity security,
     ILogger<GenerationService> log)
 {
     private readonly SemaphoreSlim _slots = new(Math.Max(1, options.MaxConcurrentSessions));
@@ -29,6 +32,10 @@ public sealed class GenerationService(
     internal GatewayTelemetry Telemetry => telemetry;
     internal GatewayOptions Options => options;
     internal ILogger Log => log;
+
+    /// <summary>The pool CA this gateway holds: it signs every open's route ticket.</summary>
+    internal PoolAuthority Authority { get; } = security.Authority
+        ?? throw new InvalidOperationException("the gateway must hold the pool CA to sign route tickets");
 
     /// <summary>
     /// Admits a generation (waiting for a free slot) and returns it; the caller must dispose it. Cancelling

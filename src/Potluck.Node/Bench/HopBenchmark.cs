@@ -1,9 +1,12 @@
 using System.Diagnostics;
+using Google.Protobuf;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging;
+using Potluck.Hosting;
 using Potluck.Protocol.V1;
 using Potluck.Protocol;
+using Potluck.Security;
 using Potluck.Node.Compute;
 using Potluck.Node.Hosting;
 using Potluck.Node.Hops;
@@ -42,8 +45,18 @@ public static class HopBenchmark
     public static async Task<HopBenchmarkResult> RunAsync(HopBenchmarkOptions options, IProgress<string>? progress = null, CancellationToken ct = default)
     {
         if (options.Stages < 2) throw new ArgumentOutOfRangeException(nameof(options), "needs at least 2 stages to isolate one hop");
-        var single = await MeasureChainAsync(options, 1, progress, ct);
-        var chain = await MeasureChainAsync(options, options.Stages, progress, ct);
+        // Stages check route tickets like real ones: a throwaway pool CA for this run signs them.
+        var pool = new PoolSecuritySettings(PoolDirectory: Path.Combine(Path.GetTempPath(), $"potluck-hop-bench-{Guid.NewGuid():N}"));
+        double[] single, chain;
+        try
+        {
+            single = await MeasureChainAsync(options, 1, pool, progress, ct);
+            chain = await MeasureChainAsync(options, options.Stages, pool, progress, ct);
+        }
+        finally
+        {
+            try { Directory.Delete(pool.PoolDirectory!, recursive: true); } catch (IOException) { }
+        }
         var hops = options.Stages - 1;
         return new HopBenchmarkResult(options.Width, options.Stages, options.Steps, options.WireType,
             Percentile(single, 0.5), Percentile(single, 0.99), Percentile(chain, 0.5), Percentile(chain, 0.99),
@@ -52,7 +65,8 @@ public static class HopBenchmark
             $"loopback gRPC, transport-only echo stages, 1x{options.Width} {options.WireType} rows; per hop = (chain of {options.Stages} - single) / {hops}");
     }
 
-    private static async Task<double[]> MeasureChainAsync(HopBenchmarkOptions options, int stages, IProgress<string>? progress, CancellationToken ct)
+    private static async Task<double[]> MeasureChainAsync(HopBenchmarkOptions options, int stages, PoolSecuritySettings pool, IProgress<string>? progress,
+        CancellationToken ct)
     {
         var apps = new List<WebApplication>();
         var endpoints = new List<string>();
@@ -61,13 +75,17 @@ public static class HopBenchmark
             for (var i = 0; i < stages; i++)
             {
                 var port = FreePort();
-                var app = BuildEchoStage(options.Width, i, stages, port);
+                var app = BuildEchoStage(options.Width, i, stages, port, pool);
                 await app.StartAsync(ct);
                 apps.Add(app);
                 endpoints.Add($"http://127.0.0.1:{port}");
             }
-            var open = new OpenSession { SessionId = "hop-bench", ModelId = "echo", LayerStart = 0, LayerEnd = 1, MaxTokens = options.WarmupSteps + options.Steps + 1, WireType = options.WireType };
-            for (var i = 1; i < stages; i++) open.Next.Add(new RouteHop { NodeId = $"echo-{i}", Endpoint = endpoints[i], LayerStart = i, LayerEnd = i + 1 });
+            var route = Enumerable.Range(0, stages).Select(i => new RouteHop { NodeId = $"echo-{i}", Endpoint = endpoints[i], LayerStart = i, LayerEnd = i + 1 }).ToList();
+            var maxTokens = options.WarmupSteps + options.Steps + 1;
+            ByteString ticket;
+            using (var authority = PoolAuthority.Load(pool.PoolDirectory!, BenchPool))
+                ticket = RouteTickets.Issue(authority, "hop-bench", route, maxTokens, resume: false, RouteTickets.DefaultLifetime);
+            var open = HopFrames.Open("hop-bench", "echo", maxTokens, options.WireType, route, ticket);
             using var channel = StageChannels.Create(endpoints[0], StageHosting.MaxMessageBytes(1, options.Width));
             await using var client = await SessionHopClient.OpenAsync(channel.CreateCallInvoker(), open, options.Width, TimeSpan.FromSeconds(30), ct);
             var row = new float[options.Width];
@@ -98,11 +116,14 @@ public static class HopBenchmark
         }
     }
 
-    private static WebApplication BuildEchoStage(int width, int index, int stages, int port)
+    private const string BenchPool = "hop-bench";
+
+    private static WebApplication BuildEchoStage(int width, int index, int stages, int port, PoolSecuritySettings pool)
     {
         var builder = WebApplication.CreateSlimBuilder(new WebApplicationOptions { Args = [], ApplicationName = "Potluck.HopBench", ContentRootPath = AppContext.BaseDirectory });
         builder.Logging.SetMinimumLevel(LogLevel.Warning);
         StageHosting.AddStage(builder, System.Net.IPAddress.Loopback, port, StageHosting.MaxMessageBytes(1, width));
+        builder.Services.AddSingleton(_ => MemberSecurity.ForAuthority(pool, BenchPool, $"echo-{index}"));
         builder.Services.AddSingleton(sp => new SpanHost(new EchoCompute(width, index, index + 1, stages), $"echo-{index}",
             sp.GetRequiredService<ILogger<SpanHost>>(), sp.GetRequiredService<NodeTelemetry>(), maxRowsPerStep: 1));
         var app = builder.Build();

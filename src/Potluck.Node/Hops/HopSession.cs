@@ -47,7 +47,7 @@ internal sealed class HopSession
     private volatile bool _finished;
     private byte[] _encodeBuffer = [];
 
-    public HopSession(SpanHost host, StageChannels channels, NodeTelemetry telemetry, ILogger log,
+    public HopSession(SpanHost host, StageChannels channels, RouteTicketVerifier tickets, NodeTelemetry telemetry, ILogger log,
         IServerStreamWriter<HopResponse> responses, ServerCallContext context)
     {
         _host = host;
@@ -57,7 +57,7 @@ internal sealed class HopSession
         _responses = responses;
         _context = context;
         _failures = new StageFailures(host);
-        _validator = new HopFrameValidator(host, _failures);
+        _validator = new HopFrameValidator(host, _failures, tickets);
     }
 
     private string Where => _failures.Where;
@@ -151,7 +151,8 @@ internal sealed class HopSession
 
     private async Task OpenAsync(OpenSession open, CancellationToken ct)
     {
-        if (_validator.CheckOpen(open) is { } bad) throw Reject(bad);
+        // The ticket is checked here, before anything is reserved, taken over or dialled.
+        if (_validator.CheckOpen(open, out var next) is { } bad) throw Reject(bad);
 
         _wireType = open.WireType;
         _sessionParent = NodeTelemetry.ParentFrom(open.Traceparent, open.Tracestate);
@@ -190,7 +191,7 @@ internal sealed class HopSession
         if (!_host.IsFinal)
         {
             _downstream = new DownstreamLink(_channels, _failures, _host.Width, _telemetry, _log);
-            var downstreamOpened = await _downstream.OpenAsync(open, RelayUpAsync, ct);
+            var downstreamOpened = await _downstream.OpenAsync(open, next!, RelayUpAsync, ct);
             opened.Stages.AddRange(downstreamOpened.Stages);
             if (_downstream.OpenedLength < length) await _downstream.RebuildAsync(session.OutputLog!, session.Id, length, _wireType, ct);
         }

@@ -169,7 +169,7 @@ public sealed class FailureDetectionTests(ITestOutputHelper output)
             {
                 try
                 {
-                    await using var client = await Channels.OpenAsync(channel, ProcessPool.OpenMessage($"load-{loop}-{session}", modelId, 64, route), width);
+                    await using var client = await Channels.OpenAsync(channel, pool.OpenMessage($"load-{loop}-{session}", modelId, 64, route), width);
                     for (var position = 0; position < 60 && !stop.IsCancellationRequested; position++)
                     {
                         head.Embed([(position * 7 + loop) % 200 + 1], hidden);

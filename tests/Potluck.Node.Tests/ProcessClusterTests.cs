@@ -83,7 +83,7 @@ public sealed class ProcessClusterTests(ITestOutputHelper output)
             var open = new OpenSession { SessionId = sessionId, ModelId = modelId, LayerStart = hops[0].LayerStart, LayerEnd = hops[0].LayerEnd, MaxTokens = 64, WireType = HiddenType.F32 };
             for (var i = 1; i < hops.Count; i++)
                 open.Next.Add(new RouteHop { NodeId = hops[i].NodeId, Endpoint = hops[i].GrpcEndpoint, LayerStart = hops[i].LayerStart, LayerEnd = hops[i].LayerEnd });
-            return open;
+            return TestTickets.Sign(open, hops[0].NodeId, cluster);
         }
 
         // Parity: two concurrent sessions across three processes, F32 on the wire → identical logits.

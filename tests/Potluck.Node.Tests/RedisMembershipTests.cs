@@ -76,6 +76,7 @@ public sealed class RedisMembershipTests(ITestOutputHelper output)
             var open = new OpenSession { SessionId = "redis-1", ModelId = modelId, LayerStart = 0, LayerEnd = 1, MaxTokens = 64, WireType = HiddenType.F32 };
             foreach (var hop in route.Skip(1))
                 open.Next.Add(new RouteHop { NodeId = hop.NodeId, Endpoint = hop.GrpcEndpoint, LayerStart = hop.LayerStart, LayerEnd = hop.LayerEnd });
+            TestTickets.Sign(open, route[0].NodeId, cluster);
             var run = await ClusterOracleTests.RunSession(route[0].GrpcEndpoint, open, head, oracle, [1, 40, 41, 42], 4);
             Assert.Equal(run.OracleTokens, run.Tokens);
             Assert.Equal(0, run.MaxLogitDelta);

@@ -175,7 +175,8 @@ public sealed class WireFieldTests
     private static Task<SessionHopClient> OpenAsync(InProcessPool pool, Grpc.Net.Client.GrpcChannel channel, string sessionId, ResumePoint? resume)
     {
         var route = pool.Options.Select(o => new RouteHop { NodeId = o.ResolvedNodeId, Endpoint = o.GrpcEndpoint, LayerStart = o.LayerStart, LayerEnd = o.LayerEnd }).ToList();
-        var open = HopFrames.Open(sessionId, pool.Host(0).ModelId, MaxTokens, HiddenType.F32, route, resume);
+        var open = HopFrames.Open(sessionId, pool.Host(0).ModelId, MaxTokens, HiddenType.F32, route,
+            TestTickets.For(sessionId, route, MaxTokens, resume is not null), resume);
         return SessionHopClient.OpenAsync(channel.CreateCallInvoker(), open, pool.Host(0).Width, Timeout);
     }
 
@@ -210,7 +211,8 @@ public sealed class ChainFailureTests
         var first = Hop(0);
         async Task<HopFailure> OpenFailsAsync(string sessionId, int maxTokens, params RouteHop[] tail)
         {
-            var open = HopFrames.Open(sessionId, modelId, maxTokens, HiddenType.F16, [first, .. tail]);
+            RouteHop[] route = [first, .. tail];
+            var open = HopFrames.Open(sessionId, modelId, maxTokens, HiddenType.F16, route, TestTickets.For(sessionId, route, maxTokens, resume: false));
             var error = await Assert.ThrowsAsync<RpcException>(() => SessionHopClient.OpenAsync(channel.CreateCallInvoker(), open, pool.Host(0).Width, Timeout));
             return HopFailure.Read(error);
         }
@@ -231,7 +233,7 @@ public sealed class ChainFailureTests
         // The last stage has no KV room left (another session holds most of it): KV_FULL at that stage.
         using var lastChannel = Channels.For(pool.Options[1].GrpcEndpoint);
         var hog = await SessionHopClient.OpenAsync(lastChannel.CreateCallInvoker(),
-            HopFrames.Open("hog", modelId, 100, HiddenType.F16, [Hop(1)]), pool.Host(1).Width, Timeout);
+            HopFrames.Open("hog", modelId, 100, HiddenType.F16, [Hop(1)], TestTickets.For("hog", [Hop(1)], 100, resume: false)), pool.Host(1).Width, Timeout);
         var full = await OpenFailsAsync("full", 64, Hop(1));
         Assert.Equal((HopFailureReason.KvFull, StatusCode.ResourceExhausted), (full.Reason, full.Code));
         Assert.Equal(new HopStage(pool.Options[1].ResolvedNodeId, 2, 4), full.Stage);

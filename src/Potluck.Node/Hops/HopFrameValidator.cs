@@ -60,8 +60,8 @@ internal sealed class HopFrameValidator(SpanHost host, StageFailures failures)
         {
             if (hop.LayerStart != expect || hop.LayerEnd <= hop.LayerStart || hop.LayerEnd > host.LayerCount)
                 return failures.Fail(HopFailureReason.InvalidRoute, $"route hop {hop.NodeId} [{hop.LayerStart},{hop.LayerEnd}) does not continue at layer {expect}");
-            if (!StageChannels.IsValidEndpoint(hop.Endpoint))
-                return failures.Fail(HopFailureReason.InvalidRoute, $"route hop {hop.NodeId} has no valid http(s) endpoint: '{hop.Endpoint}'");
+            if (!MemberChannels.IsValidEndpoint(hop.Endpoint))
+                return failures.Fail(HopFailureReason.InvalidRoute, $"route hop {hop.NodeId} has no valid https endpoint: '{hop.Endpoint}'");
             expect = hop.LayerEnd;
         }
         return expect != host.LayerCount ? failures.Fail(HopFailureReason.InvalidRoute, $"route ends at layer {expect}, the model has {host.LayerCount}") : null;

@@ -23,7 +23,7 @@ internal sealed class HopSession
     private static readonly TimeSpan TakeoverTimeout = TimeSpan.FromSeconds(5);
 
     private readonly SpanHost _host;
-    private readonly StageChannels _channels;
+    private readonly MemberChannels _channels;
     private readonly NodeTelemetry _telemetry;
     private readonly ILogger _log;
     private readonly IServerStreamWriter<HopResponse> _responses;
@@ -47,7 +47,7 @@ internal sealed class HopSession
     private volatile bool _finished;
     private byte[] _encodeBuffer = [];
 
-    public HopSession(SpanHost host, StageChannels channels, NodeTelemetry telemetry, ILogger log,
+    public HopSession(SpanHost host, MemberChannels channels, NodeTelemetry telemetry, ILogger log,
         IServerStreamWriter<HopResponse> responses, ServerCallContext context)
     {
         _host = host;

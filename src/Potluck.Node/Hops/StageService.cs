@@ -9,7 +9,7 @@ using GrpcStage = Potluck.Protocol.V1.Stage;
 namespace Potluck.Node.Hops;
 
 /// <summary>The data-plane endpoint of one node: one Hop stream per session that passes through it.</summary>
-public sealed class StageService(SpanHost host, StageChannels channels, NodeTelemetry telemetry, ILogger<StageService> log)
+public sealed class StageService(SpanHost host, MemberChannels channels, NodeTelemetry telemetry, ILogger<StageService> log)
     : GrpcStage.StageBase
 {
     public override async Task Hop(IAsyncStreamReader<HopRequest> requestStream, IServerStreamWriter<HopResponse> responseStream, ServerCallContext context)

@@ -30,13 +30,13 @@ internal static partial class StageHosting
     /// <see cref="Potluck.Security.PoolTrust.ValidateMember"/> trusts get past the handshake.
     /// </summary>
     public static void AddStage(WebApplicationBuilder builder, IPAddress listen, int grpcPort, int maxMessageBytes, MemberSecurity security) =>
-        AddStage(builder, listen, grpcPort, maxMessageBytes, (MemberSecurity?)security);
+        AddStageCore(builder, listen, grpcPort, maxMessageBytes, security);
 
     /// <summary>The hop benchmark's baseline: the same stage over plaintext h2c. Never used by a node.</summary>
     internal static void AddPlaintextStageForBenchmark(WebApplicationBuilder builder, IPAddress listen, int grpcPort, int maxMessageBytes) =>
-        AddStage(builder, listen, grpcPort, maxMessageBytes, null);
+        AddStageCore(builder, listen, grpcPort, maxMessageBytes, null);
 
-    private static void AddStage(WebApplicationBuilder builder, IPAddress listen, int grpcPort, int maxMessageBytes, MemberSecurity? security)
+    private static void AddStageCore(WebApplicationBuilder builder, IPAddress listen, int grpcPort, int maxMessageBytes, MemberSecurity? security)
     {
         builder.WebHost.ConfigureKestrel(kestrel =>
         {

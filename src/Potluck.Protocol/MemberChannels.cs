@@ -118,6 +118,17 @@ public sealed partial class MemberChannels : IDisposable
         return entry.Channel;
     }
 
+    /// <summary>
+    /// A channel with the same mutual TLS and checks as <see cref="Get"/>, not cached: the caller owns and disposes it
+    /// (tests and tools that dial one member for a while).
+    /// </summary>
+    public GrpcChannel CreateOwned(string endpoint, string expectedNodeId)
+    {
+        if (!IsValidEndpoint(endpoint)) throw new ArgumentException($"'{endpoint}' is not a member endpoint (https://host:port)", nameof(endpoint));
+        if (!PoolIdentity.IsValidId(expectedNodeId)) throw new ArgumentException($"'{expectedNodeId}' is not a valid node id: {PoolIdentity.IdRule}", nameof(expectedNodeId));
+        return Create(new Key(endpoint, expectedNodeId)).Channel;
+    }
+
     // Under _gate. The least recently used idle channel; when every one has calls in flight, the least recently used.
     private Entry EvictOne()
     {

@@ -78,7 +78,9 @@ public readonly record struct TicketVerdict(string? Refusal, RouteHop? Next)
 /// A stage's ticket check. The stage is <paramref name="nodeId"/> (its certificate's node id); the ticket must be
 /// signed by the pool CA of <paramref name="trust"/> over the exact claims bytes received, be for that pool, be
 /// current (with <see cref="RouteTickets.ClockSkew"/>), name the open's session id, max_tokens and resume flag,
-/// contain this stage with the open's span, and list after it exactly the open's route tail.
+/// contain this stage with the open's span, and list after it exactly the open's route tail. A stage after the first
+/// also requires the caller's certificate to name the ticket's previous stage, so a member that saw a ticket on its
+/// route cannot replay it to a stage it does not feed.
 /// </summary>
 public sealed class RouteTicketVerifier(PoolTrust trust, string nodeId, TimeProvider? clock = null)
 {
@@ -86,7 +88,9 @@ public sealed class RouteTicketVerifier(PoolTrust trust, string nodeId, TimeProv
 
     public string NodeId { get; } = nodeId;
 
-    public TicketVerdict Verify(OpenSession open)
+    /// <param name="callerNodeId">The node id of the caller's pool certificate; null when the caller presented none
+    /// (only a plaintext benchmark stage: member ports require certificates).</param>
+    public TicketVerdict Verify(OpenSession open, string? callerNodeId = null)
     {
         var bytes = open.Ticket;
         if (bytes.IsEmpty) return TicketVerdict.Refuse("the open carries no route ticket (only routes signed by the pool's gateway are served)");
@@ -159,6 +163,8 @@ public sealed class RouteTicketVerifier(PoolTrust trust, string nodeId, TimeProv
         }
         if (at < 0)
             return TicketVerdict.Refuse($"the route ticket's route has no stage node {NodeId} layers [{open.LayerStart},{open.LayerEnd})");
+        if (at > 0 && callerNodeId is not null && callerNodeId != claims.Hops[at - 1].NodeId)
+            return TicketVerdict.Refuse($"the open comes from node {Clip(callerNodeId)}, the ticket's stage before this one is node {Clip(claims.Hops[at - 1].NodeId)}");
         var tail = claims.Hops.Count - at - 1;
         if (open.Next.Count != tail)
             return TicketVerdict.Refuse($"the open's route continues with {open.Next.Count} stages after this one, the ticket's with {tail}");

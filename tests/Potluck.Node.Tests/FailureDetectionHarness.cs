@@ -78,6 +78,7 @@ public sealed class ProcessPool : IAsyncDisposable
             {
                 client.UseStaticClustering(new IPEndPoint(IPAddress.Loopback, gatewayPort));
                 client.Configure<ClusterOptions>(o => { o.ClusterId = cluster; o.ServiceId = "potluck"; });
+                client.UseTestPoolTls(cluster);
             }).Build();
             using (var startTimeout = new CancellationTokenSource(StartTimeout)) await clientHost.StartAsync(startTimeout.Token);
             return new ProcessPool(cluster, nodes, siloPorts, clientHost);

@@ -23,7 +23,7 @@ public sealed class SingleNodeFixture : IAsyncLifetime
     {
         var path = TestModels.Small(GgmlType.Q8_0);
         Pool = await InProcessPool.StartAsync(path, [(0, 4)], kvBudgetTokens: 4096, prefix: "solo");
-        Channel = Channels.For(Pool.Options[0].GrpcEndpoint);
+        Channel = Channels.For(Pool.Options[0]);
     }
 
     public async Task DisposeAsync()

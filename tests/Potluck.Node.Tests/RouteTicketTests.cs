@@ -162,4 +162,15 @@ public sealed class RouteTicketTests
         var open = HopFrames.Open(Session, "model", MaxTokens, HiddenType.F16, hops, TestTickets.For(Session, hops[..2], MaxTokens, resume: false));
         Assert.Contains("stage limit", Refusal(open, "n0"));
     }
+
+    [Fact]
+    public void A_stage_after_the_first_accepts_the_ticket_only_from_the_stage_before_it()
+    {
+        var open = At(Open(TestTickets.For(Session, Route, MaxTokens, resume: false)), 1);
+        var verifier = new RouteTicketVerifier(Trust, "b");
+        Assert.True(verifier.Verify(open, callerNodeId: "a").Accepted);
+        Assert.Contains("comes from node c, the ticket's stage before this one is node a", verifier.Verify(open, callerNodeId: "c").Refusal);
+        // The first stage is called by the gateway, whichever member that is.
+        Assert.True(new RouteTicketVerifier(Trust, "a").Verify(Open(open.Ticket), callerNodeId: "gateway-1").Accepted);
+    }
 }

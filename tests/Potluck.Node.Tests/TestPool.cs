@@ -92,8 +92,11 @@ public sealed class InProcessPool : IAsyncDisposable
 
 public static class Channels
 {
-    public static GrpcChannel For(string endpoint, int maxMessage = 256 * 1024 * 1024) =>
-        GrpcChannel.ForAddress(endpoint, new GrpcChannelOptions { MaxSendMessageSize = maxMessage, MaxReceiveMessageSize = maxMessage });
+    /// <summary>A data-plane channel to node <paramref name="nodeId"/> at <paramref name="endpoint"/>, over mutual TLS as a test member.</summary>
+    public static GrpcChannel For(string endpoint, string nodeId, int maxMessage = 256 * 1024 * 1024) =>
+        TestPki.Channel(endpoint, nodeId, maxMessageBytes: maxMessage);
+
+    public static GrpcChannel For(NodeOptions node) => For(node.GrpcEndpoint, node.ResolvedNodeId);
 
     public static Task<SessionHopClient> OpenAsync(GrpcChannel channel, OpenSession open, int width) =>
         SessionHopClient.OpenAsync(channel.CreateCallInvoker(), open, width, TimeSpan.FromSeconds(30));

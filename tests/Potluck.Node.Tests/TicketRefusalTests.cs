@@ -17,7 +17,7 @@ public sealed class TwoNodeFixture : IAsyncLifetime
     public InProcessPool Pool { get; private set; } = null!;
     public GrpcChannel First { get; private set; } = null!;
     public TcpListener Canary { get; } = new(IPAddress.Loopback, 0);
-    public string CanaryEndpoint => $"http://127.0.0.1:{((IPEndPoint)Canary.LocalEndpoint).Port}";
+    public string CanaryEndpoint => $"https://127.0.0.1:{((IPEndPoint)Canary.LocalEndpoint).Port}";
     public string ModelId => Pool.Host(0).ModelId;
     public int Width => Pool.Host(0).Width;
 
@@ -25,7 +25,7 @@ public sealed class TwoNodeFixture : IAsyncLifetime
     {
         Canary.Start();
         Pool = await InProcessPool.StartAsync(TestModels.Small(GgmlType.Q8_0), [(0, 2), (2, 4)], kvBudgetTokens: 1024, prefix: "tk");
-        First = Channels.For(Pool.Options[0].GrpcEndpoint);
+        First = Channels.For(Pool.Options[0]);
     }
 
     /// <summary>True when anything connected to the canary since the fixture started.</summary>
@@ -160,22 +160,30 @@ public sealed class TicketRefusalTests(TwoNodeFixture fixture) : IClassFixture<T
         closed.Stop();
         using var http1 = new TcpListener(IPAddress.Loopback, 0);
         http1.Start();
-        var answering = Task.Run(async () =>
+        using var hangup = new TcpListener(IPAddress.Loopback, 0);
+        hangup.Start();
+        using var stop = new CancellationTokenSource();
+        _ = Task.Run(async () =>
         {
             // An HTTP/1.1 server: answers anything with a 400 and closes.
-            while (true)
+            while (!stop.IsCancellationRequested)
             {
-                using var client = await http1.AcceptTcpClientAsync();
-                var stream = client.GetStream();
-                await stream.WriteAsync("HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"u8.ToArray());
+                using var client = await http1.AcceptTcpClientAsync(stop.Token);
+                await client.GetStream().WriteAsync("HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"u8.ToArray(), stop.Token);
             }
+        });
+        _ = Task.Run(async () =>
+        {
+            // An open port that accepts and hangs up at once.
+            while (!stop.IsCancellationRequested) (await hangup.AcceptTcpClientAsync(stop.Token)).Dispose();
         });
         var ports = new Dictionary<string, string>
         {
-            ["closed"] = $"http://127.0.0.1:{closedPort}",
-            ["http1"] = $"http://127.0.0.1:{((IPEndPoint)http1.LocalEndpoint).Port}",
-            // A TLS endpoint spoken to as h2c (the real node port, scheme https) and an https dial of a plaintext port.
-            ["tls"] = $"https://127.0.0.1:{new Uri(Pool.Options[1].GrpcEndpoint).Port}",
+            ["closed"] = $"https://127.0.0.1:{closedPort}",
+            ["http1"] = $"https://127.0.0.1:{((IPEndPoint)http1.LocalEndpoint).Port}",
+            ["hangup"] = $"https://127.0.0.1:{((IPEndPoint)hangup.LocalEndpoint).Port}",
+            // A real member's TLS port, but not the member the ticket names (its certificate says tk-0, not tk-1).
+            ["other-member-tls"] = Pool.Options[0].GrpcEndpoint,
         };
         var messages = new Dictionary<string, string>();
         foreach (var (kind, endpoint) in ports)
@@ -187,12 +195,15 @@ public sealed class TicketRefusalTests(TwoNodeFixture fixture) : IClassFixture<T
             var error = await Assert.ThrowsAsync<RpcException>(() => Channels.OpenAsync(fixture.First, open, fixture.Width));
             var failure = HopFailure.Read(error);
             Assert.Equal((StatusCode.Unavailable, HopFailureReason.StageUnreachable), (failure.Code, failure.Reason));
+            Assert.Equal(new HopStage(next.NodeId, next.LayerStart, next.LayerEnd), failure.Stage);
             // The message minus the endpoint the caller chose is the same for every kind of port.
             messages[kind] = failure.Message.Replace(endpoint, "<endpoint>");
             Assert.EndsWith($"next stage {next.NodeId} unreachable", failure.Message);
         }
         Assert.Single(messages.Values.Distinct());
+        await stop.CancelAsync();
         http1.Stop();
+        hangup.Stop();
         await AssertPoolServesAsync();
     }
 
@@ -237,6 +248,22 @@ public sealed class TicketRefusalTests(TwoNodeFixture fixture) : IClassFixture<T
         var result = await resumed.StepAsync(row, 1, 1, lastRowOnly: true, new float[fixture.Width], Timeout);
         Assert.Equal(2, result.SessionLength);
         await resumed.CloseAsync(Timeout);
+    }
+
+    [Fact]
+    public async Task A_ticket_replayed_to_a_later_stage_by_another_member_is_refused()
+    {
+        // The test client is a pool member, but not the stage before tk-1 on this ticket's route.
+        var route = Pool.Route();
+        var sessionId = "replayed-to-second";
+        var open = HopFrames.ForNextStage(Open(sessionId, TestTickets.For(sessionId, route, MaxTokens, resume: false)));
+        using var second = Channels.For(Pool.Options[1]);
+        var error = await Assert.ThrowsAsync<RpcException>(() => Channels.OpenAsync(second, open, fixture.Width));
+        var failure = HopFailure.Read(error);
+        Assert.Equal((StatusCode.PermissionDenied, HopFailureReason.TicketInvalid), (failure.Code, failure.Reason));
+        Assert.Equal(new HopStage(Pool.Options[1].ResolvedNodeId, 2, 4), failure.Stage);
+        Assert.Contains($"the ticket's stage before this one is node {Pool.Options[0].ResolvedNodeId}", failure.Message);
+        AssertNothingHappened(sessionId);
     }
 
     [Fact]

@@ -78,7 +78,7 @@ public sealed class WireFieldTests
             });
         var width = pool.Host(0).Width;
         var inputs = Inputs(width);
-        using var channel = Channels.For(pool.Options[0].GrpcEndpoint);
+        using var channel = Channels.For(pool.Options[0]);
 
         // Plain steps, each with fields only the final stage acts on: return_rows, last_row_only, truncate_to.
         var plain = await OpenAsync(pool, channel, "plain", resume: null);
@@ -202,7 +202,7 @@ public sealed class ChainFailureTests
         // 0: [0,2)  1: [2,4)  2: [2,3) (only there to be named wrongly)
         await using var pool = await InProcessPool.StartAsync(TestModels.Small(GgmlType.Q8_0), [(0, 2), (2, 4), (2, 3)], kvBudgetTokens: 128, prefix: "cf");
         var modelId = pool.Host(0).ModelId;
-        using var channel = Channels.For(pool.Options[0].GrpcEndpoint);
+        using var channel = Channels.For(pool.Options[0]);
         RouteHop Hop(int i, int? end = null) => new()
         {
             NodeId = pool.Options[i].ResolvedNodeId, Endpoint = pool.Options[i].GrpcEndpoint, LayerStart = pool.Options[i].LayerStart,
@@ -225,13 +225,13 @@ public sealed class ChainFailureTests
         Assert.StartsWith(path, span.Message);
 
         // Nothing listens at the next stage's endpoint: STAGE_UNREACHABLE, attributed to that stage.
-        var dead = new RouteHop { NodeId = "gone", Endpoint = $"http://127.0.0.1:{Ports.Free()}", LayerStart = 2, LayerEnd = 4 };
+        var dead = new RouteHop { NodeId = "gone", Endpoint = $"https://127.0.0.1:{Ports.Free()}", LayerStart = 2, LayerEnd = 4 };
         var unreachable = await OpenFailsAsync("dead", 32, dead);
         Assert.Equal((HopFailureReason.StageUnreachable, StatusCode.Unavailable), (unreachable.Reason, unreachable.Code));
         Assert.Equal(new HopStage("gone", 2, 4), unreachable.Stage);
 
         // The last stage has no KV room left (another session holds most of it): KV_FULL at that stage.
-        using var lastChannel = Channels.For(pool.Options[1].GrpcEndpoint);
+        using var lastChannel = Channels.For(pool.Options[1]);
         var hog = await SessionHopClient.OpenAsync(lastChannel.CreateCallInvoker(),
             HopFrames.Open("hog", modelId, 100, HiddenType.F16, [Hop(1)], TestTickets.For("hog", [Hop(1)], 100, resume: false)), pool.Host(1).Width, Timeout);
         var full = await OpenFailsAsync("full", 64, Hop(1));

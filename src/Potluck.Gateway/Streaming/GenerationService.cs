@@ -5,6 +5,7 @@ using Potluck.Gateway.Head;
 using Potluck.Gateway.Routing;
 using Potluck.Gateway.Sessions;
 using Potluck.Gateway.Telemetry;
+using Potluck.Protocol;
 
 namespace Potluck.Gateway.Streaming;
 
@@ -12,7 +13,7 @@ namespace Potluck.Gateway.Streaming;
 public sealed class GenerationService(
     ModelFrontEnd model,
     PoolMonitor pool,
-    StageChannelPool channels,
+    MemberChannels channels,
     IGrainFactory grains,
     RunningSessions running,
     GatewayTelemetry telemetry,
@@ -27,7 +28,7 @@ public sealed class GenerationService(
 
     internal ModelFrontEnd Model => model;
     internal PoolMonitor Pool => pool;
-    internal StageChannelPool Channels => channels;
+    internal MemberChannels Channels => channels;
     internal IGrainFactory Grains => grains;
     internal GatewayTelemetry Telemetry => telemetry;
     internal GatewayOptions Options => options;

@@ -264,7 +264,7 @@ internal sealed class ResilientRoute
         // next hop here, and only this gateway can allow a resume of this session id.
         var ticket = RouteTickets.Issue(_service.Authority, dataSession, hops, _sessionTokens, resume is not null, RouteTickets.DefaultLifetime);
         var open = HopFrames.Open(dataSession, _service.Model.ModelId, _sessionTokens, _service.Options.WireType, hops, ticket, resume);
-        var client = await SessionHopClient.OpenAsync(_service.Channels.Get(plan.Hops[0].Endpoint).CreateCallInvoker(), open, _service.Model.Width,
+        var client = await SessionHopClient.OpenAsync(_service.Channels.Get(plan.Hops[0].Endpoint, plan.Hops[0].NodeId).CreateCallInvoker(), open, _service.Model.Width,
             _service.Options.StepTimeout, ct);
         _route = new OpenRoute(client, plan, dataSession);
         State = RouteState.Open;
@@ -313,7 +313,7 @@ internal sealed class ResilientRoute
                         _failedNodes.Add(hop.NodeId);
                     }
                 }
-                else if (decision.ProbeStages && !await _service.Pool.ProbeAsync(hop.Endpoint, ct))
+                else if (decision.ProbeStages && !await _service.Pool.ProbeAsync(hop.Endpoint, hop.NodeId, ct))
                 {
                     _failedNodes.Add(hop.NodeId);
                 }

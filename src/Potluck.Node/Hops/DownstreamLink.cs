@@ -19,7 +19,7 @@ internal sealed class DownstreamLink
     private static readonly TimeSpan OpenTimeout = TimeSpan.FromSeconds(30);
     private static readonly TimeSpan CloseTimeout = TimeSpan.FromSeconds(5);
 
-    private readonly StageChannels _channels;
+    private readonly MemberChannels _channels;
     private readonly StageFailures _failures;
     private readonly NodeTelemetry _telemetry;
     private readonly ILogger _log;
@@ -33,7 +33,7 @@ internal sealed class DownstreamLink
     private volatile RpcException? _error;
     private volatile bool _closing;
 
-    public DownstreamLink(StageChannels channels, StageFailures failures, int width, NodeTelemetry telemetry, ILogger log)
+    public DownstreamLink(MemberChannels channels, StageFailures failures, int width, NodeTelemetry telemetry, ILogger log)
     {
         _width = width;
         _channels = channels;
@@ -68,7 +68,7 @@ internal sealed class DownstreamLink
         try
         {
             // The outbound call lives exactly as long as this session's inbound stream (until Failed).
-            _client = await SessionHopClient.OpenAsync(_channels.Get(next.Endpoint).CreateCallInvoker(), HopFrames.ForNextStage(received), _width,
+            _client = await SessionHopClient.OpenAsync(_channels.Get(next.Endpoint, next.NodeId).CreateCallInvoker(), HopFrames.ForNextStage(received), _width,
                 OpenTimeout, ct, callLifetime: _failed.Token);
         }
         catch (RpcException e) when (HopFailure.Read(e).Stage is not null)

@@ -20,7 +20,7 @@ internal enum StepOrder
 /// Every check a frame on a Hop stream must pass before this stage acts on it. Each returns the failure to end the
 /// stream with, or null; none has side effects, so the caller decides what a rejection frees.
 /// </summary>
-internal sealed class HopFrameValidator(SpanHost host, StageFailures failures, RouteTicketVerifier tickets)
+internal sealed class HopFrameValidator(SpanHost host, StageFailures failures, RouteTicketVerifier tickets, string? callerNodeId)
 {
     private const int MaxSessionIdLength = 200;
 
@@ -42,7 +42,7 @@ internal sealed class HopFrameValidator(SpanHost host, StageFailures failures, R
         next = null;
         if (string.IsNullOrEmpty(open.SessionId) || open.SessionId.Length > MaxSessionIdLength)
             return failures.Fail(HopFailureReason.InvalidFrame, $"session_id must be 1-{MaxSessionIdLength} characters");
-        var ticket = tickets.Verify(open);
+        var ticket = tickets.Verify(open, callerNodeId);
         if (!ticket.Accepted) return failures.Fail(HopFailureReason.TicketInvalid, ticket.Refusal!);
         next = ticket.Next;
         if (open.ModelId != host.ModelId)
@@ -71,8 +71,8 @@ internal sealed class HopFrameValidator(SpanHost host, StageFailures failures, R
         {
             if (hop.LayerStart != expect || hop.LayerEnd <= hop.LayerStart || hop.LayerEnd > host.LayerCount)
                 return failures.Fail(HopFailureReason.InvalidRoute, $"route hop {hop.NodeId} [{hop.LayerStart},{hop.LayerEnd}) does not continue at layer {expect}");
-            if (!StageChannels.IsValidEndpoint(hop.Endpoint))
-                return failures.Fail(HopFailureReason.InvalidRoute, $"route hop {hop.NodeId} has no valid http(s) endpoint: '{hop.Endpoint}'");
+            if (!MemberChannels.IsValidEndpoint(hop.Endpoint))
+                return failures.Fail(HopFailureReason.InvalidRoute, $"route hop {hop.NodeId} has no valid https endpoint: '{hop.Endpoint}'");
             expect = hop.LayerEnd;
         }
         return expect != host.LayerCount ? failures.Fail(HopFailureReason.InvalidRoute, $"route ends at layer {expect}, the model has {host.LayerCount}") : null;

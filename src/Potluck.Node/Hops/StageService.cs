@@ -13,7 +13,7 @@ namespace Potluck.Node.Hops;
 /// The data-plane endpoint of one node: one Hop stream per session that passes through it. Opens need a route ticket
 /// from the pool's gateway naming this node by its certificate's node id (<see cref="MemberSecurity.Identity"/>).
 /// </summary>
-public sealed class StageService(SpanHost host, StageChannels channels, NodeTelemetry telemetry, MemberSecurity security, ILogger<StageService> log)
+public sealed class StageService(SpanHost host, MemberChannels channels, NodeTelemetry telemetry, MemberSecurity security, ILogger<StageService> log)
     : GrpcStage.StageBase
 {
     public override async Task Hop(IAsyncStreamReader<HopRequest> requestStream, IServerStreamWriter<HopResponse> responseStream, ServerCallContext context)

@@ -9,6 +9,7 @@ using Orleans.Configuration;
 using Orleans.Hosting;
 using Orleans.Runtime;
 using Potluck.Security;
+using Xunit.Abstractions;
 
 namespace Potluck.Gateway.Tests;
 
@@ -55,7 +56,7 @@ public sealed class RogueSiloPoolTests(PoolFixture pool, ITestOutputHelper outpu
             .UseOrleans(silo =>
             {
                 silo.UseDevelopmentClustering(new IPEndPoint(IPAddress.Loopback, seed));
-                silo.Configure<ClusterOptions>(o => { o.ClusterId = new GatewayOptions().ClusterId; o.ServiceId = "potluck"; });
+                silo.Configure<ClusterOptions>(o => { o.ClusterId = TestPki.DefaultPool; o.ServiceId = "potluck"; });
                 silo.ConfigureEndpoints(IPAddress.Loopback, siloPort, Ports.Free());
                 if (rogueCertificate is not null)
                 {

@@ -13,6 +13,7 @@ using OpenTelemetry.Trace;
 using Potluck.Cluster;
 using Potluck.Cluster.Membership;
 using Potluck.Hosting;
+using Potluck.Protocol;
 using Potluck.Protocol.Diagnostics;
 using Potluck.Gateway.Access;
 using Potluck.Gateway.Api;
@@ -139,7 +140,9 @@ public static class GatewayHost
         builder.WebHost.ConfigureKestrel(kestrel => poolListener.Listen(kestrel, SiloListenAddress(options), options.ResolvedPoolPort));
         builder.Services.AddHostedService<GatewayCredentialRenewer>();
         builder.Services.AddSingleton<GatewayTelemetry>();
-        builder.Services.AddSingleton<StageChannelPool>();
+        // One mutual-TLS channel per first-stage node; hidden states of a full prefill chunk can be several MiB.
+        builder.Services.AddSingleton(sp => new MemberChannels(security.Credential, security.Trust, 256 * 1024 * 1024,
+            log: sp.GetRequiredService<ILoggerFactory>().CreateLogger<MemberChannels>()));
         builder.Services.AddSingleton<RunningSessions>();
         builder.Services.AddSingleton<GenerationService>();
         builder.Services.AddSingleton<PoolMonitor>();
@@ -153,7 +156,7 @@ public static class GatewayHost
             [NodeMetadataKeys.ProcessId] = Environment.ProcessId.ToString(CultureInfo.InvariantCulture),
         };
         StepTimeline.Start("gateway");
-        builder.UsePotluckSilo(MembershipOf(options), metadata);
+        builder.UsePotluckSilo(MembershipOf(options), metadata, security);
         builder.Services.AddPotluckHealthChecks();
         // After the silo: the monitor needs the cluster to read the pool directory.
         builder.Services.AddHostedService(sp => sp.GetRequiredService<PoolMonitor>());

@@ -1,7 +1,10 @@
 using System.Net;
+using System.Security.Authentication;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.Extensions.Hosting;
+using Orleans.Connections.Security;
 using Orleans.Hosting;
+using Potluck.Security;
 using Potluck.Cluster.Membership;
 using Potluck.Cluster.Placement;
 
@@ -12,19 +15,47 @@ public static class PotluckSilo
 {
     /// <summary>
     /// Runs an Orleans silo in this host: Redis or development membership (<see cref="SiloMembership"/>), the Potluck
-    /// control plane (silo metadata, placement directors, the pool directory's options) and activity propagation, so
-    /// grain calls join the caller's trace.
+    /// control plane (silo metadata, placement directors, the pool directory's options), activity propagation, so
+    /// grain calls join the caller's trace, and mutual TLS on every silo and gateway connection (<see cref="UsePoolTls(ISiloBuilder, MemberSecurity)"/>).
     /// </summary>
     public static WebApplicationBuilder UsePotluckSilo(this WebApplicationBuilder builder, SiloMembershipSettings membership,
-        Dictionary<string, string> metadata)
+        Dictionary<string, string> metadata, MemberSecurity security)
     {
         builder.UseOrleans(silo =>
         {
             silo.UsePotluckMembership(membership);
+            silo.UsePoolTls(security);
             silo.AddPotluckControlPlane(metadata);
             silo.AddActivityPropagation();
         });
         return builder;
+    }
+
+    /// <summary>
+    /// Mutual TLS on the silo's inbound silo and gateway connections and its outbound silo connections: it presents its
+    /// current member certificate (read per handshake, so a renewal takes effect for new connections) and accepts only
+    /// peers that <see cref="PoolTrust.ValidateMember"/> trusts: members of this pool, never volunteers, nothing revoked.
+    /// </summary>
+    public static ISiloBuilder UsePoolTls(this ISiloBuilder silo, MemberSecurity security) =>
+        silo.UseTls(options => ConfigureMutualTls(options, security.Credential, security.Trust));
+
+    /// <summary>The same for an Orleans client (tests, tools): it presents <paramref name="credential"/> and trusts members only.</summary>
+    public static IClientBuilder UsePoolTls(this IClientBuilder client, RotatingCredential credential, PoolTrust trust) =>
+        client.UseTls(options => ConfigureMutualTls(options, credential, trust));
+
+    private static void ConfigureMutualTls(TlsOptions options, RotatingCredential credential, PoolTrust trust)
+    {
+        // The client side insists on a LocalCertificate even when a selector is set; the selectors win per handshake.
+        options.LocalCertificate = credential.Current.Certificate;
+        options.LocalServerCertificateSelector = (_, _) => credential.Current.Certificate;
+        options.LocalClientCertificateSelector = (_, _, _, _, _) => credential.Current.Certificate;
+        options.RemoteCertificateMode = RemoteCertificateMode.RequireCertificate;
+        options.ClientCertificateMode = RemoteCertificateMode.RequireCertificate;
+        options.SslProtocols = SslProtocols.Tls13 | SslProtocols.Tls12;
+        options.CheckCertificateRevocation = false;
+        // Platform policy errors (untrusted root, host name) do not matter: the pool CA is the only root and the
+        // identity is the certificate's SAN URI, not a host name.
+        options.RemoteCertificateValidation = (certificate, _, _) => trust.ValidateMember(certificate).Trusted;
     }
 
     /// <summary>

@@ -179,7 +179,7 @@ public static class NodeHost
 
         var listen = PotluckSilo.ListenAddressFor(options.AdvertisedHost, options.ListenAddress);
         var maxMessage = StageHosting.MaxMessageBytes(options.MaxRowsPerStep, compute.Width);
-        StageHosting.AddStage(builder, listen, options.GrpcPort, maxMessage);
+        StageHosting.AddStage(builder, listen, options.GrpcPort, maxMessage, security);
         builder.Services.AddSingleton(sp => new SpanHost(compute, nodeId, sp.GetRequiredService<ILogger<SpanHost>>(),
             sp.GetRequiredService<NodeTelemetry>(), options.MaxRowsPerStep) { MeasuredMsPerToken = msPerToken });
 
@@ -198,7 +198,7 @@ public static class NodeHost
 
         builder.UsePotluckSilo(new SiloMembershipSettings(options.ClusterId, SiloMembership.ResolveIPv4(options.AdvertisedHost),
             listen, options.SiloPort, options.GatewayPort, options.RedisConnectionString, options.PrimarySiloEndpoint,
-            options.FastFailureDetection), metadata);
+            options.FastFailureDetection), metadata, security);
         builder.Services.AddPotluckHealthChecks();
 
         builder.Services.AddSingleton(sp =>
@@ -219,7 +219,7 @@ public static class NodeHost
         var app = builder.Build();
         Membership.NodeMembership.Use(app);
         StageHosting.MapStage(app);
-        // h2c like the Stage service: curl --http2-prior-knowledge http://NODE:GRPC-PORT/healthz
+        // Behind the same mutual TLS as the Stage service (a member certificate is needed); container probes use tcp.
         app.MapPotluckHealthChecks();
         WireLifecycle(app, options, nodeId);
         return app;

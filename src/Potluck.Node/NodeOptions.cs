@@ -97,7 +97,7 @@ public sealed record NodeOptions
 
     public string ResolvedNodeId => NodeId ?? $"node-{AdvertisedHost}-{GrpcPort}";
 
-    public string GrpcEndpoint => $"http://{FormatHost(AdvertisedHost)}:{GrpcPort}";
+    public string GrpcEndpoint => $"https://{FormatHost(AdvertisedHost)}:{GrpcPort}";
 
     private static string FormatHost(string host) =>
         System.Net.IPAddress.TryParse(host, out var ip) && ip.AddressFamily == System.Net.Sockets.AddressFamily.InterNetworkV6 ? $"[{host}]" : host;

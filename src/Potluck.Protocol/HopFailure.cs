@@ -63,6 +63,8 @@ public enum HopFailureReason
     Internal,
     /// <summary>The route answered with a result that does not fit the step (wrong id, width, payload).</summary>
     BadResult,
+    /// <summary>An open without a valid route ticket: none, malformed, not the pool CA's, expired, or for another session, size, stage or route.</summary>
+    TicketInvalid,
 }
 
 /// <summary>Which stage failed: the one whose node id and span a failure names.</summary>
@@ -101,6 +103,7 @@ public sealed record HopFailure(HopFailureReason Reason, StatusCode Code, string
         HopFailureReason.StageUnreachable => StatusCode.Unavailable,
         HopFailureReason.Timeout => StatusCode.DeadlineExceeded,
         HopFailureReason.Internal or HopFailureReason.BadResult => StatusCode.Internal,
+        HopFailureReason.TicketInvalid => StatusCode.PermissionDenied,
         _ => StatusCode.Unknown,
     };
 

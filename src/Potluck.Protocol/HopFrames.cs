@@ -16,9 +16,13 @@ public readonly record struct ResumePoint(int Length, ulong LastStepId);
 /// </summary>
 public static class HopFrames
 {
-    /// <summary>The open for a route's first stage: <paramref name="route"/>[0] is that stage, the rest its tail.</summary>
+    /// <summary>
+    /// The open for a route's first stage: <paramref name="route"/>[0] is that stage, the rest its tail.
+    /// <paramref name="ticket"/> is the route ticket for exactly this open (<see cref="RouteTickets.Issue"/>: same session
+    /// id, route, max tokens and resume); every stage forwards it unchanged and refuses the open without it.
+    /// </summary>
     public static OpenSession Open(string sessionId, string modelId, int maxTokens, HiddenType wireType, IReadOnlyList<RouteHop> route,
-        ResumePoint? resume = null)
+        ByteString ticket, ResumePoint? resume = null)
     {
         if (route.Count == 0) throw new ArgumentException("a route has at least one stage", nameof(route));
         var open = new OpenSession
@@ -31,6 +35,7 @@ public static class HopFrames
             WireType = wireType,
             Traceparent = Activity.Current?.Id ?? "",
             Tracestate = Activity.Current?.TraceStateString ?? "",
+            Ticket = ticket,
         };
         if (resume is { } point)
         {
@@ -43,8 +48,9 @@ public static class HopFrames
     }
 
     /// <summary>
-    /// What a stage sends its next stage: the received open with every field kept, except the span (now the next
-    /// stage's), the route tail (one shorter) and the trace context (this stage's activity).
+    /// What a stage sends its next stage: the received open with every field kept (the route ticket too, unchanged:
+    /// the next stage checks the same signature), except the span (now the next stage's), the route tail (one
+    /// shorter) and the trace context (this stage's activity).
     /// </summary>
     public static OpenSession ForNextStage(OpenSession received)
     {

@@ -160,14 +160,14 @@ public sealed class NodeEnvironmentTests(DemoModel model) : IClassFixture<DemoMo
         var start = PotluckProcess.StartInfo(["node"], model.Home.Path);
         start.Environment["Potluck__Node__ModelPath"] = model.Path;
         start.Environment["Potluck__Node__Layers"] = "2-6";
-        ContainerEnvironment(start, grpcPort);
+        var cluster = ContainerEnvironment(start, grpcPort);
         await using var node = StartNode(start);
         await node.WaitForOutputAsync("Node env-node serving layers [2,6) of 8", Limit);
-        Assert.Contains($"gRPC http://127.0.0.1:{grpcPort}", node.Output);
+        Assert.Contains($"gRPC https://127.0.0.1:{grpcPort}", node.Output);
 
-        // The node answers on the port the environment chose: GET /healthz (h2c, like the Stage service) reports its silo active.
-        using var http = new HttpClient { DefaultRequestVersion = HttpVersion.Version20, DefaultVersionPolicy = HttpVersionPolicy.RequestVersionExact, Timeout = TimeSpan.FromSeconds(10) };
-        var health = await http.GetStringAsync($"http://127.0.0.1:{grpcPort}/healthz");
+        // The node answers on the port the environment chose: GET /healthz (behind the Stage service's mutual TLS) reports its silo active.
+        using var http = TestPki.HttpClient("env-node", cluster);
+        var health = await http.GetStringAsync($"https://127.0.0.1:{grpcPort}/healthz");
         Assert.Equal("Healthy", health);
     }
 
@@ -181,21 +181,22 @@ public sealed class NodeEnvironmentTests(DemoModel model) : IClassFixture<DemoMo
         ContainerEnvironment(start, grpcPort);
         await using var node = StartNode(start);
         await node.WaitForOutputAsync("Node flag-node serving layers [0,8) of 8", Limit);
-        Assert.Contains($"gRPC http://127.0.0.1:{grpcPort}", node.Output);
+        Assert.Contains($"gRPC https://127.0.0.1:{grpcPort}", node.Output);
         Assert.Contains("potluck: warning: --host is deprecated; on `potluck node` it means --advertise 127.0.0.1", node.StandardError);
     }
 
     /// <summary>The rest of a container's node environment: id, ports, one thread and a fresh cluster id.</summary>
-    private static void ContainerEnvironment(ProcessStartInfo start, int grpcPort)
+    private static string ContainerEnvironment(ProcessStartInfo start, int grpcPort)
     {
+        var cluster = $"env-{Guid.NewGuid():N}";
         start.Environment["Potluck__Node__NodeId"] = "env-node";
         start.Environment["Potluck__Node__GrpcPort"] = grpcPort.ToString();
         start.Environment["Potluck__Node__SiloPort"] = Ports.Free().ToString();
         start.Environment["Potluck__Node__Threads"] = "1";
-        var cluster = $"env-{Guid.NewGuid():N}";
         start.Environment["Potluck__Cluster__ClusterId"] = cluster;
-        // The container way to a credential: the pool's CA directory mounted in (compose's gateway volume, a Secret).
+        // The node issues its certificate from the test run's CA of that pool (a container mounts its credential instead).
         foreach (var (key, value) in TestPki.Environment(cluster)) start.Environment[key] = value;
+        return cluster;
     }
 
     /// <summary>A long-running `potluck node` with its own environment: SIGTERM on dispose, then killed.</summary>

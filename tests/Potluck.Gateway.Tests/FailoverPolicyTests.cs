@@ -35,6 +35,7 @@ public sealed class FailoverPolicyTests
         { HopFailureReason.Timeout, FailoverAction.Resume, FailoverAction.Resume },
         { HopFailureReason.Internal, FailoverAction.Resume, FailoverAction.Resume },
         { HopFailureReason.BadResult, FailoverAction.Resume, FailoverAction.Resume },
+        { HopFailureReason.TicketInvalid, FailoverAction.Fail, FailoverAction.Fail },
     };
 
     [Theory]

@@ -106,7 +106,7 @@ public sealed class FailoverTests(ITestOutputHelper output) : IAsyncLifetime
         Assert.Equal("length", baseline.RootElement.GetProperty("choices")[0].GetProperty("finish_reason").GetString());
 
         // Persistent channels, so looking at the replicas mid-stream costs one loopback round trip each.
-        var channels = _nodes.ToDictionary(n => n.NodeId, n => GrpcChannel.ForAddress(n.Endpoint));
+        var channels = _nodes.ToDictionary(n => n.NodeId, n => n.Channel());
         try
         {
             await WaitIdleAsync(channels, except: null, "the baseline session");

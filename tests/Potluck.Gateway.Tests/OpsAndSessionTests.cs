@@ -23,7 +23,7 @@ public sealed class OpsAndSessionTests(PoolFixture pool)
         foreach (var node in nodes)
         {
             Assert.Equal("healthy", node.GetProperty("state").GetString());
-            Assert.StartsWith("http://127.0.0.1:", node.GetProperty("endpoint").GetString());
+            Assert.StartsWith("https://127.0.0.1:", node.GetProperty("endpoint").GetString());
             Assert.True(node.GetProperty("free_kv_tokens").GetInt64() > 0);
             Assert.True(node.GetProperty("ms_per_token").GetDouble() > 0);
             // Nodes advertise their OS process id in silo metadata; each node is its own process.

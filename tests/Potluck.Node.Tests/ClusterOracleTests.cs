@@ -21,15 +21,15 @@ public sealed class ClusterOracleTests
 
     private static Task<SessionRun> RunSession(InProcessPool pool, ModelHead head, LayerSpan oracle, string modelId, string sessionId,
         int[] prompt, int decodeSteps, HiddenType wire) =>
-        RunSession(pool.Options[0].GrpcEndpoint, pool.OpenMessage(sessionId, modelId, 64, wire), head, oracle, prompt, decodeSteps);
+        RunSession(pool.Options[0].GrpcEndpoint, pool.Options[0].ResolvedNodeId, pool.OpenMessage(sessionId, modelId, 64, wire), head, oracle, prompt, decodeSteps);
 
     /// <summary>Prefill then greedy decode through the route, checking each step's logits against the single-node oracle.</summary>
-    internal static async Task<SessionRun> RunSession(string firstEndpoint, OpenSession open, ModelHead head, LayerSpan oracle,
+    internal static async Task<SessionRun> RunSession(string firstEndpoint, string firstNodeId, OpenSession open, ModelHead head, LayerSpan oracle,
         int[] prompt, int decodeSteps)
     {
         var width = head.Width;
         var sessionId = open.SessionId;
-        using var channel = Channels.For(firstEndpoint);
+        using var channel = Channels.For(firstEndpoint, firstNodeId);
         await using var client = await Channels.OpenAsync(channel, open, width);
         Assert.Equal(3, client.Opened.Stages.Count);
         oracle.OpenSession(sessionId, 64);
@@ -122,7 +122,7 @@ public sealed class ClusterOracleTests
         using var lease = SharedModel.Acquire(path);
         using var head = new ModelHead(lease.Model, threads: 1);
         var width = head.Width;
-        using var channel = Channels.For(pool.Options[0].GrpcEndpoint);
+        using var channel = Channels.For(pool.Options[0]);
         await using var client = await Channels.OpenAsync(channel, pool.OpenMessage("rewind", lease.Model.Info.ModelId, 64, HiddenType.F32), width);
 
         int[] prompt = [1, 40, 41, 42, 43];
@@ -178,7 +178,7 @@ public sealed class ClusterOracleTests
         await Assert.ThrowsAnyAsync<Exception>(() => pool.Grains.GetGrain<IShardGrain>(ShardKeys.For("no-such-node", 0, 4)).GetStatus());
 
         // Open a session through the data plane, then close it through the first stage's grain.
-        using var channel = Channels.For(pool.Options[0].GrpcEndpoint);
+        using var channel = Channels.For(pool.Options[0]);
         await using var client = await Channels.OpenAsync(channel, pool.OpenMessage("grain-closed", modelId, 100), pool.Host(0).Width);
         for (var i = 0; i < 3; i++) Assert.Equal(512 - 100, pool.Host(i).FreeKvTokens);
         var first = pool.Grains.GetGrain<IShardGrain>(ShardKeys.For("ctl-0", 0, 2));

@@ -33,9 +33,9 @@ public sealed class DrainTests(ITestOutputHelper output)
 
         public SessionHopClient Client => client;
 
-        public static async Task<CheckedSession> OpenAsync(string endpoint, OpenSession open, ModelHead head, LayerSpan oracle)
+        public static async Task<CheckedSession> OpenAsync(NodeProcess node, OpenSession open, ModelHead head, LayerSpan oracle)
         {
-            var channel = Channels.For(endpoint);
+            var channel = node.Channel();
             try
             {
                 var client = await Channels.OpenAsync(channel, open, head.Width);
@@ -161,7 +161,7 @@ public sealed class DrainTests(ITestOutputHelper output)
         await ProcessPool.WaitForAsync(async () => (await pool.Directory.GetView()).HealthyShards(modelId).Count == 2, ViewTimeout, "both replicas healthy");
         var leavingShard = (await pool.Directory.GetView()).HealthyShards(modelId).Single(s => s.NodeId == "leaves");
 
-        await using var inUse = await CheckedSession.OpenAsync(leaving.Endpoint, ProcessPool.OpenMessage("in-use", modelId, 64, [leavingShard]), head, oracle);
+        await using var inUse = await CheckedSession.OpenAsync(leaving, pool.OpenMessage("in-use", modelId, 64, [leavingShard]), head, oracle);
         await inUse.StepAsync(1);
         await inUse.StepAsync(40);
 
@@ -180,8 +180,8 @@ public sealed class DrainTests(ITestOutputHelper output)
         // A new session on the draining node is refused with the status the gateway answers by trying a replica.
         var refused = await Assert.ThrowsAsync<RpcException>(async () =>
         {
-            using var channel = Channels.For(leaving.Endpoint);
-            await using var client = await Channels.OpenAsync(channel, ProcessPool.OpenMessage("too-late", modelId, 64, [leavingShard]), head.Width);
+            using var channel = leaving.Channel();
+            await using var client = await Channels.OpenAsync(channel, pool.OpenMessage("too-late", modelId, 64, [leavingShard]), head.Width);
         });
         output.WriteLine($"new session while draining: {refused.StatusCode} {refused.Status.Detail}");
         Assert.Equal(StatusCode.ResourceExhausted, refused.StatusCode);
@@ -224,7 +224,7 @@ public sealed class DrainTests(ITestOutputHelper output)
         await ProcessPool.WaitForAsync(async () => (await pool.Directory.GetView()).HealthyShards(modelId).Count == 1, ViewTimeout, "the shard healthy");
         var shard = (await pool.Directory.GetView()).HealthyShards(modelId)[0];
 
-        await using var never = await CheckedSession.OpenAsync(node.Endpoint, ProcessPool.OpenMessage("never-closed", modelId, 64, [shard]), head, oracle);
+        await using var never = await CheckedSession.OpenAsync(node, pool.OpenMessage("never-closed", modelId, 64, [shard]), head, oracle);
         await never.StepAsync(1);
 
         node.Terminate();

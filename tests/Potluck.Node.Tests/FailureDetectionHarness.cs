@@ -78,6 +78,7 @@ public sealed class ProcessPool : IAsyncDisposable
             {
                 client.UseStaticClustering(new IPEndPoint(IPAddress.Loopback, gatewayPort));
                 client.Configure<ClusterOptions>(o => { o.ClusterId = cluster; o.ServiceId = "potluck"; });
+                client.UseTestPoolTls(cluster);
             }).Build();
             using (var startTimeout = new CancellationTokenSource(StartTimeout)) await clientHost.StartAsync(startTimeout.Token);
             return new ProcessPool(cluster, nodes, siloPorts, clientHost);
@@ -98,7 +99,7 @@ public sealed class ProcessPool : IAsyncDisposable
         table.Where(e => e.SiloAddress.Endpoint.Port == siloPort).MaxBy(e => e.SiloAddress.Generation);
 
     /// <summary>An open message for a route through the given nodes (F32 wire: outputs bit-identical to one process).</summary>
-    public static OpenSession OpenMessage(string sessionId, string modelId, int maxTokens, IReadOnlyList<ShardStatus> hops)
+    public OpenSession OpenMessage(string sessionId, string modelId, int maxTokens, IReadOnlyList<ShardStatus> hops)
     {
         var open = new OpenSession
         {
@@ -107,7 +108,7 @@ public sealed class ProcessPool : IAsyncDisposable
         };
         for (var i = 1; i < hops.Count; i++)
             open.Next.Add(new RouteHop { NodeId = hops[i].NodeId, Endpoint = hops[i].GrpcEndpoint, LayerStart = hops[i].LayerStart, LayerEnd = hops[i].LayerEnd });
-        return open;
+        return TestTickets.Sign(open, hops[0].NodeId, Cluster);
     }
 
     /// <summary>Polls <paramref name="condition"/> every 100 ms; returns how long it took, fails past <paramref name="timeout"/>.</summary>

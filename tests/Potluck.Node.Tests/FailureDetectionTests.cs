@@ -164,12 +164,12 @@ public sealed class FailureDetectionTests(ITestOutputHelper output)
             var width = head.Width;
             var hidden = new float[width];
             var output = new float[width];
-            using var channel = Channels.For(route[0].GrpcEndpoint);
+            using var channel = Channels.For(route[0].GrpcEndpoint, route[0].NodeId);
             for (var session = 0; !stop.IsCancellationRequested; session++)
             {
                 try
                 {
-                    await using var client = await Channels.OpenAsync(channel, ProcessPool.OpenMessage($"load-{loop}-{session}", modelId, 64, route), width);
+                    await using var client = await Channels.OpenAsync(channel, pool.OpenMessage($"load-{loop}-{session}", modelId, 64, route), width);
                     for (var position = 0; position < 60 && !stop.IsCancellationRequested; position++)
                     {
                         head.Embed([(position * 7 + loop) % 200 + 1], hidden);

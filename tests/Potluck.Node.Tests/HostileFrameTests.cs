@@ -1,9 +1,12 @@
+using System.Diagnostics;
+using System.Runtime;
 using Google.Protobuf;
 using Grpc.Core;
 using Grpc.Net.Client;
 using Potluck.Protocol.V1;
 using Potluck.Protocol;
 using Potluck.Inference.Gguf;
+using Potluck.Security;
 using GrpcStage = Potluck.Protocol.V1.Stage;
 
 namespace Potluck.Node.Tests;
@@ -20,7 +23,7 @@ public sealed class SingleNodeFixture : IAsyncLifetime
     {
         var path = TestModels.Small(GgmlType.Q8_0);
         Pool = await InProcessPool.StartAsync(path, [(0, 4)], kvBudgetTokens: 4096, prefix: "solo");
-        Channel = Channels.For(Pool.Options[0].GrpcEndpoint);
+        Channel = Channels.For(Pool.Options[0]);
     }
 
     public async Task DisposeAsync()
@@ -221,8 +224,8 @@ public sealed class HostileFrameTests(SingleNodeFixture node) : IClassFixture<Si
     [Fact]
     public async Task Garbage_bytes_instead_of_a_message_end_the_call_and_the_node_keeps_serving()
     {
-        // A raw HTTP/2 gRPC request whose one frame is not a protobuf HopRequest.
-        using var http = new HttpClient(new SocketsHttpHandler()) { DefaultRequestVersion = new Version(2, 0), DefaultVersionPolicy = HttpVersionPolicy.RequestVersionExact };
+        // A raw HTTP/2 gRPC request (over the member's mutual TLS) whose one frame is not a protobuf HopRequest.
+        using var http = TestPki.HttpClient(node.Pool.Options[0].ResolvedNodeId);
         var garbage = new byte[1000];
         new Random(7).NextBytes(garbage);
         var frame = new byte[5 + garbage.Length];
@@ -291,5 +294,214 @@ public sealed class HostileFrameTests(SingleNodeFixture node) : IClassFixture<Si
         Assert.True(codes.GetValueOrDefault(StatusCode.InvalidArgument) > 50);
         await AssertNodeServesAsync();
         Assert.Empty(node.Pool.Host(0).SessionIds);
+    }
+
+    /// <summary>The kinds of hostile frames a member with valid transport can send.</summary>
+    private enum Hostile
+    {
+        WrongShape, WidthMismatch, NonFinite, GiantRowCount, TruncatedPayload, OutOfOrderStep, StepBeforeOpen, DoubleOpen,
+        OversizedTicket, GarbageTicket, TicketForAnotherSession, TicketForAnotherStage, ResumeOfAnotherSession, EmptyFrame,
+    }
+
+    private static readonly StatusCode[] ClientErrors =
+        [StatusCode.InvalidArgument, StatusCode.FailedPrecondition, StatusCode.NotFound, StatusCode.PermissionDenied, StatusCode.OutOfRange];
+
+    /// <summary>
+    /// One hostile frame (after a good open where the kind needs one) and the status the stream ends with, timed from the
+    /// hostile frame's write.
+    /// </summary>
+    private async Task<(HopFailure Failure, TimeSpan Elapsed)> HostileRoundAsync(Hostile kind, Random rng, string victim)
+    {
+        AsyncDuplexStreamingCall<HopRequest, HopResponse> call;
+        HopRequest frame;
+        string sessionId;
+        var opensFirst = kind is Hostile.WrongShape or Hostile.WidthMismatch or Hostile.NonFinite or Hostile.GiantRowCount or Hostile.TruncatedPayload
+            or Hostile.OutOfOrderStep or Hostile.DoubleOpen or Hostile.EmptyFrame;
+        if (opensFirst)
+        {
+            (call, sessionId) = await OpenRawAsync();
+        }
+        else
+        {
+            sessionId = $"hostile-{Guid.NewGuid():N}";
+            call = new GrpcStage.StageClient(node.Channel).Hop();
+        }
+        var open = node.Pool.OpenMessage(sessionId, node.ModelId, 64);
+        switch (kind)
+        {
+            case Hostile.WrongShape:
+            {
+                var s = ValidStep(sessionId, 1, 0, 2);
+                if (rng.Next(2) == 0) s.Dtype = (HiddenType)rng.Next(2, 100);
+                else s.RowCount = 1;
+                frame = new HopRequest { Step = s };
+                break;
+            }
+            case Hostile.WidthMismatch:
+            {
+                var s = ValidStep(sessionId, 1, 0, 1);
+                s.Width = rng.Next(2) == 0 ? node.Width * 2 : rng.Next(-100, node.Width);
+                frame = new HopRequest { Step = s };
+                break;
+            }
+            case Hostile.NonFinite:
+                frame = new HopRequest { Step = ValidStep(sessionId, 1, 0, 1, rng.Next(2) == 0 ? HiddenType.F32 : HiddenType.F16,
+                    rng.Next(3) switch { 0 => float.NaN, 1 => float.PositiveInfinity, _ => float.NegativeInfinity }) };
+                break;
+            case Hostile.GiantRowCount:
+            {
+                var s = ValidStep(sessionId, 1, 0, 1);
+                s.RowCount = rng.Next(2) == 0 ? int.MaxValue : 1 << rng.Next(16, 30);
+                frame = new HopRequest { Step = s };
+                break;
+            }
+            case Hostile.TruncatedPayload:
+            {
+                var s = ValidStep(sessionId, 1, 0, 2);
+                s.Hidden = ByteString.CopyFrom(s.Hidden.Span[..rng.Next(0, s.Hidden.Length - 1)]);
+                frame = new HopRequest { Step = s };
+                break;
+            }
+            case Hostile.OutOfOrderStep:
+                frame = new HopRequest { Step = ValidStep(sessionId, (ulong)rng.Next(2, 1_000_000), 0, 1) };
+                break;
+            case Hostile.StepBeforeOpen:
+                frame = new HopRequest { Step = ValidStep(sessionId, 1, 0, 1) };
+                break;
+            case Hostile.DoubleOpen:
+                frame = new HopRequest { Open = open };
+                break;
+            case Hostile.OversizedTicket:
+            {
+                var big = new byte[RouteTickets.MaxTicketBytes + 1 + rng.Next(0, 100_000)];
+                rng.NextBytes(big);
+                open.Ticket = ByteString.CopyFrom(big);
+                frame = new HopRequest { Open = open };
+                break;
+            }
+            case Hostile.GarbageTicket:
+            {
+                var garbage = new byte[rng.Next(1, 2000)];
+                rng.NextBytes(garbage);
+                open.Ticket = ByteString.CopyFrom(garbage);
+                frame = new HopRequest { Open = open };
+                break;
+            }
+            case Hostile.TicketForAnotherSession:
+                open.Ticket = TestTickets.For($"other-{rng.Next()}", node.Pool.Route(), 64, resume: false);
+                frame = new HopRequest { Open = open };
+                break;
+            case Hostile.TicketForAnotherStage:
+            {
+                // Another node, or this node with a next hop at an endpoint of the sender's choosing.
+                var solo = node.Pool.Route()[0];
+                RouteHop[] route = rng.Next(2) == 0
+                    ? [new RouteHop(solo) { NodeId = "someone-else" }]
+                    : [new RouteHop(solo) { LayerEnd = 2 }, new RouteHop { NodeId = "evil", Endpoint = "http://127.0.0.1:9", LayerStart = 2, LayerEnd = 4 }];
+                open.Ticket = TestTickets.For(sessionId, route, 64, resume: false);
+                frame = new HopRequest { Open = open };
+                break;
+            }
+            case Hostile.ResumeOfAnotherSession:
+            {
+                var resume = HopFrames.Open(victim, node.ModelId, 64, HiddenType.F16, node.Pool.Route(),
+                    TestTickets.For(sessionId, node.Pool.Route(), 64, resume: true), new ResumePoint(1, 1));
+                frame = new HopRequest { Open = resume };
+                break;
+            }
+            default:
+                frame = new HopRequest();
+                break;
+        }
+        using (call)
+        {
+            using var timeout = new CancellationTokenSource(Timeout);
+            var watch = Stopwatch.StartNew();
+            try
+            {
+                await call.RequestStream.WriteAsync(frame, timeout.Token);
+            }
+            catch (RpcException)
+            {
+                // The server may end the stream while the frame is still being written; the status follows.
+            }
+            var error = await Assert.ThrowsAsync<RpcException>(async () => { while (await call.ResponseStream.MoveNext(timeout.Token)) { } });
+            return (HopFailure.Read(error), watch.Elapsed);
+        }
+    }
+
+    private static long RssAfterFullGc()
+    {
+        GCSettings.LargeObjectHeapCompactionMode = GCLargeObjectHeapCompactionMode.CompactOnce;
+        GC.Collect(GC.MaxGeneration, GCCollectionMode.Aggressive, blocking: true, compacting: true);
+        GC.WaitForPendingFinalizers();
+        GC.Collect(GC.MaxGeneration, GCCollectionMode.Aggressive, blocking: true, compacting: true);
+        using var self = Process.GetCurrentProcess();
+        self.Refresh();
+        return self.WorkingSet64;
+    }
+
+    [Fact]
+    public async Task Three_hundred_hostile_frames_each_get_a_clear_status_within_two_seconds_and_memory_stays_flat()
+    {
+        // A session the hostile resumes try to take over; it must keep serving its owner.
+        var victim = $"victim-{Guid.NewGuid():N}";
+        var owner = await OpenVictimAsync(victim);
+        var kinds = Enum.GetValues<Hostile>();
+        var rng = new Random(20261201);
+        // Warm up every path once (JIT, buffers, pools) before the baseline.
+        foreach (var kind in kinds) await HostileRoundAsync(kind, rng, victim);
+        await AssertNodeServesAsync();
+        var baseline = RssAfterFullGc();
+
+        var seen = new Dictionary<Hostile, HashSet<HopFailureReason>>();
+        var slowest = TimeSpan.Zero;
+        for (var round = 0; round < 300; round++)
+        {
+            var kind = kinds[round % kinds.Length];
+            var (failure, elapsed) = await HostileRoundAsync(kind, rng, victim);
+            Assert.True(ClientErrors.Contains(failure.Code), $"round {round} ({kind}): {failure.Code} {failure.Reason}: {failure.Message}");
+            // Clear: a Potluck reason from the stage itself (except gRPC's own size limit), with a message.
+            Assert.True(failure.Reason != HopFailureReason.Unspecified && failure.Stage is not null && failure.Message.Length > 0,
+                $"round {round} ({kind}): {failure.Code} {failure.Reason} at {failure.Stage}: {failure.Message}");
+            Assert.True(elapsed < TimeSpan.FromSeconds(2), $"round {round} ({kind}) took {elapsed.TotalMilliseconds:F0} ms");
+            if (elapsed > slowest) slowest = elapsed;
+            if (!seen.TryGetValue(kind, out var reasons)) seen[kind] = reasons = [];
+            reasons.Add(failure.Reason);
+        }
+        foreach (var kind in new[] { Hostile.OversizedTicket, Hostile.GarbageTicket, Hostile.TicketForAnotherSession, Hostile.TicketForAnotherStage,
+                     Hostile.ResumeOfAnotherSession })
+            Assert.Equal([HopFailureReason.TicketInvalid], seen[kind]);
+        Assert.Equal([HopFailureReason.SessionNotFound], seen[Hostile.StepBeforeOpen]);
+        Assert.Equal([HopFailureReason.AlreadyOpen], seen[Hostile.DoubleOpen]);
+        Assert.Equal([HopFailureReason.NonFiniteHidden], seen[Hostile.NonFinite]);
+        Assert.Equal([HopFailureReason.StepOutOfOrder], seen[Hostile.OutOfOrderStep]);
+
+        // The victim was never taken over, the node serves, nothing hostile is held, and memory is where it was.
+        using (owner)
+        {
+            await owner.RequestStream.WriteAsync(new HopRequest { Step = ValidStep(victim, 2, 1, 1) });
+            using var timeout = new CancellationTokenSource(Timeout);
+            Assert.True(await owner.ResponseStream.MoveNext(timeout.Token));
+            Assert.Equal(2, owner.ResponseStream.Current.Result.SessionLength);
+            await owner.RequestStream.CompleteAsync();
+            while (await owner.ResponseStream.MoveNext(timeout.Token)) { }
+        }
+        await AssertNodeServesAsync();
+        await WaitUntil(() => node.Pool.Host(0).SessionIds.Count == 0);
+        var after = RssAfterFullGc();
+        Assert.True(after <= baseline * 1.10, $"RSS {after / 1e6:F1} MB after the hostile frames, baseline {baseline / 1e6:F1} MB (slowest status {slowest.TotalMilliseconds:F0} ms)");
+    }
+
+    private async Task<AsyncDuplexStreamingCall<HopRequest, HopResponse>> OpenVictimAsync(string victim)
+    {
+        var call = new GrpcStage.StageClient(node.Channel).Hop();
+        await call.RequestStream.WriteAsync(new HopRequest { Open = node.Pool.OpenMessage(victim, node.ModelId, 64) });
+        using var timeout = new CancellationTokenSource(Timeout);
+        Assert.True(await call.ResponseStream.MoveNext(timeout.Token));
+        await call.RequestStream.WriteAsync(new HopRequest { Step = ValidStep(victim, 1, 0, 1) });
+        Assert.True(await call.ResponseStream.MoveNext(timeout.Token));
+        Assert.Equal(1, call.ResponseStream.Current.Result.SessionLength);
+        return call;
     }
 }

@@ -41,7 +41,7 @@ public sealed class ProbeDuringComputeTests(ITestOutputHelper output)
         var status = pool.Apps[0].Services.GetRequiredService<ShardStatusSource>();
         var options = pool.Options[0];
         var shard = pool.Grains.GetGrain<IShardGrain>(ShardKeys.For(options.ResolvedNodeId, options.LayerStart, options.LayerEnd));
-        using var channel = Channels.For(options.GrpcEndpoint);
+        using var channel = Channels.For(options);
         var stage = new GrpcStage.StageClient(channel);
         var probes = new (string Name, Func<Task> Call)[]
         {

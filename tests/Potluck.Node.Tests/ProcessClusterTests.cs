@@ -64,6 +64,7 @@ public sealed class ProcessClusterTests(ITestOutputHelper output)
         {
             client.UseStaticClustering(new IPEndPoint(IPAddress.Loopback, gatewayA), new IPEndPoint(IPAddress.Loopback, gatewayC));
             client.Configure<ClusterOptions>(o => { o.ClusterId = cluster; o.ServiceId = "potluck"; });
+            client.UseTestPoolTls(cluster);
         }).Build();
         using (var startTimeout = new CancellationTokenSource(Timeout)) await clientHost.StartAsync(startTimeout.Token);
         var directory = clientHost.Services.GetRequiredService<IClusterClient>().GetGrain<IPoolDirectoryGrain>(PoolKeys.Default);
@@ -83,13 +84,13 @@ public sealed class ProcessClusterTests(ITestOutputHelper output)
             var open = new OpenSession { SessionId = sessionId, ModelId = modelId, LayerStart = hops[0].LayerStart, LayerEnd = hops[0].LayerEnd, MaxTokens = 64, WireType = HiddenType.F32 };
             for (var i = 1; i < hops.Count; i++)
                 open.Next.Add(new RouteHop { NodeId = hops[i].NodeId, Endpoint = hops[i].GrpcEndpoint, LayerStart = hops[i].LayerStart, LayerEnd = hops[i].LayerEnd });
-            return open;
+            return TestTickets.Sign(open, hops[0].NodeId, cluster);
         }
 
         // Parity: two concurrent sessions across three processes, F32 on the wire → identical logits.
         var runs = await Task.WhenAll(
-            ClusterOracleTests.RunSession(route[0].GrpcEndpoint, OpenVia("p-1", route), head, oracle, [1, 40, 41, 42], 5),
-            ClusterOracleTests.RunSession(route[0].GrpcEndpoint, OpenVia("p-2", route), head, oracle, [1, 200, 3], 5));
+            ClusterOracleTests.RunSession(route[0].GrpcEndpoint, route[0].NodeId, OpenVia("p-1", route), head, oracle, [1, 40, 41, 42], 5),
+            ClusterOracleTests.RunSession(route[0].GrpcEndpoint, route[0].NodeId, OpenVia("p-2", route), head, oracle, [1, 200, 3], 5));
         foreach (var run in runs)
         {
             Assert.Equal(run.OracleTokens, run.Tokens);
@@ -99,7 +100,7 @@ public sealed class ProcessClusterTests(ITestOutputHelper output)
         // A session served by pc alone (its input computed here by layers 0-3), alive across the kill.
         var width = head.Width;
         var last = route[2];
-        using var cChannel = Channels.For(last.GrpcEndpoint);
+        using var cChannel = Channels.For(last.GrpcEndpoint, last.NodeId);
         await using var direct = await Channels.OpenAsync(cChannel, OpenVia("direct", [last]), width);
         oracle.OpenSession("direct", 64);
         prefix.OpenSession("direct", 64);
@@ -131,7 +132,7 @@ public sealed class ProcessClusterTests(ITestOutputHelper output)
         // The route through pb now fails fast with a clear status; pc keeps serving its own session.
         var broken = await Assert.ThrowsAnyAsync<Grpc.Core.RpcException>(async () =>
         {
-            using var aChannel = Channels.For(route[0].GrpcEndpoint);
+            using var aChannel = Channels.For(route[0].GrpcEndpoint, route[0].NodeId);
             await using var client = await Channels.OpenAsync(aChannel, OpenVia("after-kill", route), width);
         });
         output.WriteLine($"route through the killed node: {broken.StatusCode} {broken.Status.Detail}");

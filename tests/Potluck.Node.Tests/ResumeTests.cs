@@ -123,8 +123,8 @@ public sealed class ResumeTests
             NodeId = pool.Options[i].ResolvedNodeId, Endpoint = pool.Options[i].GrpcEndpoint, LayerStart = pool.Options[i].LayerStart, LayerEnd = pool.Options[i].LayerEnd,
         }).ToList();
         var open = HopFrames.Open(sessionId, pool.Host(0).ModelId, MaxTokens, HiddenType.F32, hops,
-            resume is { } r ? new ResumePoint(r.Length, r.LastStepId) : null);
-        return await Channels.OpenAsync(Channels.For(pool.Options[route[0]].GrpcEndpoint), open, pool.Host(0).Width);
+            TestTickets.For(sessionId, hops, MaxTokens, resume is not null), resume is { } r ? new ResumePoint(r.Length, r.LastStepId) : null);
+        return await Channels.OpenAsync(Channels.For(pool.Options[route[0]]), open, pool.Host(0).Width);
     }
 
     private static async Task<int> StepAsync(SessionHopClient client, float[][] inputs, int step, int position, float[] lastRow)

@@ -61,7 +61,7 @@ public sealed class TelemetryTests(ITestOutputHelper output)
         var callerSpan = ActivitySpanId.CreateRandom();
         var open = pool.OpenMessage("traced", modelId, 32, HiddenType.F32);
         open.Traceparent = $"00-{callerTrace.ToHexString()}-{callerSpan.ToHexString()}-01";
-        using (var channel = Channels.For(pool.Options[0].GrpcEndpoint))
+        using (var channel = Channels.For(pool.Options[0]))
         {
             await using var client = await Channels.OpenAsync(channel, open, width);
             var hidden = new float[2 * width];

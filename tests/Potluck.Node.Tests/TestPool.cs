@@ -1,3 +1,5 @@
+using System.Collections.Concurrent;
+using Google.Protobuf;
 using Grpc.Core;
 using Grpc.Net.Client;
 using Microsoft.AspNetCore.Builder;
@@ -6,6 +8,7 @@ using Microsoft.Extensions.Logging;
 using Potluck.Protocol.V1;
 using Potluck.Protocol;
 using Potluck.Node.Compute;
+using Potluck.Security;
 
 namespace Potluck.Node.Tests;
 
@@ -65,10 +68,16 @@ public sealed class InProcessPool : IAsyncDisposable
         }
     }
 
-    /// <summary>The open frame for this pool's whole chain, built where every caller builds it (HopFrames).</summary>
-    public OpenSession OpenMessage(string sessionId, string modelId, int maxTokens, HiddenType wire = HiddenType.F16) =>
-        HopFrames.Open(sessionId, modelId, maxTokens, wire,
-            Options.Select(o => new RouteHop { NodeId = o.ResolvedNodeId, Endpoint = o.GrpcEndpoint, LayerStart = o.LayerStart, LayerEnd = o.LayerEnd }).ToList());
+    /// <summary>Every node of this pool as a route hop, in order.</summary>
+    public List<RouteHop> Route() =>
+        Options.Select(o => new RouteHop { NodeId = o.ResolvedNodeId, Endpoint = o.GrpcEndpoint, LayerStart = o.LayerStart, LayerEnd = o.LayerEnd }).ToList();
+
+    /// <summary>The open frame for this pool's whole chain, built where every caller builds it (HopFrames), with the gateway's ticket.</summary>
+    public OpenSession OpenMessage(string sessionId, string modelId, int maxTokens, HiddenType wire = HiddenType.F16)
+    {
+        var route = Route();
+        return HopFrames.Open(sessionId, modelId, maxTokens, wire, route, TestTickets.For(sessionId, route, maxTokens, resume: false));
+    }
 
     public async ValueTask DisposeAsync()
     {
@@ -83,9 +92,33 @@ public sealed class InProcessPool : IAsyncDisposable
 
 public static class Channels
 {
-    public static GrpcChannel For(string endpoint, int maxMessage = 256 * 1024 * 1024) =>
-        GrpcChannel.ForAddress(endpoint, new GrpcChannelOptions { MaxSendMessageSize = maxMessage, MaxReceiveMessageSize = maxMessage });
+    /// <summary>A data-plane channel to node <paramref name="nodeId"/> at <paramref name="endpoint"/>, over mutual TLS as a test member.</summary>
+    public static GrpcChannel For(string endpoint, string nodeId, int maxMessage = 256 * 1024 * 1024) =>
+        TestPki.Channel(endpoint, nodeId, maxMessageBytes: maxMessage);
+
+    public static GrpcChannel For(NodeOptions node) => For(node.GrpcEndpoint, node.ResolvedNodeId);
 
     public static Task<SessionHopClient> OpenAsync(GrpcChannel channel, OpenSession open, int width) =>
         SessionHopClient.OpenAsync(channel.CreateCallInvoker(), open, width, TimeSpan.FromSeconds(30));
+}
+
+/// <summary>Route tickets as the gateway signs them, from the test run's pool CA (<see cref="TestPki"/>).</summary>
+public static class TestTickets
+{
+    private static readonly ConcurrentDictionary<string, PoolAuthority> Authorities = new(StringComparer.OrdinalIgnoreCase);
+
+    public static PoolAuthority Authority(string poolId = TestPki.DefaultPool) => Authorities.GetOrAdd(poolId, id => TestPki.Authority(id));
+
+    public static ByteString For(string sessionId, IReadOnlyList<RouteHop> route, int maxTokens, bool resume, string poolId = TestPki.DefaultPool,
+        TimeSpan? lifetime = null) =>
+        RouteTickets.Issue(Authority(poolId), sessionId, route, maxTokens, resume, lifetime ?? RouteTickets.DefaultLifetime);
+
+    /// <summary>Signs <paramref name="open"/> (sent to <paramref name="firstNodeId"/>) for exactly its session, span, tail, size and resume flag.</summary>
+    public static OpenSession Sign(OpenSession open, string firstNodeId, string poolId = TestPki.DefaultPool)
+    {
+        var route = new List<RouteHop> { new() { NodeId = firstNodeId, LayerStart = open.LayerStart, LayerEnd = open.LayerEnd } };
+        route.AddRange(open.Next);
+        open.Ticket = For(open.SessionId, route, open.MaxTokens, open.Resume, poolId);
+        return open;
+    }
 }

@@ -78,7 +78,7 @@ public sealed class WireFieldTests
             });
         var width = pool.Host(0).Width;
         var inputs = Inputs(width);
-        using var channel = Channels.For(pool.Options[0].GrpcEndpoint);
+        using var channel = Channels.For(pool.Options[0]);
 
         // Plain steps, each with fields only the final stage acts on: return_rows, last_row_only, truncate_to.
         var plain = await OpenAsync(pool, channel, "plain", resume: null);
@@ -175,7 +175,8 @@ public sealed class WireFieldTests
     private static Task<SessionHopClient> OpenAsync(InProcessPool pool, Grpc.Net.Client.GrpcChannel channel, string sessionId, ResumePoint? resume)
     {
         var route = pool.Options.Select(o => new RouteHop { NodeId = o.ResolvedNodeId, Endpoint = o.GrpcEndpoint, LayerStart = o.LayerStart, LayerEnd = o.LayerEnd }).ToList();
-        var open = HopFrames.Open(sessionId, pool.Host(0).ModelId, MaxTokens, HiddenType.F32, route, resume);
+        var open = HopFrames.Open(sessionId, pool.Host(0).ModelId, MaxTokens, HiddenType.F32, route,
+            TestTickets.For(sessionId, route, MaxTokens, resume is not null), resume);
         return SessionHopClient.OpenAsync(channel.CreateCallInvoker(), open, pool.Host(0).Width, Timeout);
     }
 
@@ -201,7 +202,7 @@ public sealed class ChainFailureTests
         // 0: [0,2)  1: [2,4)  2: [2,3) (only there to be named wrongly)
         await using var pool = await InProcessPool.StartAsync(TestModels.Small(GgmlType.Q8_0), [(0, 2), (2, 4), (2, 3)], kvBudgetTokens: 128, prefix: "cf");
         var modelId = pool.Host(0).ModelId;
-        using var channel = Channels.For(pool.Options[0].GrpcEndpoint);
+        using var channel = Channels.For(pool.Options[0]);
         RouteHop Hop(int i, int? end = null) => new()
         {
             NodeId = pool.Options[i].ResolvedNodeId, Endpoint = pool.Options[i].GrpcEndpoint, LayerStart = pool.Options[i].LayerStart,
@@ -210,7 +211,8 @@ public sealed class ChainFailureTests
         var first = Hop(0);
         async Task<HopFailure> OpenFailsAsync(string sessionId, int maxTokens, params RouteHop[] tail)
         {
-            var open = HopFrames.Open(sessionId, modelId, maxTokens, HiddenType.F16, [first, .. tail]);
+            RouteHop[] route = [first, .. tail];
+            var open = HopFrames.Open(sessionId, modelId, maxTokens, HiddenType.F16, route, TestTickets.For(sessionId, route, maxTokens, resume: false));
             var error = await Assert.ThrowsAsync<RpcException>(() => SessionHopClient.OpenAsync(channel.CreateCallInvoker(), open, pool.Host(0).Width, Timeout));
             return HopFailure.Read(error);
         }
@@ -223,15 +225,15 @@ public sealed class ChainFailureTests
         Assert.StartsWith(path, span.Message);
 
         // Nothing listens at the next stage's endpoint: STAGE_UNREACHABLE, attributed to that stage.
-        var dead = new RouteHop { NodeId = "gone", Endpoint = $"http://127.0.0.1:{Ports.Free()}", LayerStart = 2, LayerEnd = 4 };
+        var dead = new RouteHop { NodeId = "gone", Endpoint = $"https://127.0.0.1:{Ports.Free()}", LayerStart = 2, LayerEnd = 4 };
         var unreachable = await OpenFailsAsync("dead", 32, dead);
         Assert.Equal((HopFailureReason.StageUnreachable, StatusCode.Unavailable), (unreachable.Reason, unreachable.Code));
         Assert.Equal(new HopStage("gone", 2, 4), unreachable.Stage);
 
         // The last stage has no KV room left (another session holds most of it): KV_FULL at that stage.
-        using var lastChannel = Channels.For(pool.Options[1].GrpcEndpoint);
+        using var lastChannel = Channels.For(pool.Options[1]);
         var hog = await SessionHopClient.OpenAsync(lastChannel.CreateCallInvoker(),
-            HopFrames.Open("hog", modelId, 100, HiddenType.F16, [Hop(1)]), pool.Host(1).Width, Timeout);
+            HopFrames.Open("hog", modelId, 100, HiddenType.F16, [Hop(1)], TestTickets.For("hog", [Hop(1)], 100, resume: false)), pool.Host(1).Width, Timeout);
         var full = await OpenFailsAsync("full", 64, Hop(1));
         Assert.Equal((HopFailureReason.KvFull, StatusCode.ResourceExhausted), (full.Reason, full.Code));
         Assert.Equal(new HopStage(pool.Options[1].ResolvedNodeId, 2, 4), full.Stage);

@@ -58,10 +58,11 @@ public sealed record NodeLaunch(string NodeId, string ModelPath, int LayerStart,
 public sealed class NodeProcess : ChildProcess
 {
     private NodeProcess(string nodeId, int grpcPort, int siloPort, IEnumerable<string> args,
-        IReadOnlyDictionary<string, string>? environment, ITestOutputHelper? output)
+        IReadOnlyDictionary<string, string>? environment, ITestOutputHelper? output, string poolId)
         : base(StartInfo("dotnet", ["exec", TestHostDll, .. args], environment), nodeId, output)
     {
         NodeId = nodeId;
+        PoolId = poolId;
         GrpcPort = grpcPort;
         SiloPort = siloPort;
     }
@@ -71,16 +72,22 @@ public sealed class NodeProcess : ChildProcess
     private static readonly Lazy<string> Dll = new(() => RepositoryLayout.BuildOutput("tests/Potluck.Node.TestHost", "Potluck.Node.TestHost.dll"));
 
     public string NodeId { get; }
+
+    /// <summary>The pool (cluster id) whose test CA issued this node's certificate.</summary>
+    public string PoolId { get; }
     public int GrpcPort { get; }
 
     /// <summary>The silo port, or 0 when the environment chose it (<see cref="StartFromEnvironment"/>).</summary>
     public int SiloPort { get; }
 
-    /// <summary>The node's gRPC endpoint (http://127.0.0.1:port).</summary>
-    public string Endpoint => $"http://127.0.0.1:{GrpcPort}";
+    /// <summary>The node's gRPC endpoint (https://127.0.0.1:port; mutual TLS with the pool's certificates).</summary>
+    public string Endpoint => $"https://127.0.0.1:{GrpcPort}";
+
+    /// <summary>A data-plane channel to this node (<see cref="TestPki.Channel"/>); the caller disposes it.</summary>
+    public GrpcChannel Channel() => TestPki.Channel(Endpoint, NodeId, PoolId);
 
     public static NodeProcess Start(NodeLaunch launch, ITestOutputHelper? output = null) =>
-        new(launch.NodeId, launch.GrpcPort, launch.SiloPort, launch.Arguments(), launch.EnvironmentVariables(), output);
+        new(launch.NodeId, launch.GrpcPort, launch.SiloPort, launch.Arguments(), launch.EnvironmentVariables(), output, launch.Cluster ?? TestPki.DefaultPool);
 
     /// <summary>A member of a development-clustered pool, logging warnings only (the gateway tests' nodes).</summary>
     public static NodeProcess Start(string modelPath, int start, int end, string nodeId, string? seed, int? siloPort = null,
@@ -104,7 +111,7 @@ public sealed class NodeProcess : ChildProcess
         var cluster = environment.GetValueOrDefault("Potluck__Node__ClusterId") ?? environment.GetValueOrDefault("Potluck__Cluster__ClusterId") ?? TestPki.DefaultPool;
         var merged = new Dictionary<string, string>(TestPki.Environment(cluster));
         foreach (var (key, value) in environment) merged[key] = value;
-        return new(nodeId, grpcPort, 0, [], merged, output);
+        return new(nodeId, grpcPort, 0, [], merged, output, cluster);
     }
 
     /// <summary>Waits until the Stage service answers Describe; fails if the process exits first.</summary>
@@ -130,7 +137,7 @@ public sealed class NodeProcess : ChildProcess
 
     private async Task<StageDescription> DescribeAsync(TimeSpan deadline)
     {
-        using var channel = GrpcChannel.ForAddress(Endpoint);
+        using var channel = Channel();
         return await new GrpcStage.StageClient(channel).DescribeAsync(new DescribeRequest(), deadline: DateTime.UtcNow + deadline);
     }
 

@@ -1,4 +1,8 @@
+using System.Collections.Concurrent;
+using Grpc.Net.Client;
+using Orleans.Hosting;
 using Potluck.Hosting;
+using Potluck.Protocol;
 using Potluck.Security;
 
 namespace Potluck.Testing;
@@ -53,5 +57,68 @@ public static class TestPki
     {
         using var authority = Authority(poolId);
         return authority.IssueCredential(PoolIdentity.Create(authority.PoolId, PoolRole.Member, nodeId));
+    }
+
+    /// <summary>The node id tests present when they dial members: a member certificate of the run's CA.</summary>
+    public const string TestClientId = "test-client";
+
+    private static readonly ConcurrentDictionary<string, Lazy<TestMember>> Members = new(StringComparer.Ordinal);
+
+    /// <summary>A test client's standing in <paramref name="poolId"/>: its member credential and the pool's trust (one per pool per run).</summary>
+    public static (RotatingCredential Credential, PoolTrust Trust) Member(string poolId = DefaultPool)
+    {
+        var member = Members.GetOrAdd(poolId, static id => new Lazy<TestMember>(() => TestMember.Create(id))).Value;
+        return (member.Credential, member.Trust);
+    }
+
+    /// <summary>
+    /// The one way tests dial a node's data plane: mutual TLS with a test-client certificate of the run's CA, accepting
+    /// only the member <paramref name="expectedNodeId"/> (the same <see cref="MemberChannels"/> the hosts use). The
+    /// caller owns the channel.
+    /// </summary>
+    public static GrpcChannel Channel(string endpoint, string expectedNodeId, string poolId = DefaultPool, int maxMessageBytes = 256 * 1024 * 1024)
+    {
+        var (credential, trust) = Member(poolId);
+        using var factory = new MemberChannels(credential, trust, maxMessageBytes, capacity: 1);
+        return factory.CreateOwned(endpoint, expectedNodeId);
+    }
+
+    /// <summary>
+    /// An HTTP/2 client for a node's data-plane port (its /healthz), over mutual TLS as a test member, accepting only
+    /// the member <paramref name="expectedNodeId"/>.
+    /// </summary>
+    public static HttpClient HttpClient(string expectedNodeId, string poolId = DefaultPool)
+    {
+        var (credential, trust) = Member(poolId);
+        var handler = new SocketsHttpHandler
+        {
+            SslOptions = new System.Net.Security.SslClientAuthenticationOptions
+            {
+                LocalCertificateSelectionCallback = (_, _, _, _, _) => credential.Current.Certificate,
+                RemoteCertificateValidationCallback = (_, certificate, _, _) => trust.ValidateMember(certificate) is { Trusted: true } r && r.Identity.NodeId == expectedNodeId,
+            },
+        };
+        return new HttpClient(handler)
+        {
+            DefaultRequestVersion = System.Net.HttpVersion.Version20,
+            DefaultVersionPolicy = HttpVersionPolicy.RequestVersionExact,
+            Timeout = TimeSpan.FromSeconds(10),
+        };
+    }
+
+    /// <summary>An Orleans client of a test pool: mutual TLS with the test-client certificate, like every silo requires.</summary>
+    public static IClientBuilder UseTestPoolTls(this IClientBuilder client, string poolId = DefaultPool)
+    {
+        var (credential, trust) = Member(poolId);
+        return client.UsePoolTls(credential, trust);
+    }
+
+    private sealed record TestMember(RotatingCredential Credential, PoolTrust Trust)
+    {
+        public static TestMember Create(string poolId)
+        {
+            var credential = TestPki.Credential(TestClientId, poolId);
+            return new TestMember(new RotatingCredential(credential), new PoolTrust(credential.Authority, credential.Identity.PoolId, new RevocationList()));
+        }
     }
 }

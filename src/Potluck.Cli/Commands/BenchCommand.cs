@@ -91,16 +91,20 @@ public static class BenchCommand
     {
         var width = new Option<int>("--width") { Description = "Hidden size of a row (2048 = a 1B-3B class model)", DefaultValueFactory = _ => 2048 };
         var stages = new Option<int>("--stages") { Description = "Stages in the long chain (at least 2)", DefaultValueFactory = _ => 3 };
-        var steps = new Option<int>("--steps") { Description = "Measured 1-row steps per chain", DefaultValueFactory = _ => 2000 };
-        var warmup = new Option<int>("--warmup") { Description = "Unmeasured steps first", DefaultValueFactory = _ => 200 };
+        var steps = new Option<int>("--steps") { Description = "Measured 1-row steps per measurement (fewer at more rows)", DefaultValueFactory = _ => 1000 };
+        var warmup = new Option<int>("--warmup") { Description = "Unmeasured 1-row steps before each measurement", DefaultValueFactory = _ => 200 };
         var wire = new Option<HiddenType>("--wire") { Description = "Hidden-state type on the wire (F16 or F32)", DefaultValueFactory = _ => HiddenType.F16 };
+        var pairs = new Option<int>("--pairs") { Description = "Interleaved plaintext/TLS pairs per row count (figures: median and min over them)", DefaultValueFactory = _ => 5 };
+        var rows = new Option<string>("--rows") { Description = "Rows per step, comma separated (1 = decode, 512 = a prefill chunk)", DefaultValueFactory = _ => "1,512" };
         var report = ReportOption();
         var command = new Command("hop", """
-            What one extra node adds per decode step: real gRPC streams between Stage servers on loopback with transport-only
-            stages, a one-stage route vs a chain, per hop = (chain - single) / (stages - 1).
+            What one extra node adds per step: real gRPC streams between Stage servers on loopback with transport-only
+            stages, a one-stage route vs a chain, per hop = (chain - single) / (stages - 1); measured over mutual TLS with
+            pool certificates (what nodes serve) and over plaintext h2c (only inside this benchmark), as interleaved pairs,
+            which gives what TLS costs per hop.
             """)
         {
-            width, stages, steps, warmup, wire, report,
+            width, stages, steps, warmup, wire, pairs, rows, report,
         };
         command.SetAction(async (parse, cancellationToken) =>
         {
@@ -111,6 +115,8 @@ public static class BenchCommand
                 Steps = Positive(parse.GetValue(steps), "--steps"),
                 WarmupSteps = parse.GetValue(warmup) >= 0 ? parse.GetValue(warmup) : throw new UsageException("--warmup must be 0 or more"),
                 WireType = parse.GetValue(wire),
+                Pairs = Positive(parse.GetValue(pairs), "--pairs"),
+                RowCounts = ParseRows(parse.GetValue(rows)),
             };
             using var signals = new ShutdownSignals();
             var result = await ProgressDisplay.RunAsync("hop benchmark", progress =>
@@ -121,7 +127,18 @@ public static class BenchCommand
         });
         return CliApplication.AddExamples(command,
             "potluck bench hop",
-            "potluck bench hop --wire F32 --steps 500 --report hop.json");
+            "potluck bench hop --wire F32 --rows 1 --pairs 7 --report hop.json");
+    }
+
+    private static int[] ParseRows(string? text)
+    {
+        var parts = (text ?? "").Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+        if (parts.Length == 0) throw new UsageException("--rows needs at least one row count");
+        var result = new int[parts.Length];
+        for (var i = 0; i < parts.Length; i++)
+            result[i] = int.TryParse(parts[i], System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var n) && n is >= 1 and <= 4096
+                ? n : throw new UsageException($"--rows: '{parts[i]}' is not a row count in [1, 4096]");
+        return result;
     }
 
     private static Command CreatePool()
@@ -244,15 +261,23 @@ public static class BenchCommand
     private static void PrintHop(HopBenchmarkResult r)
     {
         var table = new Table().Border(TableBorder.Rounded)
-            .Title($"[bold]cost of one hop[/] (1x{r.Width} {r.WireType} rows, {r.Steps} steps)")
+            .Title($"[bold]cost of one hop[/] ({r.Width}-wide {r.WireType} rows, {r.Pairs} plaintext/TLS pairs, medians over the pairs)")
             .Caption(Markup.Escape(r.Method));
-        table.AddColumn("Route");
-        table.AddColumn(new TableColumn("Median").RightAligned());
-        table.AddColumn(new TableColumn("p99").RightAligned());
-        table.AddRow("one stage", $"{r.SingleStageMedianMs:F3} ms", $"{r.SingleStageP99Ms:F3} ms");
-        table.AddRow($"chain of {r.Stages}", $"{r.ChainMedianMs:F3} ms", $"{r.ChainP99Ms:F3} ms");
-        table.AddRow("[bold]per extra hop[/]", $"{r.PerHopMedianMs:F3} ms", $"{r.PerHopP99Ms:F3} ms");
+        table.AddColumn("Rows");
+        table.AddColumn(new TableColumn("Route").LeftAligned());
+        table.AddColumn(new TableColumn("Plaintext").RightAligned());
+        table.AddColumn(new TableColumn("TLS").RightAligned());
+        table.AddColumn(new TableColumn("TLS adds (min)").RightAligned());
+        foreach (var x in r.ByRows)
+        {
+            table.AddRow($"{x.Rows}", "one stage", $"{x.PlainSingleMedianMs:F3} ms", $"{x.TlsSingleMedianMs:F3} ms", $"{x.TlsSingleMedianMs - x.PlainSingleMedianMs:F3} ms");
+            table.AddRow("", $"chain of {r.Stages}", $"{x.PlainChainMedianMs:F3} ms", $"{x.TlsChainMedianMs:F3} ms", $"{x.TlsChainMedianMs - x.PlainChainMedianMs:F3} ms");
+            table.AddRow("", "[bold]per extra hop[/]", $"{x.PlainPerHopMedianMs:F3} ms", $"{x.TlsPerHopMedianMs:F3} ms",
+                $"[bold]{x.TlsCostPerHopMedianMs:F3} ms[/] ({x.TlsCostPerHopMinMs:F3})");
+        }
         AnsiConsole.Write(table);
+        foreach (var x in r.ByRows)
+            Console.WriteLine($"TLS cost per hop at {x.Rows} row(s): {x.TlsCostPerHopMedianMs:F3} ms median, {x.TlsCostPerHopMinMs:F3} ms min over {r.Pairs} pairs");
     }
 
     private static void WriteReport<TOptions, TResults>(FileInfo? file, string benchmark, TOptions options, TResults results)

@@ -7,6 +7,7 @@ using Microsoft.Extensions.Logging;
 using Orleans.Runtime.MembershipService.SiloMetadata;
 using Potluck.Cluster;
 using Potluck.Cluster.Directory;
+using Potluck.Protocol;
 using Potluck.Protocol.V1;
 using Potluck.Gateway.Head;
 using Potluck.Gateway.Telemetry;
@@ -21,7 +22,7 @@ public sealed class PoolMonitor(
     IGrainFactory grains,
     ISiloMetadataCache siloMetadata,
     IClusterMembershipService membership,
-    StageChannelPool channels,
+    MemberChannels channels,
     ModelFrontEnd model,
     GatewayTelemetry telemetry,
     GatewayOptions options,
@@ -54,7 +55,7 @@ public sealed class PoolMonitor(
         {
             var s = shard.Status;
             if (s.ModelId != model.ModelId) continue;
-            if (!_hopSamples.ContainsKey(s.GrpcEndpoint)) probes.Add(ProbeAsync(s.GrpcEndpoint, ct));
+            if (!_hopSamples.ContainsKey(s.GrpcEndpoint)) probes.Add(ProbeAsync(s.GrpcEndpoint, s.NodeId, ct));
         }
         if (probes.Count > 0) await Task.WhenAll(probes);
         foreach (var shard in view.Shards)
@@ -204,11 +205,11 @@ public sealed class PoolMonitor(
     /// is the fastest of the last <see cref="HopWindow"/> probes: a round trip is never faster than the hop, while a
     /// busy 2-core machine made single probes (and an average of them) 10-100x slower than the hop.
     /// </summary>
-    public async Task<bool> ProbeAsync(string endpoint, CancellationToken ct)
+    public async Task<bool> ProbeAsync(string endpoint, string nodeId, CancellationToken ct)
     {
         try
         {
-            var client = new Stage.StageClient(channels.Get(endpoint));
+            var client = new Stage.StageClient(channels.Get(endpoint, nodeId));
             var fresh = !_hopSamples.ContainsKey(endpoint);
             // The first call on a new channel pays for the connection (and JIT): measured up to 0.6 s, not a hop.
             if (fresh) await client.DescribeAsync(new DescribeRequest(), deadline: DateTime.UtcNow + ProbeTimeout, cancellationToken: ct);
@@ -287,7 +288,7 @@ public sealed class PoolMonitor(
                 if (++round % 5 == 0)
                 {
                     var endpoints = new List<Task>();
-                    foreach (var stage in _current.Stages) endpoints.Add(ProbeAsync(stage.Endpoint, stoppingToken));
+                    foreach (var stage in _current.Stages) endpoints.Add(ProbeAsync(stage.Endpoint, stage.NodeId, stoppingToken));
                     await Task.WhenAll(endpoints);
                 }
                 await RefreshAsync(stoppingToken);

@@ -42,8 +42,9 @@ public static class FailoverPolicy
         HopFailureReason.StageUnreachable or HopFailureReason.Timeout or HopFailureReason.SessionClosed or HopFailureReason.TakenOver
             or HopFailureReason.SessionCancelled or HopFailureReason.SessionNotFound or HopFailureReason.Internal or HopFailureReason.BadResult
             => new(FailoverAction.Resume, ProbeStages: true),
-        // Bad frames, positions past the reservation, a frame over the limit, a session held by another stream,
-        // and statuses we do not know: the same request would fail on any route.
+        // Bad frames, positions past the reservation, a frame over the limit, a session held by another stream, a
+        // refused route ticket (a fresh one is signed per open, so a refusal means clocks or keys disagree), and
+        // statuses we do not know: the same request would fail on any route.
         _ => new(FailoverAction.Fail),
     };
 }

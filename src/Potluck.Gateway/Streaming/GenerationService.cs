@@ -1,8 +1,11 @@
 using Microsoft.Extensions.Logging;
+using Potluck.Hosting;
+using Potluck.Security;
 using Potluck.Gateway.Head;
 using Potluck.Gateway.Routing;
 using Potluck.Gateway.Sessions;
 using Potluck.Gateway.Telemetry;
+using Potluck.Protocol;
 
 namespace Potluck.Gateway.Streaming;
 
@@ -10,11 +13,12 @@ namespace Potluck.Gateway.Streaming;
 public sealed class GenerationService(
     ModelFrontEnd model,
     PoolMonitor pool,
-    StageChannelPool channels,
+    MemberChannels channels,
     IGrainFactory grains,
     RunningSessions running,
     GatewayTelemetry telemetry,
     GatewayOptions options,
+    MemberSecurity security,
     ILogger<GenerationService> log)
 {
     private readonly SemaphoreSlim _slots = new(Math.Max(1, options.MaxConcurrentSessions));
@@ -24,11 +28,15 @@ public sealed class GenerationService(
 
     internal ModelFrontEnd Model => model;
     internal PoolMonitor Pool => pool;
-    internal StageChannelPool Channels => channels;
+    internal MemberChannels Channels => channels;
     internal IGrainFactory Grains => grains;
     internal GatewayTelemetry Telemetry => telemetry;
     internal GatewayOptions Options => options;
     internal ILogger Log => log;
+
+    /// <summary>The pool CA this gateway holds: it signs every open's route ticket.</summary>
+    internal PoolAuthority Authority { get; } = security.Authority
+        ?? throw new InvalidOperationException("the gateway must hold the pool CA to sign route tickets");
 
     /// <summary>
     /// Admits a generation (waiting for a free slot) and returns it; the caller must dispose it. Cancelling

@@ -260,8 +260,11 @@ internal sealed class ResilientRoute
         var hops = new RouteHop[plan.Hops.Count];
         for (var i = 0; i < hops.Length; i++)
             hops[i] = new RouteHop { NodeId = plan.Hops[i].NodeId, Endpoint = plan.Hops[i].Endpoint, LayerStart = plan.Hops[i].LayerStart, LayerEnd = plan.Hops[i].LayerEnd };
-        var open = HopFrames.Open(dataSession, _service.Model.ModelId, _sessionTokens, _service.Options.WireType, hops, resume);
-        var client = await SessionHopClient.OpenAsync(_service.Channels.Get(plan.Hops[0].Endpoint).CreateCallInvoker(), open, _service.Model.Width,
+        // A fresh ticket for every open, resume and re-route: it names exactly this route, so a stage dials only its
+        // next hop here, and only this gateway can allow a resume of this session id.
+        var ticket = RouteTickets.Issue(_service.Authority, dataSession, hops, _sessionTokens, resume is not null, RouteTickets.DefaultLifetime);
+        var open = HopFrames.Open(dataSession, _service.Model.ModelId, _sessionTokens, _service.Options.WireType, hops, ticket, resume);
+        var client = await SessionHopClient.OpenAsync(_service.Channels.Get(plan.Hops[0].Endpoint, plan.Hops[0].NodeId).CreateCallInvoker(), open, _service.Model.Width,
             _service.Options.StepTimeout, ct);
         _route = new OpenRoute(client, plan, dataSession);
         State = RouteState.Open;
@@ -310,7 +313,7 @@ internal sealed class ResilientRoute
                         _failedNodes.Add(hop.NodeId);
                     }
                 }
-                else if (decision.ProbeStages && !await _service.Pool.ProbeAsync(hop.Endpoint, ct))
+                else if (decision.ProbeStages && !await _service.Pool.ProbeAsync(hop.Endpoint, hop.NodeId, ct))
                 {
                     _failedNodes.Add(hop.NodeId);
                 }

@@ -19,7 +19,7 @@ internal sealed class DownstreamLink
     private static readonly TimeSpan OpenTimeout = TimeSpan.FromSeconds(30);
     private static readonly TimeSpan CloseTimeout = TimeSpan.FromSeconds(5);
 
-    private readonly StageChannels _channels;
+    private readonly MemberChannels _channels;
     private readonly StageFailures _failures;
     private readonly NodeTelemetry _telemetry;
     private readonly ILogger _log;
@@ -33,7 +33,7 @@ internal sealed class DownstreamLink
     private volatile RpcException? _error;
     private volatile bool _closing;
 
-    public DownstreamLink(StageChannels channels, StageFailures failures, int width, NodeTelemetry telemetry, ILogger log)
+    public DownstreamLink(MemberChannels channels, StageFailures failures, int width, NodeTelemetry telemetry, ILogger log)
     {
         _width = width;
         _channels = channels;
@@ -57,23 +57,30 @@ internal sealed class DownstreamLink
     private string Path => $"{_failures.Where} → {Name}";
 
     /// <summary>
-    /// Opens the session on the next stage with the rest of <paramref name="received"/>'s route and starts relaying its
-    /// answers to <paramref name="relayUp"/>. Returns what the next stage (and every stage after it) opened.
+    /// Opens the session on <paramref name="next"/> (the next stage the route ticket names; the tail of
+    /// <paramref name="received"/> was checked against it) and starts relaying its answers to <paramref name="relayUp"/>.
+    /// Returns what the next stage (and every stage after it) opened.
     /// </summary>
-    public async Task<SessionOpened> OpenAsync(OpenSession received, Func<HopResponse, ValueTask> relayUp, CancellationToken ct)
+    public async Task<SessionOpened> OpenAsync(OpenSession received, RouteHop next, Func<HopResponse, ValueTask> relayUp, CancellationToken ct)
     {
-        var next = received.Next[0];
         _next = new HopStage(next.NodeId, next.LayerStart, next.LayerEnd);
         Name = $"node {next.NodeId} at {next.Endpoint}";
         try
         {
             // The outbound call lives exactly as long as this session's inbound stream (until Failed).
-            _client = await SessionHopClient.OpenAsync(_channels.Get(next.Endpoint).CreateCallInvoker(), HopFrames.ForNextStage(received), _width,
+            _client = await SessionHopClient.OpenAsync(_channels.Get(next.Endpoint, next.NodeId).CreateCallInvoker(), HopFrames.ForNextStage(received), _width,
                 OpenTimeout, ct, callLifetime: _failed.Token);
         }
-        catch (RpcException e)
+        catch (RpcException e) when (HopFailure.Read(e).Stage is not null)
         {
+            // A stage refused the open (its failure names it): reason and failing stage go up unchanged.
             throw HopFailure.Relay(e, Path, _next);
+        }
+        catch (Exception e) when (e is RpcException or HttpRequestException or IOException)
+        {
+            // Never say why the dial failed: closed, open, HTTP/1.1 and TLS ports must all read the same.
+            _log.LogDebug("Dialling {Downstream} failed: {Error}", Name, e.Message);
+            throw HopFailure.Exception(HopFailureReason.StageUnreachable, $"{Path}: next stage {next.NodeId} unreachable", _next);
         }
         catch (OperationCanceledException) when (!ct.IsCancellationRequested)
         {

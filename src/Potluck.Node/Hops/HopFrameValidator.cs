@@ -20,7 +20,7 @@ internal enum StepOrder
 /// Every check a frame on a Hop stream must pass before this stage acts on it. Each returns the failure to end the
 /// stream with, or null; none has side effects, so the caller decides what a rejection frees.
 /// </summary>
-internal sealed class HopFrameValidator(SpanHost host, StageFailures failures)
+internal sealed class HopFrameValidator(SpanHost host, StageFailures failures, RouteTicketVerifier tickets, string? callerNodeId)
 {
     private const int MaxSessionIdLength = 200;
 
@@ -32,10 +32,19 @@ internal sealed class HopFrameValidator(SpanHost host, StageFailures failures)
         _ => failures.Fail(HopFailureReason.InvalidFrame, $"the first frame of a hop must be open, got {first.KindCase}"),
     };
 
-    public RpcException? CheckOpen(OpenSession open)
+    /// <summary>
+    /// An open: its route ticket first (nothing else about this stage is told to a caller without one), then what the
+    /// stage holds. <paramref name="next"/> is the next stage named in the ticket, the only one this stage may dial
+    /// (null on the final stage).
+    /// </summary>
+    public RpcException? CheckOpen(OpenSession open, out RouteHop? next)
     {
+        next = null;
         if (string.IsNullOrEmpty(open.SessionId) || open.SessionId.Length > MaxSessionIdLength)
             return failures.Fail(HopFailureReason.InvalidFrame, $"session_id must be 1-{MaxSessionIdLength} characters");
+        var ticket = tickets.Verify(open, callerNodeId);
+        if (!ticket.Accepted) return failures.Fail(HopFailureReason.TicketInvalid, ticket.Refusal!);
+        next = ticket.Next;
         if (open.ModelId != host.ModelId)
             return failures.Fail(HopFailureReason.ModelMismatch, $"holds model {host.ModelId}, the route was planned for {open.ModelId}");
         if (open.LayerStart != host.LayerStart || open.LayerEnd != host.LayerEnd)
@@ -48,7 +57,9 @@ internal sealed class HopFrameValidator(SpanHost host, StageFailures failures)
             return failures.Fail(HopFailureReason.InvalidFrame, $"resume_length {open.ResumeLength} outside [0, {open.MaxTokens}]");
         if (!open.Resume && (open.ResumeLength != 0 || open.LastStepId != 0))
             return failures.Fail(HopFailureReason.InvalidFrame, "resume_length and last_step_id need resume");
-        return CheckRouteTail(open);
+        if (CheckRouteTail(open) is { } badRoute) return badRoute;
+        // The ticket matched the tail hop for hop, so this is a formality that keeps the dial honest if that changes.
+        return !host.IsFinal && next is null ? failures.Fail(HopFailureReason.InvalidRoute, "the ticket names no next stage") : null;
     }
 
     private RpcException? CheckRouteTail(OpenSession open)
@@ -60,8 +71,8 @@ internal sealed class HopFrameValidator(SpanHost host, StageFailures failures)
         {
             if (hop.LayerStart != expect || hop.LayerEnd <= hop.LayerStart || hop.LayerEnd > host.LayerCount)
                 return failures.Fail(HopFailureReason.InvalidRoute, $"route hop {hop.NodeId} [{hop.LayerStart},{hop.LayerEnd}) does not continue at layer {expect}");
-            if (!StageChannels.IsValidEndpoint(hop.Endpoint))
-                return failures.Fail(HopFailureReason.InvalidRoute, $"route hop {hop.NodeId} has no valid http(s) endpoint: '{hop.Endpoint}'");
+            if (!MemberChannels.IsValidEndpoint(hop.Endpoint))
+                return failures.Fail(HopFailureReason.InvalidRoute, $"route hop {hop.NodeId} has no valid https endpoint: '{hop.Endpoint}'");
             expect = hop.LayerEnd;
         }
         return expect != host.LayerCount ? failures.Fail(HopFailureReason.InvalidRoute, $"route ends at layer {expect}, the model has {host.LayerCount}") : null;

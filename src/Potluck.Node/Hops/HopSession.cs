@@ -23,7 +23,7 @@ internal sealed class HopSession
     private static readonly TimeSpan TakeoverTimeout = TimeSpan.FromSeconds(5);
 
     private readonly SpanHost _host;
-    private readonly StageChannels _channels;
+    private readonly MemberChannels _channels;
     private readonly NodeTelemetry _telemetry;
     private readonly ILogger _log;
     private readonly IServerStreamWriter<HopResponse> _responses;
@@ -47,7 +47,7 @@ internal sealed class HopSession
     private volatile bool _finished;
     private byte[] _encodeBuffer = [];
 
-    public HopSession(SpanHost host, StageChannels channels, NodeTelemetry telemetry, ILogger log,
+    public HopSession(SpanHost host, MemberChannels channels, RouteTicketVerifier tickets, NodeTelemetry telemetry, ILogger log,
         IServerStreamWriter<HopResponse> responses, ServerCallContext context)
     {
         _host = host;
@@ -57,10 +57,17 @@ internal sealed class HopSession
         _responses = responses;
         _context = context;
         _failures = new StageFailures(host);
-        _validator = new HopFrameValidator(host, _failures);
+        _validator = new HopFrameValidator(host, _failures, tickets, CallerNodeId(context));
     }
 
     private string Where => _failures.Where;
+
+    /// <summary>The node id of the caller's pool certificate (Kestrel validated it against the pool CA), if it sent one.</summary>
+    private static string? CallerNodeId(ServerCallContext context)
+    {
+        var certificate = context.GetHttpContext()?.Connection.ClientCertificate;
+        return certificate is null ? null : Potluck.Security.PoolIdentity.FromCertificate(certificate)?.NodeId;
+    }
 
     public async Task RunAsync(IAsyncStreamReader<HopRequest> requests)
     {
@@ -151,7 +158,8 @@ internal sealed class HopSession
 
     private async Task OpenAsync(OpenSession open, CancellationToken ct)
     {
-        if (_validator.CheckOpen(open) is { } bad) throw Reject(bad);
+        // The ticket is checked here, before anything is reserved, taken over or dialled.
+        if (_validator.CheckOpen(open, out var next) is { } bad) throw Reject(bad);
 
         _wireType = open.WireType;
         _sessionParent = NodeTelemetry.ParentFrom(open.Traceparent, open.Tracestate);
@@ -190,7 +198,7 @@ internal sealed class HopSession
         if (!_host.IsFinal)
         {
             _downstream = new DownstreamLink(_channels, _failures, _host.Width, _telemetry, _log);
-            var downstreamOpened = await _downstream.OpenAsync(open, RelayUpAsync, ct);
+            var downstreamOpened = await _downstream.OpenAsync(open, next!, RelayUpAsync, ct);
             opened.Stages.AddRange(downstreamOpened.Stages);
             if (_downstream.OpenedLength < length) await _downstream.RebuildAsync(session.OutputLog!, session.Id, length, _wireType, ct);
         }

@@ -1,5 +1,6 @@
 using Grpc.Core;
 using Microsoft.Extensions.Logging;
+using Potluck.Hosting;
 using Potluck.Protocol;
 using Potluck.Protocol.V1;
 using Potluck.Node.Compute;
@@ -8,13 +9,17 @@ using GrpcStage = Potluck.Protocol.V1.Stage;
 
 namespace Potluck.Node.Hops;
 
-/// <summary>The data-plane endpoint of one node: one Hop stream per session that passes through it.</summary>
-public sealed class StageService(SpanHost host, StageChannels channels, NodeTelemetry telemetry, ILogger<StageService> log)
+/// <summary>
+/// The data-plane endpoint of one node: one Hop stream per session that passes through it. Opens need a route ticket
+/// from the pool's gateway naming this node by its certificate's node id (<see cref="MemberSecurity.Identity"/>).
+/// </summary>
+public sealed class StageService(SpanHost host, MemberChannels channels, NodeTelemetry telemetry, MemberSecurity security, ILogger<StageService> log)
     : GrpcStage.StageBase
 {
     public override async Task Hop(IAsyncStreamReader<HopRequest> requestStream, IServerStreamWriter<HopResponse> responseStream, ServerCallContext context)
     {
-        var hop = new HopSession(host, channels, telemetry, log, responseStream, context);
+        var tickets = new RouteTicketVerifier(security.Trust, security.Identity.NodeId);
+        var hop = new HopSession(host, channels, tickets, telemetry, log, responseStream, context);
         try
         {
             await hop.RunAsync(requestStream);

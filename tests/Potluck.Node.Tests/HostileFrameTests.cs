@@ -222,7 +222,7 @@ public sealed class HostileFrameTests(SingleNodeFixture node) : IClassFixture<Si
     public async Task Garbage_bytes_instead_of_a_message_end_the_call_and_the_node_keeps_serving()
     {
         // A raw HTTP/2 gRPC request whose one frame is not a protobuf HopRequest.
-        using var http = new HttpClient(new SocketsHttpHandler()) { DefaultRequestVersion = new Version(2, 0), DefaultVersionPolicy = HttpVersionPolicy.RequestVersionExact };
+        using var http = TestPki.HttpClient(node.Pool.Options[0].ResolvedNodeId);
         var garbage = new byte[1000];
         new Random(7).NextBytes(garbage);
         var frame = new byte[5 + garbage.Length];

@@ -77,7 +77,7 @@ public sealed class RedisMembershipTests(ITestOutputHelper output)
             var open = new OpenSession { SessionId = "redis-1", ModelId = modelId, LayerStart = 0, LayerEnd = 1, MaxTokens = 64, WireType = HiddenType.F32 };
             foreach (var hop in route.Skip(1))
                 open.Next.Add(new RouteHop { NodeId = hop.NodeId, Endpoint = hop.GrpcEndpoint, LayerStart = hop.LayerStart, LayerEnd = hop.LayerEnd });
-            var run = await ClusterOracleTests.RunSession(route[0].GrpcEndpoint, route[0].NodeId, open, head, oracle, [1, 40, 41, 42], 4);
+            var run = await ClusterOracleTests.RunSession(route[0].GrpcEndpoint, route[0].NodeId, open, head, oracle, [1, 40, 41, 42], 4, cluster);
             Assert.Equal(run.OracleTokens, run.Tokens);
             Assert.Equal(0, run.MaxLogitDelta);
 

@@ -16,7 +16,7 @@ public sealed class BenchCommandTests : IClassFixture<TempHome>
     {
         var report = _home.File("hop.json");
         var run = await PotluckProcess.RunAsync(_home.Path, Timeout,
-            "bench", "hop", "--width", "256", "--steps", "40", "--warmup", "5", "--report", report);
+            "bench", "hop", "--width", "256", "--steps", "40", "--warmup", "5", "--pairs", "2", "--rows", "1,64", "--report", report);
         Assert.True(run.ExitCode == 0, run.ToString());
         Assert.Contains("per extra hop", run.Stdout);
 
@@ -29,6 +29,10 @@ public sealed class BenchCommandTests : IClassFixture<TempHome>
         Assert.Equal("F16", results.GetProperty("WireType").GetString());
         Assert.True(results.GetProperty("SingleStageMedianMs").GetDouble() > 0);
         Assert.True(results.GetProperty("ChainMedianMs").GetDouble() > 0);
+        // TLS and plaintext, per row count: the TLS cost per hop is in the report.
+        Assert.True(double.IsFinite(results.GetProperty("TlsCostPerHopMs").GetDouble()));
+        Assert.Equal([1, 64], results.GetProperty("ByRows").EnumerateArray().Select(r => r.GetProperty("Rows").GetInt32()));
+        Assert.Contains("TLS cost per hop at 1 row(s)", run.Stdout);
     }
 
     [Fact]

@@ -25,11 +25,11 @@ public sealed class ClusterOracleTests
 
     /// <summary>Prefill then greedy decode through the route, checking each step's logits against the single-node oracle.</summary>
     internal static async Task<SessionRun> RunSession(string firstEndpoint, string firstNodeId, OpenSession open, ModelHead head, LayerSpan oracle,
-        int[] prompt, int decodeSteps)
+        int[] prompt, int decodeSteps, string poolId = TestPki.DefaultPool)
     {
         var width = head.Width;
         var sessionId = open.SessionId;
-        using var channel = Channels.For(firstEndpoint, firstNodeId);
+        using var channel = Channels.For(firstEndpoint, firstNodeId, poolId);
         await using var client = await Channels.OpenAsync(channel, open, width);
         Assert.Equal(3, client.Opened.Stages.Count);
         oracle.OpenSession(sessionId, 64);

@@ -164,7 +164,7 @@ public sealed class FailureDetectionTests(ITestOutputHelper output)
             var width = head.Width;
             var hidden = new float[width];
             var output = new float[width];
-            using var channel = Channels.For(route[0].GrpcEndpoint, route[0].NodeId);
+            using var channel = Channels.For(route[0].GrpcEndpoint, route[0].NodeId, pool.Cluster);
             for (var session = 0; !stop.IsCancellationRequested; session++)
             {
                 try

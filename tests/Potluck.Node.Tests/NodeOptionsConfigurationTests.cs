@@ -46,7 +46,7 @@ public sealed class NodeOptionsConfigurationTests
             Assert.Equal((7200, 11200, 30000), (options.GrpcPort, options.SiloPort, options.GatewayPort));
             Assert.Equal("redis:6379,password=secret", options.RedisConnectionString);
             Assert.Equal("10.0.0.7", options.AdvertisedHost);
-            Assert.Equal("http://10.0.0.7:7200", options.GrpcEndpoint);
+            Assert.Equal("https://10.0.0.7:7200", options.GrpcEndpoint);
             Assert.Equal("0.0.0.0", options.ListenAddress);
             Assert.Equal(8192, options.KvBudgetTokens);
             Assert.Equal(6, options.Threads);

@@ -89,8 +89,8 @@ public sealed class ProcessClusterTests(ITestOutputHelper output)
 
         // Parity: two concurrent sessions across three processes, F32 on the wire → identical logits.
         var runs = await Task.WhenAll(
-            ClusterOracleTests.RunSession(route[0].GrpcEndpoint, route[0].NodeId, OpenVia("p-1", route), head, oracle, [1, 40, 41, 42], 5),
-            ClusterOracleTests.RunSession(route[0].GrpcEndpoint, route[0].NodeId, OpenVia("p-2", route), head, oracle, [1, 200, 3], 5));
+            ClusterOracleTests.RunSession(route[0].GrpcEndpoint, route[0].NodeId, OpenVia("p-1", route), head, oracle, [1, 40, 41, 42], 5, cluster),
+            ClusterOracleTests.RunSession(route[0].GrpcEndpoint, route[0].NodeId, OpenVia("p-2", route), head, oracle, [1, 200, 3], 5, cluster));
         foreach (var run in runs)
         {
             Assert.Equal(run.OracleTokens, run.Tokens);
@@ -100,7 +100,7 @@ public sealed class ProcessClusterTests(ITestOutputHelper output)
         // A session served by pc alone (its input computed here by layers 0-3), alive across the kill.
         var width = head.Width;
         var last = route[2];
-        using var cChannel = Channels.For(last.GrpcEndpoint, last.NodeId);
+        using var cChannel = Channels.For(last.GrpcEndpoint, last.NodeId, cluster);
         await using var direct = await Channels.OpenAsync(cChannel, OpenVia("direct", [last]), width);
         oracle.OpenSession("direct", 64);
         prefix.OpenSession("direct", 64);
@@ -132,7 +132,7 @@ public sealed class ProcessClusterTests(ITestOutputHelper output)
         // The route through pb now fails fast with a clear status; pc keeps serving its own session.
         var broken = await Assert.ThrowsAnyAsync<Grpc.Core.RpcException>(async () =>
         {
-            using var aChannel = Channels.For(route[0].GrpcEndpoint, route[0].NodeId);
+            using var aChannel = Channels.For(route[0].GrpcEndpoint, route[0].NodeId, cluster);
             await using var client = await Channels.OpenAsync(aChannel, OpenVia("after-kill", route), width);
         });
         output.WriteLine($"route through the killed node: {broken.StatusCode} {broken.Status.Detail}");

@@ -78,7 +78,7 @@ public sealed class RedisMembershipTests(ITestOutputHelper output)
             foreach (var hop in route.Skip(1))
                 open.Next.Add(new RouteHop { NodeId = hop.NodeId, Endpoint = hop.GrpcEndpoint, LayerStart = hop.LayerStart, LayerEnd = hop.LayerEnd });
             TestTickets.Sign(open, route[0].NodeId, cluster);
-            var run = await ClusterOracleTests.RunSession(route[0].GrpcEndpoint, route[0].NodeId, open, head, oracle, [1, 40, 41, 42], 4);
+            var run = await ClusterOracleTests.RunSession(route[0].GrpcEndpoint, route[0].NodeId, open, head, oracle, [1, 40, 41, 42], 4, cluster);
             Assert.Equal(run.OracleTokens, run.Tokens);
             Assert.Equal(0, run.MaxLogitDelta);
 

@@ -93,8 +93,8 @@ public sealed class InProcessPool : IAsyncDisposable
 public static class Channels
 {
     /// <summary>A data-plane channel to node <paramref name="nodeId"/> at <paramref name="endpoint"/>, over mutual TLS as a test member.</summary>
-    public static GrpcChannel For(string endpoint, string nodeId, int maxMessage = 256 * 1024 * 1024) =>
-        TestPki.Channel(endpoint, nodeId, maxMessageBytes: maxMessage);
+    public static GrpcChannel For(string endpoint, string nodeId, string poolId = TestPki.DefaultPool, int maxMessage = 256 * 1024 * 1024) =>
+        TestPki.Channel(endpoint, nodeId, poolId, maxMessage);
 
     public static GrpcChannel For(NodeOptions node) => For(node.GrpcEndpoint, node.ResolvedNodeId);
 

@@ -207,7 +207,7 @@ public sealed class HelmChartTests
         Assert.Equal((24, 28), (last.LayerStart, last.LayerEnd));
         Assert.Equal("/models/qwen2.5-7b-q4_k_m.gguf", last.ModelPath);
         Assert.Equal($"{Prefix}-node-3", last.ResolvedNodeId);
-        Assert.Equal("http://10.1.0.3:7200", last.GrpcEndpoint);
+        Assert.Equal("https://10.1.0.3:7200", last.GrpcEndpoint);
         Assert.Equal("redis.infra:6380,password=s3cret", last.RedisConnectionString);
         Assert.Equal("lab-pool", last.ClusterId);
         Assert.Equal((8192L, 6), (last.KvBudgetTokens, last.Threads));

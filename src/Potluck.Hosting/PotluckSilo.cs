@@ -60,8 +60,9 @@ public static class PotluckSilo
 
     /// <summary>
     /// The address a host binds when told to listen on <paramref name="listen"/> while others dial it at
-    /// <paramref name="advertised"/>: the given address; without one, loopback when advertising loopback (nothing
-    /// else could reach it anyway), else all interfaces.
+    /// <paramref name="advertised"/>: the given address; without one, the advertised address itself when it is an IP
+    /// (loopback stays loopback; a LAN address binds only the interface the pool dials, never every interface), and all
+    /// interfaces only for a host name (a container's service name, whose own address the container does not know).
     /// </summary>
     public static IPAddress ListenAddressFor(string advertised, string? listen)
     {
@@ -75,6 +76,6 @@ public static class PotluckSilo
                 : throw new FormatException($"listen address '{listen}' is not an IP address (use 0.0.0.0 for all interfaces)");
         }
         if (advertised == "localhost") return IPAddress.Loopback;
-        return IPAddress.TryParse(advertised, out var ip) && IPAddress.IsLoopback(ip) ? ip : IPAddress.Any;
+        return IPAddress.TryParse(advertised.Trim('[', ']'), out var ip) ? ip : IPAddress.Any;
     }
 }

@@ -38,6 +38,27 @@ public sealed class JoinTokenStore(string path, string poolId, string authorityF
         return new JoinToken(poolId, authorityFingerprint, id, secret, role);
     }
 
+    /// <summary>
+    /// Stores an invite made elsewhere (a Helm chart makes its nodes' token, so both sides hold it before the gateway
+    /// starts): only its hash is kept. Registering the same token again renews its lifetime and uses.
+    /// </summary>
+    /// <exception cref="PoolSecurityException">The token is of another pool or CA, or its secret is too weak.</exception>
+    public void Register(JoinToken token, TimeSpan lifetime, int uses, string? note = null)
+    {
+        if (lifetime <= TimeSpan.Zero || lifetime > MaxLifetime) throw new ArgumentOutOfRangeException(nameof(lifetime), $"a token lives between 1 s and {MaxLifetime.TotalDays:F0} days");
+        if (uses is < 1 or > MaxUses) throw new ArgumentOutOfRangeException(nameof(uses), $"a token allows 1 to {MaxUses} uses");
+        if (!token.PoolId.Equals(poolId, StringComparison.OrdinalIgnoreCase) || token.AuthorityFingerprint != authorityFingerprint)
+            throw new PoolSecurityException(Describe(RedeemOutcome.WrongPool));
+        // 32 random bytes in base64url are 43 characters; anything much shorter could be guessed.
+        if (token.Secret.Length < 32) throw new PoolSecurityException("the token's secret is shorter than 32 characters");
+        var now = _clock.GetUtcNow();
+        Update(tokens =>
+        {
+            tokens.RemoveAll(t => t.Id == token.Id);
+            tokens.Add(new StoredJoinToken(token.Id, JoinToken.HashSecret(token.Secret), token.Role, now, now + lifetime, uses, 0, note));
+        });
+    }
+
     /// <summary>Takes one use of <paramref name="token"/> when it is known, unused, unexpired and of this pool.</summary>
     public RedeemOutcome Redeem(JoinToken token, out StoredJoinToken? stored)
     {

@@ -130,9 +130,11 @@ public sealed class ClusterContainerTests(PotluckImageFixture image)
             .WithImagePullPolicy(_ => false)
             .WithLabel(image.Labels)
             .WithBindMount(image.ModelDirectory, "/models", AccessMode.ReadOnly)
+            .WithBindMount(image.PoolDirectory, "/pool", AccessMode.ReadOnly)
             .WithCommand("node")
             .WithEnvironment(NodeEnvironment(id, span, redis, modelPath))
-            // Nodes serve h2c gRPC only: the healthcheck checks that the port accepts connections.
+            .WithEnvironment("Potluck__Security__PoolDirectory", "/pool")
+            // Nodes speak only mutual TLS: the healthcheck checks that the port accepts connections.
             .WithEnvironment("POTLUCK_HEALTHCHECK_URL", "tcp://127.0.0.1:7100");
         return network is null ? builder : builder.WithNetwork(network).WithNetworkAliases(id);
     }
@@ -144,8 +146,10 @@ public sealed class ClusterContainerTests(PotluckImageFixture image)
             .WithNetwork(network)
             .WithNetworkAliases("gateway")
             .WithBindMount(image.ModelDirectory, "/models", AccessMode.ReadOnly)
+            .WithBindMount(image.PoolDirectory, "/pool", AccessMode.ReadOnly)
             .WithCommand("gateway")
             .WithEnvironment(GatewayEnvironment("gateway", redis, $"/models/{PotluckImageFixture.ModelFile}"))
+            .WithEnvironment("Potluck__Security__PoolDirectory", "/pool")
             .WithPortBinding(hostPort, 8080)
             .WithWaitStrategy(Wait.ForUnixContainer().UntilContainerIsHealthy(failingStreak: 20, o => o.WithTimeout(StartTimeout)))
             .Build();
@@ -166,6 +170,8 @@ public sealed class ClusterContainerTests(PotluckImageFixture image)
     {
         ["Potluck__Gateway__ModelPath"] = modelPath,
         ["Potluck__Gateway__ListenAddress"] = "0.0.0.0",
+        // Published on the host's loopback only, and the test reads the operator endpoints: open on purpose.
+        ["Potluck__Gateway__Insecure"] = "true",
         ["Potluck__Gateway__Port"] = "8080",
         ["Potluck__Gateway__SiloPort"] = "11110",
         ["Potluck__Gateway__AdvertisedHost"] = advertisedHost,

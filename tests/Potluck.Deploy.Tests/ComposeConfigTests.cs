@@ -118,7 +118,7 @@ public sealed class ComposeConfigTests
         {
             var node = Service(config, name);
             Assert.Equal("/secrets/node.token", Env(node, "Potluck__Security__JoinTokenFile"));
-            Assert.StartsWith("https://gateway:", Env(node, "Potluck__Node__JoinUrl"));
+            Assert.StartsWith("https://gateway:", Env(node, "Potluck__Node__Join"));
             Assert.Equal("service_healthy", node["depends_on"]?["gateway"]?["condition"]?.GetValue<string>());
         }
     }

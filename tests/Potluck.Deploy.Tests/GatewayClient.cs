@@ -12,7 +12,7 @@ public sealed class GatewayClient(int port, string? adminKey = null) : IDisposab
 {
     private readonly HttpClient _http = new() { BaseAddress = new Uri($"http://127.0.0.1:{port}"), Timeout = TimeSpan.FromSeconds(60) };
 
-    // TODO-LEAD: the admin key as "Authorization: Bearer" on operator endpoints (the dashboard uses a cookie).
+    // The admin key goes as "Authorization: Bearer" on operator endpoints (the dashboard uses a cookie instead).
     private Task<string> GetAdminStringAsync(string path)
     {
         if (adminKey is null) return _http.GetStringAsync(path);

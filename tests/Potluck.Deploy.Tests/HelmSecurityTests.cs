@@ -82,7 +82,7 @@ public sealed class HelmSecurityTests
         var nodePod = Pod(chart, "StatefulSet", $"{Prefix}-node");
         var node = Named(nodePod, "containers", "node");
         Assert.Equal("/etc/potluck/join/node.token", Env(node, "Potluck__Security__JoinTokenFile"));
-        Assert.Equal($"https://{Prefix}-gateway-pool:7443", Env(node, "Potluck__Node__JoinUrl"));
+        Assert.Equal($"https://{Prefix}-gateway-pool:7443", Env(node, "Potluck__Node__Join"));
         Assert.Equal("/etc/potluck/redis/password", Env(node, "Potluck__Cluster__RedisPasswordFile"));
         var secretsMounted = List(nodePod, "volumes").OfType<Dictionary<object, object>>()
             .Where(v => At(v, "secret") is not null).Select(v => Str(v, "secret.secretName")).Order(StringComparer.Ordinal).ToList();

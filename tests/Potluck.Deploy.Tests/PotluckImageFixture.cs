@@ -18,6 +18,9 @@ public sealed class PotluckImageFixture : IDisposable
     public string ModelDirectory { get; } = Directory.CreateTempSubdirectory("potluck-deploy-model").FullName;
     public string ModelPath => Path.Combine(ModelDirectory, ModelFile);
 
+    /// <summary>The containers' pool CA ("potluck"), mounted read-only: the gateway holds it, nodes issue from it.</summary>
+    public string PoolDirectory { get; } = Path.Combine(Directory.CreateTempSubdirectory("potluck-deploy-pool").FullName, "pool");
+
     public PotluckImageFixture()
     {
         if (DeployEnvironment.WhyNoDocker is not null && !DeployEnvironment.Required) return; // the facts skip
@@ -35,6 +38,11 @@ public sealed class PotluckImageFixture : IDisposable
             // Containers run as uid 1654: the folder and file must be readable by others.
             File.SetUnixFileMode(ModelDirectory, (UnixFileMode)0b111_101_101);
             File.SetUnixFileMode(ModelPath, (UnixFileMode)0b110_100_100);
+            // A throwaway CA for this run; uid 1654 must read its key too (a real pool mounts a 0400 secret it owns).
+            Potluck.Security.PoolAuthority.Create(PoolDirectory, "potluck").Dispose();
+            File.SetUnixFileMode(Path.GetDirectoryName(PoolDirectory)!, (UnixFileMode)0b111_101_101);
+            File.SetUnixFileMode(PoolDirectory, (UnixFileMode)0b111_101_101);
+            foreach (var file in Directory.GetFiles(PoolDirectory)) File.SetUnixFileMode(file, (UnixFileMode)0b110_100_100);
         }
         catch (Exception e)
         {

@@ -49,6 +49,20 @@ public sealed class JoinTokenTests : IDisposable
         Assert.Equal(4, stored!.UsesLeft);
     }
 
+    [Fact]
+    public void A_token_made_elsewhere_is_registered_hashed_and_redeems_like_one_made_here()
+    {
+        using var authority = PoolAuthority.Create(Path.Combine(_root, "pool"), "lab");
+        var made = new JoinToken("lab", authority.Fingerprint, "helm0123456789ab", new string('s', 43), PoolRole.Member);
+        authority.Tokens.Register(JoinToken.Parse(made.ToString()), TimeSpan.FromHours(1), 2);
+        Assert.DoesNotContain(made.Secret, File.ReadAllText(authority.Tokens.Path));
+        Assert.Equal(RedeemOutcome.Accepted, authority.Tokens.Redeem(made, out _));
+        Assert.Equal(RedeemOutcome.Accepted, authority.Tokens.Redeem(made, out _));
+        Assert.Equal(RedeemOutcome.Used, authority.Tokens.Redeem(made, out _));
+        Assert.Throws<PoolSecurityException>(() => authority.Tokens.Register(made with { AuthorityFingerprint = new string('0', 64) }, TimeSpan.FromHours(1), 1));
+        Assert.Throws<PoolSecurityException>(() => authority.Tokens.Register(made with { Secret = "short" }, TimeSpan.FromHours(1), 1));
+    }
+
     [Theory]
     [InlineData("")]
     [InlineData("hello")]

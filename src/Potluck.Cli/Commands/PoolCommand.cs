@@ -74,7 +74,8 @@ public static class PoolCommand
         var uses = new Option<int>("--uses") { Description = $"How many machines may join with it (1 to {JoinTokenStore.MaxUses})", DefaultValueFactory = _ => 1 };
         var volunteer = new Option<bool>("--volunteer") { Description = "A volunteer's token: its certificates name role volunteer, which can never be a silo" };
         var note = new Option<string?>("--note") { Description = "A note shown by `pool list` (who it is for)" };
-        var command = new Command("invite", "Print a one-time join token (stdout) for `potluck node --join URL --token TOKEN`") { dir, cluster, ttl, uses, volunteer, note };
+        var tokenFile = new Option<FileInfo?>("--token-file") { Description = "Register this token instead of making one (a Helm chart makes its nodes' invite); it is stored hashed and not printed" };
+        var command = new Command("invite", "Print a one-time join token (stdout) for `potluck node --join URL --token TOKEN`") { dir, cluster, ttl, uses, volunteer, note, tokenFile };
         command.SetAction(parse =>
         {
             var lifetime = ParseDuration(parse.GetValue(ttl)!);
@@ -85,6 +86,25 @@ public static class PoolCommand
             if (text is { Length: > 200 }) throw new UsageException("--note must be at most 200 characters");
             var role = parse.GetValue(volunteer) ? PoolRole.Volunteer : PoolRole.Member;
             using var authority = Open(parse.GetValue(dir), PoolId(parse.GetValue(cluster)!));
+            if (parse.GetValue(tokenFile) is { } file)
+            {
+                JoinToken given;
+                try
+                {
+                    given = JoinToken.Parse(File.ReadAllText(file.FullName));
+                    authority.Tokens.Register(given, lifetime, count, text);
+                }
+                catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+                {
+                    throw new UsageException($"cannot read --token-file {file.FullName}: {e.Message}");
+                }
+                catch (PoolSecurityException e)
+                {
+                    throw new UsageException($"--token-file {file.FullName}: {e.Message}");
+                }
+                Console.Error.WriteLine($"Registered invite {given.Id} to pool {authority.PoolId} as a {PoolIdentity.RoleName(given.Role)}: {count} use(s), valid for {lifetime}.");
+                return ExitCodes.Ok;
+            }
             var token = authority.Tokens.Create(lifetime, count, role, text);
             var expires = DateTimeOffset.UtcNow + lifetime;
             Console.WriteLine(token.ToString());

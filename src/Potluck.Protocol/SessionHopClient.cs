@@ -145,7 +145,23 @@ public sealed class SessionHopClient : IAsyncDisposable
     {
         using var limit = CancellationTokenSource.CreateLinkedTokenSource(ct);
         limit.CancelAfter(timeout);
-        await _call.RequestStream.WriteAsync(request, limit.Token);
+        await WriteFrameAsync(request, limit.Token);
+    }
+
+    /// <summary>
+    /// A write to a stream whose stage has gone: the client may throw other than RpcException (the call completed, its
+    /// connection reset), which is a stage failure like any other, so failover sees one kind of error.
+    /// </summary>
+    private async Task WriteFrameAsync(HopRequest request, CancellationToken ct)
+    {
+        try
+        {
+            await _call.RequestStream.WriteAsync(request, ct);
+        }
+        catch (Exception e) when (e is InvalidOperationException or IOException or ObjectDisposedException or HttpRequestException)
+        {
+            throw HopFailure.Exception(HopFailureReason.StageUnreachable, $"the route's stream is closed: {e.Message}");
+        }
     }
 
     /// <summary>
@@ -156,7 +172,7 @@ public sealed class SessionHopClient : IAsyncDisposable
     {
         using var limit = CancellationTokenSource.CreateLinkedTokenSource(ct);
         limit.CancelAfter(timeout);
-        await _call.RequestStream.WriteAsync(request, limit.Token);
+        await WriteFrameAsync(request, limit.Token);
         while (await _call.ResponseStream.MoveNext(limit.Token))
         {
             var response = _call.ResponseStream.Current;

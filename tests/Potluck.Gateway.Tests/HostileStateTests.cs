@@ -58,7 +58,7 @@ public sealed class HostileStateTests(PoolFixture pool, ITestOutputHelper output
                 Assert.Equal("session_not_found", json.RootElement.GetProperty("error").GetProperty("code").GetString());
             if (i % 4 == 0)
             {
-                using var cancel = await pool.Http.PostAsync($"api/sessions/{id}/cancel", null);
+                using var cancel = await pool.Http.PostAsync($"api/sessions/{id}/cancel", new StringContent("{}", System.Text.Encoding.UTF8, "application/json"));
                 Assert.Equal(HttpStatusCode.NotFound, cancel.StatusCode);
             }
         }

@@ -110,13 +110,11 @@ public sealed class KeyedGatewayTests(KeyedGateway gateway) : IClassFixture<Keye
         using var anonymous = gateway.Client();
         using var client = gateway.Client(KeyedGateway.ClientKey);
         using var admin = gateway.Client(KeyedGateway.AdminKey, bearer: false);
-        var announce = """{"node_id":"rogue","model_id":"x","layer_start":0,"layer_end":4,"grpc_endpoint":"http://127.0.0.1:1"}""";
         (HttpMethod Method, string Path, string? Body)[] endpoints =
         [
             (HttpMethod.Get, "api/pool", null),
             (HttpMethod.Get, "api/sessions/chatcmpl-0123", null),
             (HttpMethod.Post, "api/sessions/chatcmpl-0123/cancel", "{}"),
-            (HttpMethod.Post, "api/join/announce", announce),
             (HttpMethod.Get, "metrics", null),
         ];
         foreach (var (method, path, body) in endpoints)
@@ -131,6 +129,9 @@ public sealed class KeyedGatewayTests(KeyedGateway gateway) : IClassFixture<Keye
                 $"{method} {path} with the admin key: {(int)allowed.StatusCode} {await allowed.Content.ReadAsStringAsync()}");
         }
         Assert.Equal(HttpStatusCode.OK, (await admin.GetAsync("api/pool")).StatusCode);
+        // Announcing moved to the pool endpoint (member certificates); the API port no longer takes it, even from the admin.
+        using (var announce = await admin.PostAsync("api/join/announce", new StringContent("{}", Encoding.UTF8, "application/json")))
+            Assert.Equal(HttpStatusCode.NotFound, announce.StatusCode);
         Assert.Equal(HttpStatusCode.NotFound, (await admin.GetAsync("api/sessions/chatcmpl-0123")).StatusCode);
     }
 

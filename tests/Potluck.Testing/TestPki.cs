@@ -23,10 +23,7 @@ public static class TestPki
     public static string PoolDirectory(string poolId = DefaultPool)
     {
         var directory = Path.Combine(Root, poolId);
-        lock (Gate)
-        {
-            if (!PoolAuthority.Exists(directory)) PoolAuthority.Create(directory, poolId).Dispose();
-        }
+        EnsureAuthority(directory, poolId);
         return directory;
     }
 
@@ -36,7 +33,11 @@ public static class TestPki
     /// </summary>
     public static void InitPool(string potluckHome, string poolId = DefaultPool)
     {
-        var directory = Path.Combine(potluckHome, "pools", poolId);
+        EnsureAuthority(Path.Combine(potluckHome, "pools", poolId), poolId);
+    }
+
+    private static void EnsureAuthority(string directory, string poolId)
+    {
         lock (Gate)
         {
             if (!PoolAuthority.Exists(directory)) PoolAuthority.Create(directory, poolId).Dispose();

@@ -31,7 +31,9 @@ public sealed class RecentStatsTests
         other.EnteredQueue();
 
         var first = stats.Sample(DateTime.UtcNow);
-        Assert.Equal(30, first.TokensPerSecond * first.Seconds, 1);
+        Assert.Equal(30, first.CompletionTokens);
+        Assert.True(first.Seconds > 0);
+        Assert.Equal(30 / first.Seconds, first.TokensPerSecond, 30 / first.Seconds * 0.01 + 0.01);
         Assert.Equal(200, first.TimeToFirstTokenMs);
         Assert.Equal(300, first.MaxTimeToFirstTokenMs);
         Assert.Equal(2, first.Queued);
@@ -43,6 +45,7 @@ public sealed class RecentStatsTests
 
         telemetry.LeftQueue();
         var second = stats.Sample(DateTime.UtcNow);
+        Assert.Equal(0, second.CompletionTokens);
         Assert.Equal(0, second.TokensPerSecond);
         Assert.Null(second.TimeToFirstTokenMs);
         Assert.Equal(1, second.Queued);
@@ -57,7 +60,7 @@ public sealed class RecentStatsTests
     {
         var ring = new StatsRing(3);
         var start = new DateTime(2026, 1, 1, 0, 0, 0, DateTimeKind.Utc);
-        var samples = Enumerable.Range(0, 5).Select(i => new StatsSample(start.AddSeconds(i), 1, i, null, null, 0, 0, 0, 0, 0, 0)).ToArray();
+        var samples = Enumerable.Range(0, 5).Select(i => new StatsSample(start.AddSeconds(i), 1, i, i, null, null, 0, 0, 0, 0, 0, 0)).ToArray();
         Assert.Empty(ring.Latest(10));
         ring.Add(samples[0]);
         Assert.Equal([samples[0]], ring.Latest(10));

@@ -65,7 +65,8 @@ public static class DashboardEndpoints
             {
                 json.WriteStartObject();
                 json.WriteNumber("t", new DateTimeOffset(s.TimeUtc).ToUnixTimeMilliseconds());
-                json.WriteNumber("seconds", s.Seconds);
+                json.WriteNumber("seconds", Math.Round(s.Seconds, 3));
+                json.WriteNumber("tokens", s.CompletionTokens);
                 json.WriteNumber("tokens_per_second", s.TokensPerSecond);
                 WriteNullable(json, "ttft_ms", s.TimeToFirstTokenMs);
                 WriteNullable(json, "ttft_max_ms", s.MaxTimeToFirstTokenMs);

@@ -6,7 +6,9 @@ namespace Potluck.Gateway.Telemetry;
 /// <summary>
 /// One second (or whatever elapsed between two samples) of the gateway's own metrics, as the dashboard charts them.
 /// </summary>
-/// <param name="TokensPerSecond">Completion tokens generated in the interval, per second.</param>
+/// <param name="Seconds">How long the interval was (about one second; longer when the machine is busy).</param>
+/// <param name="CompletionTokens">Completion tokens generated in the interval.</param>
+/// <param name="TokensPerSecond">The same per second.</param>
 /// <param name="TimeToFirstTokenMs">Mean time to first token of the requests whose first token came in the interval; null when none did.</param>
 /// <param name="MaxTimeToFirstTokenMs">The slowest of those; null when none.</param>
 /// <param name="Queued">Requests waiting for a generation slot at the end of the interval.</param>
@@ -18,6 +20,7 @@ namespace Potluck.Gateway.Telemetry;
 public sealed record StatsSample(
     DateTime TimeUtc,
     double Seconds,
+    long CompletionTokens,
     double TokensPerSecond,
     double? TimeToFirstTokenMs,
     double? MaxTimeToFirstTokenMs,
@@ -119,7 +122,7 @@ public sealed class RecentStats : IDisposable
             var now = Stopwatch.GetTimestamp();
             var seconds = Math.Max(Stopwatch.GetElapsedTime(_lastTimestamp, now).TotalSeconds, 1e-3);
             _lastTimestamp = now;
-            sample = new StatsSample(nowUtc, Math.Round(seconds, 3), Math.Round(_tokens / seconds, 2),
+            sample = new StatsSample(nowUtc, seconds, _tokens, Math.Round(_tokens / seconds, 2),
                 _ttftCount > 0 ? Math.Round(_ttftSum / _ttftCount, 2) : null, _ttftCount > 0 ? Math.Round(_ttftMax, 2) : null,
                 _queued, _active, _requests, _errors, _serverErrors, _reroutes);
             _tokens = _requests = _errors = _serverErrors = _reroutes = _ttftCount = 0;

@@ -25,6 +25,7 @@ public sealed class DashboardBrowserTests(ITestOutputHelper output) : IAsyncLife
     private const string AdminKey = "dashboard-test-admin-key-4f1c";
     private static readonly TimeSpan StartTimeout = TimeSpan.FromSeconds(120);
     private static readonly TimeSpan UiTimeout = TimeSpan.FromSeconds(60);
+    private static readonly TimeSpan DashboardSamplerPeriod = Potluck.Gateway.Telemetry.DashboardSampler.Period;
 
     private readonly string _modelPath = TestModels.Small(GgmlType.Q8_0);
     private readonly List<NodeProcess> _nodes = [];
@@ -105,7 +106,7 @@ public sealed class DashboardBrowserTests(ITestOutputHelper output) : IAsyncLife
         var options = new ChromeOptions { BinaryLocation = Chromium };
         Directory.CreateDirectory(_profile);
         options.AddArguments("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync", "--user-data-dir=" + _profile, "--window-size=1400,1300", "--hide-scrollbars");
+            "--disable-component-update", "--disable-sync", "--user-data-dir=" + _profile, "--window-size=1360,900", "--hide-scrollbars");
         var browser = new ChromeDriver(service, options, TimeSpan.FromSeconds(60));
         browser.Manage().Timeouts().PageLoad = TimeSpan.FromSeconds(30);
         return browser;
@@ -137,9 +138,11 @@ public sealed class DashboardBrowserTests(ITestOutputHelper output) : IAsyncLife
         }
     }
 
+    private static string? ConfiguredScreenshots => Environment.GetEnvironmentVariable("POTLUCK_DASHBOARD_SCREENSHOTS");
+
     private string ScreenshotDirectory()
     {
-        var configured = Environment.GetEnvironmentVariable("POTLUCK_DASHBOARD_SCREENSHOTS");
+        var configured = ConfiguredScreenshots;
         var directory = string.IsNullOrEmpty(configured) ? Path.Combine(AppContext.BaseDirectory, "screenshots")
             : Path.GetFullPath(configured, RepositoryLayout.Root);
         Directory.CreateDirectory(directory);
@@ -149,6 +152,9 @@ public sealed class DashboardBrowserTests(ITestOutputHelper output) : IAsyncLife
     private void Screenshot(string name)
     {
         var path = Path.Combine(ScreenshotDirectory(), name);
+        // The whole page: the window as tall as the document (headless windows have no frame).
+        var height = (long)Browser.ExecuteScript("return document.documentElement.scrollHeight;")!;
+        Browser.Manage().Window.Size = new System.Drawing.Size(1360, (int)Math.Clamp(height + 16, 600, 3000));
         Browser.GetScreenshot().SaveAsFile(path);
         output.WriteLine($"screenshot: {path}");
     }
@@ -175,14 +181,17 @@ public sealed class DashboardBrowserTests(ITestOutputHelper output) : IAsyncLife
         await WaitForAsync("three healthy nodes", () => _nodes.All(n => NodeState(n.NodeId) == "healthy"));
         await WaitForAsync("a few seconds of samples", () => Chart("chart-tokens", "samples") >= 3);
         Assert.Equal(0, Chart("chart-tokens", "latest"));
-        Assert.Equal("2", Js("document.getElementById('coverage').dataset.minReplicas"));
+        // Healthy replicas per layer: [0, 2) on one node, [2, 4) on two.
+        Assert.Equal("1,1,2,2", Js("document.getElementById('coverage').dataset.replicas"));
         Assert.Contains("Layers [2, 4) · 2 of 2 replicas healthy", Js("document.getElementById('nodes').innerText"));
         Assert.Contains("Ready: every layer of [0, 4) is covered", Js("document.getElementById('status').textContent"));
         Screenshot("dashboard-idle.png");
 
-        // Streaming: requests back to back until the page has shown them (bounded: at most 40 requests or 90 s).
-        using var stop = new CancellationTokenSource(TimeSpan.FromSeconds(90));
-        var streams = Task.Run(() => StreamRequestsAsync(40, stop.Token));
+        // Streaming: requests back to back until the page has shown them (bounded: at most 200 requests or 150 s).
+        // Stopped between requests, so no stream is cut (a cut stream counts as an error).
+        using var hardStop = new CancellationTokenSource(TimeSpan.FromSeconds(150));
+        using var stop = new CancellationTokenSource();
+        var streams = Task.Run(() => StreamRequestsAsync(200, stop.Token, hardStop.Token));
         try
         {
             await WaitForAsync("tokens/s above zero while requests stream", () => Chart("chart-tokens", "latest") > 0, TimeSpan.FromSeconds(60));
@@ -191,6 +200,13 @@ public sealed class DashboardBrowserTests(ITestOutputHelper output) : IAsyncLife
             await WaitForAsync("a running session with its route", () => Js("document.getElementById('sessions').innerText").Contains("front [0, 2) → back-"));
             await WaitForAsync("a time to first token", () => Chart("chart-ttft", "max") > 0);
             await WaitForAsync("the running gauge", () => Chart("chart-queue", "max") >= 1);
+            if (ConfiguredScreenshots is not null)
+            {
+                // For the README's pictures: a minute's window with half a minute of traffic in it.
+                Browser.FindElement(By.CssSelector("#window button[data-seconds='60']")).Click();
+                await Task.Delay(TimeSpan.FromSeconds(30));
+                await WaitForAsync("a running session", () => Js("document.getElementById('sessions').innerText").Contains("front [0, 2) → back-"));
+            }
             Screenshot("dashboard-streaming.png");
         }
         finally
@@ -200,6 +216,9 @@ public sealed class DashboardBrowserTests(ITestOutputHelper output) : IAsyncLife
             output.WriteLine($"{completed} streamed requests completed");
         }
         Assert.True(Chart("chart-tokens", "max") > 0);
+        // Every stream ended normally: the errors chart stayed at zero.
+        await Task.Delay(DashboardSamplerPeriod * 2);
+        Assert.Equal(0, Chart("chart-errors", "max"));
 
         // A replica is SIGKILLed: its row turns red, the [2, 4) span has one healthy replica left, the event is listed.
         var victim = _nodes.Single(n => n.NodeId == "back-b");
@@ -207,19 +226,22 @@ public sealed class DashboardBrowserTests(ITestOutputHelper output) : IAsyncLife
         await WaitForAsync("back-b red", () => NodeState("back-b") is "unhealthy" or "failed" && NodeRowClass("back-b").Contains("state-bad"), TimeSpan.FromSeconds(90));
         Assert.Equal("healthy", NodeState("back-a"));
         Assert.Equal("healthy", NodeState("front"));
-        await WaitForAsync("one healthy replica of [2, 4)", () => Js("document.getElementById('coverage').dataset.minReplicas") == "1");
+        await WaitForAsync("one healthy replica of [2, 4)", () => Js("document.getElementById('coverage').dataset.replicas") == "1,1,1,1");
         await WaitForAsync("the failure in the event list", () =>
             Js("[...document.querySelectorAll('#events li')].filter(li => ['failed', 'removed'].includes(li.dataset.kind)).map(li => li.innerText).join('\\n')").Contains("back-b [2, 4)"));
         Screenshot("dashboard-node-down.png");
     }
 
-    /// <summary>Streams completions one after another until <paramref name="ct"/> or <paramref name="max"/>; returns how many finished.</summary>
-    private async Task<int> StreamRequestsAsync(int max, CancellationToken ct)
+    /// <summary>
+    /// Streams completions one after another until <paramref name="stop"/> (checked between requests),
+    /// <paramref name="ct"/> (cuts one) or <paramref name="max"/>; returns how many finished.
+    /// </summary>
+    private async Task<int> StreamRequestsAsync(int max, CancellationToken stop, CancellationToken ct)
     {
         var done = 0;
         try
         {
-            for (var i = 0; i < max && !ct.IsCancellationRequested; i++)
+            for (var i = 0; i < max && !stop.IsCancellationRequested; i++)
             {
                 var body = JsonSerializer.Serialize(new { model = _model, prompt = "Shared dinners", max_tokens = 400, ignore_eos = true, stream = true, seed = i });
                 using var request = new HttpRequestMessage(HttpMethod.Post, "v1/completions") { Content = new StringContent(body, Encoding.UTF8, "application/json") };

@@ -4,7 +4,8 @@
 'use strict';
 
 const SVG = 'http://www.w3.org/2000/svg';
-const WINDOW_SECONDS = 300;
+// The charts' window: five minutes unless the page's buttons pick another (the gateway keeps ten).
+let windowSeconds = 300;
 const POLL_MS = 1000;
 
 const $ = id => document.getElementById(id);
@@ -44,7 +45,7 @@ function niceMax(value, minimum) {
 // Draws one chart: series are [{ key, cls, kind: 'line'|'bars', area }], values from the samples (null = no value).
 function drawChart(figure, samples, nowMs, series, options) {
   const plot = figure.querySelector('svg');
-  const x = t => LEFT + (W - LEFT - RIGHT) * (1 - (nowMs - t) / (WINDOW_SECONDS * 1000));
+  const x = t => LEFT + (W - LEFT - RIGHT) * (1 - (nowMs - t) / (windowSeconds * 1000));
   let max = 0;
   for (const s of series) for (const p of samples) { const v = s.value(p); if (v !== null && v > max) max = v; }
   const top = niceMax(max, options.minimum);
@@ -55,12 +56,12 @@ function drawChart(figure, samples, nowMs, series, options) {
     plot.append(svg('line', { class: 'grid', x1: LEFT, x2: W - RIGHT, y1: gy, y2: gy }));
     plot.append(svg('text', { class: 'axis', x: LEFT - 4, y: gy + 3, 'text-anchor': 'end' }, fmt(top * f, top * f < 10 && f > 0 ? 1 : 0)));
   }
-  plot.append(svg('text', { class: 'axis', x: LEFT, y: H - 4 }, '−5 min'));
+  plot.append(svg('text', { class: 'axis', x: LEFT, y: H - 4 }, '−' + windowSeconds / 60 + ' min'));
   plot.append(svg('text', { class: 'axis', x: W - RIGHT, y: H - 4, 'text-anchor': 'end' }, 'now'));
-  const visible = samples.filter(p => p.t >= nowMs - WINDOW_SECONDS * 1000);
+  const visible = samples.filter(p => p.t >= nowMs - windowSeconds * 1000);
   for (const s of series) {
     if (s.kind === 'bars') {
-      const width = Math.max(1, (W - LEFT - RIGHT) / WINDOW_SECONDS);
+      const width = Math.max(1, (W - LEFT - RIGHT) / windowSeconds);
       for (const p of visible) {
         const v = s.value(p);
         if (!v) continue;
@@ -81,7 +82,7 @@ function drawChart(figure, samples, nowMs, series, options) {
       const points = r.map(([px, py]) => px.toFixed(1) + ',' + py.toFixed(1)).join(' ');
       if (s.area && r.length > 1)
         plot.append(svg('polygon', { class: 'area', points: r[0][0].toFixed(1) + ',' + y(0) + ' ' + points + ' ' + r[r.length - 1][0].toFixed(1) + ',' + y(0) }));
-      if (r.length === 1) plot.append(svg('circle', { class: 'dot', cx: r[0][0], cy: r[0][1], r: 1.8 }));
+      if (r.length === 1) plot.append(svg('circle', { class: 'dot', cx: r[0][0], cy: r[0][1], r: 2.4 }));
       else plot.append(svg('polyline', { class: 'series ' + (s.cls || ''), points }));
     }
   }
@@ -105,7 +106,7 @@ function drawCharts(stats) {
   drawChart($('chart-ttft'), samples, nowMs, [{ value: p => p.ttft_ms }],
     { minimum: 50, caption: s => { const v = lastValue(s, 'ttft_ms'); return v === null ? 'no requests yet' : 'last ' + fmt(v, 0) + ' ms'; } });
   drawChart($('chart-queue'), samples, nowMs, [{ value: p => p.queued }, { value: p => p.active, cls: 'second' }],
-    { minimum: 2, caption: s => s.length ? fmt(s[s.length - 1].queued) + ' waiting · ' + fmt(s[s.length - 1].active) + ' running' : '–' });
+    { minimum: 2, caption: s => s.length ? fmt(s[s.length - 1].queued) + ' waiting · ' + fmt(s[s.length - 1].active) + ' running (dashed)' : '–' });
   drawChart($('chart-errors'), samples, nowMs, [{ value: p => p.errors, kind: 'bars' }, { value: p => p.server_errors, kind: 'bars', cls: 'server' }],
     { minimum: 2, caption: s => fmt(sum(s, 'errors')) + ' of ' + fmt(sum(s, 'requests')) + ' requests' });
 }
@@ -162,7 +163,7 @@ function drawCoverage(pool, groups) {
   const min = perLayer.length ? Math.min(...perLayer) : 0;
   $('coverage-summary').textContent = layers + ' layers · ' + groups.length + ' span' + (groups.length === 1 ? '' : 's') +
     ' · fewest healthy replicas of any layer: ' + min;
-  plot.dataset.minReplicas = String(min);
+  plot.dataset.replicas = perLayer.join(',');
 }
 
 // ---- nodes -----------------------------------------------------------------------------------------------
@@ -179,13 +180,16 @@ function nodeRow(n) {
   row.dataset.state = state;
   row.className = ['unhealthy', 'failed', 'model-mismatch'].includes(state) ? 'state-bad' : state === 'draining' ? 'state-warn' : state === 'left' ? 'state-gone' : '';
   row.append(el('td', n.id));
-  const stateCell = el('td');
+  const stateCell = el('td', null, 'state');
   stateCell.append(el('span', state, 'pill ' + state));
   const problem = n.problem && n.problem !== 'draining' ? n.problem : n.detail;
   if (problem) stateCell.append(el('span', problem + (n.since ? ' · since ' + clock(n.since) : ''), 'problem'));
   row.append(stateCell);
   const live = state !== 'failed' && state !== 'left' && state !== 'joining';
-  row.append(el('td', live && n.ms_per_token > 0 ? fmt(1000 / n.ms_per_token, 0) + ' tok/s' + (n.load_steps_per_second > 0 ? ' · load ' + fmt(n.load_steps_per_second, 1) + ' steps/s' : '') : '–'));
+  // The node's measured decode time for its whole span (one token, one session), and the steps it runs now.
+  const speed = el('td', live && n.ms_per_token > 0 ? fmt(n.ms_per_token, n.ms_per_token < 1 ? 3 : 1) + ' ms/token' + (n.load_steps_per_second > 0 ? ' · ' + fmt(n.load_steps_per_second, 1) + ' steps/s' : '') : '–');
+  if (live && n.ms_per_token > 0) speed.title = 'span decode ' + fmt(n.ms_per_token, 3) + ' ms per token (about ' + fmt(1000 / n.ms_per_token, 0) + ' tokens/s alone)';
+  row.append(speed);
   row.append(el('td', live ? fmt(n.open_sessions) : '–', 'num'));
   const kv = el('td');
   if (live && n.kv_budget_tokens > 0) {
@@ -195,8 +199,8 @@ function nodeRow(n) {
     const used = el('span');
     used.style.width = Math.round((1 - free) * 100) + '%';
     bar.append(used);
-    kv.append(bar, document.createTextNode(fmt((1 - free) * 100, 0) + '% used · ' + fmt(n.free_kv_tokens) + ' of ' + fmt(n.kv_budget_tokens) + ' tokens free'));
-    kv.title = 'KV cache: tokens this node can still hold for its sessions';
+    kv.append(bar, document.createTextNode(fmt((1 - free) * 100, 0) + '% · ' + fmt(n.free_kv_tokens) + ' / ' + fmt(n.kv_budget_tokens) + ' free'));
+    kv.title = 'KV cache: ' + fmt(n.free_kv_tokens) + ' of ' + fmt(n.kv_budget_tokens) + ' tokens free for new sessions (amber below 25%, red below 10%)';
   } else kv.textContent = '–';
   row.append(kv);
   row.append(el('td', live && n.hop_latency_ms !== null && n.hop_latency_ms !== undefined ? fmt(n.hop_latency_ms, 2) + ' ms' : '–', 'num'));
@@ -262,7 +266,7 @@ async function refresh() {
   busy = true;
   const status = $('status');
   try {
-    const [pool, stats, sessions, events] = await Promise.all([getJson('/api/pool'), getJson('/api/stats/recent?seconds=' + WINDOW_SECONDS),
+    const [pool, stats, sessions, events] = await Promise.all([getJson('/api/pool'), getJson('/api/stats/recent?seconds=' + windowSeconds),
       getJson('/api/sessions'), getJson('/api/events')]);
     $('model').textContent = '— ' + pool.model.name + ' (' + pool.model.layers + ' layers)';
     status.textContent = pool.coverage.full_chain ? 'Ready: every layer of ' + span(0, pool.model.layers) + ' is covered' : 'Not ready: ' + pool.coverage.problem;
@@ -282,6 +286,14 @@ async function refresh() {
   } finally {
     busy = false;
   }
+}
+
+for (const button of document.querySelectorAll('#window button')) {
+  button.addEventListener('click', () => {
+    windowSeconds = Number(button.dataset.seconds);
+    for (const b of document.querySelectorAll('#window button')) b.classList.toggle('on', b === button);
+    refresh();
+  });
 }
 
 refresh();

@@ -25,6 +25,8 @@ public sealed class DashboardBrowserTests(ITestOutputHelper output) : IAsyncLife
     private const string AdminKey = "dashboard-test-admin-key-4f1c";
     private static readonly TimeSpan StartTimeout = TimeSpan.FromSeconds(120);
     private static readonly TimeSpan UiTimeout = TimeSpan.FromSeconds(60);
+    private const int Streams = 5;
+    private const int MaxTokens = 390;
     private static readonly TimeSpan DashboardSamplerPeriod = Potluck.Gateway.Telemetry.DashboardSampler.Period;
 
     private readonly string _modelPath = TestModels.Small(GgmlType.Q8_0);
@@ -59,6 +61,10 @@ public sealed class DashboardBrowserTests(ITestOutputHelper output) : IAsyncLife
                 GatewayId = "gateway-dashboard",
                 StepTimeout = TimeSpan.FromSeconds(10),
                 AdminKey = AdminKey,
+                // Five streams at once, four admitted: one waits (the queue chart), and four sessions of 405 tokens
+                // (15 prompt + 390) leave the front node 428 of its 2,048 KV tokens free: under 25%, the KV warning,
+                // yet room for the next one even when the pool view still counts a session that just ended.
+                MaxConcurrentSessions = 4,
             }, logging => logging.SetMinimumLevel(Microsoft.Extensions.Logging.LogLevel.Warning));
             using (var timeout = new CancellationTokenSource(StartTimeout)) await _gateway.StartAsync(timeout.Token);
             _http = new HttpClient { BaseAddress = _gateway.BaseAddress, Timeout = TimeSpan.FromSeconds(60) };
@@ -152,9 +158,10 @@ public sealed class DashboardBrowserTests(ITestOutputHelper output) : IAsyncLife
     private void Screenshot(string name)
     {
         var path = Path.Combine(ScreenshotDirectory(), name);
-        // The whole page: the window as tall as the document (headless windows have no frame).
-        var height = (long)Browser.ExecuteScript("return document.documentElement.scrollHeight;")!;
-        Browser.Manage().Window.Size = new System.Drawing.Size(1360, (int)Math.Clamp(height + 16, 600, 3000));
+        // The whole page: a window whose viewport is as tall as the document (the window's own frame added).
+        var height = Convert.ToInt32(Browser.ExecuteScript("return document.body.scrollHeight + window.outerHeight - window.innerHeight + 24;"),
+            System.Globalization.CultureInfo.InvariantCulture);
+        Browser.Manage().Window.Size = new System.Drawing.Size(1360, Math.Clamp(height, 600, 3000));
         Browser.GetScreenshot().SaveAsFile(path);
         output.WriteLine($"screenshot: {path}");
     }
@@ -187,11 +194,11 @@ public sealed class DashboardBrowserTests(ITestOutputHelper output) : IAsyncLife
         Assert.Contains("Ready: every layer of [0, 4) is covered", Js("document.getElementById('status').textContent"));
         Screenshot("dashboard-idle.png");
 
-        // Streaming: requests back to back until the page has shown them (bounded: at most 200 requests or 150 s).
+        // Streaming: five loops of requests back to back until the page has shown them (bounded: 40 requests each, 150 s).
         // Stopped between requests, so no stream is cut (a cut stream counts as an error).
         using var hardStop = new CancellationTokenSource(TimeSpan.FromSeconds(150));
         using var stop = new CancellationTokenSource();
-        var streams = Task.Run(() => StreamRequestsAsync(200, stop.Token, hardStop.Token));
+        var streams = Task.WhenAll(Enumerable.Range(0, Streams).Select(i => Task.Run(() => StreamRequestsAsync(i, 40, stop.Token, hardStop.Token))));
         try
         {
             await WaitForAsync("tokens/s above zero while requests stream", () => Chart("chart-tokens", "latest") > 0, TimeSpan.FromSeconds(60));
@@ -199,7 +206,10 @@ public sealed class DashboardBrowserTests(ITestOutputHelper output) : IAsyncLife
             Assert.Equal("true", Js("(() => { const ys = document.querySelector('#chart-tokens polyline').getAttribute('points').split(' ').map(p => +p.split(',')[1]); return Math.min(...ys) < Math.max(...ys); })()"));
             await WaitForAsync("a running session with its route", () => Js("document.getElementById('sessions').innerText").Contains("front [0, 2) → back-"));
             await WaitForAsync("a time to first token", () => Chart("chart-ttft", "max") > 0);
-            await WaitForAsync("the running gauge", () => Chart("chart-queue", "max") >= 1);
+            await WaitForAsync("a queued request in the queue chart", () => Chart("chart-queue", "max") >= 1);
+            await WaitForAsync("four running sessions", () => Js("document.querySelectorAll('#sessions tr[data-session]').length") == "4");
+            await WaitForAsync("the front node's KV warning", () =>
+                Js("document.querySelector('tr[data-node=\"front\"] td.kv-low, tr[data-node=\"front\"] td.kv-critical') !== null") == "true");
             if (ConfiguredScreenshots is not null)
             {
                 // For the README's pictures: a minute's window with half a minute of traffic in it.
@@ -213,7 +223,7 @@ public sealed class DashboardBrowserTests(ITestOutputHelper output) : IAsyncLife
         {
             await stop.CancelAsync();
             var completed = await streams;
-            output.WriteLine($"{completed} streamed requests completed");
+            output.WriteLine($"{completed.Sum()} streamed requests completed");
         }
         Assert.True(Chart("chart-tokens", "max") > 0);
         // Every stream ended normally: the errors chart stayed at zero.
@@ -236,14 +246,14 @@ public sealed class DashboardBrowserTests(ITestOutputHelper output) : IAsyncLife
     /// Streams completions one after another until <paramref name="stop"/> (checked between requests),
     /// <paramref name="ct"/> (cuts one) or <paramref name="max"/>; returns how many finished.
     /// </summary>
-    private async Task<int> StreamRequestsAsync(int max, CancellationToken stop, CancellationToken ct)
+    private async Task<int> StreamRequestsAsync(int stream, int max, CancellationToken stop, CancellationToken ct)
     {
         var done = 0;
         try
         {
             for (var i = 0; i < max && !stop.IsCancellationRequested; i++)
             {
-                var body = JsonSerializer.Serialize(new { model = _model, prompt = "Shared dinners", max_tokens = 400, ignore_eos = true, stream = true, seed = i });
+                var body = JsonSerializer.Serialize(new { model = _model, prompt = "Shared dinners", max_tokens = MaxTokens, ignore_eos = true, stream = true, seed = stream * 1000 + i });
                 using var request = new HttpRequestMessage(HttpMethod.Post, "v1/completions") { Content = new StringContent(body, Encoding.UTF8, "application/json") };
                 using var response = await _http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead, ct);
                 Assert.True(response.IsSuccessStatusCode, $"HTTP {(int)response.StatusCode}: {await response.Content.ReadAsStringAsync(ct)}");

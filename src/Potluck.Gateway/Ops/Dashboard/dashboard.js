@@ -282,7 +282,8 @@ async function refresh() {
     drawEvents(events.events);
     document.body.dataset.updated = String(Date.now());
   } catch (e) {
-    if (e.message !== 'logged out') { status.textContent = 'Gateway unreachable: ' + e.message; status.className = 'status bad'; }
+    // A failed fetch is a TypeError (the gateway is down or unreachable); anything else is the gateway's own answer.
+    if (e.message !== 'logged out') { status.textContent = (e instanceof TypeError ? 'Gateway unreachable: ' : '') + e.message; status.className = 'status bad'; }
   } finally {
     busy = false;
   }

@@ -161,6 +161,10 @@ public static class GatewayHost
         // After the silo: the monitor needs the cluster to read the pool directory.
         builder.Services.AddHostedService(sp => sp.GetRequiredService<PoolMonitor>());
         builder.Services.AddHostedService<RevocationPublisher>();
+        // The dashboard's history: the gateway's metrics and the pool's events, sampled once a second.
+        builder.Services.AddSingleton<RecentStats>();
+        builder.Services.AddSingleton<PoolEvents>();
+        builder.Services.AddHostedService<DashboardSampler>();
 
         // Traces, metrics and logs; OTLP for all three when OTEL_EXPORTER_OTLP_ENDPOINT is set, Prometheus on /metrics always.
         builder.AddPotluckTelemetry(new TelemetryIdentity("potluck-gateway", options.GatewayId), [GatewayTelemetry.Name], [GatewayTelemetry.Name],

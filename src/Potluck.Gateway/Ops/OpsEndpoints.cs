@@ -37,6 +37,7 @@ public static class OpsEndpoints
         app.MapGet("/api/sessions/{id}", SessionAsync).RequireAuthorization(AccessPolicies.OperatorRead);
         app.MapPost("/api/sessions/{id}/cancel", CancelAsync).RequireAuthorization(AccessPolicies.Operator);
         DashboardLogin.Map(app);
+        DashboardEndpoints.Map(app);
     }
 
     private static Task ReadyAsync(HttpContext context)

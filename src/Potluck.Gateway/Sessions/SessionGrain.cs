@@ -1,5 +1,6 @@
 using System.Collections.Concurrent;
 using Orleans.Concurrency;
+using Potluck.Gateway.Streaming;
 
 namespace Potluck.Gateway.Sessions;
 
@@ -65,14 +66,21 @@ public interface ISessionGrain : IGrainWithStringKey
     Task<bool> Cancel();
 }
 
+/// <summary>One generation running in this gateway: its cancellation and (when started by the generation service) the run itself.</summary>
+public sealed record RunningSession(string Id, CancellationTokenSource Cancel, GenerationRun? Generation, DateTime StartedUtc);
+
 /// <summary>Generations running in this gateway process, by session id, so a grain can cancel its own.</summary>
 public sealed class RunningSessions
 {
-    private readonly ConcurrentDictionary<string, CancellationTokenSource> _running = new(StringComparer.Ordinal);
+    private readonly ConcurrentDictionary<string, RunningSession> _running = new(StringComparer.Ordinal);
 
     public int Count => _running.Count;
 
-    public void Add(string sessionId, CancellationTokenSource cancel) => _running[sessionId] = cancel;
+    public void Add(string sessionId, CancellationTokenSource cancel, GenerationRun? generation = null) =>
+        _running[sessionId] = new RunningSession(sessionId, cancel, generation, DateTime.UtcNow);
+
+    /// <summary>The sessions running now (the dashboard's session list: route, tokens, age).</summary>
+    public IReadOnlyList<RunningSession> Running => [.. _running.Values];
 
     public void Remove(string sessionId)
     {
@@ -109,10 +117,10 @@ public sealed class RunningSessions
 
     public bool Cancel(string sessionId)
     {
-        if (!_running.TryGetValue(sessionId, out var cancel)) return false;
+        if (!_running.TryGetValue(sessionId, out var session)) return false;
         try
         {
-            cancel.Cancel();
+            session.Cancel.Cancel();
         }
         catch (ObjectDisposedException)
         {

@@ -44,13 +44,21 @@ public sealed class GenerationService(
     /// </summary>
     public async Task<(GenerationRun Generation, CancellationTokenSource Cancel)> StartAsync(GenerationRequest request, string sessionId, CancellationToken ct)
     {
-        await _slots.WaitAsync(ct);
+        telemetry.EnteredQueue();
+        try
+        {
+            await _slots.WaitAsync(ct);
+        }
+        finally
+        {
+            telemetry.LeftQueue();
+        }
         var cancel = CancellationTokenSource.CreateLinkedTokenSource(ct);
         try
         {
             var grain = grains.GetGrain<ISessionGrain>(sessionId);
             var generation = new GenerationRun(this, request, sessionId, grain);
-            running.Add(sessionId, cancel);
+            running.Add(sessionId, cancel, generation);
             telemetry.SessionStarted();
             return (generation, cancel);
         }

@@ -12,6 +12,7 @@ public sealed class GatewayTelemetry : IDisposable
 
     private readonly Meter _meter;
     private long _activeSessions;
+    private long _queuedRequests;
 
     public GatewayTelemetry(IMeterFactory? meterFactory = null)
     {
@@ -25,7 +26,12 @@ public sealed class GatewayTelemetry : IDisposable
         HopLatencyMs = _meter.CreateHistogram<double>("potluck.gateway.hop_latency", "ms", "Gateway to node round trip (Describe probe), per node");
         Reroutes = _meter.CreateCounter<long>("potluck.gateway.reroutes", "{route}", "Routes re-planned after a stage refused or failed");
         _meter.CreateObservableGauge("potluck.gateway.active_sessions", () => Interlocked.Read(ref _activeSessions), "{session}", "Generations in progress");
+        _meter.CreateObservableGauge("potluck.gateway.queued_requests", () => Interlocked.Read(ref _queuedRequests), "{request}",
+            "Requests waiting for a generation slot (MaxConcurrentSessions)");
     }
+
+    /// <summary>The meter itself: the dashboard's in-process listener (RecentStats) reads this gateway's instruments only.</summary>
+    internal Meter Meter => _meter;
 
     public Counter<long> Requests { get; }
     public Counter<long> PromptTokens { get; }
@@ -38,8 +44,14 @@ public sealed class GatewayTelemetry : IDisposable
 
     public long ActiveSessions => Interlocked.Read(ref _activeSessions);
 
+    public long QueuedRequests => Interlocked.Read(ref _queuedRequests);
+
     public void SessionStarted() => Interlocked.Increment(ref _activeSessions);
     public void SessionEnded() => Interlocked.Decrement(ref _activeSessions);
+
+    /// <summary>A request starts waiting for a generation slot; <see cref="LeftQueue"/> when it got one or gave up.</summary>
+    public void EnteredQueue() => Interlocked.Increment(ref _queuedRequests);
+    public void LeftQueue() => Interlocked.Decrement(ref _queuedRequests);
 
     public void Dispose() => _meter.Dispose();
 }

@@ -149,6 +149,9 @@ public sealed class KeyedGatewayTests(KeyedGateway gateway) : IClassFixture<Keye
         Assert.False(json.RootElement.TryGetProperty("route", out _));
     }
 
+    /// <summary>What the dashboard's script reads besides /api/pool: operator reads, like it.</summary>
+    private static readonly string[] DashboardReads = ["api/stats/recent", "api/sessions", "api/events"];
+
     [Fact]
     public async Task The_dashboard_logs_in_with_the_admin_key_and_its_cookie_never_authorizes_the_api()
     {
@@ -156,8 +159,12 @@ public sealed class KeyedGatewayTests(KeyedGateway gateway) : IClassFixture<Keye
         using var browser = gateway.Client(new SocketsHttpHandler { CookieContainer = cookies, AllowAutoRedirect = false });
         var loginPage = await browser.GetStringAsync("");
         Assert.Contains("action=\"/login\"", loginPage);
-        Assert.DoesNotContain("/api/pool', {", loginPage);
+        Assert.DoesNotContain("dashboard.js", loginPage);
+        // The login form's style (and the page's script) need no key: embedded files, nothing secret in them.
+        Assert.Equal(HttpStatusCode.OK, (await browser.GetAsync("dashboard/dashboard.css")).StatusCode);
+        Assert.Equal(HttpStatusCode.NotFound, (await browser.GetAsync("dashboard/index.html")).StatusCode);
         await AssertInvalidKey(await browser.GetAsync("api/pool"));
+        foreach (var read in DashboardReads) await AssertInvalidKey(await browser.GetAsync(read));
 
         using var wrong = await browser.PostAsync("login", new FormUrlEncodedContent([new("key", KeyedGateway.ClientKey)]));
         Assert.Equal(HttpStatusCode.Unauthorized, wrong.StatusCode);
@@ -171,8 +178,11 @@ public sealed class KeyedGatewayTests(KeyedGateway gateway) : IClassFixture<Keye
         Assert.DoesNotContain("secure", setCookie.Split(';', StringSplitOptions.TrimEntries).Skip(1), StringComparer.OrdinalIgnoreCase); // plain HTTP
         Assert.DoesNotContain(KeyedGateway.AdminKey, setCookie);
 
-        Assert.Contains("action=\"/logout\"", await browser.GetStringAsync(""));
+        var page = await browser.GetStringAsync("");
+        Assert.Contains("action=\"/logout\"", page);
+        Assert.Contains("dashboard.js", page);
         Assert.Equal(HttpStatusCode.OK, (await browser.GetAsync("api/pool")).StatusCode);
+        foreach (var read in DashboardReads) Assert.Equal(HttpStatusCode.OK, (await browser.GetAsync(read)).StatusCode);
         Assert.Equal(HttpStatusCode.OK, (await browser.GetAsync("metrics")).StatusCode);
         // CSRF: the cookie is no key for the OpenAI API or for an operator action.
         await AssertInvalidKey(await browser.GetAsync("v1/models"));

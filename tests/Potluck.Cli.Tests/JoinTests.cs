@@ -59,7 +59,7 @@ public sealed class JoinTests : IClassFixture<JoinModels>
             "--port", secondPort.ToString(), "--silo-port", Ports.Free().ToString(), "--threads", "1");
         var ready = await WaitUntilAsync(http, "readyz", _ => true, Limit, second);
         Assert.Contains($"node-127.0.0.1-{secondPort}[3,8)", ready);
-        Assert.Contains("chose layers 3-8", second.Output);
+        Assert.Contains("chose layers [3, 8)", second.Output);
 
         // The chosen span serves: a completion runs through both nodes.
         var served = JsonDocument.Parse(await http.GetStringAsync("api/join")).RootElement.GetProperty("model");

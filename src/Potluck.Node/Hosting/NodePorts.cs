@@ -22,12 +22,12 @@ public static class NodePorts
     public static int DefaultSiloPort => InContainer ? ContainerSiloPort : 0;
 
     /// <summary>
-    /// The .NET images set DOTNET_RUNNING_IN_CONTAINER; Docker and Podman leave a marker file. Compose and Helm pass
-    /// their ports explicitly anyway; this keeps a bare `docker run` on the documented ports.
+    /// The potluck image (on Microsoft's .NET base images) sets DOTNET_RUNNING_IN_CONTAINER. Not /.dockerenv: development
+    /// containers and CI runners have it too, and there two nodes must not collide. Compose and Helm pass their ports
+    /// explicitly anyway; this keeps a bare `docker run` of the image on the documented ports.
     /// </summary>
     public static bool InContainer { get; } =
-        string.Equals(Environment.GetEnvironmentVariable("DOTNET_RUNNING_IN_CONTAINER"), "true", StringComparison.OrdinalIgnoreCase)
-        || File.Exists("/.dockerenv") || File.Exists("/run/.containerenv");
+        string.Equals(Environment.GetEnvironmentVariable("DOTNET_RUNNING_IN_CONTAINER"), "true", StringComparison.OrdinalIgnoreCase);
 
     /// <summary>
     /// Settles the ports: a 0 becomes a free port on <paramref name="listen"/>; a fixed port must be free there.
@@ -38,7 +38,7 @@ public static class NodePorts
         var grpc = options.GrpcPort == 0 ? Free(listen) : EnsureFree(listen, options.GrpcPort, "--port", "Potluck__Node__GrpcPort");
         var silo = options.SiloPort == 0 ? Free(listen, except: grpc) : EnsureFree(listen, options.SiloPort, "--silo-port", "Potluck__Node__SiloPort");
         if (grpc == silo) throw new PortTakenException($"--port and --silo-port are both {grpc}; give them different ports");
-        if (options.GatewayPort != 0) EnsureFree(listen, options.GatewayPort, "Potluck__Node__GatewayPort", "its Orleans gateway port");
+        if (options.GatewayPort != 0) EnsureFree(listen, options.GatewayPort, "Orleans gateway port", "Potluck__Node__GatewayPort");
         return options with { GrpcPort = grpc, SiloPort = silo };
     }
 
@@ -53,21 +53,49 @@ public static class NodePorts
         }
     }
 
+    /// <summary>Whether something accepts connections on the port (through loopback when bound to every interface).</summary>
+    private static bool Listening(IPAddress listen, int port)
+    {
+        var target = listen.Equals(IPAddress.Any) ? IPAddress.Loopback : listen.Equals(IPAddress.IPv6Any) ? IPAddress.IPv6Loopback : listen;
+        try
+        {
+            using var client = new Socket(target.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
+            using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(2));
+            client.ConnectAsync(new IPEndPoint(target, port), timeout.Token).AsTask().GetAwaiter().GetResult();
+            return true;
+        }
+        catch (SocketException)
+        {
+            // Refused: nobody listens.
+            return false;
+        }
+        catch (OperationCanceledException)
+        {
+            // No answer in time: something holds the port; refusing is the safe side.
+            return true;
+        }
+    }
+
     private static int EnsureFree(IPAddress listen, int port, string flag, string variable)
     {
         try
         {
+            // No ReuseAddress: on Linux .NET maps it to SO_REUSEPORT too, which binds beside a running silo, and so does
+            // Orleans; that is how a second node on the same port used to join and evict the first.
             using var socket = new Socket(listen.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
-            // Reuse: a port left in TIME_WAIT by a node that just stopped is free for Kestrel and Orleans too; a listener is not.
-            socket.SetSocketOption(SocketOptionLevel.Socket, SocketOptionName.ReuseAddress, true);
             socket.Bind(new IPEndPoint(listen, port));
+            return port;
+        }
+        catch (SocketException e) when (e.SocketErrorCode == SocketError.AddressAlreadyInUse && !Listening(listen, port))
+        {
+            // Only connections in TIME_WAIT from a node that just stopped: the servers' own binds succeed.
             return port;
         }
         catch (SocketException e) when (e.SocketErrorCode is SocketError.AddressAlreadyInUse or SocketError.AccessDenied)
         {
             var why = e.SocketErrorCode == SocketError.AccessDenied ? "may not be bound by this user" : "is already in use (another node?)";
-            throw new PortTakenException(
-                $"port {port} on {listen} {why}; pass another {flag} ({variable}), or leave it out and the node takes a free port");
+            var free = InContainer ? "" : ", or leave it out and the node takes a free port";
+            throw new PortTakenException($"port {port} on {listen} {why}; pass another {flag} ({variable}){free}");
         }
     }
 }

@@ -49,7 +49,7 @@ public sealed class JoinTests : IClassFixture<JoinModels>
         using var http = gateway.CreateMemberClient();
         await WaitUntilAsync(http, "healthz", _ => true, Limit, gateway);
 
-        await using var first = PotluckProcess.Start(_models.Home.Path, "node", "--model", _models.Pool, "--layers", "0-3", "--join", seed,
+        await using var first = PotluckProcess.Start(_models.Home.Path, "node", "--model", _models.Pool, "--layers", "0:3", "--join", seed,
             "--port", Ports.Free().ToString(), "--silo-port", Ports.Free().ToString(), "--threads", "1");
         // The join document lists the first node once its shard reached the gateway's pool view.
         await WaitUntilAsync(http, "api/pool/join", body => body.Contains("\"end\":3", StringComparison.Ordinal), Limit, first);

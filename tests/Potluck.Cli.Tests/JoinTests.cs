@@ -54,11 +54,10 @@ public sealed class JoinTests : IClassFixture<JoinModels>
         // The join document lists the first node once its shard reached the gateway's pool view.
         await WaitUntilAsync(http, "api/pool/join", body => body.Contains("\"end\":3", StringComparison.Ordinal), Limit, first);
 
-        var secondPort = Ports.Free();
-        await using var second = PotluckProcess.Start(_models.Home.Path, "node", "--model", _models.Pool, "--join", url,
-            "--port", secondPort.ToString(), "--silo-port", Ports.Free().ToString(), "--threads", "1");
+        // Default id and ports: this machine's name and a number, and free ports.
+        await using var second = PotluckProcess.Start(_models.Home.Path, "node", "--model", _models.Pool, "--join", url, "--threads", "1");
         var ready = await WaitUntilAsync(http, "readyz", _ => true, Limit, second);
-        Assert.Contains($"node-127.0.0.1-{secondPort}[3,8)", ready);
+        Assert.Matches($@"{System.Text.RegularExpressions.Regex.Escape(Potluck.Node.Hosting.NodeIdClaim.BaseName(Environment.MachineName))}-\d+ \[3, 8\)", ready);
         Assert.Contains("chose layers [3, 8)", second.Output);
 
         // The chosen span serves: a completion runs through both nodes.

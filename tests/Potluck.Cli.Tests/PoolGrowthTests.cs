@@ -55,7 +55,7 @@ public sealed class PoolGrowthTests : IClassFixture<JoinModels>
             var ids = new List<string>();
             for (var i = 0; i < expected.Length; i++)
             {
-                var (node, id) = StartChoosingNode(url);
+                var (node, id) = await StartChoosingNodeAsync(url);
                 nodes.Add(node);
                 ids.Add(id);
                 await JoinTests.WaitUntilAsync(http, "api/pool/join", body => body.Contains($"\"node_id\":\"{id}\"", StringComparison.Ordinal), Limit, node);
@@ -83,7 +83,7 @@ public sealed class PoolGrowthTests : IClassFixture<JoinModels>
                 await JoinTests.WaitUntilAsync(http, "api/pool/join", body => CountHealthy(body) == nodes.Count, Limit, nodes[^1]);
                 var pool = PoolJoinInfo.Parse(await http.GetStringAsync("api/pool/join"));
                 var rule = SpanChooser.Choose(ModelLayers, pool.Spans, capacity);
-                var (node, id) = StartChoosingNode(url);
+                var (node, id) = await StartChoosingNodeAsync(url);
                 nodes.Add(node);
                 var listed = await JoinTests.WaitUntilAsync(http, "api/pool/join", body => HealthySpanOf(body, id) is not null, Limit, node);
                 Assert.Equal((rule.Start, rule.End), HealthySpanOf(listed, id));
@@ -185,12 +185,23 @@ public sealed class PoolGrowthTests : IClassFixture<JoinModels>
         return (gateway, http, gateway.Url);
     }
 
-    private (ChildProcess Node, string Id) StartChoosingNode(string url)
+    private async Task<(ChildProcess Node, string Id)> StartChoosingNodeAsync(string url)
     {
-        var port = Ports.Free();
+        // Default ids and ports: each node claims its own HOSTNAME-N and free ports; its id is read from what it announced.
         var node = PotluckProcess.Start(_models.Home.Path, "node", "--model", _models.Pool, "--join", url, "--max-layers", "3", "--memory", "1G",
-            "--port", port.ToString(), "--silo-port", Ports.Free().ToString(), "--threads", "1");
-        return (node, $"node-127.0.0.1-{port}");
+            "--threads", "1");
+        string line;
+        try
+        {
+            line = await node.WaitForOutputAsync("announced to the gateway as ", Limit);
+        }
+        catch
+        {
+            await node.DisposeAsync();
+            throw;
+        }
+        var id = line[(line.IndexOf("announced to the gateway as ", StringComparison.Ordinal) + "announced to the gateway as ".Length)..].Split(' ')[0];
+        return (node, id);
     }
 
     private ChildProcess StartFixedNode(string url, string layers, string id) =>

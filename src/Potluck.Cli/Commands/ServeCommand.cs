@@ -231,7 +231,8 @@ internal sealed class LocalPoolRunner : IAsyncDisposable
             {
                 using var response = await http.GetAsync(readyz, cancellationToken);
                 var body = await response.Content.ReadAsStringAsync(cancellationToken);
-                foreach (var line in progress.Update(body)) WriteNotice(line);
+                foreach (var line in progress.Update(body))
+                    if (echoChildren) WriteNotice(line);
                 if (response.IsSuccessStatusCode && progress.AllServing) return null;
             }
             catch (System.Text.Json.JsonException)

@@ -102,7 +102,7 @@ public sealed class GapRepairTests(JoinModels models, ITestOutputHelper output) 
         {
             var span = pool.RootElement.GetProperty("nodes").EnumerateArray().Single(n => n.GetProperty("id").GetString() == "filler").GetProperty("span");
             var chosen = (span.GetProperty("start").GetInt32(), span.GetProperty("end").GetInt32());
-            Assert.True(chosen == (3, 6), $"the joining node took {chosen}, not the gap [3,6)\n--- filler\n{filler.Output}\n--- gateway\n{gateway.Output}");
+            Assert.True(chosen == (3, 6), $"the joining node took {chosen}, not the gap [3, 6)\n--- filler\n{filler.Output}\n--- gateway\n{gateway.Output}");
         }
 
         // And the repaired pool gives the same text as before the failure.

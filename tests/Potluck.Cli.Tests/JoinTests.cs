@@ -100,7 +100,7 @@ public sealed class JoinTests : IClassFixture<JoinModels>
 
         // The pool is untouched: still ready through the same two nodes.
         var after = await WaitUntilAsync(http, "readyz", _ => true, Limit, gateway);
-        Assert.Contains("[3,8)", after);
+        Assert.Contains("[3, 8)", after);
     }
 
     [Fact]
@@ -115,7 +115,7 @@ public sealed class JoinTests : IClassFixture<JoinModels>
         TestPki.InitPool(_models.Home.Path);
         await using var stranger = PotluckProcess.Start(_models.Home.Path, "node", "--model", _models.Other, "--layers", "0-8",
             "--port", Ports.Free().ToString(), "--silo-port", nodeSilo.ToString(), "--node-id", "stranger", "--threads", "1");
-        await stranger.WaitForOutputAsync("serving layers [0,8)", Limit);
+        await stranger.WaitForOutputAsync("serving layers [0, 8)", Limit);
 
         await using var gateway = GatewayProcess.Start(_models.Home.Path, _models.Pool, ["--join", $"127.0.0.1:{nodeSilo}"]);
         using var http = gateway.CreateClient();

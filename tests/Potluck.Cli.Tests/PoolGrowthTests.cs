@@ -171,7 +171,7 @@ public sealed class PoolGrowthTests : IClassFixture<JoinModels>
 
         Assert.Contains("the pool lacks a chain: layers 6-7 complete the pool's chain", mover.Output);
         var ready = await JoinTests.WaitUntilAsync(http, "readyz", _ => true, Limit, mover);
-        Assert.Contains("mover-b[6,8)", ready);
+        Assert.Contains("mover-b [6, 8)", ready);
         Assert.True(coverage.Polls > 5, $"only {coverage.Polls} polls");
         Assert.True(coverage.Problems.Count == 0, string.Join("\n", coverage.Problems) + "\n" + mover.Output);
     }

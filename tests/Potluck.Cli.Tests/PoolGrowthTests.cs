@@ -63,7 +63,7 @@ public sealed class PoolGrowthTests : IClassFixture<JoinModels>
             var ready = await JoinTests.WaitUntilAsync(http, "readyz", _ => true, Limit, nodes[^1]);
             for (var i = 0; i < expected.Length; i++)
             {
-                Assert.Contains($"{ids[i]}[{expected[i].Item1},{expected[i].Item2})", ready);
+                Assert.Contains($"{ids[i]} [{expected[i].Item1}, {expected[i].Item2})", ready);
                 Assert.Contains($"chose layers {expected[i].Item1}-{expected[i].Item2}", nodes[i].Output);
             }
             Assert.Contains("announced to the gateway as joining", nodes[1].Output);

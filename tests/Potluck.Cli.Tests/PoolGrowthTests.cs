@@ -64,9 +64,9 @@ public sealed class PoolGrowthTests : IClassFixture<JoinModels>
             for (var i = 0; i < expected.Length; i++)
             {
                 Assert.Contains($"{ids[i]} [{expected[i].Item1}, {expected[i].Item2})", ready);
-                Assert.Contains($"chose layers {expected[i].Item1}-{expected[i].Item2}", nodes[i].Output);
+                Assert.Contains($"chose layers [{expected[i].Item1}, {expected[i].Item2})", nodes[i].Output);
             }
-            Assert.Contains("announced to the gateway as joining", nodes[1].Output);
+            Assert.Contains($"announced to the gateway as {ids[1]} joining", nodes[1].Output);
             // Each announcement ends with that node's first shard report: nothing is left "joining".
             await JoinTests.WaitUntilAsync(http, "api/pool/join", body => !PoolJoinInfo.Parse(body).Spans.Any(s => s.Joining), TimeSpan.FromSeconds(30), nodes[^1]);
             Assert.DoesNotContain("\"joining\"", await http.GetStringAsync("api/pool"));
@@ -87,7 +87,7 @@ public sealed class PoolGrowthTests : IClassFixture<JoinModels>
                 nodes.Add(node);
                 var listed = await JoinTests.WaitUntilAsync(http, "api/pool/join", body => HealthySpanOf(body, id) is not null, Limit, node);
                 Assert.Equal((rule.Start, rule.End), HealthySpanOf(listed, id));
-                Assert.Contains($"chose layers {rule.Start}-{rule.End}", node.Output);
+                Assert.Contains($"chose layers [{rule.Start}, {rule.End})", node.Output);
                 Assert.Contains("least total throughput", node.Output);
             }
             await JoinTests.WaitUntilAsync(http, "readyz", _ => true, Limit, gateway);
@@ -107,8 +107,8 @@ public sealed class PoolGrowthTests : IClassFixture<JoinModels>
         var (gateway, http, url) = await StartGatewayAsync();
         await using var _ = gateway;
         using var __ = http;
-        await using var front = StartFixedNode(url, "0-4", "front");
-        await using var back = StartFixedNode(url, "4-8", "back");
+        await using var front = StartFixedNode(url, "0:4", "front");
+        await using var back = StartFixedNode(url, "4:8", "back");
         await JoinTests.WaitUntilAsync(http, "api/pool/join", body => CountHealthy(body) == 2, Limit, back);
 
         var port = FreePortPair();
@@ -148,7 +148,7 @@ public sealed class PoolGrowthTests : IClassFixture<JoinModels>
         var (gateway, http, url) = await StartGatewayAsync();
         await using var _ = gateway;
         using var __ = http;
-        await using var front = StartFixedNode(url, "0-2", "front");
+        await using var front = StartFixedNode(url, "0:2", "front");
         await JoinTests.WaitUntilAsync(http, "api/pool/join", body => CountHealthy(body) == 1, Limit, front);
 
         var port = FreePortPair();
@@ -164,12 +164,12 @@ public sealed class PoolGrowthTests : IClassFixture<JoinModels>
 
         // Another node takes [2,6) as well: the mover's layers stay held without it, and [6,8) has no holder.
         var watch = WatchCoverageAsync(http, TimeSpan.FromSeconds(90), requireReady: false);
-        await using var middle = StartFixedNode(url, "2-6", "middle");
+        await using var middle = StartFixedNode(url, "2:6", "middle");
         await mover.WaitForOutputAsync("moved to layers", Limit);
         var coverage = await StopWatchingAsync(watch);
         Report("mover", mover);
 
-        Assert.Contains("the pool lacks a chain: layers 6-7 complete the pool's chain", mover.Output);
+        Assert.Contains("the pool lacks a chain: layers [6, 8) complete the pool's chain", mover.Output);
         var ready = await JoinTests.WaitUntilAsync(http, "readyz", _ => true, Limit, mover);
         Assert.Contains("mover-b [6, 8)", ready);
         Assert.True(coverage.Polls > 5, $"only {coverage.Polls} polls");

@@ -44,6 +44,20 @@ public static class NodeHost
     {
         var invalid = new NodeOptionsValidator().Validate(null, options);
         if (invalid.Failed) return Fatal(ExitCodes.Usage, $"invalid configuration: {invalid.FailureMessage}");
+        foreach (var warning in options.Warnings) Console.Error.WriteLine($"potluck node: warning: {warning}");
+        try
+        {
+            options = Prepare(options);
+        }
+        catch (PortTakenException e)
+        {
+            // Before the silo exists: a second node on a taken port must never reach membership (it would evict the first).
+            return Fatal(ExitCodes.Failure, e.Message);
+        }
+        catch (IOException e)
+        {
+            return Fatal(ExitCodes.Failure, $"cannot claim a node id: {e.Message}");
+        }
         WebApplication app;
         try
         {
@@ -51,7 +65,7 @@ public static class NodeHost
         }
         catch (Exception e) when (e is EngineException or IOException or UnauthorizedAccessException)
         {
-            return Fatal(ExitCannotLoad, $"cannot load layers [{options.LayerStart},{options.LayerEnd}) of {options.ModelPath}: {e.Message}");
+            return Fatal(ExitCannotLoad, $"cannot load layers {LayerRange.Format(options.LayerStart, options.LayerEnd)} of {options.ModelPath}: {e.Message}");
         }
         catch (Exception e) when (e is NodeConfigurationException or ArgumentException or FormatException)
         {
@@ -88,6 +102,18 @@ public static class NodeHost
             await app.WaitForShutdownAsync(ct);
         }
         return 0;
+    }
+
+    /// <summary>
+    /// What a node process settles before it loads or joins: its id (claimed, unless given) and its ports (free ones
+    /// for 0; a fixed port must be free). Idempotent, so `potluck node` can call it early (it announces the endpoint).
+    /// </summary>
+    /// <exception cref="PortTakenException">A fixed port is taken.</exception>
+    /// <exception cref="IOException">No node id could be claimed.</exception>
+    public static NodeOptions Prepare(NodeOptions options)
+    {
+        if (options.NodeId is null) options = options with { NodeId = NodeIdClaim.Claim(options.Security, options.ClusterId) };
+        return NodePorts.Settle(options, PotluckSilo.ListenAddressFor(options.AdvertisedHost, options.ListenAddress));
     }
 
     private static int Fatal(int code, string message)
@@ -234,9 +260,9 @@ public static class NodeHost
         {
             using var process = Process.GetCurrentProcess();
             log.LogInformation(
-                "Node {NodeId} serving layers [{Start},{End}) of {LayerCount} (model {ModelId}); gRPC {Grpc}; silo {Advertised}:{SiloPort}; " +
+                "Node {NodeId} serving layers {Layers} of {LayerCount} (model {ModelId}); gRPC {Grpc}; silo {Advertised}:{SiloPort}; " +
                 "KV budget {KvTokens} tokens ({KvMiB:F1} MiB); measured {MsPerToken:F2} ms/token; working set {WorkingSetMiB:F0} MiB, managed heap {HeapMiB:F0} MiB",
-                nodeId, host.LayerStart, host.LayerEnd, host.LayerCount, host.ModelId, options.GrpcEndpoint, options.AdvertisedHost, options.SiloPort,
+                nodeId, LayerRange.Format(host.LayerStart, host.LayerEnd), host.LayerCount, host.ModelId, options.GrpcEndpoint, options.AdvertisedHost, options.SiloPort,
                 host.KvBudgetTokens, host.KvBudgetTokens * host.KvBytesPerToken / 1048576.0, host.MeasuredMsPerToken,
                 process.WorkingSet64 / 1048576.0, GC.GetTotalMemory(false) / 1048576.0);
         });

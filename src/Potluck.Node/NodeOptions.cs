@@ -1,6 +1,7 @@
 using System.Globalization;
 using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.Options;
+using Potluck.Cluster;
 using Potluck.Hosting;
 
 namespace Potluck.Node;
@@ -24,14 +25,17 @@ public sealed record NodeOptions
     /// <summary>Last layer of the span (exclusive).</summary>
     public required int LayerEnd { get; init; }
 
-    /// <summary>Unique within the pool, no '/'. Default: node-{host}-{grpc port}.</summary>
+    /// <summary>
+    /// Unique within the pool, no '/'. Unset, a node process claims one (<see cref="Hosting.NodeIdClaim"/>): its pool
+    /// certificate's, else the first free HOSTNAME-N on this machine.
+    /// </summary>
     public string? NodeId { get; init; }
 
-    /// <summary>Kestrel HTTP/2 port serving the Stage gRPC service.</summary>
-    public int GrpcPort { get; init; } = 7100;
+    /// <summary>Kestrel HTTP/2 port serving the Stage gRPC service; 0 picks a free one (the default outside containers).</summary>
+    public int GrpcPort { get; init; } = Hosting.NodePorts.DefaultGrpcPort;
 
-    /// <summary>Orleans silo-to-silo port; every silo must reach it.</summary>
-    public int SiloPort { get; init; } = 11111;
+    /// <summary>Orleans silo-to-silo port; every silo must reach it; 0 picks a free one (the default outside containers).</summary>
+    public int SiloPort { get; init; } = Hosting.NodePorts.DefaultSiloPort;
 
     /// <summary>Orleans client gateway port; 0 means this silo accepts no Orleans clients.</summary>
     public int GatewayPort { get; init; }
@@ -95,6 +99,12 @@ public sealed record NodeOptions
     /// <summary>Where this node's pool credential comes from (section Potluck:Security).</summary>
     public PoolSecuritySettings Security { get; init; } = new();
 
+    /// <summary>Warnings from reading the configuration (an old A-B span); the host prints them once.</summary>
+    public IReadOnlyList<string> Warnings { get; init; } = [];
+
+    /// <summary>
+    /// The node id. A node process always has one (claimed at start); the fallback names in-process test hosts only.
+    /// </summary>
     public string ResolvedNodeId => NodeId ?? $"node-{AdvertisedHost}-{GrpcPort}";
 
     public string GrpcEndpoint => $"https://{FormatHost(AdvertisedHost)}:{GrpcPort}";
@@ -104,7 +114,7 @@ public sealed record NodeOptions
 
     /// <summary>
     /// Options from section <see cref="ConfigurationSection"/> of <paramref name="configuration"/> (the root),
-    /// e.g. environment variables Potluck__Node__ModelPath and Potluck__Node__Layers=0-4. ModelPath and the
+    /// e.g. environment variables Potluck__Node__ModelPath and Potluck__Node__Layers=0:4. ModelPath and the
     /// layers (Layers, or LayerStart and LayerEnd) are required; everything else keeps its default.
     /// </summary>
     /// <exception cref="NodeConfigurationException">A required key is missing or a value does not parse.</exception>
@@ -120,7 +130,7 @@ public sealed record NodeOptions
         if (string.IsNullOrWhiteSpace(section[nameof(ModelPath)]))
             throw new NodeConfigurationException($"{Describe(section, nameof(ModelPath))} is required: the GGUF file this node serves");
         if (layersRequired && !HasLayers(configuration))
-            throw new NodeConfigurationException($"{Describe(section, "Layers")} is required, as A-B meaning layers [A, B)");
+            throw new NodeConfigurationException($"{Describe(section, "Layers")} is required, as {LayerRange.Rule}");
         var options = new NodeOptions { ModelPath = "", LayerStart = 0, LayerEnd = 1 }.WithConfiguration(configuration);
         var invalid = new NodeOptionsValidator().Validate(null, options);
         if (invalid.Failed) throw new NodeConfigurationException(invalid.FailureMessage);
@@ -165,7 +175,7 @@ public sealed record NodeOptions
         if (ReadString(section, nameof(ModelPath)) is { } modelPath) options = options with { ModelPath = modelPath };
         if (ReadString(section, "Layers") is { } layers)
         {
-            var (start, end) = ParseLayers(layers, () => Describe(section, "Layers"));
+            var (start, end) = options.ParseLayers(layers, () => Describe(section, "Layers"), out options);
             options = options with { LayerStart = start, LayerEnd = end };
         }
         else
@@ -183,8 +193,8 @@ public sealed record NodeOptions
         return options with
         {
             NodeId = ReadString(section, nameof(NodeId)) ?? options.NodeId,
-            GrpcPort = ReadInt(section, nameof(GrpcPort), options.GrpcPort, 1, 65535),
-            SiloPort = ReadInt(section, nameof(SiloPort), options.SiloPort, 1, 65535),
+            GrpcPort = ReadInt(section, nameof(GrpcPort), options.GrpcPort, 0, 65535),
+            SiloPort = ReadInt(section, nameof(SiloPort), options.SiloPort, 0, 65535),
             GatewayPort = ReadInt(section, nameof(GatewayPort), options.GatewayPort, 0, 65535),
             PrimarySiloEndpoint = ReadString(section, nameof(PrimarySiloEndpoint)) ?? options.PrimarySiloEndpoint,
             RedisConnectionString = ReadString(section, nameof(RedisConnectionString)) ?? options.RedisConnectionString,
@@ -202,7 +212,7 @@ public sealed record NodeOptions
         };
     }
 
-    /// <summary>LayersByOrdinal "0-3 3-6 6-8" and Ordinal N: the Nth span (Kubernetes gives a StatefulSet pod its index).</summary>
+    /// <summary>LayersByOrdinal "0:3 3:6 6:8" and Ordinal N: the Nth span (Kubernetes gives a StatefulSet pod its index).</summary>
     private NodeOptions WithOrdinalSpan(IConfigurationSection section, string spans)
     {
         var list = spans.Split([' ', ',', ';'], StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
@@ -213,26 +223,22 @@ public sealed record NodeOptions
         if (ordinal >= list.Length)
             throw new NodeConfigurationException($"no span for ordinal '{ordinal}' in {Describe(section, "LayersByOrdinal")} ('{spans}'): " +
                 "list one span per node, or scale the nodes down");
-        var (start, end) = ParseLayers(list[ordinal], () => Describe(section, "LayersByOrdinal"));
-        return this with { LayerStart = start, LayerEnd = end };
+        var (start, end) = ParseLayers(list[ordinal], () => Describe(section, "LayersByOrdinal"), out var options);
+        return options with { LayerStart = start, LayerEnd = end };
     }
 
-    /// <summary>Parses "A-B", layers [A, B) with 0 &lt;= A &lt; B.</summary>
-    public static bool TryParseLayers(string text, out int start, out int end)
+    /// <summary>Parses "A:B" (or the old "A-B"), layers [A, B) with 0 &lt;= A &lt; B.</summary>
+    public static bool TryParseLayers(string text, out int start, out int end) => LayerRange.TryParse(text, out start, out end, out _);
+
+    // An old A-B value still works; the warning (printed at start) says what it means.
+    private (int Start, int End) ParseLayers(string text, Func<string> where, out NodeOptions withWarnings)
     {
-        start = end = 0;
-        var dash = text.IndexOf('-');
-        if (dash <= 0) return false;
-        // NumberStyles.None: digits only, so "-1-3" or " 2" never parse as a layer.
-        return int.TryParse(text.AsSpan(0, dash), NumberStyles.None, CultureInfo.InvariantCulture, out start)
-            && int.TryParse(text.AsSpan(dash + 1), NumberStyles.None, CultureInfo.InvariantCulture, out end)
-            && end > start;
+        var trimmed = text.Trim();
+        if (!LayerRange.TryParse(trimmed, out var start, out var end, out var legacy))
+            throw new NodeConfigurationException($"{where()} is '{text}': expected {LayerRange.Rule}");
+        withWarnings = legacy ? this with { Warnings = [.. Warnings, LayerRange.LegacyWarning(where(), trimmed, start, end)] } : this;
+        return (start, end);
     }
-
-    private static (int Start, int End) ParseLayers(string text, Func<string> where) =>
-        TryParseLayers(text.Trim(), out var start, out var end)
-            ? (start, end)
-            : throw new NodeConfigurationException($"{where()} is '{text}': expected A-B with 0 <= A < B, meaning layers [A, B)");
 
     // Names the key both ways so the message points at whatever the operator actually set.
     internal static string Describe(IConfigurationSection section, string key) =>
@@ -286,7 +292,7 @@ public sealed class NodeOptionsValidator : IValidateOptions<NodeOptions>
         var failures = new List<string>();
         if (string.IsNullOrWhiteSpace(options.ModelPath)) failures.Add("ModelPath is required: the GGUF file this node serves");
         if (options.LayerStart < 0 || options.LayerEnd <= options.LayerStart)
-            failures.Add($"the span [{options.LayerStart},{options.LayerEnd}) is empty: LayerEnd must be greater than LayerStart");
+            failures.Add($"the span {LayerRange.Format(options.LayerStart, options.LayerEnd)} is empty: LayerEnd must be greater than LayerStart");
         if (options.NodeId is { } id && (id.Length == 0 || id.Contains('/', StringComparison.Ordinal)))
             failures.Add($"NodeId '{id}' must be non-empty and without '/'");
         if (options.ListenAddress is { } listen && !IsBindAddress(listen))

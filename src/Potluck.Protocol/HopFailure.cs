@@ -70,7 +70,7 @@ public enum HopFailureReason
 /// <summary>Which stage failed: the one whose node id and span a failure names.</summary>
 public readonly record struct HopStage(string NodeId, int LayerStart, int LayerEnd)
 {
-    public override string ToString() => $"node {NodeId} layers [{LayerStart},{LayerEnd})";
+    public override string ToString() => $"node {NodeId} layers [{LayerStart}, {LayerEnd})";
 }
 
 /// <summary>

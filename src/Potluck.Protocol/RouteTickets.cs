@@ -162,7 +162,7 @@ public sealed class RouteTicketVerifier(PoolTrust trust, string nodeId, TimeProv
             }
         }
         if (at < 0)
-            return TicketVerdict.Refuse($"the route ticket's route has no stage node {NodeId} layers [{open.LayerStart},{open.LayerEnd})");
+            return TicketVerdict.Refuse($"the route ticket's route has no stage node {NodeId} layers [{open.LayerStart}, {open.LayerEnd})");
         if (at > 0 && callerNodeId is not null && callerNodeId != claims.Hops[at - 1].NodeId)
             return TicketVerdict.Refuse($"the open comes from node {Clip(callerNodeId)}, the ticket's stage before this one is node {Clip(claims.Hops[at - 1].NodeId)}");
         var tail = claims.Hops.Count - at - 1;
@@ -183,5 +183,5 @@ public sealed class RouteTicketVerifier(PoolTrust trust, string nodeId, TimeProv
     // Hostile ids can be long; messages stay short.
     private static string Clip(string text) => text.Length <= 80 ? text : text[..80] + "…";
 
-    private static string Describe(RouteHop hop) => $"node {Clip(hop.NodeId)} at {Clip(hop.Endpoint)} layers [{hop.LayerStart},{hop.LayerEnd})";
+    private static string Describe(RouteHop hop) => $"node {Clip(hop.NodeId)} at {Clip(hop.Endpoint)} layers [{hop.LayerStart}, {hop.LayerEnd})";
 }

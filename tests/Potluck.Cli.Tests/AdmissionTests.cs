@@ -44,7 +44,7 @@ public sealed class AdmissionTests : IClassFixture<JoinModels>
 
         // A node on the CA holder's machine needs no token.
         await using var keeper = StartNode(gatewayHome.Path, gateway, "keeper");
-        await JoinTests.WaitUntilAsync(http, "readyz", body => body.Contains("keeper[0,8)", StringComparison.Ordinal), Limit, keeper);
+        await JoinTests.WaitUntilAsync(http, "readyz", body => body.Contains("keeper [0, 8)", StringComparison.Ordinal), Limit, keeper);
 
         using var joinerHome = new TempHome();
         var noToken = await RunNodeAsync(joinerHome.Path, gateway, "joiner");
@@ -71,7 +71,7 @@ public sealed class AdmissionTests : IClassFixture<JoinModels>
         Assert.Contains("enrolled as potluck://potluck/member/joiner", joiner.Output);
         Assert.True(MemberCredential.Exists(Path.Combine(joinerHome.Path, "identity", "potluck", "joiner")));
         await keeper.StopAsync(PotluckProcess.StopGrace);
-        await JoinTests.WaitUntilAsync(http, "readyz", body => body.Contains("\"route\":\"joiner[0,8)\"", StringComparison.Ordinal), Limit, joiner);
+        await JoinTests.WaitUntilAsync(http, "readyz", body => body.Contains("\"route\":\"joiner [0, 8)\"", StringComparison.Ordinal), Limit, joiner);
         await ChatAsync(http);
 
         // The token is spent.
@@ -101,7 +101,7 @@ public sealed class AdmissionTests : IClassFixture<JoinModels>
         Assert.True(joiner.HasExited);
         using (var pool = JsonDocument.Parse(await http.GetStringAsync("api/pool")))
             Assert.DoesNotContain(pool.RootElement.GetProperty("nodes").EnumerateArray(), n => n.GetProperty("id").GetString() == "joiner");
-        await JoinTests.WaitUntilAsync(http, "readyz", body => body.Contains("\"route\":\"spare[0,8)\"", StringComparison.Ordinal), Limit, spare);
+        await JoinTests.WaitUntilAsync(http, "readyz", body => body.Contains("\"route\":\"spare [0, 8)\"", StringComparison.Ordinal), Limit, spare);
         await ChatAsync(http);
         Assert.Contains("revoked nodes: joiner", (await PotluckProcess.RunAsync(gatewayHome.Path, Limit, "pool", "list")).Stdout);
 

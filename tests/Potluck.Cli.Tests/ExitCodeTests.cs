@@ -93,7 +93,7 @@ public sealed class ExitCodeTests(DemoModel model) : IClassFixture<DemoModel>
         Assert.True(gateway.ExitCode == 3, gateway.ToString());
         TextAssert.OneLineError(gateway, "model file not found");
 
-        var outside = await PotluckProcess.RunAsync(model.Home.Path, Limit, "node", "--model", model.Path, "--layers", "4-12");
+        var outside = await PotluckProcess.RunAsync(model.Home.Path, Limit, "node", "--model", model.Path, "--layers", "4:12");
         Assert.True(outside.ExitCode == 3, outside.ToString());
         TextAssert.OneLineError(outside, "is outside the model");
     }
@@ -159,10 +159,10 @@ public sealed class NodeEnvironmentTests(DemoModel model) : IClassFixture<DemoMo
         var grpcPort = Ports.Free();
         var start = PotluckProcess.StartInfo(["node"], model.Home.Path);
         start.Environment["Potluck__Node__ModelPath"] = model.Path;
-        start.Environment["Potluck__Node__Layers"] = "2-6";
+        start.Environment["Potluck__Node__Layers"] = "2:6";
         var cluster = ContainerEnvironment(start, grpcPort);
         await using var node = StartNode(start);
-        await node.WaitForOutputAsync("Node env-node serving layers [2,6) of 8", Limit);
+        await node.WaitForOutputAsync("Node env-node serving layers [2, 6) of 8", Limit);
         Assert.Contains($"gRPC https://127.0.0.1:{grpcPort}", node.Output);
 
         // The node answers on the port the environment chose: GET /healthz (behind the Stage service's mutual TLS) reports its silo active.
@@ -180,7 +180,7 @@ public sealed class NodeEnvironmentTests(DemoModel model) : IClassFixture<DemoMo
         start.Environment["Potluck__Node__Layers"] = "0-4";
         ContainerEnvironment(start, grpcPort);
         await using var node = StartNode(start);
-        await node.WaitForOutputAsync("Node flag-node serving layers [0,8) of 8", Limit);
+        await node.WaitForOutputAsync("Node flag-node serving layers [0, 8) of 8", Limit);
         Assert.Contains($"gRPC https://127.0.0.1:{grpcPort}", node.Output);
         Assert.Contains("potluck: warning: --host is deprecated; on `potluck node` it means --advertise 127.0.0.1", node.StandardError);
     }

@@ -29,9 +29,9 @@ public sealed class GapRepairTests(JoinModels models, ITestOutputHelper output) 
 
         ChildProcess Node(string layers, string id) => PotluckProcess.Start(home, "node", "--model", models.Pool, "--layers", layers, "--join", seed, "--node-id", id,
             "--port", Ports.Free().ToString(), "--silo-port", Ports.Free().ToString(), "--threads", "1");
-        await using var front = Node("0-3", "front");
-        await using var middle = Node("3-6", "middle");
-        await using var back = Node("6-8", "back");
+        await using var front = Node("0:3", "front");
+        await using var middle = Node("3:6", "middle");
+        await using var back = Node("6:8", "back");
         await JoinTests.WaitUntilAsync(http, "readyz", _ => true, Limit, gateway);
         var modelName = await ModelNameAsync(http);
 
@@ -77,18 +77,19 @@ public sealed class GapRepairTests(JoinModels models, ITestOutputHelper output) 
         var endedAt = clock.ElapsedMilliseconds;
         output.WriteLine($"killed the middle stage at {killedAt} ms after {chunksAtKill} chunks; stream ended at {endedAt} ms after {chunks} chunks; error event: {errorEvent}");
         Assert.True(killedAt >= 0, $"the stream ended after {chunks} chunks, before the kill");
-        Assert.False(done, "the stream finished normally although the only holder of layers 3-5 died");
+        Assert.False(done, "the stream finished normally although the only holder of layers [3, 6) died");
         Assert.True(errorEvent is not null, $"the stream ended without an error event\n--- gateway\n{gateway.Output}");
         using (var error = JsonDocument.Parse(errorEvent!))
         {
             Assert.Equal("server_error", error.RootElement.GetProperty("type").GetString());
             var message = error.RootElement.GetProperty("message").GetString()!;
-            Assert.Contains("3-5", message);
+            Assert.Contains("[3, 6)", message);
+            Assert.Contains("--layers 3:6", message);
         }
 
         // The gateway is still up, says what is missing, and the survivors freed the session.
         Assert.True((await http.GetAsync("healthz")).IsSuccessStatusCode);
-        var notReady = await WaitForAsync(http, "readyz", 503, body => body.Contains("\"missing_layers\":[{\"start\":3,\"end\":6}]", StringComparison.Ordinal), gateway);
+        var notReady = await WaitForAsync(http, "readyz", 503, body => body.Contains("\"missing_layers\":[{\"start\":3,\"end\":6,\"layers\":\"[3, 6)\",\"hint\":\"--layers 3:6\"}]", StringComparison.Ordinal), gateway);
         output.WriteLine($"/readyz: {notReady}");
         await JoinTests.WaitUntilAsync(http, "api/pool", body => SurvivorsIdle(body), Limit, gateway);
 
@@ -101,7 +102,7 @@ public sealed class GapRepairTests(JoinModels models, ITestOutputHelper output) 
         {
             var span = pool.RootElement.GetProperty("nodes").EnumerateArray().Single(n => n.GetProperty("id").GetString() == "filler").GetProperty("span");
             var chosen = (span.GetProperty("start").GetInt32(), span.GetProperty("end").GetInt32());
-            Assert.True(chosen == (3, 6), $"the joining node took {chosen}, not the gap [3,6)\n--- filler\n{filler.Output}\n--- gateway\n{gateway.Output}");
+            Assert.True(chosen == (3, 6), $"the joining node took {chosen}, not the gap [3, 6)\n--- filler\n{filler.Output}\n--- gateway\n{gateway.Output}");
         }
 
         // And the repaired pool gives the same text as before the failure.

@@ -49,17 +49,16 @@ public sealed class JoinTests : IClassFixture<JoinModels>
         using var http = gateway.CreateMemberClient();
         await WaitUntilAsync(http, "healthz", _ => true, Limit, gateway);
 
-        await using var first = PotluckProcess.Start(_models.Home.Path, "node", "--model", _models.Pool, "--layers", "0-3", "--join", seed,
+        await using var first = PotluckProcess.Start(_models.Home.Path, "node", "--model", _models.Pool, "--layers", "0:3", "--join", seed,
             "--port", Ports.Free().ToString(), "--silo-port", Ports.Free().ToString(), "--threads", "1");
         // The join document lists the first node once its shard reached the gateway's pool view.
         await WaitUntilAsync(http, "api/pool/join", body => body.Contains("\"end\":3", StringComparison.Ordinal), Limit, first);
 
-        var secondPort = Ports.Free();
-        await using var second = PotluckProcess.Start(_models.Home.Path, "node", "--model", _models.Pool, "--join", url,
-            "--port", secondPort.ToString(), "--silo-port", Ports.Free().ToString(), "--threads", "1");
+        // Default id and ports: this machine's name and a number, and free ports.
+        await using var second = PotluckProcess.Start(_models.Home.Path, "node", "--model", _models.Pool, "--join", url, "--threads", "1");
         var ready = await WaitUntilAsync(http, "readyz", _ => true, Limit, second);
-        Assert.Contains($"node-127.0.0.1-{secondPort}[3,8)", ready);
-        Assert.Contains("chose layers 3-8", second.Output);
+        Assert.Matches($@"{System.Text.RegularExpressions.Regex.Escape(Potluck.Node.Hosting.NodeIdClaim.BaseName(Environment.MachineName))}-\d+ \[3, 8\)", ready);
+        Assert.Contains("chose layers [3, 8)", second.Output);
 
         // The chosen span serves: a completion runs through both nodes.
         var served = JsonDocument.Parse(await http.GetStringAsync("api/join")).RootElement.GetProperty("model");
@@ -101,7 +100,7 @@ public sealed class JoinTests : IClassFixture<JoinModels>
 
         // The pool is untouched: still ready through the same two nodes.
         var after = await WaitUntilAsync(http, "readyz", _ => true, Limit, gateway);
-        Assert.Contains("[3,8)", after);
+        Assert.Contains("[3, 8)", after);
     }
 
     [Fact]
@@ -116,7 +115,7 @@ public sealed class JoinTests : IClassFixture<JoinModels>
         TestPki.InitPool(_models.Home.Path);
         await using var stranger = PotluckProcess.Start(_models.Home.Path, "node", "--model", _models.Other, "--layers", "0-8",
             "--port", Ports.Free().ToString(), "--silo-port", nodeSilo.ToString(), "--node-id", "stranger", "--threads", "1");
-        await stranger.WaitForOutputAsync("serving layers [0,8)", Limit);
+        await stranger.WaitForOutputAsync("serving layers [0, 8)", Limit);
 
         await using var gateway = GatewayProcess.Start(_models.Home.Path, _models.Pool, ["--join", $"127.0.0.1:{nodeSilo}"]);
         using var http = gateway.CreateClient();

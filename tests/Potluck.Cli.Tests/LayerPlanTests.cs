@@ -5,11 +5,11 @@ namespace Potluck.Cli.Tests;
 public sealed class LayerPlanTests
 {
     [Theory]
-    [InlineData(8, 2, 1, "0-4,4-8")]
-    [InlineData(8, 3, 1, "0-3,3-6,6-8")]
-    [InlineData(8, 4, 2, "0-4,0-4,4-8,4-8")]
-    [InlineData(5, 1, 1, "0-5")]
-    [InlineData(3, 3, 1, "0-1,1-2,2-3")]
+    [InlineData(8, 2, 1, "0:4,4:8")]
+    [InlineData(8, 3, 1, "0:3,3:6,6:8")]
+    [InlineData(8, 4, 2, "0:4,0:4,4:8,4:8")]
+    [InlineData(5, 1, 1, "0:5")]
+    [InlineData(3, 3, 1, "0:1,1:2,2:3")]
     public void SpansCoverEveryLayerOnceAndDifferByAtMostOne(int layers, int nodes, int replicas, string expected)
     {
         var plan = LayerPlan.Split(layers, nodes, replicas);

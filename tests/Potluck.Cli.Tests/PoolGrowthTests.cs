@@ -55,7 +55,7 @@ public sealed class PoolGrowthTests : IClassFixture<JoinModels>
             var ids = new List<string>();
             for (var i = 0; i < expected.Length; i++)
             {
-                var (node, id) = StartChoosingNode(url);
+                var (node, id) = await StartChoosingNodeAsync(url);
                 nodes.Add(node);
                 ids.Add(id);
                 await JoinTests.WaitUntilAsync(http, "api/pool/join", body => body.Contains($"\"node_id\":\"{id}\"", StringComparison.Ordinal), Limit, node);
@@ -63,10 +63,10 @@ public sealed class PoolGrowthTests : IClassFixture<JoinModels>
             var ready = await JoinTests.WaitUntilAsync(http, "readyz", _ => true, Limit, nodes[^1]);
             for (var i = 0; i < expected.Length; i++)
             {
-                Assert.Contains($"{ids[i]}[{expected[i].Item1},{expected[i].Item2})", ready);
-                Assert.Contains($"chose layers {expected[i].Item1}-{expected[i].Item2}", nodes[i].Output);
+                Assert.Contains($"{ids[i]} [{expected[i].Item1}, {expected[i].Item2})", ready);
+                Assert.Contains($"chose layers [{expected[i].Item1}, {expected[i].Item2})", nodes[i].Output);
             }
-            Assert.Contains("announced to the gateway as joining", nodes[1].Output);
+            Assert.Contains($"announced to the gateway as {ids[1]} joining", nodes[1].Output);
             // Each announcement ends with that node's first shard report: nothing is left "joining".
             await JoinTests.WaitUntilAsync(http, "api/pool/join", body => !PoolJoinInfo.Parse(body).Spans.Any(s => s.Joining), TimeSpan.FromSeconds(30), nodes[^1]);
             Assert.DoesNotContain("\"joining\"", await http.GetStringAsync("api/pool"));
@@ -83,11 +83,11 @@ public sealed class PoolGrowthTests : IClassFixture<JoinModels>
                 await JoinTests.WaitUntilAsync(http, "api/pool/join", body => CountHealthy(body) == nodes.Count, Limit, nodes[^1]);
                 var pool = PoolJoinInfo.Parse(await http.GetStringAsync("api/pool/join"));
                 var rule = SpanChooser.Choose(ModelLayers, pool.Spans, capacity);
-                var (node, id) = StartChoosingNode(url);
+                var (node, id) = await StartChoosingNodeAsync(url);
                 nodes.Add(node);
                 var listed = await JoinTests.WaitUntilAsync(http, "api/pool/join", body => HealthySpanOf(body, id) is not null, Limit, node);
                 Assert.Equal((rule.Start, rule.End), HealthySpanOf(listed, id));
-                Assert.Contains($"chose layers {rule.Start}-{rule.End}", node.Output);
+                Assert.Contains($"chose layers [{rule.Start}, {rule.End})", node.Output);
                 Assert.Contains("least total throughput", node.Output);
             }
             await JoinTests.WaitUntilAsync(http, "readyz", _ => true, Limit, gateway);
@@ -107,8 +107,8 @@ public sealed class PoolGrowthTests : IClassFixture<JoinModels>
         var (gateway, http, url) = await StartGatewayAsync();
         await using var _ = gateway;
         using var __ = http;
-        await using var front = StartFixedNode(url, "0-4", "front");
-        await using var back = StartFixedNode(url, "4-8", "back");
+        await using var front = StartFixedNode(url, "0:4", "front");
+        await using var back = StartFixedNode(url, "4:8", "back");
         await JoinTests.WaitUntilAsync(http, "api/pool/join", body => CountHealthy(body) == 2, Limit, back);
 
         var port = FreePortPair();
@@ -148,7 +148,7 @@ public sealed class PoolGrowthTests : IClassFixture<JoinModels>
         var (gateway, http, url) = await StartGatewayAsync();
         await using var _ = gateway;
         using var __ = http;
-        await using var front = StartFixedNode(url, "0-2", "front");
+        await using var front = StartFixedNode(url, "0:2", "front");
         await JoinTests.WaitUntilAsync(http, "api/pool/join", body => CountHealthy(body) == 1, Limit, front);
 
         var port = FreePortPair();
@@ -164,14 +164,14 @@ public sealed class PoolGrowthTests : IClassFixture<JoinModels>
 
         // Another node takes [2,6) as well: the mover's layers stay held without it, and [6,8) has no holder.
         var watch = WatchCoverageAsync(http, TimeSpan.FromSeconds(90), requireReady: false);
-        await using var middle = StartFixedNode(url, "2-6", "middle");
+        await using var middle = StartFixedNode(url, "2:6", "middle");
         await mover.WaitForOutputAsync("moved to layers", Limit);
         var coverage = await StopWatchingAsync(watch);
         Report("mover", mover);
 
-        Assert.Contains("the pool lacks a chain: layers 6-7 complete the pool's chain", mover.Output);
+        Assert.Contains("the pool lacks a chain: layers [6, 8) complete the pool's chain", mover.Output);
         var ready = await JoinTests.WaitUntilAsync(http, "readyz", _ => true, Limit, mover);
-        Assert.Contains("mover-b[6,8)", ready);
+        Assert.Contains("mover-b [6, 8)", ready);
         Assert.True(coverage.Polls > 5, $"only {coverage.Polls} polls");
         Assert.True(coverage.Problems.Count == 0, string.Join("\n", coverage.Problems) + "\n" + mover.Output);
     }
@@ -185,12 +185,23 @@ public sealed class PoolGrowthTests : IClassFixture<JoinModels>
         return (gateway, http, gateway.Url);
     }
 
-    private (ChildProcess Node, string Id) StartChoosingNode(string url)
+    private async Task<(ChildProcess Node, string Id)> StartChoosingNodeAsync(string url)
     {
-        var port = Ports.Free();
+        // Default ids and ports: each node claims its own HOSTNAME-N and free ports; its id is read from what it announced.
         var node = PotluckProcess.Start(_models.Home.Path, "node", "--model", _models.Pool, "--join", url, "--max-layers", "3", "--memory", "1G",
-            "--port", port.ToString(), "--silo-port", Ports.Free().ToString(), "--threads", "1");
-        return (node, $"node-127.0.0.1-{port}");
+            "--threads", "1");
+        string line;
+        try
+        {
+            line = await node.WaitForOutputAsync("announced to the gateway as ", Limit);
+        }
+        catch
+        {
+            await node.DisposeAsync();
+            throw;
+        }
+        var id = line[(line.IndexOf("announced to the gateway as ", StringComparison.Ordinal) + "announced to the gateway as ".Length)..].Split(' ')[0];
+        return (node, id);
     }
 
     private ChildProcess StartFixedNode(string url, string layers, string id) =>

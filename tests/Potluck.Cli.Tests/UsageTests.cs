@@ -35,7 +35,7 @@ public sealed class UsageTests : IClassFixture<TempHome>
     [InlineData("--port must be between", "serve", "--port", "70000")]
     [InlineData("required argument missing", "model", "inspect")]
     [InlineData("option '--model' is required", "node")]
-    [InlineData("--layers must look like", "node", "--model", "x.gguf", "--layers", "8-2")]
+    [InlineData("--layers must be A:B", "node", "--model", "x.gguf", "--layers", "8:2")]
     [InlineData("--url must be an http", "chat", "--url", "ftp://example")]
     public async Task UsageErrorsExitTwoWithOneClearLine(string expected, params string[] arguments)
     {

@@ -14,7 +14,7 @@ namespace Potluck.Deploy.Tests;
 public sealed class ClusterContainerTests(PotluckImageFixture image)
 {
     private static readonly TimeSpan StartTimeout = TimeSpan.FromMinutes(3);
-    internal static readonly string[] Spans = ["0-3", "3-6", "6-8"]; // the demo model has 8 layers
+    internal static readonly string[] Spans = ["0:3", "3:6", "6:8"]; // the demo model has 8 layers
 
     [DockerFact]
     public async Task Three_node_pool_in_containers_matches_single_node_llama_cpp_and_reports_a_stopped_node()
@@ -59,7 +59,7 @@ public sealed class ClusterContainerTests(PotluckImageFixture image)
             Assert.DoesNotContain("node2", healthy);
             Assert.Contains("node1", healthy);
             Assert.Contains("node3", healthy);
-            // Layers 3-5 are now held by nobody: the pool must say so rather than pretend to be ready.
+            // Layers [3, 6) are now held by nobody: the pool must say so rather than pretend to be ready.
             var pool = await client.PoolAsync();
             Assert.False(pool["coverage"]?["full_chain"]?.GetValue<bool>() ?? true, pool.ToJsonString());
         }
@@ -74,7 +74,7 @@ public sealed class ClusterContainerTests(PotluckImageFixture image)
     public async Task Node_and_gateway_with_a_wrong_model_path_exit_with_a_clear_line_and_never_turn_healthy()
     {
         image.EnsureReady();
-        await using var node = NodeBuilder(null, "lost", "0-3", "127.0.0.1:6379", "/models/no-such-model.gguf").Build();
+        await using var node = NodeBuilder(null, "lost", "0:3", "127.0.0.1:6379", "/models/no-such-model.gguf").Build();
         await using var gateway = new ContainerBuilder(PotluckImageFixture.Image)
             .WithImagePullPolicy(_ => false)
             .WithLabel(image.Labels)
@@ -98,7 +98,7 @@ public sealed class ClusterContainerTests(PotluckImageFixture image)
         await using var network = new NetworkBuilder().WithName($"potluck-test-{image.RunId}-noredis").WithLabel(PotluckImageFixture.Label, image.RunId).Build();
         await network.CreateAsync();
         // Nothing listens on this name's port: an alias of a container that runs no Redis.
-        await using var node = NodeBuilder(network, "lonely", "0-3", "lonely:6399", $"/models/{PotluckImageFixture.ModelFile}").Build();
+        await using var node = NodeBuilder(network, "lonely", "0:3", "lonely:6399", $"/models/{PotluckImageFixture.ModelFile}").Build();
         await node.StartAsync();
         var (exitCode, logs) = await WaitForExitAsync(node, TimeSpan.FromMinutes(2));
         Assert.NotEqual(0, exitCode);

@@ -110,7 +110,7 @@ public sealed class HelmChartTests
         // The default spans fit the demo model's 8 layers; pod N takes span N from its index label, no script.
         Assert.Null(At(node, "command"));
         Assert.Equal(["node"], Strings(node, "args"));
-        Assert.Equal("0-3 3-6 6-8", Env(node, "Potluck__Node__LayersByOrdinal"));
+        Assert.Equal("0:3 3:6 6:8", Env(node, "Potluck__Node__LayersByOrdinal"));
         Assert.Equal("metadata.labels['apps.kubernetes.io/pod-index']", Str(Named(node, "env", "Potluck__Node__Ordinal"), "valueFrom.fieldRef.fieldPath"));
         Assert.Equal("$(POD_IP)", Env(node, "Potluck__Node__AdvertisedHost"));
         Assert.Equal("7100", Env(node, "Potluck__Node__GrpcPort"));
@@ -252,9 +252,9 @@ public sealed class HelmChartTests
         Assert.NotEqual(0, mismatch.ExitCode);
         Assert.Contains("nodes.layers lists 2 spans but nodes.replicas is 3", mismatch.Output);
 
-        var badSpan = RunTemplate(Release, "nodes: {replicas: 1, layers: [\"0:8\"]}");
+        var badSpan = RunTemplate(Release, "nodes: {replicas: 1, layers: [\"0..8\"]}");
         Assert.NotEqual(0, badSpan.ExitCode);
-        Assert.Contains("look like A-B", badSpan.Output);
+        Assert.Contains("look like A:B", badSpan.Output);
 
         var noUrl = RunTemplate(Release, "model: {source: url}");
         Assert.NotEqual(0, noUrl.ExitCode);

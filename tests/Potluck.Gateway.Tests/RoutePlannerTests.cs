@@ -54,7 +54,9 @@ public sealed class RoutePlannerTests
         var pool = Pool(Stage("a", 0, 3), Stage("c", 5, 7), Stage("dead", 3, 8, healthy: false));
         Assert.Null(RoutePlanner.Plan(pool, 1, null, out var failure));
         Assert.Equal([new LayerGap(3, 5), new LayerGap(7, 8)], failure!.MissingLayers);
-        Assert.Contains("layers 3-4, 7 ", failure.Message);
+        Assert.Contains("layers [3, 5), [7, 8) ", failure.Message);
+        // The hint names exactly the gaps, in the form --layers takes.
+        Assert.Contains("start a node with --layers 3:5 and another with --layers 7:8 ", failure.Message);
         Assert.Equal([new LayerGap(0, 8)], RoutePlanner.MissingLayers(Pool()));
     }
 

@@ -5,7 +5,7 @@ using Potluck.Node;
 // Test-only node launcher, configured the way a container is: environment variables Potluck__Node__* and
 // Potluck__Cluster__* (the shipped configuration path, NodeOptions.FromConfiguration), with optional flags applied
 // over them. Exit codes are the shared table (Potluck.Hosting.ExitCodes).
-// Flags: --model PATH --layers A-B --node-id ID --grpc-port P --silo-port S [--gateway-port G] [--seed host:port]
+// Flags: --model PATH --layers A:B --node-id ID --grpc-port P --silo-port S [--gateway-port G] [--seed host:port]
 //        [--redis conn] [--cluster ID] [--fast]
 var flagKeys = new Dictionary<string, string>(StringComparer.Ordinal)
 {

@@ -43,7 +43,7 @@ public sealed class NodeFailureTests(ITestOutputHelper output)
         });
         Assert.Equal(NodeHost.ExitCannotLoad, code);
         Assert.Contains(missing, line);
-        Assert.Contains("cannot load layers [0,2)", line);
+        Assert.Contains("cannot load layers [0, 2)", line);
     }
 
     [Fact]

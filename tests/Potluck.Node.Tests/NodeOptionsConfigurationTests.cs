@@ -18,7 +18,7 @@ public sealed class NodeOptionsConfigurationTests
         var variables = new Dictionary<string, string>
         {
             ["Potluck__Node__ModelPath"] = "/models/llama.gguf",
-            ["Potluck__Node__Layers"] = "4-12",
+            ["Potluck__Node__Layers"] = "4:12",
             ["Potluck__Node__NodeId"] = "node-a",
             ["Potluck__Node__GrpcPort"] = "7200",
             ["Potluck__Node__SiloPort"] = "11200",
@@ -87,6 +87,9 @@ public sealed class NodeOptionsConfigurationTests
     [InlineData("Potluck:Node:Layers", "4", "Potluck__Node__Layers")]
     [InlineData("Potluck:Node:Layers", "3-3", "Potluck__Node__Layers")]
     [InlineData("Potluck:Node:Layers", "-1-3", "Potluck__Node__Layers")]
+    [InlineData("Potluck:Node:Layers", "3:3", "Potluck__Node__Layers")]
+    [InlineData("Potluck:Node:Layers", "-1:3", "Potluck__Node__Layers")]
+    [InlineData("Potluck:Node:Layers", "[4, 8)", "Potluck__Node__Layers")]
     [InlineData("Potluck:Node:GrpcPort", "70000", "Potluck__Node__GrpcPort")]
     [InlineData("Potluck:Node:SiloPort", "abc", "Potluck__Node__SiloPort")]
     [InlineData("Potluck:Node:Threads", "-2", "Potluck__Node__Threads")]
@@ -162,8 +165,21 @@ public sealed class NodeOptionsConfigurationTests
     public void A_statefulset_pod_takes_the_span_of_its_ordinal(string ordinal, int start, int end)
     {
         var options = NodeOptions.FromConfiguration(Config(("Potluck:Node:ModelPath", "m.gguf"),
-            ("Potluck:Node:LayersByOrdinal", "0-3 3-6 6-8"), ("Potluck:Node:Ordinal", ordinal)));
+            ("Potluck:Node:LayersByOrdinal", "0:3 3:6 6:8"), ("Potluck:Node:Ordinal", ordinal)));
         Assert.Equal((start, end), (options.LayerStart, options.LayerEnd));
+        Assert.Empty(options.Warnings);
+    }
+
+    [Fact]
+    public void The_old_dash_form_still_works_and_warns_what_it_means()
+    {
+        var options = NodeOptions.FromConfiguration(Config(("Potluck:Node:ModelPath", "m.gguf"), ("Potluck:Node:Layers", "4-8")));
+        Assert.Equal((4, 8), (options.LayerStart, options.LayerEnd));
+        var warning = Assert.Single(options.Warnings);
+        Assert.Contains("Potluck__Node__Layers", warning);
+        Assert.Contains("means layers [4, 8)", warning);
+        Assert.Contains("write 4:8", warning);
+        Assert.Empty(NodeOptions.FromConfiguration(Config(("Potluck:Node:ModelPath", "m.gguf"), ("Potluck:Node:Layers", "4:8"))).Warnings);
     }
 
     [Fact]

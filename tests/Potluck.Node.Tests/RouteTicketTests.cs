@@ -141,7 +141,7 @@ public sealed class RouteTicketTests
         Assert.Contains("max_tokens", Refusal(bigger, "a"));
         // Another node (or this node asked for another span) is not on the route.
         Assert.Contains("no stage node x", Refusal(Open(ticket), "x"));
-        Assert.Contains("no stage node b layers [0,2)", Refusal(Open(ticket), "b"));
+        Assert.Contains("no stage node b layers [0, 2)", Refusal(Open(ticket), "b"));
         // The tail is the ticket's, hop for hop: another endpoint, node or span for the next stage, or a shorter route.
         var endpoint = Open(ticket);
         endpoint.Next[0] = new RouteHop(B) { Endpoint = "http://127.0.0.1:9" };

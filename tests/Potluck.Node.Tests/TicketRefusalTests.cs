@@ -274,7 +274,7 @@ public sealed class TicketRefusalTests(TwoNodeFixture fixture) : IClassFixture<T
         using var timeout = new CancellationTokenSource(Timeout);
         var error = await Assert.ThrowsAsync<RpcException>(async () => { while (await call.ResponseStream.MoveNext(timeout.Token)) { } });
         Assert.Equal(StatusCode.PermissionDenied, error.StatusCode);
-        Assert.StartsWith($"node {Pool.Options[0].ResolvedNodeId} layers [0,2): the open carries no route ticket", error.Status.Detail);
+        Assert.StartsWith($"node {Pool.Options[0].ResolvedNodeId} layers [0, 2): the open carries no route ticket", error.Status.Detail);
         AssertNothingHappened("raw");
     }
 }

@@ -216,7 +216,7 @@ public sealed class ChainFailureTests
             var error = await Assert.ThrowsAsync<RpcException>(() => SessionHopClient.OpenAsync(channel.CreateCallInvoker(), open, pool.Host(0).Width, Timeout));
             return HopFailure.Read(error);
         }
-        var path = $"node {pool.Options[0].ResolvedNodeId} layers [0,2) → node ";
+        var path = $"node {pool.Options[0].ResolvedNodeId} layers [0, 2) → node ";
 
         // The last stage holds [2,3) but the route asks it for [2,4): its SPAN_MISMATCH, not the first stage's.
         var span = await OpenFailsAsync("span", 32, Hop(2, end: 4));

@@ -34,7 +34,7 @@ public sealed record NodeLaunch(string NodeId, string ModelPath, int LayerStart,
     {
         var args = new List<string>
         {
-            "--model", ModelPath, "--layers", $"{LayerStart}-{LayerEnd}", "--node-id", NodeId,
+            "--model", ModelPath, "--layers", $"{LayerStart}:{LayerEnd}", "--node-id", NodeId,
             "--grpc-port", $"{GrpcPort}", "--silo-port", $"{SiloPort}",
         };
         if (Cluster is not null) args.AddRange(["--cluster", Cluster]);

@@ -1,7 +1,9 @@
 using System.CommandLine;
 using System.Globalization;
 using Microsoft.Extensions.Configuration;
+using Potluck.Cluster;
 using Potluck.Inference.Gguf;
+using Potluck.Node.Hosting;
 using Potluck.Node;
 using Potluck.Node.Joining;
 
@@ -18,7 +20,7 @@ public static class NodeCommand
     {
         var defaults = new NodeOptions { ModelPath = "", LayerStart = 0, LayerEnd = 1 };
         var model = new Option<FileInfo?>("--model") { Description = "The GGUF file this node serves layers of (every node of a pool holds the same file) [env: Potluck__Node__ModelPath]" };
-        var layers = new Option<string?>("--layers") { Description = "Layers to load as A-B, meaning [A, B); omit with --join URL to let the node choose" };
+        var layers = new Option<string?>("--layers") { Description = "Layers to load as A:B, meaning [A, B) (0:4 is the first four); omit with --join URL to let the node choose" };
         var join = new Option<string?>("--join")
         {
             Description = "The pool to join: the gateway's URL (http://HOST:PORT; the node checks the model and can choose its span), " +
@@ -40,9 +42,17 @@ public static class NodeCommand
         };
         var listen = new Option<string?>("--listen") { Description = "Address to bind (default: loopback when --advertise is loopback, else all interfaces)" };
         var host = new Option<string?>("--host") { Description = "Deprecated: use --advertise (on `node`, --host always meant the advertised address)" };
-        var port = new Option<int>("--port") { Description = "gRPC port for hidden states", DefaultValueFactory = _ => defaults.GrpcPort };
-        var siloPort = new Option<int>("--silo-port") { Description = "Orleans silo-to-silo port; every pool member must reach it", DefaultValueFactory = _ => defaults.SiloPort };
-        var nodeId = new Option<string?>("--node-id") { Description = "Unique node name in the pool (default: node-HOST-PORT)" };
+        var freePorts = Potluck.Node.Hosting.NodePorts.InContainer ? "" : " [default: a free port; 7100 in a container]";
+        var port = new Option<int?>("--port") { Description = "gRPC port for hidden states (0: a free one)" + (freePorts.Length > 0 ? freePorts : $" [default: {defaults.GrpcPort}]") };
+        var siloPort = new Option<int?>("--silo-port")
+        {
+            Description = "Orleans silo-to-silo port; every pool member must reach it (0: a free one)" +
+                (freePorts.Length > 0 ? " [default: a free port; 11111 in a container]" : $" [default: {defaults.SiloPort}]"),
+        };
+        var nodeId = new Option<string?>("--node-id")
+        {
+            Description = "Unique node name in the pool (default: the id of this machine's pool certificate, else the first HOSTNAME-N no running node holds)",
+        };
         var clusterId = new Option<string>("--cluster-id") { Description = "Pool name shared by the gateway and its nodes (with --join URL: the pool's)", DefaultValueFactory = _ => defaults.ClusterId };
         var kvTokens = new Option<long?>("--kv-tokens") { Description = "KV cache budget in tokens over all sessions (default: 4 full contexts)" };
         var threads = new Option<int>("--threads") { Description = "Compute threads (0 = all cores)", DefaultValueFactory = _ => 0 };
@@ -88,7 +98,7 @@ public static class NodeCommand
                 }
             }
             if (parse.GetValue(join) is { } joinText && PoolJoinClient.IsGatewayUrl(joinText)) ParseGatewayUrl(joinText);
-            if (parse.GetValue(layers) is { } layerText) HostedCommand.ParseLayers(layerText);
+            var layerFlag = parse.GetValue(layers) is { } layerText ? ParseLayers(layerText) : ((int Start, int End)?)null;
             if (parse.GetValue(maxLayers) is < 1) throw new UsageException("--max-layers must be at least 1");
             if (parse.GetValue(memory) is { } memoryText && !NodeCapacity.TryParseSize(memoryText, out _))
                 throw new UsageException($"--memory must be a size such as 8G, 512M or 1.5GiB (got '{memoryText}')");
@@ -98,12 +108,13 @@ public static class NodeCommand
             var period = parse.GetValue(rebalanceEvery);
             if (period is < NodeJoinOptions.MinRebalanceSeconds or > NodeJoinOptions.MaxRebalanceSeconds)
                 throw new UsageException($"--rebalance-every must be between {NodeJoinOptions.MinRebalanceSeconds} and {NodeJoinOptions.MaxRebalanceSeconds} seconds (got {period})");
-            HostedCommand.ValidatePort(parse.GetValue(port), "--port");
-            HostedCommand.ValidatePort(parse.GetValue(siloPort), "--silo-port");
+            if (parse.GetValue(port) is { } grpcPort) HostedCommand.ValidatePort(grpcPort, "--port");
+            if (parse.GetValue(siloPort) is { } siloPortValue) HostedCommand.ValidatePort(siloPortValue, "--silo-port");
 
             var flags = new HostedCommand.FlagConfiguration(NodeOptions.ConfigurationSection);
             flags.Set(parse, model, nameof(NodeOptions.ModelPath), file => file?.FullName);
-            flags.Set(parse, layers, "Layers");
+            // The canonical form, so an old A-B flag is warned about once (above), not again by the options binder.
+            if (layerFlag is { } span) flags.Set("Layers", LayerRange.Input(span.Start, span.End));
             flags.Set(parse, join, "Join");
             flags.Set(parse, redis, nameof(NodeOptions.RedisConnectionString));
             flags.Set(parse, maxLayers, nameof(NodeJoinOptions.MaxLayers));
@@ -135,7 +146,7 @@ public static class NodeCommand
             var fixedSpan = NodeOptions.HasLayers(configuration);
             if (!fixedSpan && gatewayUrl is null)
                 throw new UsageException("without --layers the node chooses its own span from the pool's gateway: pass --join http://GATEWAY:PORT " +
-                    "(with --join HOST:PORT or --redis, pass --layers A-B)");
+                    "(with --join HOST:PORT or --redis, pass --layers A:B, e.g. --layers 0:4)");
             if (fixedSpan && (joining.MemoryBudgetBytes is not null || joining.MaxLayers is not null))
                 throw new UsageException("--memory and --max-layers size a span the node chooses itself; they do not combine with --layers");
             if (joining.Rebalance && (gatewayUrl is null || fixedSpan))
@@ -145,6 +156,19 @@ public static class NodeCommand
             // Without a span these are placeholders until the join chooses one.
             var options = NodeOptions.FromConfiguration(configuration, layersRequired: false);
             var verbose = parse.GetValue(CliApplication.Verbose);
+            if (!joining.Rebalance)
+            {
+                // Ports first, before the model, the gateway or membership: a taken --port is one line and nothing joined.
+                // (Rebalancing leaves free ports to each child.)
+                try
+                {
+                    options = NodePorts.Settle(options, Potluck.Hosting.PotluckSilo.ListenAddressFor(options.AdvertisedHost, options.ListenAddress));
+                }
+                catch (PortTakenException e)
+                {
+                    throw new CliFailureException(e.Message);
+                }
+            }
             string? invite;
             try
             {
@@ -167,7 +191,8 @@ public static class NodeCommand
                     options = joined.Options;
                 }
                 if (options.LayerEnd > info.LayerCount)
-                    throw new CannotLoadException($"--layers {options.LayerStart}-{options.LayerEnd} is outside the model: {Path.GetFileName(options.ModelPath)} has {info.LayerCount} layers (0-{info.LayerCount})");
+                    throw new CannotLoadException($"--layers {LayerRange.Input(options.LayerStart, options.LayerEnd)} is outside the model: " +
+                        $"{Path.GetFileName(options.ModelPath)} has {info.LayerCount} layers, {LayerRange.Format(0, info.LayerCount)}");
                 HostedCommand.ApplyVerbosity(verbose);
 
                 if (joining.Rebalance)
@@ -186,9 +211,18 @@ public static class NodeCommand
             "potluck node --model ./model.gguf --join http://192.168.1.10:8080",
             "potluck node --model ./model.gguf --join http://192.168.1.10:8080 --memory 6G",
             "potluck node --model ./model.gguf --join http://192.168.1.10:8080 --rebalance",
-            "potluck node --model ./model.gguf --layers 0-16 --join 192.168.1.10:11110",
-            "potluck node --model ./model.gguf --layers 16-32 --advertise 192.168.1.12 --redis 192.168.1.10:6379",
-            "Potluck__Node__ModelPath=./model.gguf Potluck__Node__Layers=0-16 potluck node");
+            "potluck node --model ./model.gguf --layers 0:16 --join 192.168.1.10:11110",
+            "potluck node --model ./model.gguf --layers 16:32 --advertise 192.168.1.12 --redis 192.168.1.10:6379",
+            "Potluck__Node__ModelPath=./model.gguf Potluck__Node__Layers=0:16 potluck node");
+    }
+
+    /// <summary>--layers A:B; the old A-B still works, with a warning that says it means [A, B).</summary>
+    internal static (int Start, int End) ParseLayers(string text)
+    {
+        if (!LayerRange.TryParse(text.Trim(), out var start, out var end, out var legacy))
+            throw new UsageException($"--layers must be {LayerRange.Rule} (got '{text}')");
+        if (legacy) Console.Error.WriteLine($"potluck node: warning: {LayerRange.LegacyWarning("--layers", text.Trim(), start, end)}");
+        return (start, end);
     }
 
     /// <summary>With POTLUCK_HOME set (tests, self-contained installs) everything potluck keeps stays under it.</summary>

@@ -7,7 +7,7 @@ namespace Potluck.Cli.Commands;
 
 /// <summary>
 /// The process side of `potluck node --join URL --rebalance`: the workflow (<see cref="Rebalancer"/>, in the node
-/// project) decides when and where to move; this starts each span as a child `potluck node --layers A-B ...` of this
+/// project) decides when and where to move; this starts each span as a child `potluck node --layers A:B ...` of this
 /// executable, in its own session, with its output prefixed by the node id.
 /// </summary>
 public static class RebalancingNode
@@ -24,7 +24,7 @@ public static class RebalancingNode
     {
         var arguments = new List<string>
         {
-            "node", "--model", options.ModelPath, "--layers", $"{options.LayerStart}-{options.LayerEnd}", "--join", plan.Gateway.ToString(),
+            "node", "--model", options.ModelPath, "--layers", Potluck.Cluster.LayerRange.Input(options.LayerStart, options.LayerEnd), "--join", plan.Gateway.ToString(),
             "--advertise", options.AdvertisedHost, "--port", options.GrpcPort.ToString(CultureInfo.InvariantCulture),
             "--silo-port", options.SiloPort.ToString(CultureInfo.InvariantCulture), "--cluster-id", options.ClusterId,
             "--threads", options.Threads.ToString(CultureInfo.InvariantCulture), "--max-rows", options.MaxRowsPerStep.ToString(CultureInfo.InvariantCulture),
@@ -38,7 +38,7 @@ public static class RebalancingNode
         if (options.FastFailureDetection) arguments.Add("--fast-failure-detection");
         if (plan.Verbose) arguments.Add("--verbose");
         // Own session: a Ctrl+C in the terminal reaches only this process, which then stops the child in order.
-        // Supervisor names must be unique; generation 2 reuses generation 0's ports and so its default node id.
+        // Supervisor names must be unique; generation 2 reuses generation 0's ports and node id.
         var name = generation < 2 ? options.ResolvedNodeId : $"{options.ResolvedNodeId}#{generation}";
         var spec = SelfLauncher.Spec(name, arguments) with { OwnSession = true };
         return new ChildSpan(options, supervisor.Start(spec));

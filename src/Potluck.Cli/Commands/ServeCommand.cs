@@ -211,12 +211,17 @@ internal sealed class LocalPoolRunner : IAsyncDisposable
 
     private string PoolDirectory => new PoolSecuritySettings().PoolDirectoryFor(plan.ClusterId);
 
-    /// <summary>Polls GET /readyz until 200; returns null when ready, else why it never got there.</summary>
+    /// <summary>
+    /// Polls GET /readyz until it answers 200 and counts every node this pool started among the serving replicas (one
+    /// chain is not enough: a node killed while its replica is still loading would lose its streams). Prints a line as
+    /// each node starts serving. Returns null when ready, else why it never got there.
+    /// </summary>
     private async Task<string?> WaitUntilReadyAsync(CancellationToken cancellationToken)
     {
         using var http = plan.Access.CreateClient(TimeSpan.FromSeconds(2));
         var readyz = new Uri(plan.Url, "readyz");
         var clock = Stopwatch.StartNew();
+        var progress = new PoolProgress(plan.Nodes);
         while (clock.Elapsed < readyTimeout)
         {
             if (cancellationToken.IsCancellationRequested) return null;
@@ -225,7 +230,14 @@ internal sealed class LocalPoolRunner : IAsyncDisposable
             try
             {
                 using var response = await http.GetAsync(readyz, cancellationToken);
-                if (response.IsSuccessStatusCode) return null;
+                var body = await response.Content.ReadAsStringAsync(cancellationToken);
+                foreach (var line in progress.Update(body))
+                    if (echoChildren) WriteNotice(line);
+                if (response.IsSuccessStatusCode && progress.AllServing) return null;
+            }
+            catch (System.Text.Json.JsonException)
+            {
+                // Not the gateway's answer (yet); try again.
             }
             catch (HttpRequestException)
             {
@@ -248,7 +260,7 @@ internal sealed class LocalPoolRunner : IAsyncDisposable
                 return null;
             }
         }
-        return $"the pool was not ready within {readyTimeout.TotalSeconds:F0} s ({readyz} never answered 200); see the logs above";
+        return $"the pool was not ready within {readyTimeout.TotalSeconds:F0} s ({progress.Describe()}); see the logs above";
     }
 
     private static string LastMeaningfulLine(SupervisedProcess child)
@@ -288,9 +300,11 @@ internal sealed class LocalPoolRunner : IAsyncDisposable
         {
             table.AddRow("gateway", supervisor.Get("gateway").Pid.ToString(), "head", "-", "-");
             foreach (var node in plan.Nodes)
-                table.AddRow(node.Name, supervisor.Get(node.Name).Pid.ToString(), $"[[{node.Start}, {node.End})", (node.SpanIndex + 1).ToString(), (node.Replica + 1).ToString());
+                table.AddRow(node.Name, supervisor.Get(node.Name).Pid.ToString(), Markup.Escape(node.Range), (node.SpanIndex + 1).ToString(), (node.Replica + 1).ToString());
             AnsiConsole.Write(table);
-            Console.Out.WriteLine($"Pool ready: {plan.Url}  (OpenAI API at {plan.Url}v1, Ctrl+C to stop)");
+            var replicas = plan.Nodes.Count / Math.Max(1, plan.Nodes.Select(node => node.SpanIndex).Distinct().Count());
+            Console.Out.WriteLine($"Pool ready: {plan.Url}  ({plan.Nodes.Count} of {plan.Nodes.Count} nodes serving, {replicas} per span; " +
+                $"OpenAI API at {plan.Url}v1, Ctrl+C to stop)");
             // Never the key itself: this line ends up in terminals and logs.
             var auth = plan.Access.KeysRequired ? " -H \"Authorization: Bearer $POTLUCK_API_KEY\"" : "";
             var insecure = plan.Access.Https ? " --cacert YOUR-CERT.pem" : "";

@@ -1,9 +1,15 @@
+using Potluck.Cluster;
+
 namespace Potluck.Cli.Serve;
 
 /// <summary>One node's assignment in a local pool: which layers [Start, End) it loads.</summary>
 public sealed record NodeAssignment(string Name, int SpanIndex, int Replica, int Start, int End)
 {
-    public string Layers => $"{Start}-{End}";
+    /// <summary>What its `--layers` gets: "4:8".</summary>
+    public string Layers => LayerRange.Input(Start, End);
+
+    /// <summary>What people read: "[4, 8)".</summary>
+    public string Range => LayerRange.Format(Start, End);
 }
 
 /// <summary>Splits a model's layers into nodes/replicas contiguous spans of near-equal size, each held by `replicas` nodes.</summary>

@@ -140,7 +140,7 @@ public static class JoinEndpoint
         await services.GetRequiredService<IGrainFactory>().GetGrain<IPoolDirectoryGrain>(PoolKeys.Default).AnnounceJoining(node)
             .WaitAsync(DirectoryTimeout, context.RequestAborted);
         services.GetRequiredService<ILoggerFactory>().CreateLogger(typeof(JoinEndpoint)).LogInformation(
-            "Node {NodeId} announced it is loading layers [{Start},{End}) at {Endpoint}", node.NodeId, node.LayerStart, node.LayerEnd, node.GrpcEndpoint);
+            "Node {NodeId} announced it is loading layers {Layers} at {Endpoint}", node.NodeId, LayerRange.Format(node.LayerStart, node.LayerEnd), node.GrpcEndpoint);
         context.Response.StatusCode = 200;
         context.Response.ContentType = "application/json";
         context.Response.Headers.CacheControl = "no-store";

@@ -3,6 +3,7 @@ using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Http;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Diagnostics.HealthChecks;
+using Potluck.Cluster;
 using Potluck.Gateway.Access;
 using Potluck.Gateway.Api;
 using Potluck.Gateway.Head;
@@ -44,6 +45,7 @@ public static class OpsEndpoints
     {
         var pool = context.RequestServices.GetRequiredService<PoolMonitor>().Current;
         var plan = RoutePlanner.Plan(pool, 1, null, out var failure);
+        var guarded = context.RequestServices.GetRequiredService<GatewayAccess>().PoolDetailsGuarded;
         return WriteJsonAsync(context, plan is null ? 503 : 200, json =>
         {
             json.WriteString("status", plan is null ? "not_ready" : "ready");
@@ -52,11 +54,41 @@ public static class OpsEndpoints
                 json.WriteString("reason", failure!.Message);
                 WriteGaps(json, "missing_layers", failure.MissingLayers);
             }
-            else if (!context.RequestServices.GetRequiredService<GatewayAccess>().PoolDetailsGuarded)
+            else if (!guarded)
             {
                 json.WriteString("route", plan.ToString());
             }
+            // Replicas per span: `serve` waits until every node it started is counted, and an operator sees what one failure costs.
+            WriteSpans(json, pool, withNodeIds: !guarded);
         });
+    }
+
+    /// <summary>The healthy spans grouped by their layers: how many replicas each has (and, unguarded, which nodes).</summary>
+    private static void WriteSpans(Utf8JsonWriter json, PoolSnapshot pool, bool withNodeIds)
+    {
+        var spans = pool.Stages.Where(stage => stage.Healthy)
+            .GroupBy(stage => (stage.LayerStart, stage.LayerEnd))
+            .OrderBy(group => group.Key.LayerStart).ThenBy(group => group.Key.LayerEnd);
+        var nodes = 0;
+        json.WriteStartArray("spans");
+        foreach (var span in spans)
+        {
+            json.WriteStartObject();
+            json.WriteString("layers", LayerRange.Format(span.Key.LayerStart, span.Key.LayerEnd));
+            json.WriteNumber("start", span.Key.LayerStart);
+            json.WriteNumber("end", span.Key.LayerEnd);
+            json.WriteNumber("replicas", span.Count());
+            if (withNodeIds)
+            {
+                json.WriteStartArray("nodes");
+                foreach (var stage in span.OrderBy(stage => stage.NodeId, StringComparer.Ordinal)) json.WriteStringValue(stage.NodeId);
+                json.WriteEndArray();
+            }
+            json.WriteEndObject();
+            nodes += span.Count();
+        }
+        json.WriteEndArray();
+        json.WriteNumber("serving_nodes", nodes);
     }
 
     private static async Task PoolAsync(HttpContext context)
@@ -89,10 +121,7 @@ public static class OpsEndpoints
                 json.WriteStartObject();
                 json.WriteString("id", stage.NodeId);
                 json.WriteString("endpoint", stage.Endpoint);
-                json.WriteStartObject("span");
-                json.WriteNumber("start", stage.LayerStart);
-                json.WriteNumber("end", stage.LayerEnd);
-                json.WriteEndObject();
+                WriteSpan(json, stage.LayerStart, stage.LayerEnd);
                 json.WriteString("state", stage.Healthy ? "healthy" : "unhealthy");
                 if (stage.Problem is null) json.WriteNull("problem");
                 else json.WriteString("problem", stage.Problem);
@@ -113,10 +142,7 @@ public static class OpsEndpoints
                 json.WriteStartObject();
                 json.WriteString("id", node.NodeId);
                 json.WriteString("endpoint", node.Endpoint);
-                json.WriteStartObject("span");
-                json.WriteNumber("start", node.LayerStart);
-                json.WriteNumber("end", node.LayerEnd);
-                json.WriteEndObject();
+                WriteSpan(json, node.LayerStart, node.LayerEnd);
                 json.WriteString("state", "model-mismatch");
                 json.WriteString("problem", $"serves model {node.ModelId}; this gateway serves {model.ModelId}");
                 json.WriteString("model_id", node.ModelId);
@@ -136,10 +162,7 @@ public static class OpsEndpoints
                 json.WriteStartObject();
                 json.WriteString("id", node.NodeId);
                 json.WriteString("endpoint", node.GrpcEndpoint);
-                json.WriteStartObject("span");
-                json.WriteNumber("start", node.LayerStart);
-                json.WriteNumber("end", node.LayerEnd);
-                json.WriteEndObject();
+                WriteSpan(json, node.LayerStart, node.LayerEnd);
                 json.WriteString("state", "joining");
                 json.WriteString("problem", $"announced at {node.AnnouncedAtUtc:HH:mm:ss} UTC; loading its span (expires {node.ExpiresAtUtc:HH:mm:ss} UTC unless it reports)");
                 json.WriteNumber("open_sessions", 0);
@@ -157,11 +180,22 @@ public static class OpsEndpoints
             WriteGaps(json, "gaps", gaps);
             if (plan is not null) json.WriteString("route", plan.ToString());
             else json.WriteString("problem", failure!.Message);
+            WriteSpans(json, pool, withNodeIds: true);
             json.WriteEndObject();
         });
     }
 
     private static double Finite(double value) => double.IsFinite(value) ? Math.Round(value, 3) : 0;
+
+    // Numbers for programs, "[4, 8)" for people; one notation in every text field.
+    private static void WriteSpan(Utf8JsonWriter json, int start, int end)
+    {
+        json.WriteStartObject("span");
+        json.WriteNumber("start", start);
+        json.WriteNumber("end", end);
+        json.WriteString("layers", LayerRange.Format(start, end));
+        json.WriteEndObject();
+    }
 
     private static void WriteGaps(Utf8JsonWriter json, string name, IReadOnlyList<LayerGap> gaps)
     {
@@ -171,6 +205,8 @@ public static class OpsEndpoints
             json.WriteStartObject();
             json.WriteNumber("start", gap.Start);
             json.WriteNumber("end", gap.End);
+            json.WriteString("layers", gap.ToString());
+            json.WriteString("hint", gap.Hint);
             json.WriteEndObject();
         }
         json.WriteEndArray();
@@ -213,6 +249,7 @@ public static class OpsEndpoints
                 json.WriteString("endpoint", hop.Endpoint);
                 json.WriteNumber("start", hop.LayerStart);
                 json.WriteNumber("end", hop.LayerEnd);
+                json.WriteString("layers", LayerRange.Format(hop.LayerStart, hop.LayerEnd));
                 json.WriteEndObject();
             }
             json.WriteEndArray();

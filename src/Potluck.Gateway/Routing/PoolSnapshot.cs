@@ -1,3 +1,5 @@
+using Potluck.Cluster;
+
 namespace Potluck.Gateway.Routing;
 
 /// <summary>One loaded span on one node, as the router sees it.</summary>
@@ -42,11 +44,14 @@ public sealed record RoutePlan(IReadOnlyList<StageCandidate> Hops, double Estima
     public override string ToString()
     {
         var parts = new string[Hops.Count];
-        for (var i = 0; i < Hops.Count; i++) parts[i] = $"{Hops[i].NodeId}[{Hops[i].LayerStart},{Hops[i].LayerEnd})";
+        for (var i = 0; i < Hops.Count; i++) parts[i] = $"{Hops[i].NodeId} {LayerRange.Format(Hops[i].LayerStart, Hops[i].LayerEnd)}";
         return string.Join(" → ", parts);
     }
 
-    /// <summary>ASCII form for the x-potluck-route response header: "nodeId:start-end" per hop, space separated.</summary>
+    /// <summary>
+    /// ASCII form for the x-potluck-route response header: "nodeId:start-end" per hop ([start, end)), space separated.
+    /// A machine-read format kept as it was (clients split it); people read the "[4, 8)" form everywhere else.
+    /// </summary>
     public string HeaderValue
     {
         get
@@ -61,5 +66,8 @@ public sealed record RoutePlan(IReadOnlyList<StageCandidate> Hops, double Estima
 /// <summary>Layers [Start, End) that no healthy stage holds.</summary>
 public readonly record struct LayerGap(int Start, int End)
 {
-    public override string ToString() => End - Start == 1 ? $"{Start}" : $"{Start}-{End - 1}";
+    public override string ToString() => LayerRange.Format(Start, End);
+
+    /// <summary>The node flag that fills exactly this gap, pasted as given: "--layers 4:8".</summary>
+    public string Hint => $"--layers {LayerRange.Input(Start, End)}";
 }

@@ -1,3 +1,5 @@
+using Potluck.Cluster;
+
 namespace Potluck.Gateway.Routing;
 
 /// <summary>Why no route could be planned: a message for the 503 and the layers nobody holds.</summary>
@@ -138,9 +140,11 @@ public static class RoutePlanner
             var list = string.Join(", ", missing);
             var failed = avoidNodes is { Count: > 0 } && LayersIn(MissingLayers(pool)) < LayersIn(missing)
                 ? $" (node {string.Join(", ", avoidNodes)} failed and no replica holds them)" : "";
+            // The hint is what `potluck node` takes, so pasting it fills exactly the gap.
+            var hints = string.Join(" and another with ", missing.Select(gap => gap.Hint));
             return new RouteFailure(
-                $"no node in the pool serves layers {list} of the model's {pool.LayerCount}{failed}; start a node with those layers " +
-                "(potluck node --layers ..., or --join the gateway's URL to fill the gap)",
+                $"no node in the pool serves layers {list} of the model's {pool.LayerCount}{failed}; start a node with {hints} " +
+                "(or join by the gateway's URL without --layers: the node takes the gap)",
                 missing);
         }
         // Every layer is held by someone: the chain breaks on KV room, avoided (failed) nodes or unaligned spans.
@@ -164,7 +168,8 @@ public static class RoutePlanner
         var furthest = 0;
         for (var b = 0; b <= pool.LayerCount; b++) if (withoutKv[b]) furthest = b;
         return new RouteFailure(
-            $"every layer is served, but the nodes' spans do not chain: no span starts at layer {furthest} after a chain covering [0,{furthest})",
+            $"every layer is served, but the nodes' spans do not chain: no span starts at layer {furthest} after a chain covering " +
+            $"{LayerRange.Format(0, furthest)}; start a node with {new LayerGap(furthest, pool.LayerCount).Hint}",
             [new LayerGap(furthest, pool.LayerCount)]);
     }
 }

@@ -5,6 +5,7 @@ using Potluck.Inference;
 using Potluck.Inference.Engine;
 using Potluck.Node.Telemetry;
 using Potluck.Protocol.Diagnostics;
+using Potluck.Cluster;
 
 namespace Potluck.Node.Compute;
 
@@ -158,7 +159,7 @@ internal sealed class ComputeLoop : IDisposable
                     var length = _compute.SessionLength(item.Id);
                     item.PublishLength(length);
                     if (item.PendingStart != length)
-                        throw new PositionMismatchException($"step starts at {item.PendingStart} but session '{item.Id}' holds {length} positions on layers [{LayerStart},{LayerEnd})");
+                        throw new PositionMismatchException($"step starts at {item.PendingStart} but session '{item.Id}' holds {length} positions on layers {LayerRange.Format(LayerStart, LayerEnd)}");
                     if (item.PendingRows == 0) item.Complete(0);
                     else _ready.Add(item);
                 }
@@ -190,7 +191,7 @@ internal sealed class ComputeLoop : IDisposable
             {
                 RepublishLengths();
                 foreach (var item in _ready) item.Fail(e);
-                _log.LogWarning(e, "Forward of {Sessions} sessions on layers [{Start},{End}) failed", _ready.Count, LayerStart, LayerEnd);
+                _log.LogWarning(e, "Forward of {Sessions} sessions on layers {Layers} failed", _ready.Count, LayerRange.Format(LayerStart, LayerEnd));
             }
         }
         StepTimeline.Mark(StepEvent.StageComputeEnd, 0);

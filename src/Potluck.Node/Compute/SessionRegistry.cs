@@ -2,6 +2,7 @@ using System.Collections.Concurrent;
 using Microsoft.Extensions.Logging;
 using Potluck.Inference;
 using Potluck.Node.Telemetry;
+using Potluck.Cluster;
 
 namespace Potluck.Node.Compute;
 
@@ -168,8 +169,8 @@ internal sealed class SessionRegistry : IDisposable
         foreach (var session in _sessions.Values)
         {
             if (session.DetachedSinceTicks is { } since && now - since >= DetachedTimeout.TotalMilliseconds && Close(session.Id, cancelled: true))
-                _log.LogInformation("Freed session {Session} on layers [{Start},{End}): no resume within {Seconds:F0} s of its stream breaking",
-                    session.Id, _loop.LayerStart, _loop.LayerEnd, DetachedTimeout.TotalSeconds);
+                _log.LogInformation("Freed session {Session} on layers {Layers}: no resume within {Seconds:F0} s of its stream breaking",
+                    session.Id, LayerRange.Format(_loop.LayerStart, _loop.LayerEnd), DetachedTimeout.TotalSeconds);
         }
     }
 

@@ -43,7 +43,7 @@ public sealed class ShardReporter(IGrainFactory grains, ShardStatusSource status
         {
             var current = status.Current();
             await Directory.Withdraw(current.ShardKey).WaitAsync(TimeSpan.FromSeconds(5), cancellationToken);
-            log.LogInformation("Withdrew shard {Shard} from the pool", current.ShardKey);
+            log.LogInformation("Withdrew {NodeId}'s layers {Layers} from the pool", current.NodeId, Potluck.Cluster.LayerRange.Format(current.LayerStart, current.LayerEnd));
         }
         catch (Exception e)
         {

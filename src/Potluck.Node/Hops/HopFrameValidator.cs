@@ -2,6 +2,7 @@ using Grpc.Core;
 using Potluck.Node.Compute;
 using Potluck.Protocol;
 using Potluck.Protocol.V1;
+using Potluck.Cluster;
 
 namespace Potluck.Node.Hops;
 
@@ -48,7 +49,7 @@ internal sealed class HopFrameValidator(SpanHost host, StageFailures failures, R
         if (open.ModelId != host.ModelId)
             return failures.Fail(HopFailureReason.ModelMismatch, $"holds model {host.ModelId}, the route was planned for {open.ModelId}");
         if (open.LayerStart != host.LayerStart || open.LayerEnd != host.LayerEnd)
-            return failures.Fail(HopFailureReason.SpanMismatch, $"asked to run layers [{open.LayerStart},{open.LayerEnd})");
+            return failures.Fail(HopFailureReason.SpanMismatch, $"asked to run layers {LayerRange.Format(open.LayerStart, open.LayerEnd)}");
         if (open.MaxTokens <= 0 || open.MaxTokens > host.ContextLength)
             return failures.Fail(HopFailureReason.InvalidFrame, $"max_tokens {open.MaxTokens} must be in [1, {host.ContextLength}]");
         if (!HiddenStateCodec.IsKnown(open.WireType))
@@ -70,7 +71,7 @@ internal sealed class HopFrameValidator(SpanHost host, StageFailures failures, R
         foreach (var hop in open.Next)
         {
             if (hop.LayerStart != expect || hop.LayerEnd <= hop.LayerStart || hop.LayerEnd > host.LayerCount)
-                return failures.Fail(HopFailureReason.InvalidRoute, $"route hop {hop.NodeId} [{hop.LayerStart},{hop.LayerEnd}) does not continue at layer {expect}");
+                return failures.Fail(HopFailureReason.InvalidRoute, $"route hop {hop.NodeId} {LayerRange.Format(hop.LayerStart, hop.LayerEnd)} does not continue at layer {expect}");
             if (!MemberChannels.IsValidEndpoint(hop.Endpoint))
                 return failures.Fail(HopFailureReason.InvalidRoute, $"route hop {hop.NodeId} has no valid https endpoint: '{hop.Endpoint}'");
             expect = hop.LayerEnd;

@@ -6,6 +6,7 @@ using Potluck.Protocol.V1;
 using Potluck.Node.Compute;
 using Potluck.Node.Telemetry;
 using GrpcStage = Potluck.Protocol.V1.Stage;
+using Potluck.Cluster;
 
 namespace Potluck.Node.Hops;
 
@@ -36,7 +37,7 @@ public sealed class StageService(SpanHost host, MemberChannels channels, NodeTel
         catch (Exception e)
         {
             // Never let a hostile or broken stream take the node down: report and end this stream only.
-            log.LogWarning(e, "Hop stream on layers [{Start},{End}) failed", host.LayerStart, host.LayerEnd);
+            log.LogWarning(e, "Hop stream on layers {Layers} failed", LayerRange.Format(host.LayerStart, host.LayerEnd));
             throw HopFailure.Exception(HopFailureReason.Internal, $"node {host.NodeId}: {e.GetType().Name}: {e.Message}",
                 new HopStage(host.NodeId, host.LayerStart, host.LayerEnd));
         }

@@ -92,7 +92,7 @@ public sealed class GatewayModelCheck(
 
     /// <summary>The one line both the URL join and this check print when the files differ.</summary>
     public static string MismatchMessage(string nodeId, string localModelId, string modelPath, string served) =>
-        $"node {nodeId} holds model {localModelId} from {modelPath} but the pool's gateway serves {served}; refusing to join";
+        $"{(nodeId.Length == 0 ? "this node" : "node " + nodeId)} holds model {localModelId} from {modelPath} but the pool's gateway serves {served}; refusing to join";
 
     public static string Describe(string modelId, string? modelName) => string.IsNullOrEmpty(modelName) ? modelId : $"{modelId} ({modelName})";
 

@@ -1,4 +1,5 @@
 using System.Net;
+using Potluck.Cluster;
 using Potluck.Cluster.Joining;
 using Potluck.Hosting;
 using Potluck.Inference;
@@ -61,7 +62,7 @@ public sealed class PoolJoiner(TextWriter output, TextWriter errors, string prob
             throw new CannotJoinException(e.Message, e);
         }
         if (published.Model.Id != info.ModelId)
-            throw new CannotLoadException(GatewayModelCheck.MismatchMessage(options.ResolvedNodeId, info.ModelId, options.ModelPath,
+            throw new CannotLoadException(GatewayModelCheck.MismatchMessage(options.NodeId ?? "", info.ModelId, options.ModelPath,
                 GatewayModelCheck.Describe(published.Model.Id, published.Model.Name)));
         var poolUrl = new Uri(published.PoolUrl);
         if (!join.AdvertisedHostGiven && !IsLoopback(gateway.Host) && PoolJoinClient.LocalAddressToward(gateway.Host) is { } local && !IPAddress.IsLoopback(local))
@@ -78,10 +79,18 @@ public sealed class PoolJoiner(TextWriter output, TextWriter errors, string prob
                 throw new CannotJoinException($"--cluster-id {options.ClusterId} differs from the pool the token is for ({token.PoolId}); leave it out");
             poolId = token.PoolId;
         }
-        if (options.NodeId is null && PoolAdmission.HeldNodeId(options.Security, poolId) is { } heldId)
+        if (options.NodeId is null)
         {
-            // A node's id is its certificate's: a restart without --node-id is the node that enrolled.
-            options = options with { NodeId = heldId };
+            // A node's id is its certificate's (a restart without --node-id is the node that enrolled), else a free
+            // HOSTNAME-N: two nodes on one machine never share one.
+            try
+            {
+                options = options with { NodeId = Hosting.NodeIdClaim.Claim(options.Security, poolId) };
+            }
+            catch (IOException e)
+            {
+                throw new CannotJoinException($"cannot claim a node id: {e.Message}", e);
+            }
         }
         var credential = await CredentialAsync(options, poolId, token, published, poolUrl, ct);
 
@@ -196,7 +205,7 @@ public sealed class PoolJoiner(TextWriter output, TextWriter errors, string prob
         {
             throw new CannotLoadException(e.Message, e);
         }
-        output.WriteLine($"potluck node: chose layers {choice.Start}-{choice.End} ([{choice.Start},{choice.End}) of {info.LayerCount}): {choice.Reason}; " +
+        output.WriteLine($"potluck node: chose layers {LayerRange.Format(choice.Start, choice.End)} of {info.LayerCount} (--layers {LayerRange.Input(choice.Start, choice.End)}): {choice.Reason}; " +
             $"needs {FormatBytes(capacity.BytesOf(choice.Start, choice.End))} of {FormatBytes(budget)} " +
             $"{(join.MemoryBudgetBytes is null ? "free" : "(--memory)")}, KV for {kvTokens} tokens included");
         return new JoinResult(options with { LayerStart = choice.Start, LayerEnd = choice.End }, capacity, msPerLayer);
@@ -212,7 +221,7 @@ public sealed class PoolJoiner(TextWriter output, TextWriter errors, string prob
         try
         {
             var accepted = await PoolJoinClient.AnnounceAsync(poolUrl, credential, announcement, TimeSpan.FromSeconds(5), ct);
-            output.WriteLine($"potluck node: announced to the gateway as joining with layers {options.LayerStart}-{options.LayerEnd} " +
+            output.WriteLine($"potluck node: announced to the gateway as {options.ResolvedNodeId} joining with layers {LayerRange.Format(options.LayerStart, options.LayerEnd)} " +
                 $"(listed as {accepted.State} until it serves, at most until {accepted.ExpiresAt:HH:mm:ss} UTC)");
         }
         catch (PoolJoinException e)

@@ -1,4 +1,5 @@
 using Potluck.Cluster.Joining;
+using Potluck.Cluster;
 
 namespace Potluck.Node.Joining;
 
@@ -41,7 +42,7 @@ public static class RebalancePlanner
         foreach (var span in others)
             if (span.Healthy && !span.Joining) serving.Add(span);
         if (!Chains(serving, own.Start, own.End))
-            return new RebalanceDecision(null, $"no other serving span chain holds layers {own.Start}-{own.End - 1}; this node stays");
+            return new RebalanceDecision(null, $"no other serving span chain holds layers {LayerRange.Format(own.Start, own.End)}; this node stays");
 
         SpanChoice choice;
         try
@@ -53,11 +54,11 @@ public static class RebalancePlanner
             return new RebalanceDecision(null, $"no other span fits: {e.Message}");
         }
         if (choice.Start == own.Start && choice.End == own.End)
-            return new RebalanceDecision(null, $"layers {own.Start}-{own.End - 1} are still the best place for this node ({choice.Reason})");
+            return new RebalanceDecision(null, $"layers {LayerRange.Format(own.Start, own.End)} are still the best place for this node ({choice.Reason})");
 
         var reachable = SpanChooser.Reachable(layerCount, others);
         if (!reachable[layerCount])
-            return new RebalanceDecision(choice, $"layers {own.Start}-{own.End - 1} stay served by other nodes, and the pool lacks a chain: {choice.Reason}");
+            return new RebalanceDecision(choice, $"layers {LayerRange.Format(own.Start, own.End)} stay served by other nodes, and the pool lacks a chain: {choice.Reason}");
 
         // Every layer is served either way: move only for a clear gain of the pool's weakest layer.
         var assumed = SpanChooser.AssumedMsPerLayer(others, ownMsPerLayer);
@@ -70,10 +71,10 @@ public static class RebalancePlanner
         var after = WeakestWith(throughput, choice.Start, choice.End, movedTokens);
         if (after < now * minImprovement)
             return new RebalanceDecision(null,
-                $"moving to layers {choice.Start}-{choice.End - 1} would raise the pool's weakest layer only from {now:F1} to {after:F1} tokens/s " +
+                $"moving to layers {LayerRange.Format(choice.Start, choice.End)} would raise the pool's weakest layer only from {now:F1} to {after:F1} tokens/s " +
                 $"(needs {minImprovement:F2}x); this node stays");
         return new RebalanceDecision(choice,
-            $"moving from layers {own.Start}-{own.End - 1} to {choice.Start}-{choice.End - 1} raises the pool's weakest layer from {now:F1} to {after:F1} tokens/s");
+            $"moving from layers {LayerRange.Format(own.Start, own.End)} to {LayerRange.Format(choice.Start, choice.End)} raises the pool's weakest layer from {now:F1} to {after:F1} tokens/s");
     }
 
     /// <summary>True when <paramref name="spans"/> chain from boundary <paramref name="from"/> to <paramref name="to"/>.</summary>

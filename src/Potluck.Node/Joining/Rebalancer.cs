@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using Potluck.Cluster.Joining;
 using Potluck.Inference.Gguf;
+using Potluck.Cluster;
 
 namespace Potluck.Node.Joining;
 
@@ -15,7 +16,7 @@ public interface ISpanProcess
     Task<int> StopAsync(TimeSpan grace);
 }
 
-/// <summary>Starts a node process holding the span of <paramref name="options"/> (the CLI: `potluck node --layers A-B ...` as a child).</summary>
+/// <summary>Starts a node process holding the span of <paramref name="options"/> (the CLI: `potluck node --layers A:B ...` as a child).</summary>
 public delegate ISpanProcess SpanProcessLauncher(NodeOptions options, int generation);
 
 /// <summary>
@@ -54,7 +55,7 @@ public sealed class Rebalancer(RebalancePlan plan, SpanProcessLauncher launch, T
     {
         public NodeOptions Options => Process.Options;
         public string NodeId => Options.ResolvedNodeId;
-        public string Span => $"[{Options.LayerStart},{Options.LayerEnd})";
+        public string Span => LayerRange.Format(Options.LayerStart, Options.LayerEnd);
     }
 
     /// <summary>Runs until <paramref name="stop"/>; returns 0 then, or the exit code of a child that ended on its own.</summary>
@@ -105,7 +106,7 @@ public sealed class Rebalancer(RebalancePlan plan, SpanProcessLauncher launch, T
                 continue;
             }
             lastReason = null;
-            output.WriteLine($"potluck node: rebalancing: {decision.Reason}; loading layers {target.Start}-{target.End} before leaving {current.Span}");
+            output.WriteLine($"potluck node: rebalancing: {decision.Reason}; loading layers {LayerRange.Format(target.Start, target.End)} before leaving {current.Span}");
             var next = Start(current.Generation + 1, target.Start, target.End);
             var failure = await WaitUntilServingAsync(next, stop);
             if (failure is not null)
@@ -128,7 +129,8 @@ public sealed class Rebalancer(RebalancePlan plan, SpanProcessLauncher launch, T
     private Child Start(int generation, int start, int end)
     {
         var options = OptionsFor(generation) with { LayerStart = start, LayerEnd = end };
-        output.WriteLine($"potluck node: starting {options.ResolvedNodeId} for layers [{start},{end}) (gRPC {options.GrpcEndpoint}, silo port {options.SiloPort})");
+        output.WriteLine($"potluck node: starting {options.ResolvedNodeId} for layers {LayerRange.Format(start, end)} " +
+            (options.GrpcPort == 0 ? "(free ports)" : $"(gRPC {options.GrpcEndpoint}, silo port {options.SiloPort})"));
         return new Child(generation, launch(options, generation));
     }
 
@@ -142,8 +144,9 @@ public sealed class Rebalancer(RebalancePlan plan, SpanProcessLauncher launch, T
         if (generation % 2 == 0) return options with { NodeId = plan.ExplicitNodeId };
         return options with
         {
-            GrpcPort = options.GrpcPort + 1,
-            SiloPort = options.SiloPort + 1,
+            // 0 is "a free port": each child picks its own.
+            GrpcPort = options.GrpcPort == 0 ? 0 : options.GrpcPort + 1,
+            SiloPort = options.SiloPort == 0 ? 0 : options.SiloPort + 1,
             NodeId = plan.ExplicitNodeId is null ? null : plan.ExplicitNodeId + "-b",
         };
     }

@@ -1,11 +1,12 @@
 using Potluck.Cluster.Joining;
+using Potluck.Cluster;
 
 namespace Potluck.Node.Joining;
 
 /// <summary>The span a joining node should load, and why (shown to the operator).</summary>
 public sealed record SpanChoice(int Start, int End, string Reason)
 {
-    public override string ToString() => $"[{Start},{End})";
+    public override string ToString() => LayerRange.Format(Start, End);
 }
 
 /// <summary>No span is worth loading on this node; the message says what to change.</summary>
@@ -59,8 +60,8 @@ public static class SpanChooser
             var end = Math.Min(g.End, capacity.MaxEnd(g.Start));
             if (end == g.Start) throw NothingFits(capacity, g.Start);
             return new SpanChoice(g.Start, end, end == g.End
-                ? $"layers {g.Start}-{g.End - 1} are held by no node"
-                : $"layers {g.Start}-{g.End - 1} are held by no node; this node has room for {end - g.Start} of them");
+                ? $"layers {LayerRange.Format(g.Start, g.End)} are held by no node"
+                : $"layers {LayerRange.Format(g.Start, g.End)} are held by no node; this node has room for {end - g.Start} of them");
         }
 
         // Every layer is held, but the spans do not meet end to start: grow the chain from its furthest boundary.
@@ -129,7 +130,7 @@ public static class SpanChooser
             foreach (var span in spans) widest = Math.Max(widest, span.End - span.Start);
             throw new SpanChoiceException(
                 $"every layer is already served, and no span that lines up with the pool's boundaries fits in this node ({MaxLayersAnywhere(capacity)} layers " +
-                $"in {FormatBytes(capacity.BudgetBytes)}; the pool's spans have up to {widest} layers); pass --layers A-B to hold part of one, or raise --memory/--max-layers");
+                $"in {FormatBytes(capacity.BudgetBytes)}; the pool's spans have up to {widest} layers); pass --layers A:B to hold part of one, or raise --memory/--max-layers");
         }
         var poolWeakest = 0;
         for (var l = 1; l < layerCount; l++)
@@ -137,7 +138,7 @@ public static class SpanChooser
         var holders = 0;
         foreach (var span in spans)
             if (span.Start <= chosen.Weakest && chosen.Weakest < span.End) holders++;
-        var reason = $"every layer is served; layers {chosen.Start}-{chosen.End - 1} have the least total throughput: " +
+        var reason = $"every layer is served; layers {LayerRange.Format(chosen.Start, chosen.End)} have the least total throughput: " +
             $"weakest layer {chosen.Weakest} at {throughput[chosen.Weakest]:F1} tokens/s from {holders} span{(holders == 1 ? "" : "s")} " +
             $"(pool range {throughput[poolWeakest]:F1}-{Max(throughput):F1} tokens/s per layer)";
         if (ownMsPerLayer is { } own && own > 0)
@@ -245,7 +246,7 @@ public static class SpanChooser
         if (bestStart < 0) return null;
         var reason = spans.Count == 0
             ? (bestEnd - bestStart == layerCount ? "the pool holds no layers yet; this node holds the whole model" : "the pool holds no layers yet")
-            : $"layers {bestStart}-{bestEnd - 1} complete the pool's chain";
+            : $"layers {LayerRange.Format(bestStart, bestEnd)} complete the pool's chain";
         return new SpanChoice(bestStart, bestEnd, reason);
     }
 

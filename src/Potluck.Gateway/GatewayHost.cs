@@ -117,6 +117,8 @@ public static class GatewayHost
             ApplicationName = "Potluck.Gateway",
             ContentRootPath = AppContext.BaseDirectory,
         });
+        // Quiet frameworks, one line per entry, the watchdog's bogus first report dropped (Potluck.Hosting.PotluckLogging).
+        builder.AddPotluckLogging();
         configureLogging?.Invoke(builder.Logging);
         builder.Services.Configure<HostOptions>(o => o.ShutdownTimeout = TimeSpan.FromSeconds(20));
         builder.WebHost.ConfigureKestrel(kestrel =>

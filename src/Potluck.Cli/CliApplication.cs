@@ -22,6 +22,24 @@ public static class CliApplication
 
     private static readonly Dictionary<Command, string[]> ExamplesByCommand = [];
 
+    /// <summary>
+    /// How to run potluck again, for printed hints ("./potluck chat ..."): what the repository's launcher was typed
+    /// as (it sets POTLUCK_LAUNCHER), else that launcher when this is a checkout's build output, else "potluck".
+    /// </summary>
+    public static string InvokedAs
+    {
+        get
+        {
+            if (Environment.GetEnvironmentVariable("POTLUCK_LAUNCHER") is { Length: > 0 } launcher) return launcher;
+            // A checkout's output folder is <root>/src/Potluck.Cli/bin/<configuration>/<framework>/.
+            var root = Path.GetFullPath(Path.Combine(AppContext.BaseDirectory, "..", "..", "..", "..", ".."));
+            var script = Path.Combine(root, "potluck");
+            if (!File.Exists(script) || !File.Exists(Path.Combine(root, "Cluster.sln"))) return "potluck";
+            var relative = Path.GetRelativePath(Environment.CurrentDirectory, script);
+            return relative.StartsWith('.') || Path.IsPathRooted(relative) ? relative : $"./{relative}";
+        }
+    }
+
     public static async Task<int> RunAsync(string[] args)
     {
         var root = BuildRootCommand();

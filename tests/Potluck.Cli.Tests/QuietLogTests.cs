@@ -1,5 +1,6 @@
 using System.Net;
 using Microsoft.Extensions.Logging;
+using Potluck.Hosting;
 using Xunit.Abstractions;
 
 namespace Potluck.Cli.Tests;

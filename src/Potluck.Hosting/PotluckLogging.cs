@@ -36,9 +36,15 @@ public static class PotluckLogging
         // lines a peer, with stack traces); PoolMemberWatch says it once. --verbose shows them all.
         ["Logging:LogLevel:Orleans.Runtime.Messaging"] = "Error",
         ["Logging:LogLevel:Orleans.Runtime.MembershipService.SiloHealthMonitor"] = "Error",
+        // Cancelling calls to a dead silo fails too; its error pastes the whole stack trace into the message.
+        ["Logging:LogLevel:Orleans.Runtime.GrainCallCancellationManager"] = "Critical",
+        // A message Orleans cannot address (no silo for that grain yet, just after joining) fails back to the caller,
+        // which reports it; Orleans' own error line about it only repeats that.
+        ["Logging:LogLevel:Orleans.Messaging"] = "Critical",
         ["Logging:LogLevel:Grpc"] = "Warning",
-        // Orleans retries placement through Polly, which warns on every retry that later succeeds.
-        ["Logging:LogLevel:Polly"] = "Error",
+        // Orleans retries placement through Polly, which logs every attempt (the last one as an error); what finally
+        // fails reaches the caller as an exception.
+        ["Logging:LogLevel:Polly"] = "Critical",
         ["Logging:LogLevel:System.Net.Http"] = "Warning",
         ["Logging:LogLevel:StackExchange"] = "Warning",
         ["Logging:Console:FormatterName"] = OneLineConsoleFormatter.FormatterName,

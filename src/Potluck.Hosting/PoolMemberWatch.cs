@@ -39,8 +39,9 @@ internal sealed partial class PoolMemberWatch(IClusterMembershipService membersh
                 }
             }
         }
-        catch (OperationCanceledException) when (stoppingToken.IsCancellationRequested)
+        catch (OperationCanceledException)
         {
+            // The host or the silo is stopping: nothing more to watch.
         }
     }
 

@@ -41,6 +41,8 @@ public static class PotluckLogging
         // A message Orleans cannot address (no silo for that grain yet, just after joining) fails back to the caller,
         // which reports it; Orleans' own error line about it only repeats that.
         ["Logging:LogLevel:Orleans.Messaging"] = "Critical",
+        // A silo that cannot start (its port taken) fails the host's start, which the host reports in one line.
+        ["Logging:LogLevel:Orleans.Runtime.SiloLifecycleSubject"] = "Critical",
         ["Logging:LogLevel:Grpc"] = "Warning",
         // Orleans retries placement through Polly, which logs every attempt (the last one as an error); what finally
         // fails reaches the caller as an exception.

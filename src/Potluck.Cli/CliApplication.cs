@@ -1,6 +1,7 @@
 using System.CommandLine;
 using System.CommandLine.Help;
 using System.CommandLine.Invocation;
+using System.CommandLine.Parsing;
 using System.Reflection;
 using Potluck.Cli.Commands;
 
@@ -20,6 +21,24 @@ public static class CliApplication
     };
 
     private static readonly Dictionary<Command, string[]> ExamplesByCommand = [];
+
+    /// <summary>
+    /// How to run potluck again, for printed hints ("./potluck chat ..."): what the repository's launcher was typed
+    /// as (it sets POTLUCK_LAUNCHER), else that launcher when this is a checkout's build output, else "potluck".
+    /// </summary>
+    public static string InvokedAs
+    {
+        get
+        {
+            if (Environment.GetEnvironmentVariable("POTLUCK_LAUNCHER") is { Length: > 0 } launcher) return launcher;
+            // A checkout's output folder is <root>/src/Potluck.Cli/bin/<configuration>/<framework>/.
+            var root = Path.GetFullPath(Path.Combine(AppContext.BaseDirectory, "..", "..", "..", "..", ".."));
+            var script = Path.Combine(root, "potluck");
+            if (!File.Exists(script) || !File.Exists(Path.Combine(root, "Cluster.sln"))) return "potluck";
+            var relative = Path.GetRelativePath(Environment.CurrentDirectory, script);
+            return relative.StartsWith('.') || Path.IsPathRooted(relative) ? relative : $"./{relative}";
+        }
+    }
 
     public static async Task<int> RunAsync(string[] args)
     {
@@ -47,14 +66,17 @@ public static class CliApplication
             // Commands install their own signal handling: serve must stop children, chat must stop a reply.
             ProcessTerminationTimeout = null,
         };
+        int code;
         try
         {
-            return await parse.InvokeAsync(invocation);
+            code = await parse.InvokeAsync(invocation);
         }
         catch (Exception error)
         {
             return ReportFailure(error, parse.GetValue(Verbose));
         }
+        // Ctrl+C stopped it, even if cleanly: 130, what docs/cli.md promises and shells expect.
+        return code == ExitCodes.Ok && ShutdownSignals.InterruptReceived ? ExitCodes.Interrupted : code;
     }
 
     /// <summary>The most specific parse error: an unknown word says more than the "required command" that follows from it.</summary>
@@ -64,7 +86,44 @@ public static class CliApplication
             return parse.CommandResult.Command.Subcommands.Count > 0
                 ? $"unknown command or argument '{parse.UnmatchedTokens[0]}'"
                 : $"unexpected argument '{parse.UnmatchedTokens[0]}'";
-        return OneLine(parse.Errors[0].Message);
+        return FriendlyValueError(parse.Errors[0]) ?? OneLine(parse.Errors[0].Message);
+    }
+
+    // System.CommandLine says "Cannot parse argument 'abc' for option '--nodes' as expected type 'System.Int32'.".
+    private static readonly System.Text.RegularExpressions.Regex CannotParse = new(
+        @"^Cannot parse argument '(?<value>.*)' for (?:option|command) '(?<name>[^']*)' as expected type '(?<type>[^']*)'");
+
+    /// <summary>An unparsable option value in words: "--nodes must be a whole number (got 'abc')".</summary>
+    internal static string? FriendlyValueError(ParseError error)
+    {
+        var match = CannotParse.Match(error.Message);
+        if (!match.Success) return null;
+        var type = error.SymbolResult switch
+        {
+            OptionResult option => option.Option.ValueType,
+            ArgumentResult { Parent: OptionResult option } => option.Option.ValueType,
+            ArgumentResult argument => argument.Argument.ValueType,
+            _ => null,
+        };
+        var name = error.SymbolResult is ArgumentResult { Parent: not OptionResult } argumentOnly
+            ? $"<{argumentOnly.Argument.Name}>"
+            : match.Groups["name"].Value;
+        return $"{name} must be {Expected(type, match.Groups["type"].Value)} (got '{match.Groups["value"].Value}')";
+    }
+
+    private static string Expected(Type? type, string typeName)
+    {
+        type = type is null ? null : Nullable.GetUnderlyingType(type) ?? type;
+        if (type is { IsEnum: true }) return $"one of {string.Join(", ", Enum.GetNames(type))}";
+        return (type?.FullName ?? typeName) switch
+        {
+            "System.Int32" or "System.Int64" or "System.Int16" or "System.Byte" => "a whole number",
+            "System.UInt32" or "System.UInt64" or "System.UInt16" => "a whole number, 0 or more",
+            "System.Double" or "System.Single" or "System.Decimal" => "a number",
+            "System.Boolean" => "true or false",
+            "System.TimeSpan" => "a duration such as 30 or 00:00:30",
+            _ => $"a valid {type?.Name ?? typeName}",
+        };
     }
 
     /// <summary>Writes the one-line error (or the whole exception with --verbose) and picks the exit code.</summary>

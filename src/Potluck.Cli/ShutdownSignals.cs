@@ -26,11 +26,20 @@ public sealed class ShutdownSignals : IDisposable
     /// <summary>Which signal started the shutdown, if any.</summary>
     public PosixSignal? Received { get; private set; }
 
+    /// <summary>
+    /// True once any command of this process got SIGINT (Ctrl+C): the process then exits 130 even when the command
+    /// stopped cleanly, as shells expect of an interrupted command (SIGTERM, a supervisor's stop, stays 0).
+    /// </summary>
+    public static bool InterruptReceived => Volatile.Read(ref s_interrupted) != 0;
+
+    private static int s_interrupted;
+
     /// <summary>Runs on the second signal, just before the process is terminated.</summary>
     public Action? Forced { get; set; }
 
     private void OnSignal(PosixSignalContext context)
     {
+        if (context.Signal == PosixSignal.SIGINT) Volatile.Write(ref s_interrupted, 1);
         if (Interlocked.Increment(ref _signalCount) == 1)
         {
             Received = context.Signal;

@@ -117,6 +117,8 @@ public static class GatewayHost
             ApplicationName = "Potluck.Gateway",
             ContentRootPath = AppContext.BaseDirectory,
         });
+        // Quiet frameworks, one line per entry, the watchdog's bogus first report dropped (Potluck.Hosting.PotluckLogging).
+        builder.AddPotluckLogging();
         configureLogging?.Invoke(builder.Logging);
         builder.Services.Configure<HostOptions>(o => o.ShutdownTimeout = TimeSpan.FromSeconds(20));
         builder.WebHost.ConfigureKestrel(kestrel =>
@@ -281,7 +283,13 @@ public sealed class GatewayApp(WebApplication app) : IAsyncDisposable
 
     public PoolMonitor Pool => App.Services.GetRequiredService<PoolMonitor>();
 
-    public Task StartAsync(CancellationToken ct) => App.StartAsync(ct);
+    private bool _started;
+
+    public async Task StartAsync(CancellationToken ct)
+    {
+        await App.StartAsync(ct);
+        _started = true;
+    }
 
     public async Task StopAsync(CancellationToken ct)
     {
@@ -297,7 +305,14 @@ public sealed class GatewayApp(WebApplication app) : IAsyncDisposable
     public async ValueTask DisposeAsync()
     {
         using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(30));
-        await StopAsync(timeout.Token);
+        try
+        {
+            await StopAsync(timeout.Token);
+        }
+        catch (InvalidOperationException) when (!_started)
+        {
+            // A start that failed (a port in use) leaves a silo Orleans refuses to stop; its one error line is already out.
+        }
         await App.DisposeAsync();
     }
 }

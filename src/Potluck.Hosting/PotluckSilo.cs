@@ -1,6 +1,7 @@
 using System.Net;
 using System.Security.Authentication;
 using Microsoft.AspNetCore.Builder;
+using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
 using Orleans.Connections.Security;
 using Orleans.Hosting;
@@ -28,6 +29,8 @@ public static class PotluckSilo
             silo.AddPotluckControlPlane(metadata);
             silo.AddActivityPropagation();
         });
+        // One line per dead peer, in place of Orleans' probe and connection warnings (quieted in PotluckLogging).
+        builder.Services.AddHostedService<PoolMemberWatch>();
         return builder;
     }
 

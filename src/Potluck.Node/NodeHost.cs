@@ -195,6 +195,8 @@ public static class NodeHost
             ApplicationName = "Potluck.Node",
             ContentRootPath = AppContext.BaseDirectory,
         });
+        // Quiet frameworks, one line per entry, the watchdog's bogus first report dropped (Potluck.Hosting.PotluckLogging).
+        builder.AddPotluckLogging();
         configureLogging?.Invoke(builder.Logging);
         configureHost?.Invoke(builder);
         // The drain runs inside the shutdown: the limit covers it plus leaving the cluster.

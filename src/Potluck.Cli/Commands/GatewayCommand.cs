@@ -34,10 +34,11 @@ public static class GatewayCommand
         var maxSessions = new Option<int>("--max-sessions") { Description = "Generations at once; more wait in line", DefaultValueFactory = _ => defaults.MaxConcurrentSessions };
         var fastFailure = new Option<bool>("--fast-failure-detection") { Description = "Tight membership probing (tests only)", Hidden = true };
         var parentPid = HostedCommand.ParentPidOption();
+        var accessLog = HostedCommand.AccessLogOption();
         var access = new HostedCommand.AccessFlags();
         var command = new Command("gateway", "Run the gateway alone: the OpenAI API, the model head, routing and failover (flags override Potluck__Gateway__* environment variables)")
         {
-            model, listen, siloListen, host, port, poolPort, siloPort, advertise, join, redis, clusterId, modelName, wire, threads, maxSessions, fastFailure, parentPid,
+            model, listen, siloListen, host, port, poolPort, siloPort, advertise, join, redis, clusterId, modelName, wire, threads, maxSessions, fastFailure, parentPid, accessLog,
         };
         foreach (var option in access.All) command.Options.Add(option);
         command.SetAction(async (parse, ct) =>
@@ -76,7 +77,7 @@ public static class GatewayCommand
 
             // Read the header first: a missing or corrupt model is one clear line, not a host crash.
             ModelCommands.InspectOrFail(options.ModelPath);
-            HostedCommand.ApplyVerbosity(parse.GetValue(CliApplication.Verbose));
+            HostedCommand.ApplyVerbosity(parse.GetValue(CliApplication.Verbose), parse.GetValue(accessLog));
             return await HostedCommand.RunAsync(parse.GetValue(parentPid), "gateway", stop => GatewayHost.RunAsync(options, stop));
         });
         return CliApplication.AddExamples(command,

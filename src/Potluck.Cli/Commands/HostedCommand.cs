@@ -51,11 +51,21 @@ public static class HostedCommand
         throw new HostExitException(code, $"the {what} could not start: {ExitCodes.Describe(code)} (see the message above)");
     }
 
-    /// <summary>--verbose turns on debug logs in the host (ASP.NET Core reads Logging__* from the environment).</summary>
-    public static void ApplyVerbosity(bool verbose)
+    /// <summary>
+    /// --verbose (debug logs, full exceptions) and --access-log (a line per request) for the host, through the
+    /// environment its builder reads (Potluck.Hosting.PotluckLogging; containers set the same variables).
+    /// </summary>
+    public static void ApplyVerbosity(bool verbose, bool accessLog = false)
     {
-        if (verbose) Environment.SetEnvironmentVariable("Logging__LogLevel__Default", "Debug");
+        if (verbose) Environment.SetEnvironmentVariable(PotluckLogging.VerboseVariable, "true");
+        if (accessLog) Environment.SetEnvironmentVariable(PotluckLogging.AccessLogVariable, "true");
     }
+
+    /// <summary>`--access-log`: one log line per HTTP request (off by default).</summary>
+    public static Option<bool> AccessLogOption() => new("--access-log")
+    {
+        Description = $"Log one line per HTTP request (method, path, status, time) [env: {PotluckLogging.AccessLogVariable}=true]",
+    };
 
     /// <summary>Parses "A-B" (layers A through B-1, like a half-open range) for --layers.</summary>
     public static (int Start, int End) ParseLayers(string text)

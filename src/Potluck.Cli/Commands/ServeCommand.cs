@@ -309,7 +309,7 @@ internal sealed class LocalPoolRunner : IAsyncDisposable
             var auth = plan.Access.KeysRequired ? " -H \"Authorization: Bearer $POTLUCK_API_KEY\"" : "";
             var insecure = plan.Access.Https ? " --cacert YOUR-CERT.pem" : "";
             Console.Out.WriteLine($"Try: curl{insecure} {plan.Url}v1/chat/completions{auth} -H 'Content-Type: application/json' -d '{{\"model\":\"{modelName}\",\"messages\":[{{\"role\":\"user\",\"content\":\"Hello\"}}],\"max_tokens\":32}}'");
-            if (!plan.Access.KeysRequired && !plan.Access.Https) Console.Out.WriteLine($" or: potluck chat --url {plan.Url}");
+            if (!plan.Access.KeysRequired && !plan.Access.Https) Console.Out.WriteLine($" or: {CliApplication.InvokedAs} chat --url {plan.Url}");
         }
     }
 

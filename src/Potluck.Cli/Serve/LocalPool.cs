@@ -122,22 +122,11 @@ public static class LocalPoolCommands
         if (plan.FastFailureDetection) arguments.Add("--fast-failure-detection");
         if (verbose) arguments.Add("--verbose");
         var spec = SelfLauncher.Spec(name, arguments) with { OwnSession = true };
-        // Keep the interleaved output readable: framework chatter only at warning level unless --verbose.
-        var variables = new Dictionary<string, string>(verbose ? [] : QuietFrameworkLogs);
+        // The children's logs are quiet by default (Potluck.Hosting.PotluckLogging); --verbose is passed on above.
+        var variables = new Dictionary<string, string>();
         foreach (var (key, value) in environment ?? new Dictionary<string, string>()) variables[key] = value;
         return variables.Count == 0 ? spec : spec with { Environment = variables };
     }
-
-    private static readonly Dictionary<string, string> QuietFrameworkLogs = new()
-    {
-        ["Logging__LogLevel__Default"] = "Information",
-        ["Logging__LogLevel__Microsoft"] = "Warning",
-        ["Logging__LogLevel__Orleans"] = "Warning",
-        ["Logging__LogLevel__Polly"] = "Warning",
-        ["Logging__LogLevel__Grpc"] = "Warning",
-        ["Logging__Console__FormatterName"] = "simple",
-        ["Logging__Console__FormatterOptions__SingleLine"] = "true",
-    };
 
     /// <summary>Fails fast, before any child starts, when the gateway's port is taken.</summary>
     public static void EnsurePortFree(string host, int port)

@@ -305,6 +305,7 @@ internal sealed class LocalPoolRunner : IAsyncDisposable
             var replicas = plan.Nodes.Count / Math.Max(1, plan.Nodes.Select(node => node.SpanIndex).Distinct().Count());
             Console.Out.WriteLine($"Pool ready: {plan.Url}  ({plan.Nodes.Count} of {plan.Nodes.Count} nodes serving, {replicas} per span; " +
                 $"OpenAI API at {plan.Url}v1, Ctrl+C to stop)");
+            Console.Out.WriteLine($"Dashboard: {plan.Url}  (open it in a browser: coverage, nodes, live gateway charts)");
             // Never the key itself: this line ends up in terminals and logs.
             var auth = plan.Access.KeysRequired ? " -H \"Authorization: Bearer $POTLUCK_API_KEY\"" : "";
             var insecure = plan.Access.Https ? " --cacert YOUR-CERT.pem" : "";

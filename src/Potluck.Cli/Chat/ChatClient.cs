@@ -2,6 +2,7 @@ using System.Net;
 using System.Net.Http.Headers;
 using System.Runtime.CompilerServices;
 using System.Text.Json;
+using Potluck.Inference.Text;
 
 namespace Potluck.Cli.Chat;
 
@@ -60,7 +61,8 @@ public sealed class ChatClient(HttpClient http, Uri baseUrl)
             if (data == "[DONE]") break;
             var (content, finish) = ParseChunk(data);
             if (finish is not null) finishReason = finish;
-            if (!string.IsNullOrEmpty(content)) yield return content;
+            // Any server's text may carry terminal controls; the chat prints none of them.
+            if (!string.IsNullOrEmpty(content) && ControlCharacters.Strip(content) is { Length: > 0 } safe) yield return safe;
         }
         onEnd?.Invoke(new ChatReplyEnd(finishReason));
     }

@@ -88,11 +88,13 @@ public static class ModelCommands
         var steps = new Option<int>("--steps") { Description = "Optimizer steps", DefaultValueFactory = _ => defaults.Steps };
         var threads = new Option<int>("--threads") { Description = "CPU threads (the result is reproducible for a fixed thread count)", DefaultValueFactory = _ => defaults.Threads };
         var seed = new Option<int>("--seed") { Description = "Seed of the initial weights, window sampling and chat prompts", DefaultValueFactory = _ => defaults.Seed };
+        var stopAfter = new Option<int?>("--stop-after") { Description = "Stop after this many steps of the --steps schedule (reproduces that step's state exactly)" };
+        var snapshotEvery = new Option<int>("--snapshot-every") { Description = "Also save a Q8_0 snapshot in the work folder every N steps (0: none)" };
         var workDir = new Option<DirectoryInfo?>("--work-dir") { Description = "Folder for the initial and F32 models (default: $POTLUCK_HOME/demo-training)" };
         var command = new Command("train-demo",
             "Train the demo model on the fortunes corpus with ggml's optimizer (fixed seed and step count; about 40 minutes on 2 cores)")
         {
-            output, corpus, steps, threads, seed, workDir,
+            output, corpus, steps, stopAfter, threads, seed, snapshotEvery, workDir,
         };
         command.SetAction(parse =>
         {
@@ -118,7 +120,7 @@ public static class ModelCommands
                 throw new CannotLoadException($"fortune corpus not found at {corpusDirectory}: install it with `apt-get install fortunes`, or pass --corpus");
             NativeRuntime.EnsureLoaded();
             var report = DemoTrainer.Train(config, corpusDirectory, destination, work,
-                line => Console.Out.WriteLine($"[{DateTime.UtcNow:HH:mm:ss}] {line}"));
+                line => Console.Out.WriteLine($"[{DateTime.UtcNow:HH:mm:ss}] {line}"), parse.GetValue(stopAfter), parse.GetValue(snapshotEvery));
             Console.Out.WriteLine(
                 $"held-out bits per byte: {report.HeldOutBitsPerByte:F3}; {report.TokensPerSecond:F0} tokens/s; {report.Duration.TotalMinutes:F1} min; {report.ModelPath}");
             return ExitCodes.Ok;

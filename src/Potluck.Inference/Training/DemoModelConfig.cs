@@ -24,14 +24,14 @@ public sealed record DemoModelConfig
     public float InitScale { get; init; } = 0.02f;
     /// <summary>Windows of <see cref="ContextLength"/> tokens per optimizer step.</summary>
     public int BatchWindows { get; init; } = 2;
-    public int Steps { get; init; } = 2000;
+    public int Steps { get; init; } = 1600;
     public int WarmupSteps { get; init; } = 100;
     public float LearningRate { get; init; } = 2e-3f;
     public float MinLearningRate { get; init; } = 1e-4f;
     public float WeightDecay { get; init; } = 0.01f;
     public int Threads { get; init; } = 2;
     /// <summary>Held-out evaluation every this many steps (0: only at the end).</summary>
-    public int EvalEvery { get; init; } = 500;
+    public int EvalEvery { get; init; } = 400;
     /// <summary>Mean training loss is logged over this many steps.</summary>
     public int LogEvery { get; init; } = 50;
 

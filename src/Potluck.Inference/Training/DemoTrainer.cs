@@ -28,8 +28,13 @@ public sealed record DemoTrainingReport(
 /// </summary>
 public static class DemoTrainer
 {
+    /// <param name="stopAfter">
+    /// Stop after this many steps of the <see cref="DemoModelConfig.Steps"/>-step schedule (null: run it all). The file is then
+    /// what a full run holds at that step, so it reproduces as exactly as a full run.
+    /// </param>
+    /// <param name="snapshotEvery">Also save a Q8_0 snapshot in <paramref name="workDirectory"/> every this many steps (0: none).</param>
     public static DemoTrainingReport Train(DemoModelConfig config, string corpusDirectory, string outputPath, string workDirectory,
-        Action<string> log)
+        Action<string> log, int? stopAfter = null, int snapshotEvery = 0)
     {
         config.Validate();
         Directory.CreateDirectory(workDirectory);
@@ -70,7 +75,9 @@ public static class DemoTrainer
         var lossCount = 0;
         var training = Stopwatch.StartNew();
         var evalTime = TimeSpan.Zero;
-        for (var step = 0; step < config.Steps; step++)
+        var steps = Math.Clamp(stopAfter ?? config.Steps, 1, config.Steps);
+        if (steps < config.Steps) log($"stopping after step {steps} of the {config.Steps}-step schedule");
+        for (var step = 0; step < steps; step++)
         {
             for (var b = 0; b < config.BatchWindows; b++)
             {
@@ -82,7 +89,7 @@ public static class DemoTrainer
             lossSum += loss;
             lossCount++;
             var done = step + 1;
-            if (done % config.LogEvery == 0 || done == config.Steps)
+            if (done % config.LogEvery == 0 || done == steps)
             {
                 var mean = lossSum / lossCount;
                 lossCurve.Add((done, mean));
@@ -93,7 +100,17 @@ public static class DemoTrainer
                 lossSum = 0;
                 lossCount = 0;
             }
-            if (config.EvalEvery > 0 && done % config.EvalEvery == 0 && done != config.Steps)
+            if (snapshotEvery > 0 && done % snapshotEvery == 0 && done != steps)
+            {
+                var snapshot = Path.Combine(workDirectory, $"potluck-demo.step{done}.gguf");
+                var snapshotF32 = Path.Combine(workDirectory, "snapshot.f32.gguf");
+                DemoModelFile.Write(snapshotF32, config, vocabulary, s => graph.Read(s.Name),
+                    $"Potluck demo model: step {done} of {config}");
+                TestModelGenerator.Quantize(snapshotF32, snapshot, GgmlType.Q8_0);
+                File.Delete(snapshotF32);
+                log($"snapshot {snapshot}");
+            }
+            if (config.EvalEvery > 0 && done % config.EvalEvery == 0 && done != steps)
             {
                 var evalStart = training.Elapsed;
                 var (bpb, _) = Evaluate(graph, heldOut, tokens.HeldOutAnswerBytes);
@@ -103,16 +120,17 @@ public static class DemoTrainer
             }
         }
         var trainingSeconds = (training.Elapsed - evalTime).TotalSeconds;
-        var tokensPerSecond = (double)config.Steps * config.TokensPerStep / trainingSeconds;
+        var tokensPerSecond = (double)steps * config.TokensPerStep / trainingSeconds;
         var (finalBpb, natsPerToken) = Evaluate(graph, heldOut, tokens.HeldOutAnswerBytes);
-        heldOutCurve.Add((config.Steps, finalBpb));
+        heldOutCurve.Add((steps, finalBpb));
         log(string.Create(CultureInfo.InvariantCulture,
-            $"trained {config.Steps} steps in {training.Elapsed.TotalMinutes:F1} min ({tokensPerSecond:F0} tokens/s); " +
+            $"trained {steps} steps in {training.Elapsed.TotalMinutes:F1} min ({tokensPerSecond:F0} tokens/s); " +
             $"held-out {finalBpb:F3} bits per byte ({natsPerToken:F3} nats per answer token)"));
 
         var f32Path = Path.Combine(workDirectory, "potluck-demo.f32.gguf");
+        var stopped = steps < config.Steps ? $", stopped after step {steps}" : "";
         var description = string.Create(CultureInfo.InvariantCulture,
-            $"Potluck demo model: trained by `potluck model train-demo` on Debian's fortunes ({config}); held-out {finalBpb:F3} bits per byte");
+            $"Potluck demo model: trained by `potluck model train-demo` on Debian's fortunes ({config}{stopped}); held-out {finalBpb:F3} bits per byte");
         DemoModelFile.Write(f32Path, config, vocabulary, s => graph.Read(s.Name), description);
         var outputDirectory = Path.GetDirectoryName(Path.GetFullPath(outputPath));
         if (outputDirectory is not null) Directory.CreateDirectory(outputDirectory);

@@ -57,6 +57,17 @@ public static class DemoModelFile
         for (var i = 0; i < data.Length; i++) data[i] = rng.NextSymmetric(bound);
     }
 
+    /// <summary>The description the untrained initial model carries.</summary>
+    public const string InitialDescription = "untrained initial demo model (generated weights)";
+
+    /// <summary>
+    /// Writes the untrained initial model of a training run, given the run's result: the vocabulary is read from
+    /// <paramref name="trainedPath"/> and the weights are generated from <paramref name="config"/>'s seed. With the
+    /// default config this is byte for byte the file `train-demo` started from; no corpus is needed.
+    /// </summary>
+    public static void WriteInitialFrom(string trainedPath, string path, DemoModelConfig? config = null) =>
+        Write(path, config ?? new DemoModelConfig(), SubwordVocabulary.FromGguf(Gguf.GgufFile.Read(trainedPath)), description: InitialDescription);
+
     /// <summary>
     /// Writes an F32 GGUF. <paramref name="weights"/> supplies each tensor's values; null writes the generated
     /// initial model (the untrained starting point).

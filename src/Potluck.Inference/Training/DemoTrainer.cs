@@ -48,7 +48,7 @@ public static class DemoTrainer
         log($"vocabulary: {vocabulary.Size} entries, digest {vocabulary.Digest()} ({started.Elapsed.TotalSeconds:F1} s)");
 
         var initialPath = Path.Combine(workDirectory, "potluck-demo-initial.f32.gguf");
-        DemoModelFile.Write(initialPath, config, vocabulary, description: "untrained initial demo model (generated weights)");
+        DemoModelFile.Write(initialPath, config, vocabulary, description: DemoModelFile.InitialDescription);
         DemoTokens tokens;
         using (var tokenizer = Tokenizer.Load(initialPath)) tokens = DemoTokens.Build(tokenizer, corpus, config.Seed);
         var answerTokens = tokens.HeldOutIsAnswer.Count(a => a);

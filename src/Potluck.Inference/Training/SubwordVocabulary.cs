@@ -205,6 +205,17 @@ public sealed class SubwordVocabulary
         }
     }
 
+    /// <summary>The vocabulary stored in a GGUF file this class wrote (the trained demo model, for instance).</summary>
+    public static SubwordVocabulary FromGguf(Gguf.GgufFile file)
+    {
+        if (file.Metadata.GetValueOrDefault("tokenizer.ggml.tokens") is not string[] tokens
+            || file.Metadata.GetValueOrDefault("tokenizer.ggml.scores") is not float[] scores
+            || file.Metadata.GetValueOrDefault("tokenizer.ggml.token_type") is not int[] types
+            || scores.Length != tokens.Length || types.Length != tokens.Length)
+            throw new GgufFormatException(file.Path, "no llama tokenizer vocabulary (tokens, scores, token types)");
+        return new SubwordVocabulary([.. tokens], [.. scores], [.. types]);
+    }
+
     /// <summary>Writes the tokenizer keys llama.cpp's "llama" (SentencePiece) vocabulary loader reads.</summary>
     public void WriteTo(Models.GgufWriter writer, string chatTemplate)
     {

@@ -100,6 +100,16 @@ public sealed class DemoTrainingTests : IDisposable
     }
 
     [Fact]
+    public void TheInitialModelIsRegeneratedFromTheTrainedFileAlone()
+    {
+        var corpusDir = WriteCorpus();
+        var report = DemoTrainer.Train(Tiny with { Steps = 5 }, corpusDir, Path.Combine(_root, "t.gguf"), Path.Combine(_root, "wt"), _ => { });
+        var again = Path.Combine(_root, "initial-again.gguf");
+        DemoModelFile.WriteInitialFrom(report.ModelPath, again, Tiny with { Steps = 5 });
+        Assert.Equal(File.ReadAllBytes(report.InitialModelPath), File.ReadAllBytes(again));
+    }
+
+    [Fact]
     public void ATrainingRunReproducesBitForBit()
     {
         var corpusDir = WriteCorpus();

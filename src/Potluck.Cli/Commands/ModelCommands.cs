@@ -119,8 +119,10 @@ public static class ModelCommands
             if (!Directory.Exists(corpusDirectory))
                 throw new CannotLoadException($"fortune corpus not found at {corpusDirectory}: install it with `apt-get install fortunes`, or pass --corpus");
             NativeRuntime.EnsureLoaded();
+            using var signals = new ShutdownSignals();
             var report = DemoTrainer.Train(config, corpusDirectory, destination, work,
-                line => Console.Out.WriteLine($"[{DateTime.UtcNow:HH:mm:ss}] {line}"), parse.GetValue(stopAfter), parse.GetValue(snapshotEvery));
+                line => Console.Out.WriteLine($"[{DateTime.UtcNow:HH:mm:ss}] {line}"), parse.GetValue(stopAfter), parse.GetValue(snapshotEvery),
+                signals.Token);
             Console.Out.WriteLine(
                 $"held-out bits per byte: {report.HeldOutBitsPerByte:F3}; {report.TokensPerSecond:F0} tokens/s; {report.Duration.TotalMinutes:F1} min; {report.ModelPath}");
             return ExitCodes.Ok;

@@ -32,9 +32,10 @@ public static class DemoTrainer
     /// Stop after this many steps of the <see cref="DemoModelConfig.Steps"/>-step schedule (null: run it all). The file is then
     /// what a full run holds at that step, so it reproduces as exactly as a full run.
     /// </param>
+    /// <param name="cancellationToken">Checked before every step (Ctrl+C stops a run within one step).</param>
     /// <param name="snapshotEvery">Also save a Q8_0 snapshot in <paramref name="workDirectory"/> every this many steps (0: none).</param>
     public static DemoTrainingReport Train(DemoModelConfig config, string corpusDirectory, string outputPath, string workDirectory,
-        Action<string> log, int? stopAfter = null, int snapshotEvery = 0)
+        Action<string> log, int? stopAfter = null, int snapshotEvery = 0, CancellationToken cancellationToken = default)
     {
         config.Validate();
         Directory.CreateDirectory(workDirectory);
@@ -79,6 +80,7 @@ public static class DemoTrainer
         if (steps < config.Steps) log($"stopping after step {steps} of the {config.Steps}-step schedule");
         for (var step = 0; step < steps; step++)
         {
+            cancellationToken.ThrowIfCancellationRequested();
             for (var b = 0; b < config.BatchWindows; b++)
             {
                 var start = (int)(rng.NextUInt64() % (ulong)(tokens.Training.Length - T - 1));

@@ -2,6 +2,7 @@ using System.Net;
 using System.Net.Http.Headers;
 using System.Runtime.CompilerServices;
 using System.Text.Json;
+using Potluck.Inference.Text;
 
 namespace Potluck.Cli.Chat;
 
@@ -9,9 +10,40 @@ public sealed record ChatMessage(string Role, string Content);
 
 public sealed record ChatSettings
 {
+    /// <summary>Temperature when none is given: small models loop under greedy decoding, so the chat samples.</summary>
+    public const float DefaultTemperature = 0.8f;
+    public const int DefaultTopK = 40;
+    public const float DefaultTopP = 0.95f;
+    /// <summary>Seed when none is given, so the same conversation gets the same replies.</summary>
+    public const int DefaultSeed = 1;
+
     public float? Temperature { get; init; }
+    public int? TopK { get; init; }
+    public float? TopP { get; init; }
     public int? MaxTokens { get; init; }
     public int? Seed { get; init; }
+
+    /// <summary>
+    /// The chat's settings: seeded sampling (temperature 0.8, top-k 40, top-p 0.95, seed 1, llama.cpp's defaults)
+    /// unless the user chose a temperature; temperature 0 is greedy.
+    /// </summary>
+    public static ChatSettings WithSamplingDefaults(float? temperature, int? maxTokens, int? seed)
+    {
+        var t = temperature ?? DefaultTemperature;
+        return new ChatSettings
+        {
+            Temperature = t,
+            TopK = t > 0 ? DefaultTopK : null,
+            TopP = t > 0 ? DefaultTopP : null,
+            MaxTokens = maxTokens,
+            Seed = seed ?? (t > 0 ? DefaultSeed : null),
+        };
+    }
+
+    /// <summary>One line saying how replies are chosen.</summary>
+    public string Describe() => Temperature is > 0
+        ? $"Sampling: temperature {Temperature:0.##}, top-k {TopK}, top-p {TopP:0.##}, seed {Seed} (--temperature 0 for greedy, --seed to vary)."
+        : "Greedy decoding (temperature 0).";
 }
 
 /// <summary>What one streamed reply ended with, as the server reported it.</summary>
@@ -60,7 +92,8 @@ public sealed class ChatClient(HttpClient http, Uri baseUrl)
             if (data == "[DONE]") break;
             var (content, finish) = ParseChunk(data);
             if (finish is not null) finishReason = finish;
-            if (!string.IsNullOrEmpty(content)) yield return content;
+            // Any server's text may carry terminal controls; the chat prints none of them.
+            if (!string.IsNullOrEmpty(content) && ControlCharacters.Strip(content) is { Length: > 0 } safe) yield return safe;
         }
         onEnd?.Invoke(new ChatReplyEnd(finishReason));
     }
@@ -92,6 +125,8 @@ public sealed class ChatClient(HttpClient http, Uri baseUrl)
             json.WriteString("model", model);
             json.WriteBoolean("stream", true);
             if (settings.Temperature is { } temperature) json.WriteNumber("temperature", temperature);
+            if (settings.TopK is { } topK) json.WriteNumber("top_k", topK);
+            if (settings.TopP is { } topP) json.WriteNumber("top_p", topP);
             if (settings.MaxTokens is { } maxTokens) json.WriteNumber("max_tokens", maxTokens);
             if (settings.Seed is { } seed) json.WriteNumber("seed", seed);
             json.WriteStartArray("messages");

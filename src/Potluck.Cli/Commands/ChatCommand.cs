@@ -20,9 +20,9 @@ public static class ChatCommand
         };
         var model = new Option<string?>("--model", "-m") { Description = "Model name to request (default: the first one /v1/models lists)" };
         var system = new Option<string?>("--system") { Description = "A system prompt that starts every conversation" };
-        var temperature = new Option<float?>("--temperature") { Description = "Sampling temperature (0 = greedy)" };
+        var temperature = new Option<float?>("--temperature") { Description = "Sampling temperature (default 0.8 with top-k 40, top-p 0.95 and seed 1; 0 = greedy)" };
         var maxTokens = new Option<int?>("--max-tokens") { Description = "Most tokens per reply" };
-        var seed = new Option<int?>("--seed") { Description = "Sampling seed, for reproducible replies" };
+        var seed = new Option<int?>("--seed") { Description = "Sampling seed, for reproducible replies (default 1)" };
         var timeout = new Option<int>("--timeout")
         {
             Description = "Seconds to wait for the server to start answering",
@@ -42,7 +42,7 @@ public static class ChatCommand
                 parse.GetRequiredValue(url),
                 parse.GetValue(model),
                 parse.GetValue(system),
-                new ChatSettings { Temperature = parse.GetValue(temperature), MaxTokens = parse.GetValue(maxTokens), Seed = parse.GetValue(seed) },
+                ChatSettings.WithSamplingDefaults(parse.GetValue(temperature), parse.GetValue(maxTokens), parse.GetValue(seed)),
                 TimeSpan.FromSeconds(parse.GetValue(timeout)));
             return await session.RunAsync(cancellationToken);
         });
@@ -87,7 +87,10 @@ public static class ChatCommand
             }
             ResetHistory();
             if (interactive)
+            {
                 Console.Error.WriteLine($"Connected to {url} ({model}). /reset clears the history, /exit quits, Ctrl+C stops a reply.");
+                Console.Error.WriteLine(settings.Describe());
+            }
 
             while (!cancellationToken.IsCancellationRequested)
             {

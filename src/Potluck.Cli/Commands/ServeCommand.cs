@@ -19,7 +19,7 @@ public static class ServeCommand
 {
     public static Command Create()
     {
-        var model = new Option<FileInfo?>("--model") { Description = "GGUF file to serve (default: the generated demo model, created once and cached)" };
+        var model = new Option<FileInfo?>("--model") { Description = "GGUF file to serve (default: the trained demo model, models/potluck-demo.gguf)" };
         var nodes = new Option<int>("--nodes", "-n") { Description = "Node processes to start", DefaultValueFactory = _ => 2 };
         var replicas = new Option<int>("--replicas", "-r") { Description = "Nodes holding each span: the layers split into nodes/replicas spans", DefaultValueFactory = _ => 1 };
         var port = new Option<int>("--port", "-p") { Description = "HTTP port of the OpenAI API", DefaultValueFactory = _ => 8080 };
@@ -84,7 +84,7 @@ public static class ServeCommand
     {
         // Check the arithmetic before touching any file, so a typo fails in milliseconds.
         LayerPlan.Split(Math.Max(nodes / Math.Max(replicas, 1), 1), nodes, replicas);
-        var modelPath = model?.FullName ?? ModelCommands.EnsureDemoModel(TestModelSpec.DemoWeightType);
+        var modelPath = model?.FullName ?? DemoModels.Trained();
         var info = ModelCommands.InspectOrFail(modelPath);
         var assignments = LayerPlan.Split(info.LayerCount, nodes, replicas);
         var plan = new LocalPoolPlan(modelPath, host, port, assignments)

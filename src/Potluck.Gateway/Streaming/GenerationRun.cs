@@ -95,7 +95,8 @@ public sealed class GenerationRun : IAsyncDisposable
                 if (rest.Length > 0) yield return rest;
                 break;
             }
-            var piece = _decoder.Add(token);
+            // Byte tokens can decode to terminal controls (ESC, BACKSPACE...); clients never see them.
+            var piece = ControlCharacters.Strip(_decoder.Add(token));
             _textLength += piece.Length;
             _textEnds.Add(_textLength);
             var visible = piece.Length == 0 ? piece : _stops.Add(piece);

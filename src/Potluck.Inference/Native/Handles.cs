@@ -123,3 +123,74 @@ internal sealed unsafe class NativeArenaHandle : SafeHandle
         return true;
     }
 }
+
+/// <summary>Owns a ggml backend scheduler (ggml-opt runs its graphs through one).</summary>
+internal sealed class BackendSchedulerHandle : SafeHandle
+{
+    private BackendSchedulerHandle() : base(IntPtr.Zero, true) { }
+
+    public override bool IsInvalid => handle == IntPtr.Zero;
+
+    /// <summary>A scheduler over the single CPU backend <paramref name="cpu"/>, for graphs of up to <paramref name="graphSize"/> nodes.</summary>
+    public static unsafe BackendSchedulerHandle CreateCpu(CpuBackendHandle cpu, int graphSize)
+    {
+        var backend = cpu.DangerousGetHandle();
+        var sched = GgmlTraining.ggml_backend_sched_new(&backend, null, 1, (nuint)graphSize, parallel: false, opOffload: false);
+        if (sched == IntPtr.Zero) throw new InvalidOperationException("ggml_backend_sched_new failed");
+        var h = new BackendSchedulerHandle();
+        h.SetHandle(sched);
+        return h;
+    }
+
+    protected override bool ReleaseHandle()
+    {
+        GgmlTraining.ggml_backend_sched_free(handle);
+        return true;
+    }
+}
+
+/// <summary>Owns a ggml_opt context: gradients, optimizer state and the static forward/backward/step graphs.</summary>
+internal sealed class OptimizerContextHandle : SafeHandle
+{
+    private OptimizerContextHandle() : base(IntPtr.Zero, true) { }
+
+    public override bool IsInvalid => handle == IntPtr.Zero;
+
+    public static OptimizerContextHandle Create(GgmlTraining.OptParams parameters)
+    {
+        var opt = GgmlTraining.ggml_opt_init(parameters);
+        if (opt == IntPtr.Zero) throw new InvalidOperationException("ggml_opt_init failed");
+        var h = new OptimizerContextHandle();
+        h.SetHandle(opt);
+        return h;
+    }
+
+    protected override bool ReleaseHandle()
+    {
+        GgmlTraining.ggml_opt_free(handle);
+        return true;
+    }
+}
+
+/// <summary>Owns a ggml_opt_result (ggml_opt_eval accumulates loss statistics into it).</summary>
+internal sealed class OptimizerResultHandle : SafeHandle
+{
+    private OptimizerResultHandle() : base(IntPtr.Zero, true) { }
+
+    public override bool IsInvalid => handle == IntPtr.Zero;
+
+    public static OptimizerResultHandle Create()
+    {
+        var result = GgmlTraining.ggml_opt_result_init();
+        if (result == IntPtr.Zero) throw new OutOfMemoryException("ggml_opt_result_init failed");
+        var h = new OptimizerResultHandle();
+        h.SetHandle(result);
+        return h;
+    }
+
+    protected override bool ReleaseHandle()
+    {
+        GgmlTraining.ggml_opt_result_free(handle);
+        return true;
+    }
+}

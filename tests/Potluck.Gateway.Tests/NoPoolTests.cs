@@ -37,7 +37,7 @@ public sealed class NoPoolTests
             using var json = JsonDocument.Parse(await response.Content.ReadAsStringAsync());
             var error = json.RootElement.GetProperty("error");
             Assert.Equal("pool_unavailable", error.GetProperty("code").GetString());
-            Assert.Contains("layers 0-3", error.GetProperty("message").GetString());
+            Assert.Contains("layers [0, 4)", error.GetProperty("message").GetString());
         }
     }
 }

@@ -201,7 +201,7 @@ public sealed class DrainTests(ITestOutputHelper output)
         // It left because the session finished, not at the drain deadline.
         Assert.True(exitedAt < drainTimeout, $"exited {exitedAt.TotalSeconds:F1} s after SIGTERM, not before the {drainTimeout.TotalSeconds:F0} s deadline");
         Assert.True(Logged(leaving, "1 sessions finished, 0 ended at the deadline"), "drain summary missing from the node's log");
-        Assert.True(Logged(leaving, "Withdrew shard"), "the shard was not withdrawn on shutdown");
+        Assert.True(Logged(leaving, "layers [0, 4) from the pool"), "the shard was not withdrawn on shutdown");
         Assert.False(Logged(leaving, "non-graceful"), "the silo did not leave the cluster gracefully");
         await ProcessPool.WaitForAsync(async () => (await pool.Directory.GetView()).Shards.All(s => s.Status.NodeId != "leaves"), ViewTimeout,
             "the shard withdrawn from the pool");
@@ -249,7 +249,7 @@ public sealed class DrainTests(ITestOutputHelper output)
         Assert.Equal(0, code);
         Assert.True(Logged(node, "0 sessions finished, 1 ended at the deadline"), "drain summary missing from the node's log");
         // The caller still holds its ended stream: that must not eat the time the node needs to leave the pool cleanly.
-        Assert.True(Logged(node, "Withdrew shard"), "the shard was not withdrawn on shutdown");
+        Assert.True(Logged(node, "layers [0, 4) from the pool"), "the shard was not withdrawn on shutdown");
         Assert.False(Logged(node, "non-graceful"), "the silo did not leave the cluster gracefully");
     }
 }

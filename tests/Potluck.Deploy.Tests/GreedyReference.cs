@@ -24,7 +24,8 @@ public static class GreedyReference
             next[0] = LlamaCppReference.ArgMax(logits);
             generated.Add(next[0]);
             if (tokenizer.IsEndOfGeneration(next[0])) break;
-            text.Append(decoder.Add(next[0]));
+            // The gateway streams text without control characters (ControlCharacters); compare like with like.
+            text.Append(ControlCharacters.Strip(decoder.Add(next[0])));
             reference.Evaluate(next, logits);
         }
         return (generated, text.ToString());

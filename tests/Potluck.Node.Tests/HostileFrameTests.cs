@@ -33,15 +33,9 @@ public sealed class SingleNodeFixture : IAsyncLifetime
     }
 }
 
-/// <summary>Its memory check reads this test process's RSS, so it runs after the parallel collections, alone.</summary>
-[CollectionDefinition(Name, DisableParallelization = true)]
-public sealed class MeasuredProcessCollection
-{
-    public const string Name = "measured process";
-}
-
+// "timing" runs after the parallel collections, alone: the memory check reads this whole test process's RSS.
 [ProcessTest]
-[Collection(MeasuredProcessCollection.Name)]
+[Collection("timing")]
 public sealed class HostileFrameTests(SingleNodeFixture node) : IClassFixture<SingleNodeFixture>
 {
     private static readonly TimeSpan Timeout = TimeSpan.FromSeconds(30);

@@ -3,11 +3,12 @@ using System.Net.ServerSentEvents;
 using System.Text;
 using System.Text.Json;
 using Microsoft.Extensions.Logging;
+using Potluck.Gateway;
 using Potluck.Protocol.V1;
 using Potluck.Inference.Models;
 using Xunit.Abstractions;
 
-namespace Potluck.Gateway.Tests;
+namespace Potluck.Failover.Tests;
 
 /// <summary>
 /// Nodes dying under load: the demo model's three spans each held by two node processes; 20 streamed requests, and
@@ -15,8 +16,9 @@ namespace Potluck.Gateway.Tests;
 /// without an error and with the text of a run without the fault; the stall each kill caused is printed. After each
 /// kill a fresh node takes the dead one's span, so every span has two holders again before the next request.
 /// The gateway is the primary silo: it outlives every node.
+/// Its own test project, so it runs in a fresh test process: after the rest of the gateway suite in one process its
+/// stall p95 was 3.2-3.9 s (three runs), alone 0.73-0.88 s (two runs), against the 2 s target.
 /// </summary>
-[Collection(FailoverCollection.Name)]
 [ProcessTest]
 public sealed class ChurnFailoverTests(ITestOutputHelper output) : IAsyncLifetime
 {
@@ -33,6 +35,7 @@ public sealed class ChurnFailoverTests(ITestOutputHelper output) : IAsyncLifetim
     ];
     private static readonly TimeSpan RequestTimeout = TimeSpan.FromSeconds(60);
     private static readonly TimeSpan PoolTimeout = TimeSpan.FromSeconds(90);
+    private static readonly TimeSpan StartTimeout = TimeSpan.FromSeconds(120);
 
     private readonly string _modelPath = TestModels.Get(TestModelSpec.Demo, TestModelSpec.DemoWeightType);
     private readonly List<NodeProcess> _nodes = [];
@@ -61,7 +64,7 @@ public sealed class ChurnFailoverTests(ITestOutputHelper output) : IAsyncLifetim
         }, logging => logging.SetMinimumLevel(LogLevel.Warning));
         try
         {
-            using (var timeout = new CancellationTokenSource(PoolFixture.StartTimeout)) await _gateway.StartAsync(timeout.Token);
+            using (var timeout = new CancellationTokenSource(StartTimeout)) await _gateway.StartAsync(timeout.Token);
             _http = new HttpClient { BaseAddress = _gateway.BaseAddress, Timeout = RequestTimeout };
             foreach (var (start, end) in Spans)
                 foreach (var replica in new[] { "a", "b" })

@@ -61,7 +61,12 @@ public static class JoinEndpoint
         await monitor.WaitForFirstRefreshAsync(FirstViewWait, context.RequestAborted);
         var model = services.GetRequiredService<ModelFrontEnd>();
         var joining = await JoiningNodesAsync(services, model.ModelId, context.RequestAborted);
-        var info = Describe(services.GetRequiredService<GatewayOptions>(), model, services.GetRequiredService<ILocalSiloDetails>(), monitor.Current, joining);
+        var pool = monitor.Current;
+        // A node's announcement ends with its first shard report (one directory call), while the cached view can be a
+        // refresh old: a node that had just started serving was in neither, and the next joiner took its span. The
+        // directory read after the announcements has it; until the view does, it is listed as joining (taken).
+        joining = [.. joining, .. await ServingSinceViewAsync(services, pool, model.ModelId, context.RequestAborted)];
+        var info = Describe(services.GetRequiredService<GatewayOptions>(), model, services.GetRequiredService<ILocalSiloDetails>(), pool, joining);
         context.Response.StatusCode = 200;
         context.Response.ContentType = "application/json";
         context.Response.Headers.CacheControl = "no-store";
@@ -94,6 +99,30 @@ public static class JoinEndpoint
             }
         }
         return new PoolJoinInfo(new JoinModel(model.ModelId, model.Name, model.LayerCount, model.Info.Architecture), options.ClusterId, membership, spans);
+    }
+
+    /// <summary>Shards of this model in the directory now that <paramref name="pool"/> (the cached view) lacks.</summary>
+    private static async Task<IReadOnlyList<JoiningNode>> ServingSinceViewAsync(IServiceProvider services, PoolSnapshot pool, string modelId, CancellationToken ct)
+    {
+        try
+        {
+            var view = await services.GetRequiredService<IGrainFactory>().GetGrain<IPoolDirectoryGrain>(PoolKeys.Default).GetView()
+                .WaitAsync(DirectoryTimeout, ct);
+            var result = new List<JoiningNode>();
+            foreach (var shard in view.Shards)
+            {
+                var s = shard.Status;
+                if (s.ModelId != modelId || !shard.Healthy) continue;
+                if (pool.Stages.Any(stage => stage.NodeId == s.NodeId && stage.LayerStart == s.LayerStart && stage.LayerEnd == s.LayerEnd)) continue;
+                result.Add(new JoiningNode(s.NodeId, s.ModelId, s.LayerStart, s.LayerEnd, s.GrpcEndpoint, view.AsOfUtc, view.AsOfUtc));
+            }
+            return result;
+        }
+        catch (Exception e) when (e is TimeoutException or OrleansException)
+        {
+            // As with the announcements: a hint for choosers; the cached view still answers.
+            return [];
+        }
     }
 
     /// <summary>The pool directory's live announcements for this model; none when the directory cannot be asked now.</summary>

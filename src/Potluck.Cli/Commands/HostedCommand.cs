@@ -67,18 +67,6 @@ public static class HostedCommand
         Description = $"Log one line per HTTP request (method, path, status, time) [env: {PotluckLogging.AccessLogVariable}=true]",
     };
 
-    /// <summary>Parses "A-B" (layers A through B-1, like a half-open range) for --layers.</summary>
-    public static (int Start, int End) ParseLayers(string text)
-    {
-        var dash = text.IndexOf('-');
-        if (dash <= 0
-            || !int.TryParse(text.AsSpan(0, dash), out var start)
-            || !int.TryParse(text.AsSpan(dash + 1), out var end)
-            || start < 0 || end <= start)
-            throw new UsageException($"--layers must look like A-B with 0 <= A < B, meaning layers [A, B) (got '{text}')");
-        return (start, end);
-    }
-
     public static int ValidatePort(int port, string option)
     {
         if (port is < 0 or > 65535) throw new UsageException($"{option} must be between 0 and 65535 (got {port})");

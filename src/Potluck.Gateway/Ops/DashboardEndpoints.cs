@@ -55,7 +55,7 @@ public static class DashboardEndpoints
             seconds = Math.Min(seconds, RecentStats.Capacity);
         }
         var samples = context.RequestServices.GetRequiredService<RecentStats>().Latest(seconds);
-        return WriteJsonAsync(context, json =>
+        return OpsEndpoints.WriteJsonAsync(context, 200, json =>
         {
             json.WriteNumber("interval_seconds", DashboardSampler.Period.TotalSeconds);
             json.WriteNumber("capacity", RecentStats.Capacity);
@@ -86,7 +86,7 @@ public static class DashboardEndpoints
     {
         var running = context.RequestServices.GetRequiredService<RunningSessions>().Running;
         var now = DateTime.UtcNow;
-        return WriteJsonAsync(context, json =>
+        return OpsEndpoints.WriteJsonAsync(context, 200, json =>
         {
             json.WriteStartArray("sessions");
             foreach (var session in running.OrderBy(s => s.StartedUtc))
@@ -124,7 +124,7 @@ public static class DashboardEndpoints
     private static Task EventsAsync(HttpContext context)
     {
         var events = context.RequestServices.GetRequiredService<PoolEvents>();
-        return WriteJsonAsync(context, json =>
+        return OpsEndpoints.WriteJsonAsync(context, 200, json =>
         {
             json.WriteStartArray("events");
             foreach (var e in events.Events)
@@ -164,17 +164,5 @@ public static class DashboardEndpoints
     {
         if (value is { } v) json.WriteNumber(name, v);
         else json.WriteNull(name);
-    }
-
-    private static async Task WriteJsonAsync(HttpContext context, Action<Utf8JsonWriter> body)
-    {
-        context.Response.StatusCode = 200;
-        context.Response.ContentType = "application/json";
-        context.Response.Headers.CacheControl = "no-store";
-        await using var json = new Utf8JsonWriter(context.Response.BodyWriter);
-        json.WriteStartObject();
-        body(json);
-        json.WriteEndObject();
-        await json.FlushAsync(context.RequestAborted);
     }
 }

@@ -285,7 +285,8 @@ public static class OpsEndpoints
 
     private static string Shorten(string id) => id.Length <= 64 ? id : id[..64] + "...";
 
-    private static async Task WriteJsonAsync(HttpContext context, int status, Action<Utf8JsonWriter> body)
+    /// <summary>One JSON object as the response, not cached: every ops and dashboard read answers this way.</summary>
+    internal static async Task WriteJsonAsync(HttpContext context, int status, Action<Utf8JsonWriter> body)
     {
         context.Response.StatusCode = status;
         context.Response.ContentType = "application/json";

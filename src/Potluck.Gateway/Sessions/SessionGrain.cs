@@ -133,8 +133,9 @@ public sealed class RunningSessions
 // A local-only activation on the gateway that runs the generation, never registered in the grain directory: the
 // directory is partitioned over every silo, and when a node silo was SIGKILLed the entries its partition held were
 // lost, so live sessions were re-activated empty (seen in the churn test). Sessions are therefore inspected on the
-// gateway that serves them.
-[StatelessWorker(1)]
+// gateway that serves them. Idle-worker removal is off: it deactivates a worker after about 1.5 s without calls, which
+// ignores DelayDeactivation and lost the record of a session between token batches or right after it finished.
+[StatelessWorker(1, removeIdleWorkers: false)]
 internal sealed class SessionGrain(RunningSessions running) : Grain, ISessionGrain
 {
     // Finished sessions stay inspectable for a while, then the activation is collected.

@@ -41,7 +41,7 @@ public sealed record CompletionRequest
 /// Validates OpenAI request bodies field by field, so every caller mistake becomes a precise 400 naming the
 /// parameter rather than a generic failure. Unknown fields are ignored, as SDKs send extras.
 /// </summary>
-public static class CompletionRequestParser
+public static partial class CompletionRequestParser
 {
     public const int MaxStopSequences = 4;
     public const int MaxMessages = 4096;

@@ -35,6 +35,8 @@ public sealed record CompletionRequest
     public string? User { get; init; }
     /// <summary>llama.cpp server extension: keep going past end-of-generation tokens (benchmarks, fixed-length runs).</summary>
     public bool IgnoreEos { get; init; }
+    /// <summary>From response_format: the grammar every sampled token must follow; null for free text.</summary>
+    public Potluck.Inference.Text.GrammarSpec? Grammar { get; init; }
 }
 
 /// <summary>
@@ -131,6 +133,7 @@ public static partial class CompletionRequestParser
                 IncludeUsage = includeUsage,
                 User = user,
                 IgnoreEos = OptionalBool(root, "ignore_eos") ?? false,
+                Grammar = ParseResponseFormat(root),
             };
         }
     }

@@ -1,5 +1,6 @@
 using System.Text.Json;
 using Json.Schema;
+using Xunit.Abstractions;
 using Potluck.Gateway.Grammar;
 using Potluck.Inference.Text;
 using Vocab = Potluck.Inference.Models.TestModelGenerator.Vocab;
@@ -10,7 +11,7 @@ namespace Potluck.Gateway.Tests;
 /// The JSON Schema → GBNF converter, checked end to end without a pool: llama.cpp's grammar sampler on the test
 /// model's byte vocabulary draws random outputs (random logits, many seeds), and JsonSchema.Net 8.0.5 validates each.
 /// </summary>
-public sealed class JsonSchemaGrammarTests : IDisposable
+public sealed class JsonSchemaGrammarTests(ITestOutputHelper output) : IDisposable
 {
     private readonly Tokenizer _tokenizer = Tokenizer.Load(TestModels.Small());
 
@@ -60,6 +61,34 @@ public sealed class JsonSchemaGrammarTests : IDisposable
             Assert.True(result.IsValid, $"{name}, seed {seed}: '{text}' does not match the schema\n{gbnf}");
         }
         Assert.True(ended >= 6, $"{name}: only {ended} of 12 outputs ended within the budget");
+    }
+
+    /// <summary>The per-token grammar cost (both passes of a step) stays far under the step budget on a nested schema.</summary>
+    [Fact]
+    public void GrammarStepTimeIsMeasuredAndUnderBudget()
+    {
+        using var document = JsonDocument.Parse(Schemas.First(row => (string)row[0] == "nested")[1].ToString()!);
+        var gbnf = JsonSchemaGrammar.ToRootGbnf(document.RootElement);
+        var steps = new List<double>();
+        for (uint seed = 1; seed <= 20; seed++)
+        {
+            using var sampler = new Sampler(new SamplingOptions { Temperature = 1f, TopK = 0, TopP = 1f, MinP = 0f, Seed = seed, Grammar = new GrammarSpec(gbnf) }, _tokenizer);
+            var random = new Random((int)seed);
+            var logits = new float[Vocab.Size];
+            for (var i = 0; i < 400; i++)
+            {
+                for (var t = 0; t < logits.Length; t++) logits[t] = (float)(random.NextDouble() * 6 - 3);
+                logits[Vocab.Eos] += 4f;
+                var token = sampler.SampleAndAccept(logits);
+                steps.Add(sampler.LastGrammarTime.TotalMilliseconds);
+                if (_tokenizer.IsEndOfGeneration(token)) break;
+            }
+        }
+        steps.Sort();
+        var p50 = steps[steps.Count / 2];
+        var p99 = steps[(int)(steps.Count * 0.99)];
+        output.WriteLine($"grammar step over {steps.Count} tokens: p50 {p50:F3} ms, p99 {p99:F3} ms, max {steps[^1]:F3} ms (budget {GrammarSpec.DefaultStepBudget.TotalMilliseconds} ms)");
+        Assert.True(steps[^1] < GrammarSpec.DefaultStepBudget.TotalMilliseconds / 5, $"max step {steps[^1]:F3} ms");
     }
 
     [Fact]

@@ -195,7 +195,7 @@ public static class OpenAiEndpoints
 
     // The request's grammar (response_format, tools) failed: refused by llama.cpp, stuck, or too slow per token.
     private static ApiError GrammarError(Exception e) => ApiError.BadRequest(
-        $"The output grammar failed: {e.Message}.", "response_format", e is GrammarBudgetExceededException ? "grammar_too_slow" : "invalid_grammar");
+        $"The output grammar (from response_format or the tools) failed: {e.Message}.", null, e is GrammarBudgetExceededException ? "grammar_too_slow" : "invalid_grammar");
 
     private static string FinishName(FinishReason? reason) => reason == FinishReason.Length ? "length" : "stop";
 

@@ -57,8 +57,9 @@ internal sealed class PatternConverter(string pattern, string path, int maxRepet
     private bool More => _at < pattern.Length;
     private char Peek => pattern[_at];
 
-    // Whether the construct parsed last can match the empty string: repeating such a part without bound ("(a?)*")
-    // sends llama.cpp's grammar into endless recursion, so it is refused.
+    // Whether the construct parsed last can match the empty string. Repeating such a part without bound ("(a?)*")
+    // matches nothing more than a plain repetition would, but is ambiguous without bound (every extra empty pass is
+    // another parse for llama.cpp's grammar stacks to track), so it is refused; the regex can always be rewritten.
     private bool _nullable;
 
     private string ParseAlternation(bool topLevel)

@@ -62,7 +62,7 @@ public static partial class CompletionRequestParser
             {
                 if (modality.ValueKind != JsonValueKind.String) throw Error(ApiError.WrongType("modalities", "an array of strings"));
                 if (!modality.ValueEquals("text"))
-                    throw Error(ApiError.BadRequest("Only the 'text' modality is supported.", "modalities", "unsupported_value"));
+                    throw Error(ApiError.BadRequest("Only 'modalities': [\"text\"] is supported; this gateway generates text only.", "modalities", "unsupported_value"));
             }
         }
         if (Present(root, "verbosity", out var verbosity))

@@ -114,7 +114,10 @@ public static class OpenAiEndpoints
 
         var endpoint = kind == CompletionKind.Chat ? "chat.completions" : "completions";
         var sampling = Sampling(request, context_);
-        var id = (kind == CompletionKind.Chat ? "chatcmpl-" : "cmpl-") + Guid.NewGuid().ToString("N");
+        var prefix = kind == CompletionKind.Chat ? "chatcmpl-" : "cmpl-";
+        var sessionIds = new string[request.N];
+        for (var i = 0; i < sessionIds.Length; i++) sessionIds[i] = prefix + Guid.NewGuid().ToString("N");
+        var id = sessionIds[0];
         var service = services.GetRequiredService<GenerationService>();
         var pieces = TokenPieces.For(model.Tokenizer);
         using var activity = GatewayTelemetry.Source.StartActivity("potluck.gateway.generate");
@@ -122,7 +125,7 @@ public static class OpenAiEndpoints
         activity?.SetTag("potluck.prompt_tokens", prompt.Length);
         activity?.SetTag("potluck.max_tokens", maxTokens);
 
-        // n choices run one after another, each its own session (choice i: seed + i, session id-i), so a request
+        // n choices run one after another, each its own session (choice i: seed + i), so a request
         // holds one admission slot at a time and n = 1 takes the same path. They do not share the prompt's KV yet.
         CompletionResponses? responses = null;
         var completed = new List<CompletedChoice>(request.N);
@@ -131,7 +134,7 @@ public static class OpenAiEndpoints
         {
             var generationRequest = new GenerationRequest(endpoint, prompt, maxTokens, sampling with { Seed = ChoiceSeed(sampling.Seed, index) },
                 request.Stop, request.User, request.IgnoreEos, request.Logprobs ? request.TopLogprobs : null);
-            var sessionId = index == 0 ? id : $"{id}-{index}";
+            var sessionId = sessionIds[index];
             var (generation, cancel) = await service.StartAsync(generationRequest, sessionId, context.RequestAborted);
             using (cancel)
             await using (generation)
@@ -153,6 +156,7 @@ public static class OpenAiEndpoints
                     activity?.SetTag("potluck.route", generation.Route?.ToString());
                     // Which nodes serve this session, for operators and tests (a failover may change it later).
                     context.Response.Headers["x-potluck-session"] = sessionId;
+                    if (request.N > 1) context.Response.Headers["x-potluck-sessions"] = string.Join(',', sessionIds);
                     if (generation.Route is { } route) context.Response.Headers["x-potluck-route"] = route.HeaderValue;
                     responses = new CompletionResponses(context, kind, id, model.Name, DateTimeOffset.UtcNow.ToUnixTimeSeconds(), request.IncludeUsage);
                     if (request.Stream) await responses.StartStreamAsync();

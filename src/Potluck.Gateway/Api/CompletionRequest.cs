@@ -32,9 +32,6 @@ public sealed record CompletionRequest
     public float FrequencyPenalty { get; init; }
     public bool Stream { get; init; }
     public bool IncludeUsage { get; init; }
-    public string? User { get; init; }
-    /// <summary>llama.cpp server extension: keep going past end-of-generation tokens (benchmarks, fixed-length runs).</summary>
-    public bool IgnoreEos { get; init; }
     /// <summary>How many choices to generate (n), each its own session with seed + index.</summary>
     public int N { get; init; } = 1;
     /// <summary>Per-token logprobs requested (chat: logprobs true; completions: logprobs k).</summary>
@@ -43,6 +40,9 @@ public sealed record CompletionRequest
     public int TopLogprobs { get; init; }
     /// <summary>logit_bias: token id to bias; -100 is stored as -infinity (a ban).</summary>
     public IReadOnlyDictionary<int, float>? LogitBias { get; init; }
+    public string? User { get; init; }
+    /// <summary>llama.cpp server extension: keep going past end-of-generation tokens (benchmarks, fixed-length runs).</summary>
+    public bool IgnoreEos { get; init; }
 }
 
 /// <summary>

@@ -199,6 +199,42 @@ public sealed class LogprobsTests(PoolFixture pool)
         Assert.Equal(0, offsets[0]);
     }
 
+    /// <summary>With a stop sequence, only tokens whose text lies wholly before it have logprobs, streamed or not.</summary>
+    [Fact]
+    public async Task StopSequenceKeepsTheLogprobsOfTheTokensBeforeIt()
+    {
+        string Body(string stop, bool stream) =>
+            $"{{\"model\":{JsonSerializer.Serialize(pool.ModelName)},\"prompt\":{JsonSerializer.Serialize(Prompt)},\"max_tokens\":16,\"temperature\":0," +
+            $"\"logprobs\":1,\"stream\":{(stream ? "true" : "false")}{stop}}}";
+        var whole = (await PostAsync("v1/completions", Body("", false))).GetProperty("choices")[0];
+        var text = whole.GetProperty("text").GetString()!;
+        var offsets = whole.GetProperty("logprobs").GetProperty("text_offset").EnumerateArray().Select(e => e.GetInt32()).ToList();
+        var logprobs = whole.GetProperty("logprobs").GetProperty("token_logprobs").EnumerateArray().Select(e => e.GetDouble()).ToList();
+        // A stop that begins inside the text, at a character some token's text ends before.
+        var cut = Enumerable.Range(3, Math.Max(0, text.Length - 5)).FirstOrDefault(c => !char.IsSurrogate(text[c]) && text.IndexOf(text.Substring(c, 2), StringComparison.Ordinal) == c);
+        Assert.True(cut > 0, $"no usable stop in '{text}'");
+        var stop = text.Substring(cut, 2);
+        var expected = Enumerable.Range(0, offsets.Count).Count(i => (i + 1 < offsets.Count ? offsets[i + 1] : text.Length) <= cut);
+
+        var stopped = (await PostAsync("v1/completions", Body($",\"stop\":{JsonSerializer.Serialize(stop)}", false))).GetProperty("choices")[0];
+        Assert.Equal(text[..cut], stopped.GetProperty("text").GetString());
+        Assert.Equal("stop", stopped.GetProperty("finish_reason").GetString());
+        var kept = stopped.GetProperty("logprobs").GetProperty("token_logprobs").EnumerateArray().Select(e => e.GetDouble()).ToList();
+        Assert.Equal(logprobs.Take(expected), kept);
+
+        var streamedText = new StringBuilder();
+        var streamed = new List<double>();
+        foreach (var chunk in await StreamAsync("v1/completions", Body($",\"stop\":{JsonSerializer.Serialize(stop)}", true)))
+        {
+            var choice = chunk.GetProperty("choices")[0];
+            streamedText.Append(choice.GetProperty("text").GetString());
+            if (choice.GetProperty("logprobs") is { ValueKind: JsonValueKind.Object } lp)
+                streamed.AddRange(lp.GetProperty("token_logprobs").EnumerateArray().Select(e => e.GetDouble()));
+        }
+        Assert.Equal(text[..cut], streamedText.ToString());
+        Assert.Equal(kept, streamed);
+    }
+
     [Fact]
     public async Task LogitBiasBansOrForcesATokenAndLogprobsSeeTheBias()
     {

@@ -6,6 +6,7 @@ using OpenAI;
 using OpenAI.Chat;
 using Potluck.Inference.Text;
 using Potluck.Reference;
+using Xunit.Abstractions;
 
 namespace Potluck.Gateway.Tests;
 
@@ -15,7 +16,7 @@ namespace Potluck.Gateway.Tests;
 /// </summary>
 [Collection(PoolCollection.Name)]
 [ProcessTest]
-public sealed class LogprobsTests(PoolFixture pool)
+public sealed class LogprobsTests(PoolFixture pool, ITestOutputHelper output)
 {
     private const double Tolerance = 1e-3;
     private static readonly int[] Prompt = [1, 3 + 'O', 3 + 'n', 3 + 'c', 3 + 'e', 3 + ' ', 3 + 'u', 3 + 'p', 3 + 'o', 3 + 'n'];
@@ -130,6 +131,7 @@ public sealed class LogprobsTests(PoolFixture pool)
         Assert.True(generated.Count >= 4, $"only {generated.Count} tokens");
         Assert.Equal(generated.Count, entries.Count);
         var reference = ReferenceLogSoftmax(prompt, generated);
+        output.WriteLine($"{entries.Count} positions, max |gateway - llama.cpp| = {entries.Select((e, i) => Math.Abs(reference[i][generated[i]] - e.GetProperty("logprob").GetDouble())).Max():E2}");
         for (var i = 0; i < entries.Count; i++)
         {
             var entry = entries[i];
@@ -185,6 +187,7 @@ public sealed class LogprobsTests(PoolFixture pool)
         Assert.Equal(generated.Count, tokenTexts.Count);
         Assert.Equal(generated.Count, offsets.Count);
         var reference = ReferenceLogSoftmax(Prompt, generated);
+        output.WriteLine($"{generated.Count} positions, max |gateway - llama.cpp| = {generated.Select((t, i) => Math.Abs(reference[i][t] - tokenLogprobs[i])).Max():E2}");
         for (var i = 0; i < generated.Count; i++)
         {
             Assert.True(Math.Abs(reference[i][generated[i]] - tokenLogprobs[i]) < Tolerance, $"token {i}: gateway {tokenLogprobs[i]}, llama.cpp {reference[i][generated[i]]}");

@@ -167,17 +167,7 @@ public static class OpenAiEndpoints
                 }
                 else
                 {
-                    var text = new StringBuilder();
-                    try
-                    {
-                        await foreach (var piece in generation.RunAsync(ct)) text.Append(piece);
-                    }
-                    catch (Exception e) when (e is PoolUnavailableException or RouteFailedException)
-                    {
-                        throw new ApiErrorException(new ApiError(503, e.Message, ApiError.ServerError, null, "route_failed"));
-                    }
-                    completed.Add(new CompletedChoice(text.ToString(), FinishName(generation.Finish),
-                        new LogprobsSlice(generation.Logprobs, pieces, 0, generation.LogprobsCovered)));
+                    completed.Add(await CollectChoiceAsync(generation, pieces, ct));
                 }
                 completionTokens += generation.CompletionTokens;
             }
@@ -193,6 +183,21 @@ public static class OpenAiEndpoints
         if (request.IncludeUsage) await responses!.WriteUsageChunkAsync(prompt.Length, completionTokens, ctEnd);
         await responses!.WriteDoneAsync(ctEnd);
         return "200";
+    }
+
+    /// <summary>Runs one choice to its end for a non-streamed answer.</summary>
+    private static async Task<CompletedChoice> CollectChoiceAsync(GenerationRun generation, TokenPieces pieces, CancellationToken ct)
+    {
+        var text = new StringBuilder();
+        try
+        {
+            await foreach (var piece in generation.RunAsync(ct)) text.Append(piece);
+        }
+        catch (Exception e) when (e is PoolUnavailableException or RouteFailedException)
+        {
+            throw new ApiErrorException(new ApiError(503, e.Message, ApiError.ServerError, null, "route_failed"));
+        }
+        return new CompletedChoice(text.ToString(), FinishName(generation.Finish), new LogprobsSlice(generation.Logprobs, pieces, 0, generation.LogprobsCovered));
     }
 
     /// <summary>Streams one choice: its role chunk (chat), text chunks with their tokens' logprobs, and its finish chunk.</summary>

@@ -110,8 +110,8 @@ public sealed class GenerationRun : IAsyncDisposable
         {
             ct.ThrowIfCancellationRequested();
             var token = _sampler.SampleAndAccept(_logits);
-            Logprobs?.Record(_logits, _bias, token, _textLength);
             StepTimeline.Mark(StepEvent.GatewaySampled, 0);
+            Logprobs?.Record(_logits, _bias, token, _textLength);
             CompletionTokens++;
             _unrecorded.Add(token);
             var now = Stopwatch.GetTimestamp();

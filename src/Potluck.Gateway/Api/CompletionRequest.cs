@@ -32,6 +32,14 @@ public sealed record CompletionRequest
     public float FrequencyPenalty { get; init; }
     public bool Stream { get; init; }
     public bool IncludeUsage { get; init; }
+    /// <summary>How many choices to generate (n), each its own session with seed + index.</summary>
+    public int N { get; init; } = 1;
+    /// <summary>Per-token logprobs requested (chat: logprobs true; completions: logprobs k).</summary>
+    public bool Logprobs { get; init; }
+    /// <summary>Alternatives per token (chat: top_logprobs 0-20; completions: logprobs k, 0-5).</summary>
+    public int TopLogprobs { get; init; }
+    /// <summary>logit_bias: token id to bias; -100 is stored as -infinity (a ban).</summary>
+    public IReadOnlyDictionary<int, float>? LogitBias { get; init; }
     public string? User { get; init; }
     /// <summary>llama.cpp server extension: keep going past end-of-generation tokens (benchmarks, fixed-length runs).</summary>
     public bool IgnoreEos { get; init; }
@@ -88,8 +96,6 @@ public static partial class CompletionRequestParser
 
             var maxTokens = OptionalInt(root, "max_tokens", 1, int.MaxValue);
             var maxCompletion = OptionalInt(root, "max_completion_tokens", 1, int.MaxValue);
-            var n = OptionalInt(root, "n", 1, 128);
-            if (n is > 1) throw Error(ApiError.BadRequest("Only n=1 is supported.", "n", "unsupported_value"));
             var stream = OptionalBool(root, "stream") ?? false;
             var includeUsage = false;
             if (root.TryGetProperty("stream_options", out var streamOptions) && streamOptions.ValueKind != JsonValueKind.Null)
@@ -118,6 +124,7 @@ public static partial class CompletionRequestParser
                 user = Text(userElement, "user");
                 if (user!.Length > 256) throw Error(ApiError.OutOfRange("user", "at most 256 characters"));
             }
+            request = ParseChoicesAndLogprobs(root, request);
             return request with
             {
                 MaxTokens = maxCompletion ?? maxTokens,

@@ -28,19 +28,19 @@ internal sealed class CompletionResponses(HttpContext context, CompletionKind ki
     }
 
     /// <summary>The first chat chunk: the assistant role with empty content, as OpenAI sends it.</summary>
-    public ValueTask<System.IO.Pipelines.FlushResult> WriteRoleChunkAsync(CancellationToken ct)
+    public ValueTask<System.IO.Pipelines.FlushResult> WriteRoleChunkAsync(int index, CancellationToken ct)
     {
-        BeginChunk();
+        BeginChunk(index);
         _json.WriteStartObject("delta");
         _json.WriteString("role", "assistant");
         _json.WriteString("content", "");
         _json.WriteEndObject();
-        return EndChunkAsync(finishReason: null, ct);
+        return EndChunkAsync(finishReason: null, default, ct);
     }
 
-    public ValueTask<System.IO.Pipelines.FlushResult> WriteTextChunkAsync(string text, CancellationToken ct)
+    public ValueTask<System.IO.Pipelines.FlushResult> WriteTextChunkAsync(int index, string text, LogprobsSlice logprobs, CancellationToken ct)
     {
-        BeginChunk();
+        BeginChunk(index);
         if (kind == CompletionKind.Chat)
         {
             _json.WriteStartObject("delta");
@@ -51,12 +51,12 @@ internal sealed class CompletionResponses(HttpContext context, CompletionKind ki
         {
             _json.WriteString("text", text);
         }
-        return EndChunkAsync(finishReason: null, ct);
+        return EndChunkAsync(finishReason: null, logprobs, ct);
     }
 
-    public ValueTask<System.IO.Pipelines.FlushResult> WriteFinishChunkAsync(string finishReason, CancellationToken ct)
+    public ValueTask<System.IO.Pipelines.FlushResult> WriteFinishChunkAsync(int index, string finishReason, CancellationToken ct)
     {
-        BeginChunk();
+        BeginChunk(index);
         if (kind == CompletionKind.Chat)
         {
             _json.WriteStartObject("delta");
@@ -66,7 +66,7 @@ internal sealed class CompletionResponses(HttpContext context, CompletionKind ki
         {
             _json.WriteString("text", "");
         }
-        return EndChunkAsync(finishReason, ct);
+        return EndChunkAsync(finishReason, default, ct);
     }
 
     /// <summary>The last chunk with stream_options.include_usage: empty choices, usage filled in.</summary>
@@ -101,49 +101,53 @@ internal sealed class CompletionResponses(HttpContext context, CompletionKind ki
         return context.Response.BodyWriter.FlushAsync(ct);
     }
 
-    public async Task WriteCompleteAsync(string text, string finishReason, int promptTokens, int completionTokens, CancellationToken ct)
+    public async Task WriteCompleteAsync(IReadOnlyList<CompletedChoice> choices, int promptTokens, int completionTokens, CancellationToken ct)
     {
         context.Response.StatusCode = 200;
         context.Response.ContentType = "application/json";
         _json.Reset(context.Response.BodyWriter);
         WriteEnvelope(chunk: false);
         _json.WriteStartArray("choices");
-        _json.WriteStartObject();
-        _json.WriteNumber("index", 0);
-        if (kind == CompletionKind.Chat)
+        for (var index = 0; index < choices.Count; index++)
         {
-            _json.WriteStartObject("message");
-            _json.WriteString("role", "assistant");
-            _json.WriteString("content", text);
-            _json.WriteNull("refusal");
+            var (text, finishReason, logprobs) = choices[index];
+            _json.WriteStartObject();
+            _json.WriteNumber("index", index);
+            if (kind == CompletionKind.Chat)
+            {
+                _json.WriteStartObject("message");
+                _json.WriteString("role", "assistant");
+                _json.WriteString("content", text);
+                _json.WriteNull("refusal");
+                _json.WriteEndObject();
+            }
+            else
+            {
+                _json.WriteString("text", text);
+            }
+            WriteLogprobs(logprobs);
+            _json.WriteString("finish_reason", finishReason);
             _json.WriteEndObject();
         }
-        else
-        {
-            _json.WriteString("text", text);
-        }
-        _json.WriteNull("logprobs");
-        _json.WriteString("finish_reason", finishReason);
-        _json.WriteEndObject();
         _json.WriteEndArray();
         WriteUsage(promptTokens, completionTokens);
         _json.WriteEndObject();
         await _json.FlushAsync(ct);
     }
 
-    private void BeginChunk()
+    private void BeginChunk(int index)
     {
         context.Response.BodyWriter.Write(DataPrefix);
         _json.Reset(context.Response.BodyWriter);
         WriteEnvelope(chunk: true);
         _json.WriteStartArray("choices");
         _json.WriteStartObject();
-        _json.WriteNumber("index", 0);
+        _json.WriteNumber("index", index);
     }
 
-    private ValueTask<System.IO.Pipelines.FlushResult> EndChunkAsync(string? finishReason, CancellationToken ct)
+    private ValueTask<System.IO.Pipelines.FlushResult> EndChunkAsync(string? finishReason, LogprobsSlice logprobs, CancellationToken ct)
     {
-        _json.WriteNull("logprobs");
+        WriteLogprobs(logprobs);
         if (finishReason is null) _json.WriteNull("finish_reason");
         else _json.WriteString("finish_reason", finishReason);
         _json.WriteEndObject();
@@ -153,6 +157,91 @@ internal sealed class CompletionResponses(HttpContext context, CompletionKind ki
         _json.Flush();
         context.Response.BodyWriter.Write(EventEnd);
         return context.Response.BodyWriter.FlushAsync(ct);
+    }
+
+    // OpenAI reports a probability that underflows (or a banned token) as -9999 rather than -infinity, which JSON cannot hold.
+    private const float LogprobFloor = -9999f;
+
+    private static float Reported(float logprob) => logprob > LogprobFloor ? logprob : LogprobFloor;
+
+    /// <summary>The choice's "logprobs": null when not requested, else chat's content list or completions' four arrays.</summary>
+    private void WriteLogprobs(LogprobsSlice slice)
+    {
+        if (slice.Store is not { } store)
+        {
+            _json.WriteNull("logprobs");
+            return;
+        }
+        var pieces = slice.Pieces!;
+        _json.WriteStartObject("logprobs");
+        if (kind == CompletionKind.Chat)
+        {
+            _json.WriteStartArray("content");
+            for (var i = slice.From; i < slice.To; i++)
+            {
+                _json.WriteStartObject();
+                WriteTokenFields(pieces, store.Token(i), store.Logprob(i));
+                _json.WriteStartArray("top_logprobs");
+                for (var r = 0; r < store.TopLength; r++)
+                {
+                    _json.WriteStartObject();
+                    WriteTokenFields(pieces, store.TopId(i, r), store.TopLogprob(i, r));
+                    _json.WriteEndObject();
+                }
+                _json.WriteEndArray();
+                _json.WriteEndObject();
+            }
+            _json.WriteEndArray();
+            _json.WriteNull("refusal");
+        }
+        else
+        {
+            _json.WriteStartArray("tokens");
+            for (var i = slice.From; i < slice.To; i++) _json.WriteStringValue(pieces.Text(store.Token(i)));
+            _json.WriteEndArray();
+            _json.WriteStartArray("token_logprobs");
+            for (var i = slice.From; i < slice.To; i++) _json.WriteNumberValue(Reported(store.Logprob(i)));
+            _json.WriteEndArray();
+            // Completions list the top k and always the sampled token too (up to k + 1 entries), keyed by text.
+            _json.WriteStartArray("top_logprobs");
+            for (var i = slice.From; i < slice.To; i++)
+            {
+                _json.WriteStartObject();
+                var sampledListed = false;
+                for (var r = 0; r < store.TopLength; r++)
+                {
+                    var id = store.TopId(i, r);
+                    if (!FirstWithText(pieces, store, i, r)) continue;
+                    sampledListed |= id == store.Token(i) || pieces.Text(id) == pieces.Text(store.Token(i));
+                    _json.WriteNumber(pieces.Text(id), Reported(store.TopLogprob(i, r)));
+                }
+                if (!sampledListed) _json.WriteNumber(pieces.Text(store.Token(i)), Reported(store.Logprob(i)));
+                _json.WriteEndObject();
+            }
+            _json.WriteEndArray();
+            _json.WriteStartArray("text_offset");
+            for (var i = slice.From; i < slice.To; i++) _json.WriteNumberValue(store.TextStart(i));
+            _json.WriteEndArray();
+        }
+        _json.WriteEndObject();
+    }
+
+    /// <summary>Two ids can share a text; a JSON object keeps only the first (the likelier).</summary>
+    private static bool FirstWithText(TokenPieces pieces, Streaming.TokenLogprobs store, int i, int rank)
+    {
+        var text = pieces.Text(store.TopId(i, rank));
+        for (var r = 0; r < rank; r++)
+            if (pieces.Text(store.TopId(i, r)) == text) return false;
+        return true;
+    }
+
+    private void WriteTokenFields(TokenPieces pieces, int token, float logprob)
+    {
+        _json.WriteString("token", pieces.Text(token));
+        _json.WriteNumber("logprob", Reported(logprob));
+        _json.WriteStartArray("bytes");
+        foreach (var b in pieces.Bytes(token)) _json.WriteNumberValue(b);
+        _json.WriteEndArray();
     }
 
     private void WriteEnvelope(bool chunk)
@@ -174,3 +263,9 @@ internal sealed class CompletionResponses(HttpContext context, CompletionKind ki
         _json.WriteEndObject();
     }
 }
+
+/// <summary>Entries [From, To) of a generation's logprobs for one chunk or choice; Store null when none were asked for.</summary>
+internal readonly record struct LogprobsSlice(Streaming.TokenLogprobs? Store, TokenPieces? Pieces, int From, int To);
+
+/// <summary>One finished choice of a non-streamed answer.</summary>
+internal sealed record CompletedChoice(string Text, string FinishReason, LogprobsSlice Logprobs);

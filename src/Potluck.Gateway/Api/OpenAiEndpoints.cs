@@ -103,6 +103,7 @@ public static class OpenAiEndpoints
         var body = await ReadBodyAsync(context, options.MaxBodyBytes);
         var request = CompletionRequestParser.Parse(body, kind);
         if (request.Model != model.Name) throw new ApiErrorException(UnknownModel(request.Model, model));
+        CompletionRequestParser.CheckLogitBias(request, model.VocabSize);
 
         var prompt = await PromptTokenizer.TokenizeAsync(request, model, options, context.RequestAborted);
         var context_ = model.ContextLength;
@@ -116,65 +117,109 @@ public static class OpenAiEndpoints
                 request.MaxTokens is null ? what : "max_tokens", "context_length_exceeded"));
         }
 
-        var generationRequest = new GenerationRequest(kind == CompletionKind.Chat ? "chat.completions" : "completions", prompt, maxTokens,
-            Sampling(request, context_), request.Stop, request.User, request.IgnoreEos);
-        var sessionId = (kind == CompletionKind.Chat ? "chatcmpl-" : "cmpl-") + Guid.NewGuid().ToString("N");
+        var endpoint = kind == CompletionKind.Chat ? "chat.completions" : "completions";
+        var sampling = Sampling(request, context_);
+        var prefix = kind == CompletionKind.Chat ? "chatcmpl-" : "cmpl-";
+        var sessionIds = new string[request.N];
+        for (var i = 0; i < sessionIds.Length; i++) sessionIds[i] = prefix + Guid.NewGuid().ToString("N");
+        var id = sessionIds[0];
         var service = services.GetRequiredService<GenerationService>();
+        var pieces = TokenPieces.For(model.Tokenizer);
         using var activity = GatewayTelemetry.Source.StartActivity("potluck.gateway.generate");
-        activity?.SetTag("potluck.session", sessionId);
+        activity?.SetTag("potluck.session", id);
         activity?.SetTag("potluck.prompt_tokens", prompt.Length);
         activity?.SetTag("potluck.max_tokens", maxTokens);
 
-        var (generation, cancel) = await service.StartAsync(generationRequest, sessionId, context.RequestAborted);
-        using (cancel)
-        await using (generation)
+        // n choices run one after another, each its own session (choice i: seed + i), so a request
+        // holds one admission slot at a time and n = 1 takes the same path. They do not share the prompt's KV yet.
+        CompletionResponses? responses = null;
+        var completed = new List<CompletedChoice>(request.N);
+        var completionTokens = 0;
+        for (var index = 0; index < request.N; index++)
         {
-            var ct = cancel.Token;
-            try
+            var generationRequest = new GenerationRequest(endpoint, prompt, maxTokens, sampling with { Seed = ChoiceSeed(sampling.Seed, index) },
+                request.Stop, request.User, request.IgnoreEos, request.Logprobs ? request.TopLogprobs : null);
+            var sessionId = sessionIds[index];
+            var (generation, cancel) = await service.StartAsync(generationRequest, sessionId, context.RequestAborted);
+            using (cancel)
+            await using (generation)
             {
-                await generation.PrepareAsync(ct);
+                var ct = cancel.Token;
+                try
+                {
+                    await generation.PrepareAsync(ct);
+                }
+                catch (Exception e) when (e is PoolUnavailableException or RouteFailedException)
+                {
+                    var error = new ApiError(503, e.Message, ApiError.ServerError, null, e is PoolUnavailableException ? "pool_unavailable" : "route_failed");
+                    if (responses is null || !request.Stream) throw new ApiErrorException(error);
+                    await responses.WriteStreamErrorAsync(error, ct);
+                    return "503";
+                }
+                if (responses is null)
+                {
+                    activity?.SetTag("potluck.route", generation.Route?.ToString());
+                    // Which nodes serve this session, for operators and tests (a failover may change it later).
+                    context.Response.Headers["x-potluck-session"] = sessionId;
+                    if (request.N > 1) context.Response.Headers["x-potluck-sessions"] = string.Join(',', sessionIds);
+                    if (generation.Route is { } route) context.Response.Headers["x-potluck-route"] = route.HeaderValue;
+                    responses = new CompletionResponses(context, kind, id, model.Name, DateTimeOffset.UtcNow.ToUnixTimeSeconds(), request.IncludeUsage);
+                    if (request.Stream) await responses.StartStreamAsync();
+                }
+                if (request.Stream)
+                {
+                    if (await StreamChoiceAsync(generation, responses, pieces, kind, index, services, ct) is { } failed) return failed;
+                }
+                else
+                {
+                    completed.Add(await CollectChoiceAsync(generation, pieces, ct));
+                }
+                completionTokens += generation.CompletionTokens;
             }
-            catch (PoolUnavailableException e)
-            {
-                throw new ApiErrorException(new ApiError(503, e.Message, ApiError.ServerError, null, "pool_unavailable"));
-            }
-            catch (RouteFailedException e)
-            {
-                throw new ApiErrorException(new ApiError(503, e.Message, ApiError.ServerError, null, "route_failed"));
-            }
-            activity?.SetTag("potluck.route", generation.Route?.ToString());
-            // Which nodes serve this session, for operators and tests (a failover may change it later).
-            context.Response.Headers["x-potluck-session"] = sessionId;
-            if (generation.Route is { } route) context.Response.Headers["x-potluck-route"] = route.HeaderValue;
-            var created = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
-            var responses = new CompletionResponses(context, kind, sessionId, model.Name, created, request.IncludeUsage);
-            if (request.Stream)
-                return await StreamAsync(context, generation, responses, kind, request.IncludeUsage, services, ct);
-
-            var text = new StringBuilder();
-            try
-            {
-                await foreach (var piece in generation.RunAsync(ct)) text.Append(piece);
-            }
-            catch (Exception e) when (e is PoolUnavailableException or RouteFailedException)
-            {
-                throw new ApiErrorException(new ApiError(503, e.Message, ApiError.ServerError, null, "route_failed"));
-            }
-            activity?.SetTag("potluck.completion_tokens", generation.CompletionTokens);
-            await responses.WriteCompleteAsync(text.ToString(), FinishName(generation.Finish), generation.PromptTokens, generation.CompletionTokens, ct);
+        }
+        activity?.SetTag("potluck.completion_tokens", completionTokens);
+        var ctEnd = context.RequestAborted;
+        // Usage counts the prompt once (what the client sent) and the completion tokens of every choice.
+        if (!request.Stream)
+        {
+            await responses!.WriteCompleteAsync(completed, prompt.Length, completionTokens, ctEnd);
             return "200";
         }
+        if (request.IncludeUsage) await responses!.WriteUsageChunkAsync(prompt.Length, completionTokens, ctEnd);
+        await responses!.WriteDoneAsync(ctEnd);
+        return "200";
     }
 
-    private static async Task<string> StreamAsync(HttpContext context, GenerationRun generation, CompletionResponses responses,
-        CompletionKind kind, bool includeUsage, IServiceProvider services, CancellationToken ct)
+    /// <summary>Runs one choice to its end for a non-streamed answer.</summary>
+    private static async Task<CompletedChoice> CollectChoiceAsync(GenerationRun generation, TokenPieces pieces, CancellationToken ct)
     {
-        await responses.StartStreamAsync();
-        if (kind == CompletionKind.Chat) await responses.WriteRoleChunkAsync(ct);
+        var text = new StringBuilder();
+        try
+        {
+            await foreach (var piece in generation.RunAsync(ct)) text.Append(piece);
+        }
+        catch (Exception e) when (e is PoolUnavailableException or RouteFailedException)
+        {
+            throw new ApiErrorException(new ApiError(503, e.Message, ApiError.ServerError, null, "route_failed"));
+        }
+        return new CompletedChoice(text.ToString(), FinishName(generation.Finish), new LogprobsSlice(generation.Logprobs, pieces, 0, generation.LogprobsCovered));
+    }
+
+    /// <summary>Streams one choice: its role chunk (chat), text chunks with their tokens' logprobs, and its finish chunk.</summary>
+    /// <returns>Null, or the outcome ("503", "400") when the stream ended with an error event.</returns>
+    private static async Task<string?> StreamChoiceAsync(GenerationRun generation, CompletionResponses responses, TokenPieces pieces,
+        CompletionKind kind, int index, IServiceProvider services, CancellationToken ct)
+    {
+        if (kind == CompletionKind.Chat) await responses.WriteRoleChunkAsync(index, ct);
+        var sent = 0;
         try
         {
             await foreach (var piece in generation.RunAsync(ct))
-                await responses.WriteTextChunkAsync(piece, ct);
+            {
+                var covered = generation.LogprobsCovered;
+                await responses.WriteTextChunkAsync(index, piece, new LogprobsSlice(generation.Logprobs, pieces, sent, covered), ct);
+                sent = covered;
+            }
         }
         catch (Exception e) when (e is PoolUnavailableException or RouteFailedException)
         {
@@ -187,10 +232,18 @@ public static class OpenAiEndpoints
             await responses.WriteStreamErrorAsync(GrammarError(e), ct);
             return "400";
         }
-        await responses.WriteFinishChunkAsync(FinishName(generation.Finish), ct);
-        if (includeUsage) await responses.WriteUsageChunkAsync(generation.PromptTokens, generation.CompletionTokens, ct);
-        await responses.WriteDoneAsync(ct);
-        return "200";
+        // Tokens with no text of their own (the start of a character) whose logprobs the last piece did not carry.
+        if (generation.LogprobsCovered > sent)
+            await responses.WriteTextChunkAsync(index, "", new LogprobsSlice(generation.Logprobs, pieces, sent, generation.LogprobsCovered), ct);
+        await responses.WriteFinishChunkAsync(index, FinishName(generation.Finish), ct);
+        return null;
+    }
+
+    /// <summary>Choice <paramref name="index"/>'s seed: the request's seed + index, so each choice equals an n = 1 request with that seed.</summary>
+    internal static uint ChoiceSeed(uint seed, int index)
+    {
+        var choice = unchecked(seed + (uint)index);
+        return choice == uint.MaxValue ? uint.MaxValue - 1 : choice;
     }
 
     // The request's grammar (response_format, tools) failed: refused by llama.cpp, stuck, or too slow per token.
@@ -218,6 +271,7 @@ public static class OpenAiEndpoints
             PenaltyLastN = contextLength,
             Seed = seed,
             Grammar = request.Grammar,
+            LogitBias = request.LogitBias,
         };
     }
 

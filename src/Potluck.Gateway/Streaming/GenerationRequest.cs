@@ -2,7 +2,10 @@ using Potluck.Inference.Text;
 
 namespace Potluck.Gateway.Streaming;
 
-/// <summary>A validated generation: prompt tokens, budget, sampling and stop sequences.</summary>
+/// <summary>
+/// A validated generation: prompt tokens, budget, sampling and stop sequences. <paramref name="TopLogprobs"/>: null for
+/// no logprobs, otherwise record each token's logprob and that many alternatives (see <see cref="TokenLogprobs"/>).
+/// </summary>
 public sealed record GenerationRequest(
     string Endpoint,
     int[] PromptTokens,
@@ -10,7 +13,8 @@ public sealed record GenerationRequest(
     SamplingOptions Sampling,
     IReadOnlyList<string> Stop,
     string? User,
-    bool IgnoreEos = false);
+    bool IgnoreEos = false,
+    int? TopLogprobs = null);
 
 /// <summary>How a generation ended.</summary>
 public enum FinishReason

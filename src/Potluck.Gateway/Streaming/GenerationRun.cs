@@ -28,10 +28,15 @@ public sealed class GenerationRun : IAsyncDisposable
     private readonly StreamingDecoder _decoder;
     private readonly StopSequenceMatcher _stops;
     private readonly float[] _logits;
+    // Dense logit_bias (vocabulary-sized) for the logprobs, which llama.cpp's sampler does not report; null without bias.
+    private readonly float[]? _bias;
     private readonly List<int> _unrecorded = new(AppendBatch);
     // Cumulative output chars after each generated token: maps a stop offset back to a KV length.
     private readonly List<int> _textEnds = [];
     private int _textLength;
+    // Output chars handed to the consumer so far: the logprobs of tokens wholly inside it are safe to show.
+    private int _emittedLength;
+    private int _covered;
     private bool _released;
     private long _startedTimestamp;
 
@@ -48,6 +53,15 @@ public sealed class GenerationRun : IAsyncDisposable
         _decoder = model.Tokenizer.CreateStreamingDecoder();
         _stops = new StopSequenceMatcher(request.Stop);
         _logits = new float[model.VocabSize];
+        if (request.TopLogprobs is { } top)
+        {
+            Logprobs = new TokenLogprobs(top);
+            if (request.Sampling.LogitBias is { Count: > 0 } bias)
+            {
+                _bias = new float[model.VocabSize];
+                foreach (var (token, value) in bias) _bias[token] = value;
+            }
+        }
     }
 
     public string SessionId { get; }
@@ -56,6 +70,24 @@ public sealed class GenerationRun : IAsyncDisposable
     public FinishReason? Finish { get; private set; }
     public RoutePlan? Route => _route.Plan;
     public int Reroutes => _route.Reroutes;
+
+    /// <summary>Per-token logprobs when the request asked for them (GenerationRequest.TopLogprobs), else null.</summary>
+    public TokenLogprobs? Logprobs { get; }
+
+    /// <summary>
+    /// How many <see cref="Logprobs"/> entries belong to text already yielded by <see cref="RunAsync"/>: a token whose
+    /// text is still held back (it may start a stop sequence) is not counted yet, and one cut by a stop never is.
+    /// </summary>
+    public int LogprobsCovered
+    {
+        get
+        {
+            if (Logprobs is not { } logprobs) return 0;
+            // Entry i is generated token i (only a final end-of-generation token has no entry).
+            while (_covered < logprobs.Count && _textEnds[_covered] <= _emittedLength) _covered++;
+            return _covered;
+        }
+    }
 
     /// <summary>Plans and opens the route and prefills the prompt; errors here are still plain HTTP errors.</summary>
     public async Task PrepareAsync(CancellationToken ct)
@@ -80,6 +112,7 @@ public sealed class GenerationRun : IAsyncDisposable
             ct.ThrowIfCancellationRequested();
             var token = _sampler.SampleAndAccept(_logits);
             StepTimeline.Mark(StepEvent.GatewaySampled, 0);
+            Logprobs?.Record(_logits, _bias, token, _textLength);
             CompletionTokens++;
             _unrecorded.Add(token);
             var now = Stopwatch.GetTimestamp();
@@ -91,8 +124,10 @@ public sealed class GenerationRun : IAsyncDisposable
             if (!_request.IgnoreEos && tokenizer.IsEndOfGeneration(token))
             {
                 _textEnds.Add(_textLength);
+                Logprobs?.RemoveLast();
                 Finish = FinishReason.Stop;
                 var rest = _stops.Flush();
+                _emittedLength += rest.Length;
                 if (rest.Length > 0) yield return rest;
                 break;
             }
@@ -101,6 +136,7 @@ public sealed class GenerationRun : IAsyncDisposable
             _textLength += piece.Length;
             _textEnds.Add(_textLength);
             var visible = piece.Length == 0 ? piece : _stops.Add(piece);
+            _emittedLength += visible.Length;
             if (visible.Length > 0) yield return visible;
             if (_stops.StopOffset is not null)
             {
@@ -111,6 +147,7 @@ public sealed class GenerationRun : IAsyncDisposable
             {
                 Finish = FinishReason.Length;
                 var rest = _stops.Flush();
+                _emittedLength += rest.Length;
                 if (rest.Length > 0) yield return rest;
                 break;
             }

@@ -55,6 +55,12 @@ public sealed class Sampler : IDisposable
         }
         _candidates = GC.AllocateArray<LLamaTokenData>(vocabSize, pinned: true);
         _chain = SafeLLamaSamplerChainHandle.Create(LLamaSamplerChainParams.Default());
+        // First in the chain, as llama.cpp's common sampler puts it: every later stage sees the biased logits.
+        if (options.LogitBias is { Count: > 0 } bias)
+        {
+            if (bias.Keys.Any(token => token >= vocabSize)) throw new ArgumentException($"a logit bias names a token outside the vocabulary [0, {vocabSize})", nameof(options));
+            _chain.AddLogitBias(vocabSize, bias.Select(b => new LLamaLogitBias { Token = b.Key, Bias = b.Value }).ToArray());
+        }
         if (options.RepeatPenalty != 1f || options.FrequencyPenalty != 0f || options.PresencePenalty != 0f)
             _chain.AddPenalties(options.PenaltyLastN, options.RepeatPenalty, options.FrequencyPenalty, options.PresencePenalty);
         if (options.IsGreedy)

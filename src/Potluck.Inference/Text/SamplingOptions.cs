@@ -13,6 +13,8 @@ public sealed record SamplingOptions
     public float RepeatPenalty { get; init; } = 1.0f;
     public float FrequencyPenalty { get; init; }
     public float PresencePenalty { get; init; }
+    /// <summary>Added to a token's logit before any other stage (llama.cpp's logit-bias sampler); -infinity bans the token.</summary>
+    public IReadOnlyDictionary<int, float>? LogitBias { get; init; }
     /// <summary>How many recent tokens the penalties look at; -1 means the whole context.</summary>
     public int PenaltyLastN { get; init; } = 64;
     /// <summary>Seed of the distribution sampler's RNG. The gateway must pick and store one so a session can be replayed.</summary>
@@ -31,6 +33,9 @@ public sealed record SamplingOptions
         if (TopK < 0) throw new ArgumentException($"top_k must be >= 0, got {TopK}");
         if (!(TopP is > 0f and <= 1f)) throw new ArgumentException($"top_p must be in (0, 1], got {TopP}");
         if (!(MinP is >= 0f and <= 1f)) throw new ArgumentException($"min_p must be in [0, 1], got {MinP}");
+        if (LogitBias is not null)
+            foreach (var (token, bias) in LogitBias)
+                if (token < 0 || float.IsNaN(bias) || float.IsPositiveInfinity(bias)) throw new ArgumentException($"logit bias {bias} for token {token} is invalid");
         if (!float.IsFinite(RepeatPenalty) || RepeatPenalty <= 0) throw new ArgumentException($"repeat penalty must be > 0, got {RepeatPenalty}");
         if (!float.IsFinite(FrequencyPenalty) || !float.IsFinite(PresencePenalty)) throw new ArgumentException("frequency and presence penalties must be finite");
         if (PenaltyLastN < -1) throw new ArgumentException($"penalty_last_n must be >= -1, got {PenaltyLastN}");

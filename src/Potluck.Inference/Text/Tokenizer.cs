@@ -284,6 +284,16 @@ public sealed class Tokenizer : IDisposable
         return false;
     }
 
+    /// <summary>
+    /// The raw bytes of one token's text (special tokens render as nothing), written to <paramref name="destination"/>.
+    /// Returns the length; when it exceeds the destination's, nothing was written and the caller retries larger.
+    /// </summary>
+    public int TokenBytes(int token, Span<byte> destination)
+    {
+        CheckToken(token);
+        return (int)_weights.NativeHandle.TokenToSpan(token, destination, 0, false);
+    }
+
     // Private-use characters: no chat template emits them, and they survive trimming and role formatting.
     private const char SentinelOpen = '\uE000';
     private const char SentinelClose = '\uE001';

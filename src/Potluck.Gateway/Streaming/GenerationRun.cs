@@ -44,7 +44,7 @@ public sealed class GenerationRun : IAsyncDisposable
         var model = service.Model;
         _route = new ResilientRoute(service, sessionId, grain, request.PromptTokens.Length + request.MaxTokens, request.MaxTokens + 1);
         _sampler = new Sampler(request.Sampling, model.VocabSize);
-        _decoder = model.Tokenizer.CreateStreamingDecoder();
+        _decoder = model.Tokenizer.CreateStreamingDecoder(request.RenderSpecialTokens);
         _stops = new StopSequenceMatcher(request.Stop);
         _logits = new float[model.VocabSize];
     }

@@ -112,8 +112,12 @@ public static class OpenAiEndpoints
         }
 
         var chat = Chat.ChatOutput.For(request, model.Tokenizer);
+        var sampling = Sampling(request, context_);
+        // Tool calls made valid by a grammar (forced with required/named, lazy on the call marker with auto).
+        if (sampling.Grammar is null && kind == CompletionKind.Chat && Chat.ToolGrammar.For(request, Chat.ChatTemplateTraits.For(model.Tokenizer.ChatTemplate)) is { } toolGrammar)
+            sampling = sampling with { Grammar = toolGrammar };
         var generationRequest = new GenerationRequest(kind == CompletionKind.Chat ? "chat.completions" : "completions", prompt, maxTokens,
-            Sampling(request, context_), request.Stop, request.User, request.IgnoreEos) { RenderSpecialTokens = chat is not null };
+            sampling, request.Stop, request.User, request.IgnoreEos) { RenderSpecialTokens = chat is not null };
         var sessionId = (kind == CompletionKind.Chat ? "chatcmpl-" : "cmpl-") + Guid.NewGuid().ToString("N");
         var service = services.GetRequiredService<GenerationService>();
         using var activity = GatewayTelemetry.Source.StartActivity("potluck.gateway.generate");

@@ -35,7 +35,8 @@ internal sealed class ChatOutput
             : null;
     }
 
-    public string Content => _content.ToString();
+    /// <summary>The text beside the calls; only blanks between calls count as none (OpenAI's null content).</summary>
+    public string Content => Calls.Count > 0 && string.IsNullOrWhiteSpace(_content.ToString()) ? "" : _content.ToString();
     public string Reasoning => _reasoning.ToString();
     public IReadOnlyList<ToolCall> Calls => _parser.Calls;
 

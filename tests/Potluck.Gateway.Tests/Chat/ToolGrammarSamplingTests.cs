@@ -81,4 +81,44 @@ public sealed class ToolGrammarSamplingTests : IDisposable
             }
         }
     }
+
+    [Theory]
+    [InlineData("Qwen-Qwen3-0.6B.jinja", "Let me see. <tool_call>")]
+    [InlineData("mistralai-Mistral-Nemo-Instruct-2407.jinja", "Ok [TOOL_CALLS]")]
+    [InlineData("openai-gpt-oss-120b.jinja", "<|channel|>analysis<|message|>hm<|end|><|start|>assistant<|channel|>commentary to=functions.")]
+    [InlineData(null, " {")]
+    public void AutoGrammarIsFreeUntilTheCallMarkerThenForcesACall(string? template, string lead)
+    {
+        var traits = ChatTemplateTraits.Detect(template is null ? null : ChatRendererTests.Template(template));
+        var grammar = ToolGrammar.For(Request("\"auto\"", parallel: false), traits)!;
+        Assert.True(grammar.IsLazy);
+        var script = _tokenizer.Encode(lead, addBos: false, parseSpecial: false);
+        for (var seed = 1; seed <= 3; seed++)
+        {
+            using var sampler = new Sampler(SamplingOptions.Greedy with { Grammar = grammar }, _tokenizer);
+            var random = new Random(seed);
+            var tokens = new List<int>();
+            var logits = new float[_tokenizer.VocabSize];
+            var ended = false;
+            for (var i = 0; i < 400 && !ended; i++)
+            {
+                for (var k = 0; k < logits.Length; k++) logits[k] = (float)(random.NextDouble() * 8 - 4);
+                // The model "chooses" the lead text (free text, then the marker); the grammar takes over from the marker.
+                if (i < script.Length) logits[script[i]] = 100f;
+                var token = sampler.SampleAndAccept(logits);
+                if (i < script.Length) Assert.Equal(script[i], token);
+                ended = _tokenizer.IsEndOfGeneration(token);
+                if (!ended) tokens.Add(token);
+            }
+            var text = _tokenizer.Decode(tokens.ToArray());
+            Assert.True(ended, $"{traits.Family}: no end after 400 tokens: {text}");
+            var parser = new ChatOutputParser(traits, parseTools: true, parallel: false);
+            var events = new List<ChatOutputEvent>();
+            parser.Push(text, events);
+            parser.Finish(events);
+            var call = Assert.Single(parser.Calls);
+            using var arguments = JsonDocument.Parse(call.ArgumentsJson);
+            Assert.Contains(call.Name, new[] { "get_weather", "get_time" });
+        }
+    }
 }

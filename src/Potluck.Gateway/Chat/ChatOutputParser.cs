@@ -103,14 +103,28 @@ public sealed partial class ChatOutputParser
             {
                 case State.Reasoning:
                 {
+                    // Reasoning is trimmed as llama.cpp trims it: blanks after <think> and before </think> are held back and dropped.
+                    if (_reasoningStart)
+                    {
+                        var blanks = 0;
+                        while (blanks < text.Length && char.IsWhiteSpace(text[blanks])) blanks++;
+                        _pending.Remove(0, blanks);
+                        if (blanks == text.Length) return;
+                        _reasoningStart = false;
+                        text = _pending.ToString();
+                    }
                     var end = text.IndexOf(ThinkClose, StringComparison.Ordinal);
                     if (end < 0)
                     {
-                        var keep = final ? 0 : PartialSuffix(text, ThinkClose);
+                        var keep = PartialSuffix(text, ThinkClose);
+                        while (keep < text.Length && char.IsWhiteSpace(text[text.Length - 1 - keep])) keep++;
+                        if (final) keep = 0;
                         Take(events, ChatOutputKind.Reasoning, text.Length - keep, 0);
                         return;
                     }
-                    Take(events, ChatOutputKind.Reasoning, end, ThinkClose.Length);
+                    var kept = end;
+                    while (kept > 0 && char.IsWhiteSpace(text[kept - 1])) kept--;
+                    Take(events, ChatOutputKind.Reasoning, kept, end - kept + ThinkClose.Length);
                     _state = State.Content;
                     _atStart = true;
                     break;
@@ -142,7 +156,11 @@ public sealed partial class ChatOutputParser
                         return;
                     }
                     Take(events, ChatOutputKind.Content, at, marker.Length);
-                    if (marker == ThinkOpen) _state = State.Reasoning;
+                    if (marker == ThinkOpen)
+                    {
+                        _state = State.Reasoning;
+                        _reasoningStart = true;
+                    }
                     else
                     {
                         _blockEnd = BlockEnd(marker);
@@ -343,6 +361,7 @@ public sealed partial class ChatOutputParser
     }
 
     private bool _trimContent;
+    private bool _reasoningStart = true;
 
     /// <summary>Parses the text of one tool-call block (or the tail after a call marker); false if it is not valid.</summary>
     private bool ParseCalls(string body, List<ChatOutputEvent> events)

@@ -70,7 +70,9 @@ internal sealed class ChatOutput
 
     public async ValueTask WriteAsync(CompletionResponses responses, IReadOnlyList<ChatOutputEvent> events, CancellationToken ct)
     {
-        var callIndex = Calls.Count - events.Count(e => e.Kind == ChatOutputKind.ToolCall);
+        var callIndex = Calls.Count;
+        foreach (var e in events)
+            if (e.Kind == ChatOutputKind.ToolCall) callIndex--;
         foreach (var e in events)
         {
             switch (e.Kind)

@@ -54,6 +54,41 @@ internal sealed class CompletionResponses(HttpContext context, CompletionKind ki
         return EndChunkAsync(finishReason: null, logprobs, ct);
     }
 
+    /// <summary>Reasoning text (llama.cpp's delta.reasoning_content).</summary>
+    public ValueTask<System.IO.Pipelines.FlushResult> WriteReasoningChunkAsync(int index, string text, CancellationToken ct)
+    {
+        BeginChunk(index);
+        _json.WriteStartObject("delta");
+        _json.WriteString("reasoning_content", text);
+        _json.WriteEndObject();
+        return EndChunkAsync(finishReason: null, default, ct);
+    }
+
+    /// <summary>One whole tool call as a delta.tool_calls entry (id, name and all arguments in one chunk).</summary>
+    public ValueTask<System.IO.Pipelines.FlushResult> WriteToolCallChunkAsync(int index, int callIndex, Chat.ToolCall call, CancellationToken ct)
+    {
+        BeginChunk(index);
+        _json.WriteStartObject("delta");
+        _json.WriteStartArray("tool_calls");
+        _json.WriteStartObject();
+        _json.WriteNumber("index", callIndex);
+        WriteToolCallFields(call);
+        _json.WriteEndObject();
+        _json.WriteEndArray();
+        _json.WriteEndObject();
+        return EndChunkAsync(finishReason: null, default, ct);
+    }
+
+    private void WriteToolCallFields(Chat.ToolCall call)
+    {
+        _json.WriteString("id", call.Id);
+        _json.WriteString("type", "function");
+        _json.WriteStartObject("function");
+        _json.WriteString("name", call.Name);
+        _json.WriteString("arguments", call.ArgumentsJson);
+        _json.WriteEndObject();
+    }
+
     public ValueTask<System.IO.Pipelines.FlushResult> WriteFinishChunkAsync(int index, string finishReason, CancellationToken ct)
     {
         BeginChunk(index);
@@ -110,14 +145,28 @@ internal sealed class CompletionResponses(HttpContext context, CompletionKind ki
         _json.WriteStartArray("choices");
         for (var index = 0; index < choices.Count; index++)
         {
-            var (text, finishReason, logprobs) = choices[index];
+            var (text, finishReason, logprobs, toolCalls, reasoning) = choices[index];
             _json.WriteStartObject();
             _json.WriteNumber("index", index);
             if (kind == CompletionKind.Chat)
             {
                 _json.WriteStartObject("message");
                 _json.WriteString("role", "assistant");
-                _json.WriteString("content", text);
+                // OpenAI sends null content beside tool calls when the model wrote no text.
+                if (text.Length == 0 && toolCalls is { Count: > 0 }) _json.WriteNull("content");
+                else _json.WriteString("content", text);
+                if (!string.IsNullOrEmpty(reasoning)) _json.WriteString("reasoning_content", reasoning);
+                if (toolCalls is { Count: > 0 })
+                {
+                    _json.WriteStartArray("tool_calls");
+                    foreach (var call in toolCalls)
+                    {
+                        _json.WriteStartObject();
+                        WriteToolCallFields(call);
+                        _json.WriteEndObject();
+                    }
+                    _json.WriteEndArray();
+                }
                 _json.WriteNull("refusal");
                 _json.WriteEndObject();
             }
@@ -268,4 +317,5 @@ internal sealed class CompletionResponses(HttpContext context, CompletionKind ki
 internal readonly record struct LogprobsSlice(Streaming.TokenLogprobs? Store, TokenPieces? Pieces, int From, int To);
 
 /// <summary>One finished choice of a non-streamed answer.</summary>
-internal sealed record CompletedChoice(string Text, string FinishReason, LogprobsSlice Logprobs);
+internal sealed record CompletedChoice(string Text, string FinishReason, LogprobsSlice Logprobs,
+    IReadOnlyList<Chat.ToolCall>? ToolCalls = null, string? Reasoning = null);

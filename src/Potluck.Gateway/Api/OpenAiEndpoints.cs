@@ -119,6 +119,11 @@ public static class OpenAiEndpoints
 
         var endpoint = kind == CompletionKind.Chat ? "chat.completions" : "completions";
         var sampling = Sampling(request, context_);
+        // Tool calls made valid by a grammar (forced with required/named, lazy on the call marker with auto).
+        if (sampling.Grammar is null && kind == CompletionKind.Chat && Chat.ToolGrammar.For(request, Chat.ChatTemplateTraits.For(model.Tokenizer.ChatTemplate)) is { } toolGrammar)
+            sampling = sampling with { Grammar = toolGrammar };
+        // The family's markers may be control tokens: the chat output parser then reads them as text.
+        var renderSpecial = Chat.ChatOutput.For(request, model.Tokenizer)?.RendersSpecialTokens ?? false;
         var prefix = kind == CompletionKind.Chat ? "chatcmpl-" : "cmpl-";
         var sessionIds = new string[request.N];
         for (var i = 0; i < sessionIds.Length; i++) sessionIds[i] = prefix + Guid.NewGuid().ToString("N");
@@ -138,7 +143,7 @@ public static class OpenAiEndpoints
         for (var index = 0; index < request.N; index++)
         {
             var generationRequest = new GenerationRequest(endpoint, prompt, maxTokens, sampling with { Seed = ChoiceSeed(sampling.Seed, index) },
-                request.Stop, request.User, request.IgnoreEos, request.Logprobs ? request.TopLogprobs : null);
+                request.Stop, request.User, request.IgnoreEos, request.Logprobs ? request.TopLogprobs : null) { RenderSpecialTokens = renderSpecial };
             var sessionId = sessionIds[index];
             var (generation, cancel) = await service.StartAsync(generationRequest, sessionId, context.RequestAborted);
             using (cancel)
@@ -168,11 +173,11 @@ public static class OpenAiEndpoints
                 }
                 if (request.Stream)
                 {
-                    if (await StreamChoiceAsync(generation, responses, pieces, kind, index, services, ct) is { } failed) return failed;
+                    if (await StreamChoiceAsync(generation, responses, pieces, request, model, index, services, ct) is { } failed) return failed;
                 }
                 else
                 {
-                    completed.Add(await CollectChoiceAsync(generation, pieces, ct));
+                    completed.Add(await CollectChoiceAsync(generation, pieces, request, model, ct));
                 }
                 completionTokens += generation.CompletionTokens;
             }
@@ -191,35 +196,56 @@ public static class OpenAiEndpoints
     }
 
     /// <summary>Runs one choice to its end for a non-streamed answer.</summary>
-    private static async Task<CompletedChoice> CollectChoiceAsync(GenerationRun generation, TokenPieces pieces, CancellationToken ct)
+    private static async Task<CompletedChoice> CollectChoiceAsync(GenerationRun generation, TokenPieces pieces, CompletionRequest request,
+        ModelFrontEnd model, CancellationToken ct)
     {
+        var chat = Chat.ChatOutput.For(request, model.Tokenizer);
         var text = new StringBuilder();
         try
         {
-            await foreach (var piece in generation.RunAsync(ct)) text.Append(piece);
+            await foreach (var piece in generation.RunAsync(ct))
+            {
+                if (chat is null) text.Append(piece);
+                else chat.Push(piece);
+            }
         }
         catch (Exception e) when (e is PoolUnavailableException or RouteFailedException)
         {
             throw new ApiErrorException(new ApiError(503, e.Message, ApiError.ServerError, null, "route_failed"));
         }
-        return new CompletedChoice(text.ToString(), FinishName(generation.Finish), new LogprobsSlice(generation.Logprobs, pieces, 0, generation.LogprobsCovered));
+        var logprobs = new LogprobsSlice(generation.Logprobs, pieces, 0, generation.LogprobsCovered);
+        if (chat is null) return new CompletedChoice(text.ToString(), FinishName(generation.Finish), logprobs);
+        chat.Finish();
+        return new CompletedChoice(chat.Content, chat.FinishReason(FinishName(generation.Finish)), logprobs, chat.Calls, chat.Reasoning);
     }
 
     /// <summary>Streams one choice: its role chunk (chat), text chunks with their tokens' logprobs, and its finish chunk.</summary>
     /// <returns>Null, or the outcome ("503", "400") when the stream ended with an error event.</returns>
     private static async Task<string?> StreamChoiceAsync(GenerationRun generation, CompletionResponses responses, TokenPieces pieces,
-        CompletionKind kind, int index, IServiceProvider services, CancellationToken ct)
+        CompletionRequest request, ModelFrontEnd model, int index, IServiceProvider services, CancellationToken ct)
     {
-        if (kind == CompletionKind.Chat) await responses.WriteRoleChunkAsync(index, ct);
+        // Tools and reasoning: the family's parser turns the text into content, reasoning and tool-call chunks.
+        var chat = Chat.ChatOutput.For(request, model.Tokenizer);
+        if (request.Kind == CompletionKind.Chat) await responses.WriteRoleChunkAsync(index, ct);
         var sent = 0;
         try
         {
             await foreach (var piece in generation.RunAsync(ct))
             {
                 var covered = generation.LogprobsCovered;
-                await responses.WriteTextChunkAsync(index, piece, new LogprobsSlice(generation.Logprobs, pieces, sent, covered), ct);
-                sent = covered;
+                var slice = new LogprobsSlice(generation.Logprobs, pieces, sent, covered);
+                if (chat is null)
+                {
+                    await responses.WriteTextChunkAsync(index, piece, slice, ct);
+                    sent = covered;
+                }
+                else if (await chat.WriteAsync(responses, index, chat.Push(piece), slice, ct))
+                {
+                    sent = covered;
+                }
             }
+            if (chat is not null && await chat.WriteAsync(responses, index, chat.Finish(), new LogprobsSlice(generation.Logprobs, pieces, sent, generation.LogprobsCovered), ct))
+                sent = generation.LogprobsCovered;
         }
         catch (Exception e) when (e is PoolUnavailableException or RouteFailedException)
         {
@@ -235,7 +261,8 @@ public static class OpenAiEndpoints
         // Tokens with no text of their own (the start of a character) whose logprobs the last piece did not carry.
         if (generation.LogprobsCovered > sent)
             await responses.WriteTextChunkAsync(index, "", new LogprobsSlice(generation.Logprobs, pieces, sent, generation.LogprobsCovered), ct);
-        await responses.WriteFinishChunkAsync(index, FinishName(generation.Finish), ct);
+        var finish = FinishName(generation.Finish);
+        await responses.WriteFinishChunkAsync(index, chat?.FinishReason(finish) ?? finish, ct);
         return null;
     }
 

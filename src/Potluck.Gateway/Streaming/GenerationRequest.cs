@@ -14,7 +14,11 @@ public sealed record GenerationRequest(
     IReadOnlyList<string> Stop,
     string? User,
     bool IgnoreEos = false,
-    int? TopLogprobs = null);
+    int? TopLogprobs = null)
+{
+    /// <summary>Decode control tokens as their text (tool-call and reasoning markers), for the chat output parser.</summary>
+    public bool RenderSpecialTokens { get; init; }
+}
 
 /// <summary>How a generation ended.</summary>
 public enum FinishReason

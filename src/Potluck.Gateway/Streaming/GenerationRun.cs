@@ -50,7 +50,7 @@ public sealed class GenerationRun : IAsyncDisposable
         // First: a grammar llama.cpp refuses throws here, before anything else is held.
         _sampler = new Sampler(request.Sampling, model.Tokenizer);
         _route = new ResilientRoute(service, sessionId, grain, request.PromptTokens.Length + request.MaxTokens, request.MaxTokens + 1);
-        _decoder = model.Tokenizer.CreateStreamingDecoder();
+        _decoder = model.Tokenizer.CreateStreamingDecoder(request.RenderSpecialTokens);
         _stops = new StopSequenceMatcher(request.Stop);
         _logits = new float[model.VocabSize];
         if (request.TopLogprobs is { } top)

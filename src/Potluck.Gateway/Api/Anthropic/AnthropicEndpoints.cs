@@ -1,0 +1,168 @@
+using System.Globalization;
+using System.Text;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Http;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Logging;
+using Potluck.Gateway.Head;
+using Potluck.Gateway.Streaming;
+using Potluck.Gateway.Telemetry;
+
+namespace Potluck.Gateway.Api.Anthropic;
+
+/// <summary>
+/// Anthropic's Messages API, POST /v1/messages, streamed and not, over the same generation machinery as the
+/// OpenAI endpoints: the request becomes the same chat request, so the same conversation gives the same tokens.
+/// Under the same API-key policy and rate limits (the gateway's fallback policy covers every endpoint);
+/// the anthropic-version and anthropic-beta headers are accepted and not needed.
+/// </summary>
+public static class AnthropicEndpoints
+{
+    public static void Map(WebApplication app) => app.MapPost(AnthropicErrors.Path, HandleAsync);
+
+    private static async Task HandleAsync(HttpContext context)
+    {
+        var telemetry = context.RequestServices.GetRequiredService<GatewayTelemetry>();
+        var outcome = "error";
+        try
+        {
+            outcome = await RunAsync(context, context.RequestServices);
+        }
+        catch (ApiErrorException e)
+        {
+            outcome = e.Error.Status.ToString(CultureInfo.InvariantCulture);
+            await e.Error.WriteAsync(context);
+        }
+        finally
+        {
+            telemetry.Requests.Add(1, new KeyValuePair<string, object?>("endpoint", "messages"), new KeyValuePair<string, object?>("outcome", outcome));
+        }
+    }
+
+    private static async Task<string> RunAsync(HttpContext context, IServiceProvider services)
+    {
+        var options = services.GetRequiredService<GatewayOptions>();
+        var model = services.GetRequiredService<ModelFrontEnd>();
+        var body = await OpenAiEndpoints.ReadBodyAsync(context, options.MaxBodyBytes);
+        var request = MessagesRequestParser.Parse(body);
+        var chat = request.Chat;
+        if (chat.Model != model.Name)
+            throw new ApiErrorException(new ApiError(404, $"model: the model '{chat.Model}' does not exist; this gateway serves '{model.Name}'.",
+                ApiError.InvalidRequest, "model", "model_not_found"));
+
+        var prompt = await TokenizeAsync(request, model, options, context.RequestAborted);
+        var contextLength = model.ContextLength;
+        var maxTokens = chat.MaxTokens!.Value;
+        if ((long)prompt.Length + maxTokens > contextLength)
+            throw new ApiErrorException(ApiError.BadRequest(
+                $"prompt is too long: {prompt.Length} tokens in the prompt plus max_tokens {maxTokens} > {contextLength}, this model's context length. " +
+                "Shorten the messages or lower max_tokens.", "max_tokens", "context_length_exceeded"));
+
+        var generationRequest = new GenerationRequest("messages", prompt, maxTokens, OpenAiEndpoints.Sampling(chat, contextLength), chat.Stop, chat.User);
+        var id = "msg_" + Guid.NewGuid().ToString("N");
+        var service = services.GetRequiredService<GenerationService>();
+        using var activity = GatewayTelemetry.Source.StartActivity("potluck.gateway.generate");
+        activity?.SetTag("potluck.session", id);
+        activity?.SetTag("potluck.prompt_tokens", prompt.Length);
+        activity?.SetTag("potluck.max_tokens", maxTokens);
+
+        var (generation, cancel) = await service.StartAsync(generationRequest, id, context.RequestAborted);
+        using (cancel)
+        await using (generation)
+        {
+            var ct = cancel.Token;
+            try
+            {
+                await generation.PrepareAsync(ct);
+            }
+            catch (PoolUnavailableException e)
+            {
+                throw new ApiErrorException(new ApiError(503, e.Message, ApiError.ServerError, null, "pool_unavailable"));
+            }
+            catch (RouteFailedException e)
+            {
+                throw new ApiErrorException(new ApiError(503, e.Message, ApiError.ServerError, null, "route_failed"));
+            }
+            activity?.SetTag("potluck.route", generation.Route?.ToString());
+            context.Response.Headers["request-id"] = id;
+            context.Response.Headers["x-potluck-session"] = id;
+            if (generation.Route is { } route) context.Response.Headers["x-potluck-route"] = route.HeaderValue;
+            var responses = new MessagesResponses(context, id, model.Name);
+            if (chat.Stream) return await StreamAsync(generation, responses, services, ct);
+
+            var text = new StringBuilder();
+            try
+            {
+                await foreach (var piece in generation.RunAsync(ct)) text.Append(piece);
+            }
+            catch (Exception e) when (e is PoolUnavailableException or RouteFailedException)
+            {
+                throw new ApiErrorException(new ApiError(503, e.Message, ApiError.ServerError, null, "route_failed"));
+            }
+            activity?.SetTag("potluck.completion_tokens", generation.CompletionTokens);
+            AnswerBlock[] content = text.Length == 0 ? [] : [AnswerBlock.OfText(text.ToString())];
+            await responses.WriteCompleteAsync(content, StopReason(generation), generation.StopSequence, generation.PromptTokens, generation.CompletionTokens, ct);
+            return "200";
+        }
+    }
+
+    private static async Task<string> StreamAsync(GenerationRun generation, MessagesResponses responses, IServiceProvider services, CancellationToken ct)
+    {
+        await responses.StartStreamAsync();
+        await responses.WriteMessageStartAsync(generation.PromptTokens, ct);
+        await responses.WriteBlockStartAsync(0, AnswerBlock.OfText(""), ct);
+        try
+        {
+            await foreach (var piece in generation.RunAsync(ct))
+                await responses.WriteTextDeltaAsync(0, piece, ct);
+        }
+        catch (Exception e) when (e is PoolUnavailableException or RouteFailedException)
+        {
+            services.GetRequiredService<ILoggerFactory>().CreateLogger("Potluck.Gateway").LogWarning("Session {Session} failed mid-stream: {Error}", generation.SessionId, e.Message);
+            await responses.WriteStreamErrorAsync(new ApiError(503, e.Message, ApiError.ServerError, null, "route_failed"), ct);
+            return "503";
+        }
+        await responses.WriteBlockStopAsync(0, ct);
+        await responses.WriteMessageEndAsync(StopReason(generation), generation.StopSequence, generation.PromptTokens, generation.CompletionTokens, ct);
+        return "200";
+    }
+
+    private static string StopReason(GenerationRun generation) => generation.Finish switch
+    {
+        FinishReason.Length => "max_tokens",
+        _ when generation.StopSequence is not null => "stop_sequence",
+        _ => "end_turn",
+    };
+
+    /// <summary>
+    /// The conversation through the chat template (as for /v1/chat/completions), then a prefill as plain text after
+    /// the assistant turn's opener, so the answer continues it. Both under the prompt tokenizer's limits.
+    /// </summary>
+    private static async Task<int[]> TokenizeAsync(MessagesRequest request, ModelFrontEnd model, GatewayOptions options, CancellationToken ct)
+    {
+        if (request.Prefill is not { } prefill) return await PromptTokenizer.TokenizeAsync(request.Chat, model, options, ct);
+        long characters = prefill.Length;
+        foreach (var message in request.Chat.Messages) characters += message.Content.Length;
+        var cap = PromptTokenizer.MaxCharacters(options, model);
+        if (characters > cap)
+            throw new ApiErrorException(ApiError.BadRequest(
+                $"prompt is too long: the gateway accepts at most {cap} characters of messages before tokenizing; you sent {characters}.",
+                "messages", "context_length_exceeded"));
+        var conversation = await PromptTokenizer.TokenizeAsync(request.Chat, model, options, ct);
+        int[] continued;
+        try
+        {
+            continued = await model.TokenizerSlots.RunAsync(() => model.Tokenizer.Encode(prefill, addBos: false, parseSpecial: false), options.TokenizeTimeout, ct);
+        }
+        catch (TokenizerBusyException e)
+        {
+            throw new ApiErrorException(new ApiError(503, e.Message, ApiError.ServerError, null, "tokenizer_busy"));
+        }
+        catch (TimeoutException)
+        {
+            throw new ApiErrorException(ApiError.BadRequest(
+                $"The messages could not be tokenized within {options.TokenizeTimeout.TotalSeconds:0.###} s; please shorten them.", "messages", "prompt_too_long"));
+        }
+        return [.. conversation, .. continued];
+    }
+}

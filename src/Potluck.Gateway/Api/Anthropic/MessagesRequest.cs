@@ -94,10 +94,7 @@ public static class MessagesRequestParser
             var at = $"messages.{index}";
             if (message.ValueKind != JsonValueKind.Object) throw WrongType(at, "an object");
             var role = RequiredString(message, "role", 32, at + ".role");
-            if (role is not ("user" or "assistant"))
-                throw Error(role == "system"
-                    ? $"{at}.role: there is no 'system' role in the Messages API; use the top-level 'system' parameter."
-                    : $"{at}.role: must be 'user' or 'assistant'.", at + ".role");
+            if (role is not ("user" or "assistant" or "system")) throw Error($"{at}.role: must be 'user', 'assistant' or 'system'.", at + ".role");
             var text = ParseContent(message, at, role);
             var last = index == count - 1;
             if (role == "assistant" && last)
@@ -144,6 +141,8 @@ public static class MessagesRequestParser
                 case "thinking" or "redacted_thinking" when role == "assistant":
                     // Earlier reasoning is not shown to the model again (chat templates drop it from history too).
                     break;
+                case not "text" when role == "system":
+                    throw Error($"{blockAt}.type: system messages take only 'text' blocks.", blockAt + ".type");
                 case "image" or "document":
                     throw Error($"{blockAt}.type: '{type}' blocks are not supported; this model takes text only.", blockAt + ".type");
                 case "tool_use" or "tool_result":
@@ -191,8 +190,7 @@ public static class MessagesRequestParser
         {
             if (item.ValueKind != JsonValueKind.String) throw WrongType("stop_sequences", "an array of strings");
             var text = Text(item, "stop_sequences");
-            if (text.Length == 0 || string.IsNullOrWhiteSpace(text))
-                throw Error("stop_sequences: each sequence must contain non-whitespace characters.", "stop_sequences");
+            if (text.Length == 0) throw Error("stop_sequences: each sequence must be a non-empty string.", "stop_sequences");
             if (text.Length > MaxStopSequenceLength)
                 throw Error($"stop_sequences: each sequence must be at most {MaxStopSequenceLength} characters.", "stop_sequences");
             stops.Add(text);

@@ -1,0 +1,243 @@
+using System.ClientModel;
+using System.Net;
+using System.Text;
+using System.Text.Json;
+using Anthropic;
+using Anthropic.Exceptions;
+using Anthropic.Models.Messages;
+using OpenAI;
+using OpenAI.Chat;
+
+namespace Potluck.Gateway.Tests;
+
+/// <summary>The official Anthropic .NET SDK, unchanged, against /v1/messages of a gateway in front of three node processes.</summary>
+[Collection(PoolCollection.Name)]
+[ProcessTest]
+public sealed class AnthropicSdkTests(PoolFixture pool)
+{
+    // ResponseValidation: the SDK checks every response and event against its schema, so a wrong shape fails here.
+    private AnthropicClient Client => new()
+    {
+        ApiKey = "unused",
+        BaseUrl = pool.Gateway.BaseAddress.ToString().TrimEnd('/'),
+        MaxRetries = 0,
+        Timeout = TimeSpan.FromSeconds(60),
+        ResponseValidation = true,
+    };
+
+    /// <summary>
+    /// Greedy parameters. This SDK version has no temperature property (Anthropic's newest models take none), so
+    /// "temperature": 0 goes in as a raw body field, the SDK's own way to send a field it does not model.
+    /// </summary>
+    internal static MessageCreateParams Greedy(string model, long maxTokens, IReadOnlyList<MessageParam> messages) =>
+        new(new Dictionary<string, JsonElement>(), new Dictionary<string, JsonElement>(),
+            new Dictionary<string, JsonElement> { ["temperature"] = JsonSerializer.SerializeToElement(0) })
+        {
+            Model = model,
+            MaxTokens = maxTokens,
+            Messages = messages,
+        };
+
+    private MessageCreateParams Params(string user, long maxTokens, string? system = null, IReadOnlyList<string>? stop = null)
+    {
+        var parameters = Greedy(pool.ModelName, maxTokens, [new UserMessageParam(user)]);
+        if (system is not null) parameters = parameters with { System = system };
+        if (stop is not null) parameters = parameters with { StopSequences = stop };
+        return parameters;
+    }
+
+    private static string TextOf(Message message) =>
+        string.Concat(message.Content.Select(block => block.TryPickText(out var text) ? text.Text : ""));
+
+    [Fact]
+    public async Task MessageReturnsTextUsageAndStopReason()
+    {
+        var message = await Client.Messages.Create(Params("Hello there", 12, system: "Be brief."));
+        Assert.StartsWith("msg_", message.ID);
+        Assert.Equal(pool.ModelName, message.Model.Raw());
+        Assert.Equal("assistant", message.Role.GetString());
+        Assert.Equal("message", message.Type.GetString());
+        Assert.True(message.Usage.InputTokens > 5);
+        Assert.InRange(message.Usage.OutputTokens, 1, 12);
+        var stop = message.StopReason!.Raw();
+        Assert.True(stop is "max_tokens" or "end_turn", stop);
+        if (stop == "max_tokens") Assert.Equal(12, message.Usage.OutputTokens);
+        Assert.Null(message.StopSequence);
+        Assert.NotEmpty(TextOf(message));
+    }
+
+    [Fact]
+    public async Task StreamingEventsComeInOrderAndAddUpToTheMessage()
+    {
+        var whole = await Client.Messages.Create(Params("Tell me a story", 16));
+        var text = new StringBuilder();
+        var kinds = new List<string>();
+        string? stopReason = null;
+        long? outputTokens = null, inputTokens = null;
+        await foreach (var update in Client.Messages.CreateStreaming(Params("Tell me a story", 16)))
+        {
+            if (update.TryPickStart(out var start))
+            {
+                kinds.Add("message_start");
+                Assert.StartsWith("msg_", start.Message.ID);
+                Assert.Empty(start.Message.Content);
+                inputTokens = start.Message.Usage.InputTokens;
+            }
+            else if (update.TryPickContentBlockStart(out var blockStart))
+            {
+                kinds.Add("content_block_start");
+                Assert.Equal(0, blockStart.Index);
+            }
+            else if (update.TryPickContentBlockDelta(out var delta))
+            {
+                if (kinds[^1] != "content_block_delta") kinds.Add("content_block_delta");
+                Assert.True(delta.Delta.TryPickText(out var piece));
+                text.Append(piece!.Text);
+            }
+            else if (update.TryPickContentBlockStop(out _)) kinds.Add("content_block_stop");
+            else if (update.TryPickDelta(out var messageDelta))
+            {
+                kinds.Add("message_delta");
+                stopReason = messageDelta.Delta.StopReason?.Raw();
+                outputTokens = messageDelta.Usage.OutputTokens;
+            }
+            else if (update.TryPickStop(out _)) kinds.Add("message_stop");
+        }
+        Assert.Equal(["message_start", "content_block_start", "content_block_delta", "content_block_stop", "message_delta", "message_stop"], kinds);
+        Assert.Equal(TextOf(whole), text.ToString());
+        Assert.Equal(whole.StopReason!.Raw(), stopReason);
+        Assert.Equal(whole.Usage.OutputTokens, outputTokens);
+        Assert.Equal(whole.Usage.InputTokens, inputTokens);
+    }
+
+    [Fact]
+    public async Task GreedyTextEqualsTheOpenAiChatEndpointsForTheSameConversation()
+    {
+        var message = await Client.Messages.Create(Greedy(pool.ModelName, 20,
+            [new UserMessageParam("What is a pool?"), new AssistantMessageParam("A group of nodes."), new UserMessageParam("Say more")]) with
+        {
+            // A system prompt as text blocks: joined, it is the OpenAI request's system message.
+            System = new List<TextBlockParam> { new("You are a helpful "), new("assistant.") },
+        });
+        var chat = new ChatClient(pool.ModelName, new ApiKeyCredential("unused"),
+            new OpenAIClientOptions { Endpoint = new Uri(pool.Gateway.BaseAddress, "v1"), NetworkTimeout = TimeSpan.FromSeconds(60) });
+        ChatCompletion completion = await chat.CompleteChatAsync(
+            [new SystemChatMessage("You are a helpful assistant."), new UserChatMessage("What is a pool?"), new AssistantChatMessage("A group of nodes."), new UserChatMessage("Say more")],
+            new ChatCompletionOptions { MaxOutputTokenCount = 20, Temperature = 0f });
+        Assert.Equal(completion.Content[0].Text, TextOf(message));
+        Assert.Equal(completion.Usage.InputTokenCount, message.Usage.InputTokens);
+        Assert.Equal(completion.Usage.OutputTokenCount, message.Usage.OutputTokens);
+        Assert.Equal(completion.FinishReason == ChatFinishReason.Length ? "max_tokens" : "end_turn", message.StopReason!.Raw());
+    }
+
+    [Fact]
+    public async Task StopSequenceEndsTheAnswerAndIsNamed()
+    {
+        var free = TextOf(await Client.Messages.Create(Params("Count with me", 24)));
+        // A stop sequence taken from the greedy answer itself, so the same greedy run must stop there.
+        var stop = Enumerable.Range(4, Math.Max(0, free.Length - 8)).Select(i => free.Substring(i, 3)).FirstOrDefault(s => !string.IsNullOrWhiteSpace(s));
+        Assert.True(stop is not null, $"the answer '{free}' is too short to cut");
+        var cut = await Client.Messages.Create(Params("Count with me", 24, stop: [stop!]));
+        Assert.Equal("stop_sequence", cut.StopReason!.Raw());
+        Assert.Equal(stop, cut.StopSequence);
+        Assert.Equal(free[..free.IndexOf(stop!, StringComparison.Ordinal)], TextOf(cut));
+
+        var streamed = new StringBuilder();
+        string? streamedStop = null;
+        await foreach (var update in Client.Messages.CreateStreaming(Params("Count with me", 24, stop: [stop!])))
+        {
+            if (update.TryPickContentBlockDelta(out var delta) && delta.Delta.TryPickText(out var piece)) streamed.Append(piece.Text);
+            if (update.TryPickDelta(out var messageDelta)) streamedStop = messageDelta.Delta.StopSequence;
+        }
+        Assert.Equal(TextOf(cut), streamed.ToString());
+        Assert.Equal(stop, streamedStop);
+    }
+
+    [Fact]
+    public async Task PrefillIsContinuedAsTheChatTemplateThenThePrefillTokensWould()
+    {
+        var message = await Client.Messages.Create(Greedy(pool.ModelName, 10, [new UserMessageParam("Name a colour"), new AssistantMessageParam("My answer is")]));
+        // The oracle: the same tokens (the conversation with the assistant opener, then the prefill as plain text)
+        // sent as a token prompt to /v1/completions, greedy.
+        var model = (Head.ModelFrontEnd)pool.Gateway.Services.GetService(typeof(Head.ModelFrontEnd))!;
+        var tokenizer = model.Tokenizer;
+        int[] prompt = [.. tokenizer.EncodeChat([("user", "Name a colour")], addAssistantPrompt: true, addBos: tokenizer.AddBosByDefault),
+            .. tokenizer.Encode("My answer is", addBos: false, parseSpecial: false)];
+        using var response = await pool.Http.PostAsync("v1/completions", Json(new { model = pool.ModelName, prompt, max_tokens = 10, temperature = 0 }));
+        var body = await response.Content.ReadAsStringAsync();
+        Assert.True(response.IsSuccessStatusCode, body);
+        using var completion = JsonDocument.Parse(body);
+        Assert.Equal(completion.RootElement.GetProperty("choices")[0].GetProperty("text").GetString(), TextOf(message));
+        Assert.Equal(prompt.Length, message.Usage.InputTokens);
+    }
+
+    [Fact]
+    public async Task SdkErrorsAreTypedFromAnthropicsErrorShape()
+    {
+        var notFound = await Assert.ThrowsAsync<AnthropicNotFoundException>(() => Client.Messages.Create(new MessageCreateParams
+        {
+            Model = "claude-none",
+            MaxTokens = 4,
+            Messages = [new UserMessageParam("hi")],
+        }));
+        Assert.Contains("claude-none", notFound.ResponseBody);
+        var tooLong = await Assert.ThrowsAsync<AnthropicBadRequestException>(() => Client.Messages.Create(Params("hi", 10_000_000)));
+        using var error = JsonDocument.Parse(tooLong.ResponseBody);
+        Assert.Equal("error", error.RootElement.GetProperty("type").GetString());
+        Assert.Equal("invalid_request_error", error.RootElement.GetProperty("error").GetProperty("type").GetString());
+        Assert.Contains("max_tokens", error.RootElement.GetProperty("error").GetProperty("message").GetString());
+    }
+
+    /// <summary>Every hostile body of the parser's data set, over HTTP: a 4xx in Anthropic's shape naming the field, never a 500.</summary>
+    [Fact]
+    public async Task HostileBodiesGetAnthropicErrorsOverHttp()
+    {
+        var cases = AnthropicRequestTests.HostileBodies(pool.ModelName).ToList();
+        Assert.True(cases.Count >= 20, $"only {cases.Count} cases");
+        foreach (var (body, field) in cases)
+        {
+            using var response = await pool.Http.PostAsync("v1/messages", new StringContent(body, Encoding.UTF8, "application/json"));
+            var text = await response.Content.ReadAsStringAsync();
+            Assert.True(response.StatusCode == HttpStatusCode.BadRequest, $"{(int)response.StatusCode} for {body}: {text}");
+            AssertAnthropicError(text, "invalid_request_error", field);
+        }
+    }
+
+    [Fact]
+    public async Task RoutingAndMediaErrorsOnMessagesAreInAnthropicsShapeToo()
+    {
+        using (var get = await pool.Http.GetAsync("v1/messages"))
+        {
+            Assert.Equal(HttpStatusCode.MethodNotAllowed, get.StatusCode);
+            AssertAnthropicError(await get.Content.ReadAsStringAsync(), "invalid_request_error", "GET");
+        }
+        using (var form = await pool.Http.PostAsync("v1/messages", new StringContent("model=x", Encoding.UTF8, "text/plain")))
+        {
+            Assert.Equal(HttpStatusCode.UnsupportedMediaType, form.StatusCode);
+            AssertAnthropicError(await form.Content.ReadAsStringAsync(), "invalid_request_error", "Content-Type");
+        }
+        var huge = $$"""{"model":"{{pool.ModelName}}","max_tokens":4,"messages":[{"role":"user","content":"{{new string('a', 70_000)}}"}]}""";
+        using (var large = await pool.Http.PostAsync("v1/messages", new StringContent(huge, Encoding.UTF8, "application/json")))
+        {
+            Assert.Equal(HttpStatusCode.RequestEntityTooLarge, large.StatusCode);
+            AssertAnthropicError(await large.Content.ReadAsStringAsync(), "request_too_large", "limit");
+        }
+        // The OpenAI endpoints keep OpenAI's shape.
+        using var openAi = await pool.Http.PostAsync("v1/chat/completions", new StringContent("{}", Encoding.UTF8, "application/json"));
+        using var json = JsonDocument.Parse(await openAi.Content.ReadAsStringAsync());
+        Assert.Equal("invalid_request_error", json.RootElement.GetProperty("error").GetProperty("type").GetString());
+        Assert.False(json.RootElement.TryGetProperty("type", out _));
+    }
+
+    internal static void AssertAnthropicError(string body, string type, string mentions)
+    {
+        using var json = JsonDocument.Parse(body);
+        var root = json.RootElement;
+        Assert.Equal("error", root.GetProperty("type").GetString());
+        var error = root.GetProperty("error");
+        Assert.Equal(type, error.GetProperty("type").GetString());
+        Assert.Contains(mentions, error.GetProperty("message").GetString());
+    }
+
+    private static StringContent Json(object value) => new(JsonSerializer.Serialize(value), Encoding.UTF8, "application/json");
+}

@@ -1,5 +1,6 @@
 using System.Text.Json;
 using System.Text.Unicode;
+using Potluck.Gateway.Chat;
 
 namespace Potluck.Gateway.Api;
 
@@ -11,7 +12,17 @@ public enum CompletionKind
 }
 
 /// <summary>One chat message after validation (content flattened to text).</summary>
-public sealed record ChatMessage(string Role, string Content);
+public sealed record ChatMessage(string Role, string Content)
+{
+    /// <summary>An assistant message's tool calls (arguments as JSON text).</summary>
+    public IReadOnlyList<ToolCall> ToolCalls { get; init; } = [];
+    /// <summary>A tool message's answer to this call id.</summary>
+    public string? ToolCallId { get; init; }
+    /// <summary>The optional participant or function name.</summary>
+    public string? Name { get; init; }
+    /// <summary>An assistant message's earlier reasoning (llama.cpp's reasoning_content), shown where the template keeps it.</summary>
+    public string? ReasoningContent { get; init; }
+}
 
 /// <summary>A validated /v1/chat/completions or /v1/completions request.</summary>
 public sealed record CompletionRequest
@@ -35,6 +46,10 @@ public sealed record CompletionRequest
     public string? User { get; init; }
     /// <summary>llama.cpp server extension: keep going past end-of-generation tokens (benchmarks, fixed-length runs).</summary>
     public bool IgnoreEos { get; init; }
+    /// <summary>Functions the model may call (tools, or legacy functions).</summary>
+    public IReadOnlyList<ToolDefinition> Tools { get; init; } = [];
+    public ToolChoice ToolChoice { get; init; } = ToolChoice.Auto;
+    public bool ParallelToolCalls { get; init; } = true;
 }
 
 /// <summary>
@@ -47,7 +62,7 @@ public static partial class CompletionRequestParser
     public const int MaxMessages = 4096;
     public const int MaxNameLength = 256;
 
-    private static readonly HashSet<string> Roles = new(StringComparer.Ordinal) { "system", "developer", "user", "assistant", "tool" };
+    private static readonly HashSet<string> Roles = new(StringComparer.Ordinal) { "system", "developer", "user", "assistant", "tool", "function" };
 
     /// <param name="body">The request body; parsed in place (a 4 MiB body is not copied again).</param>
     public static CompletionRequest Parse(ReadOnlyMemory<byte> body, CompletionKind kind)
@@ -83,6 +98,8 @@ public static partial class CompletionRequestParser
                 var (text, tokens) = ParsePrompt(root);
                 request = request with { PromptText = text, PromptTokens = tokens };
             }
+
+            if (kind == CompletionKind.Chat) request = ParseTools(root, request);
 
             var maxTokens = OptionalInt(root, "max_tokens", 1, int.MaxValue);
             var maxCompletion = OptionalInt(root, "max_completion_tokens", 1, int.MaxValue);
@@ -247,10 +264,10 @@ public static partial class CompletionRequestParser
             if (roleElement.ValueKind != JsonValueKind.String) throw Error(ApiError.WrongType($"{at}.role", "a string"));
             var role = Text(roleElement, $"{at}.role");
             if (!Roles.Contains(role))
-                throw Error(ApiError.OutOfRange($"{at}.role", "one of 'system', 'developer', 'user', 'assistant', 'tool'"));
+                throw Error(ApiError.OutOfRange($"{at}.role", "one of 'system', 'developer', 'user', 'assistant', 'tool', 'function'"));
             var content = ParseContent(message, at, role);
             // The chat template knows system/user/assistant; developer is OpenAI's new name for system.
-            list.Add(new ChatMessage(role == "developer" ? "system" : role, content));
+            list.Add(ParseMessageTools(message, at, new ChatMessage(role == "developer" ? "system" : role, content)));
             index++;
         }
         return list;

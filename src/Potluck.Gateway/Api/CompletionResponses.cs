@@ -54,6 +54,41 @@ internal sealed class CompletionResponses(HttpContext context, CompletionKind ki
         return EndChunkAsync(finishReason: null, ct);
     }
 
+    /// <summary>Reasoning text (llama.cpp's delta.reasoning_content).</summary>
+    public ValueTask<System.IO.Pipelines.FlushResult> WriteReasoningChunkAsync(string text, CancellationToken ct)
+    {
+        BeginChunk();
+        _json.WriteStartObject("delta");
+        _json.WriteString("reasoning_content", text);
+        _json.WriteEndObject();
+        return EndChunkAsync(finishReason: null, ct);
+    }
+
+    /// <summary>One whole tool call as a delta.tool_calls entry (id, name and all arguments in one chunk).</summary>
+    public ValueTask<System.IO.Pipelines.FlushResult> WriteToolCallChunkAsync(int index, Chat.ToolCall call, CancellationToken ct)
+    {
+        BeginChunk();
+        _json.WriteStartObject("delta");
+        _json.WriteStartArray("tool_calls");
+        _json.WriteStartObject();
+        _json.WriteNumber("index", index);
+        WriteToolCallFields(call);
+        _json.WriteEndObject();
+        _json.WriteEndArray();
+        _json.WriteEndObject();
+        return EndChunkAsync(finishReason: null, ct);
+    }
+
+    private void WriteToolCallFields(Chat.ToolCall call)
+    {
+        _json.WriteString("id", call.Id);
+        _json.WriteString("type", "function");
+        _json.WriteStartObject("function");
+        _json.WriteString("name", call.Name);
+        _json.WriteString("arguments", call.ArgumentsJson);
+        _json.WriteEndObject();
+    }
+
     public ValueTask<System.IO.Pipelines.FlushResult> WriteFinishChunkAsync(string finishReason, CancellationToken ct)
     {
         BeginChunk();
@@ -101,7 +136,8 @@ internal sealed class CompletionResponses(HttpContext context, CompletionKind ki
         return context.Response.BodyWriter.FlushAsync(ct);
     }
 
-    public async Task WriteCompleteAsync(string text, string finishReason, int promptTokens, int completionTokens, CancellationToken ct)
+    public async Task WriteCompleteAsync(string text, string finishReason, int promptTokens, int completionTokens, CancellationToken ct,
+        IReadOnlyList<Chat.ToolCall>? toolCalls = null, string? reasoning = null)
     {
         context.Response.StatusCode = 200;
         context.Response.ContentType = "application/json";
@@ -114,7 +150,21 @@ internal sealed class CompletionResponses(HttpContext context, CompletionKind ki
         {
             _json.WriteStartObject("message");
             _json.WriteString("role", "assistant");
-            _json.WriteString("content", text);
+            // OpenAI sends null content beside tool calls when the model wrote no text.
+            if (text.Length == 0 && toolCalls is { Count: > 0 }) _json.WriteNull("content");
+            else _json.WriteString("content", text);
+            if (!string.IsNullOrEmpty(reasoning)) _json.WriteString("reasoning_content", reasoning);
+            if (toolCalls is { Count: > 0 })
+            {
+                _json.WriteStartArray("tool_calls");
+                foreach (var call in toolCalls)
+                {
+                    _json.WriteStartObject();
+                    WriteToolCallFields(call);
+                    _json.WriteEndObject();
+                }
+                _json.WriteEndArray();
+            }
             _json.WriteNull("refusal");
             _json.WriteEndObject();
         }

@@ -111,8 +111,13 @@ public static class OpenAiEndpoints
                 request.MaxTokens is null ? what : "max_tokens", "context_length_exceeded"));
         }
 
+        var chat = Chat.ChatOutput.For(request, model.Tokenizer);
+        var sampling = Sampling(request, context_);
+        // Tool calls made valid by a grammar (forced with required/named, lazy on the call marker with auto).
+        if (sampling.Grammar is null && kind == CompletionKind.Chat && Chat.ToolGrammar.For(request, Chat.ChatTemplateTraits.For(model.Tokenizer.ChatTemplate)) is { } toolGrammar)
+            sampling = sampling with { Grammar = toolGrammar };
         var generationRequest = new GenerationRequest(kind == CompletionKind.Chat ? "chat.completions" : "completions", prompt, maxTokens,
-            Sampling(request, context_), request.Stop, request.User, request.IgnoreEos);
+            sampling, request.Stop, request.User, request.IgnoreEos) { RenderSpecialTokens = chat is not null };
         var sessionId = (kind == CompletionKind.Chat ? "chatcmpl-" : "cmpl-") + Guid.NewGuid().ToString("N");
         var service = services.GetRequiredService<GenerationService>();
         using var activity = GatewayTelemetry.Source.StartActivity("potluck.gateway.generate");
@@ -144,32 +149,47 @@ public static class OpenAiEndpoints
             var created = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
             var responses = new CompletionResponses(context, kind, sessionId, model.Name, created, request.IncludeUsage);
             if (request.Stream)
-                return await StreamAsync(context, generation, responses, kind, request.IncludeUsage, services, ct);
+                return await StreamAsync(context, generation, responses, kind, request.IncludeUsage, services, ct, chat);
 
             var text = new StringBuilder();
             try
             {
-                await foreach (var piece in generation.RunAsync(ct)) text.Append(piece);
+                await foreach (var piece in generation.RunAsync(ct))
+                {
+                    if (chat is null) text.Append(piece);
+                    else chat.Push(piece);
+                }
             }
             catch (Exception e) when (e is PoolUnavailableException or RouteFailedException)
             {
                 throw new ApiErrorException(new ApiError(503, e.Message, ApiError.ServerError, null, "route_failed"));
             }
             activity?.SetTag("potluck.completion_tokens", generation.CompletionTokens);
+            if (chat is not null)
+            {
+                chat.Finish();
+                await responses.WriteCompleteAsync(chat.Content, chat.FinishReason(FinishName(generation.Finish)), generation.PromptTokens, generation.CompletionTokens, ct,
+                    chat.Calls, chat.Reasoning);
+                return "200";
+            }
             await responses.WriteCompleteAsync(text.ToString(), FinishName(generation.Finish), generation.PromptTokens, generation.CompletionTokens, ct);
             return "200";
         }
     }
 
     private static async Task<string> StreamAsync(HttpContext context, GenerationRun generation, CompletionResponses responses,
-        CompletionKind kind, bool includeUsage, IServiceProvider services, CancellationToken ct)
+        CompletionKind kind, bool includeUsage, IServiceProvider services, CancellationToken ct, Chat.ChatOutput? chat = null)
     {
         await responses.StartStreamAsync();
         if (kind == CompletionKind.Chat) await responses.WriteRoleChunkAsync(ct);
         try
         {
             await foreach (var piece in generation.RunAsync(ct))
-                await responses.WriteTextChunkAsync(piece, ct);
+            {
+                if (chat is null) await responses.WriteTextChunkAsync(piece, ct);
+                else await chat.WriteAsync(responses, chat.Push(piece), ct);
+            }
+            if (chat is not null) await chat.WriteAsync(responses, chat.Finish(), ct);
         }
         catch (Exception e) when (e is PoolUnavailableException or RouteFailedException)
         {
@@ -177,7 +197,7 @@ public static class OpenAiEndpoints
             await responses.WriteStreamErrorAsync(new ApiError(503, e.Message, ApiError.ServerError, null, "route_failed"), ct);
             return "503";
         }
-        await responses.WriteFinishChunkAsync(FinishName(generation.Finish), ct);
+        await responses.WriteFinishChunkAsync(chat?.FinishReason(FinishName(generation.Finish)) ?? FinishName(generation.Finish), ct);
         if (includeUsage) await responses.WriteUsageChunkAsync(generation.PromptTokens, generation.CompletionTokens, ct);
         await responses.WriteDoneAsync(ct);
         return "200";

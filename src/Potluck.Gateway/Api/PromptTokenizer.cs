@@ -29,7 +29,12 @@ public static class PromptTokenizer
         }
 
         long characters = request.PromptText?.Length ?? 0;
-        foreach (var message in request.Messages) characters += message.Content.Length;
+        foreach (var message in request.Messages)
+        {
+            characters += message.Content.Length;
+            foreach (var call in message.ToolCalls) characters += call.ArgumentsJson.Length;
+        }
+        foreach (var tool in request.Tools) characters += tool.ToolJson.Length;
         var cap = MaxCharacters(options, model);
         if (characters > cap)
             throw new ApiErrorException(ApiError.BadRequest(
@@ -38,7 +43,11 @@ public static class PromptTokenizer
 
         var tokenizer = model.Tokenizer;
         Func<int[]> work;
-        if (request.Kind == CompletionKind.Chat)
+        if (request.Kind == CompletionKind.Chat && Chat.ChatRenderer.Needed(request.Messages, Chat.ChatPrompt.PromptTools(request)))
+        {
+            work = () => Chat.ChatPrompt.Encode(tokenizer, request);
+        }
+        else if (request.Kind == CompletionKind.Chat)
         {
             var messages = new (string Role, string Content)[request.Messages.Count];
             for (var i = 0; i < messages.Length; i++) messages[i] = (request.Messages[i].Role, request.Messages[i].Content);

@@ -10,7 +10,11 @@ public sealed record GenerationRequest(
     SamplingOptions Sampling,
     IReadOnlyList<string> Stop,
     string? User,
-    bool IgnoreEos = false);
+    bool IgnoreEos = false)
+{
+    /// <summary>Decode control tokens as their text (tool-call and reasoning markers), for the chat output parser.</summary>
+    public bool RenderSpecialTokens { get; init; }
+}
 
 /// <summary>How a generation ended.</summary>
 public enum FinishReason

@@ -43,8 +43,8 @@ public sealed class GenerationRun : IAsyncDisposable
         _grain = grain;
         var model = service.Model;
         _route = new ResilientRoute(service, sessionId, grain, request.PromptTokens.Length + request.MaxTokens, request.MaxTokens + 1);
-        _sampler = new Sampler(request.Sampling, model.VocabSize);
-        _decoder = model.Tokenizer.CreateStreamingDecoder();
+        _sampler = new Sampler(request.Sampling, model.Tokenizer);
+        _decoder = model.Tokenizer.CreateStreamingDecoder(request.RenderSpecialTokens);
         _stops = new StopSequenceMatcher(request.Stop);
         _logits = new float[model.VocabSize];
     }

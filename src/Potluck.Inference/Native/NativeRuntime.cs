@@ -14,10 +14,11 @@ public static class NativeRuntime
     internal const string GgmlBase = "ggml-base";
     internal const string GgmlCpu = "ggml-cpu";
     internal const string Ggml = "ggml";
+    internal const string Llama = "llama";
 
     private static readonly Lock Gate = new();
     private static string? _folder;
-    private static IntPtr _ggmlBase, _ggmlCpu, _ggml;
+    private static IntPtr _ggmlBase, _ggmlCpu, _ggml, _llama;
 
     /// <summary>The folder the native libraries were loaded from.</summary>
     public static string Folder => EnsureLoaded();
@@ -47,6 +48,8 @@ public static class NativeRuntime
             // LLamaSharp installs its import resolver in NativeApi's static constructor; types with their own
             // imports (the quantizer's default params) fail if they run first, so trigger it now.
             NativeApi.llama_empty_call();
+            // The same file LLamaSharp bound (dlopen hands back its handle), for our few direct llama.cpp imports.
+            _llama = NativeLibrary.Load(Path.Combine(folder, "libllama.so"));
             _folder = folder;
             return folder;
         }
@@ -73,6 +76,7 @@ public static class NativeRuntime
         GgmlBase => _ggmlBase,
         GgmlCpu => _ggmlCpu,
         Ggml => _ggml,
+        Llama => _llama,
         _ => IntPtr.Zero,
     };
 

@@ -17,6 +17,8 @@ public sealed record SamplingOptions
     public int PenaltyLastN { get; init; } = 64;
     /// <summary>Seed of the distribution sampler's RNG. The gateway must pick and store one so a session can be replayed.</summary>
     public uint Seed { get; init; }
+    /// <summary>Constrains every sampled token to the grammar; null for free text.</summary>
+    public GrammarSpec? Grammar { get; init; }
 
     /// <summary>Deterministic argmax with no penalties.</summary>
     public static SamplingOptions Greedy { get; } = new() { Temperature = 0f, TopK = 0, TopP = 1f, MinP = 0f };
@@ -32,5 +34,6 @@ public sealed record SamplingOptions
         if (!float.IsFinite(RepeatPenalty) || RepeatPenalty <= 0) throw new ArgumentException($"repeat penalty must be > 0, got {RepeatPenalty}");
         if (!float.IsFinite(FrequencyPenalty) || !float.IsFinite(PresencePenalty)) throw new ArgumentException("frequency and presence penalties must be finite");
         if (PenaltyLastN < -1) throw new ArgumentException($"penalty_last_n must be >= -1, got {PenaltyLastN}");
+        Grammar?.Validate();
     }
 }

@@ -40,6 +40,9 @@ public sealed class Tokenizer : IDisposable
     /// </summary>
     internal IReadOnlyList<string> SpecialTexts { get; }
 
+    /// <summary>The vocab-only model handle; llama.cpp's grammar sampler needs it to match token texts.</summary>
+    internal SafeLlamaModelHandle ModelHandle => _weights.NativeHandle;
+
     private static string[] FindSpecialTexts(SafeLlamaModelHandle.Vocabulary vocab)
     {
         var texts = new HashSet<string>(StringComparer.Ordinal);

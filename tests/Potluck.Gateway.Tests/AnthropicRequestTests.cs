@@ -55,6 +55,55 @@ public sealed class AnthropicRequestTests
         Assert.Equal("The answer is", request.Prefill);
     }
 
+    [Fact]
+    public void ToolsToolUseAndToolResultsBecomeTheChatRequestsTools()
+    {
+        var request = Parse("""
+            {"model":"m","max_tokens":50,"tool_choice":{"type":"tool","name":"get_weather","disable_parallel_tool_use":true},
+             "tools":[{"name":"get_weather","description":"Weather now","input_schema":{"type":"object","properties":{"city":{"type":"string"}},"required":["city"]},"cache_control":{"type":"ephemeral"}},
+                      {"type":"custom","name":"get_time","input_schema":{"type":"object"}}],
+             "messages":[
+              {"role":"user","content":"Weather in Paris?"},
+              {"role":"assistant","content":[{"type":"text","text":"Checking."},{"type":"tool_use","id":"toolu_1","name":"get_weather","input":{"city":"Paris"}}]},
+              {"role":"user","content":[{"type":"tool_result","tool_use_id":"toolu_1","content":[{"type":"text","text":"18 C"}]},{"type":"text","text":"And now?"}]},
+              {"role":"assistant","content":[{"type":"tool_use","id":"toolu_2","name":"get_weather","input":{"city":"Paris"}}]},
+              {"role":"user","content":[{"type":"tool_result","tool_use_id":"toolu_2","content":"timeout","is_error":true}]}]}
+            """).Chat;
+        Assert.Equal(["get_weather", "get_time"], request.Tools.Select(t => t.Name));
+        Assert.Equal("Weather now", request.Tools[0].Description);
+        using (var tool = JsonDocument.Parse(request.Tools[0].ToolJson))
+        {
+            // The template sees the OpenAI tool the same function would be.
+            Assert.Equal("function", tool.RootElement.GetProperty("type").GetString());
+            Assert.Equal("get_weather", tool.RootElement.GetProperty("function").GetProperty("name").GetString());
+            Assert.Equal("string", tool.RootElement.GetProperty("function").GetProperty("parameters").GetProperty("properties").GetProperty("city").GetProperty("type").GetString());
+        }
+        Assert.Equal("""{"type":"object"}""", request.Tools[1].ParametersJson);
+        Assert.Equal(new Chat.ToolChoice(Chat.ToolChoiceMode.Named, "get_weather"), request.ToolChoice);
+        Assert.False(request.ParallelToolCalls);
+
+        var m = request.Messages;
+        Assert.Equal(["user", "assistant", "tool", "user", "assistant", "tool"], m.Select(x => x.Role));
+        Assert.Equal("Checking.", m[1].Content);
+        Assert.Equal([new Chat.ToolCall("toolu_1", "get_weather", """{"city":"Paris"}""")], m[1].ToolCalls);
+        Assert.Equal(("18 C", "toolu_1", "get_weather"), (m[2].Content, m[2].ToolCallId, m[2].Name));
+        Assert.Equal("And now?", m[3].Content);
+        Assert.Equal("", m[4].Content);
+        Assert.Equal(("Error: timeout", "toolu_2"), (m[5].Content, m[5].ToolCallId));
+    }
+
+    [Fact]
+    public void ToolChoiceDefaultsAndModesMapToOpenAis()
+    {
+        const string tools = """ "tools":[{"name":"f","input_schema":{"type":"object"}}],"messages":[{"role":"user","content":"hi"}] """;
+        Chat.ToolChoice Choice(string extra) => Parse($$"""{"model":"m","max_tokens":5,{{tools}}{{extra}}}""").Chat.ToolChoice;
+        Assert.Equal(Chat.ToolChoice.Auto, Choice(""));
+        Assert.Equal(Chat.ToolChoice.Auto, Choice(""","tool_choice":{"type":"auto"}"""));
+        Assert.Equal(Chat.ToolChoice.None, Choice(""","tool_choice":{"type":"none"}"""));
+        Assert.Equal(new Chat.ToolChoice(Chat.ToolChoiceMode.Required), Choice(""","tool_choice":{"type":"any"}"""));
+        Assert.Equal(Chat.ToolChoice.None, Parse("""{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"hi"}]}""").Chat.ToolChoice);
+    }
+
     [Theory]
     [MemberData(nameof(HostileCases))]
     public void HostileBodiesAre400sNamingTheField(string body, string field)
@@ -86,28 +135,28 @@ public sealed class AnthropicRequestTests
             ("", "empty"),
             ("[1,2]", "JSON object"),
             ("{\"model\":", "not valid JSON"),
-            ($$"""{"max_tokens":8,"messages":{{user}}}""", "model"),
-            ($$"""{"model":5,"max_tokens":8,"messages":{{user}}}""", "model"),
-            ($$"""{"model":{{m}},"messages":{{user}}}""", "max_tokens"),
-            ($$"""{"model":{{m}},"max_tokens":0,"messages":{{user}}}""", "max_tokens"),
-            ($$"""{"model":{{m}},"max_tokens":"8","messages":{{user}}}""", "max_tokens"),
-            ($$"""{"model":{{m}},"max_tokens":2.5,"messages":{{user}}}""", "max_tokens"),
-            ($$"""{"model":{{m}},"max_tokens":8}""", "messages"),
-            ($$"""{"model":{{m}},"max_tokens":8,"messages":[]}""", "messages"),
-            ($$"""{"model":{{m}},"max_tokens":8,"messages":{"role":"user"} }""", "messages"),
-            ($$"""{"model":{{m}},"max_tokens":8,"messages":["hi"]}""", "messages.0"),
-            ($$"""{"model":{{m}},"max_tokens":8,"messages":[{"content":"hi"}]}""", "messages.0.role"),
-            ($$"""{"model":{{m}},"max_tokens":8,"messages":[{"role":"tool","content":"hi"}]}""", "messages.0.role"),
-            ($$"""{"model":{{m}},"max_tokens":8,"messages":[{"role":"user"}]}""", "messages.0.content"),
-            ($$"""{"model":{{m}},"max_tokens":8,"messages":[{"role":"user","content":42}]}""", "messages.0.content"),
-            ($$"""{"model":{{m}},"max_tokens":8,"messages":[{"role":"user","content":[{"text":"hi"}]}]}""", "messages.0.content.0.type"),
-            ($$"""{"model":{{m}},"max_tokens":8,"messages":[{"role":"user","content":[{"type":"text"}]}]}""", "messages.0.content.0.text"),
-            ($$"""{"model":{{m}},"max_tokens":8,"messages":[{"role":"user","content":[{"type":"image","source":{"type":"base64","media_type":"image/png","data":"AA=="} }]}]}""", "messages.0.content.0.type"),
-            ($$"""{"model":{{m}},"max_tokens":8,"messages":[{"role":"user","content":[{"type":"hologram"}]}]}""", "hologram"),
-            ($$"""{"model":{{m}},"max_tokens":8,"messages":[{"role":"user","content":"hi"},{"role":"assistant","content":"trailing "}]}""", "trailing whitespace"),
-            ($$"""{"model":{{m}},"max_tokens":8,"messages":[{"role":"assistant","content":"alone"}]}""", "user turn"),
-            ($$"""{"model":{{m}},"max_tokens":8,"messages":[{"role":"user","content":"\ud800"}]}""", "messages.0.content"),
-            ($$"""{"model":{{m}},"max_tokens":8,"messages":[{"role":"system","content":[{"type":"document"}]}]}""", "messages.0.content.0.type"),
+            ($$$"""{"max_tokens":8,"messages":{{{user}}}}""", "model"),
+            ($$$"""{"model":5,"max_tokens":8,"messages":{{{user}}}}""", "model"),
+            ($$$"""{"model":{{{m}}},"messages":{{{user}}}}""", "max_tokens"),
+            ($$$"""{"model":{{{m}}},"max_tokens":0,"messages":{{{user}}}}""", "max_tokens"),
+            ($$$"""{"model":{{{m}}},"max_tokens":"8","messages":{{{user}}}}""", "max_tokens"),
+            ($$$"""{"model":{{{m}}},"max_tokens":2.5,"messages":{{{user}}}}""", "max_tokens"),
+            ($$$"""{"model":{{{m}}},"max_tokens":8}""", "messages"),
+            ($$$"""{"model":{{{m}}},"max_tokens":8,"messages":[]}""", "messages"),
+            ($$$"""{"model":{{{m}}},"max_tokens":8,"messages":{"role":"user"} }""", "messages"),
+            ($$$"""{"model":{{{m}}},"max_tokens":8,"messages":["hi"]}""", "messages.0"),
+            ($$$"""{"model":{{{m}}},"max_tokens":8,"messages":[{"content":"hi"}]}""", "messages.0.role"),
+            ($$$"""{"model":{{{m}}},"max_tokens":8,"messages":[{"role":"tool","content":"hi"}]}""", "messages.0.role"),
+            ($$$"""{"model":{{{m}}},"max_tokens":8,"messages":[{"role":"user"}]}""", "messages.0.content"),
+            ($$$"""{"model":{{{m}}},"max_tokens":8,"messages":[{"role":"user","content":42}]}""", "messages.0.content"),
+            ($$$"""{"model":{{{m}}},"max_tokens":8,"messages":[{"role":"user","content":[{"text":"hi"}]}]}""", "messages.0.content.0.type"),
+            ($$$"""{"model":{{{m}}},"max_tokens":8,"messages":[{"role":"user","content":[{"type":"text"}]}]}""", "messages.0.content.0.text"),
+            ($$$"""{"model":{{{m}}},"max_tokens":8,"messages":[{"role":"user","content":[{"type":"image","source":{"type":"base64","media_type":"image/png","data":"AA=="} }]}]}""", "messages.0.content.0.type"),
+            ($$$"""{"model":{{{m}}},"max_tokens":8,"messages":[{"role":"user","content":[{"type":"hologram"}]}]}""", "hologram"),
+            ($$$"""{"model":{{{m}}},"max_tokens":8,"messages":[{"role":"user","content":"hi"},{"role":"assistant","content":"trailing "}]}""", "trailing whitespace"),
+            ($$$"""{"model":{{{m}}},"max_tokens":8,"messages":[{"role":"assistant","content":"alone"}]}""", "user turn"),
+            ($$$"""{"model":{{{m}}},"max_tokens":8,"messages":[{"role":"user","content":"\ud800"}]}""", "messages.0.content"),
+            ($$$"""{"model":{{{m}}},"max_tokens":8,"messages":[{"role":"system","content":[{"type":"document"}]}]}""", "messages.0.content.0.type"),
             (With("\"system\":7"), "system"),
             (With("\"system\":[{\"type\":\"image\"}]"), "system.0.type"),
             (With("\"system\":[\"plain\"]"), "system.0"),
@@ -128,7 +177,33 @@ public sealed class AnthropicRequestTests
             (With("\"service_tier\":\"priority\""), "service_tier"),
             (With("\"container\":\"container_1\""), "container"),
             (With("\"mcp_servers\":[{\"type\":\"url\",\"url\":\"https://example.com\",\"name\":\"x\"}]"), "mcp_servers"),
-            ($$"""{"model":"{{new string('m', 300)}}","max_tokens":8,"messages":{{user}}}""", "model"),
+            ($$$"""{"model":"{{{new string('m', 300)}}}","max_tokens":8,"messages":{{{user}}}}""", "model"),
+            (With("\"tools\":{\"name\":\"f\"}"), "tools"),
+            (With("\"tools\":[\"f\"]"), "tools.0"),
+            (With("\"tools\":[{\"input_schema\":{\"type\":\"object\"}}]"), "tools.0.name"),
+            (With("\"tools\":[{\"name\":\"has space\",\"input_schema\":{}}]"), "tools.0.name"),
+            (With($"\"tools\":[{{\"name\":\"{new string('f', 65)}\",\"input_schema\":{{}}}}]"), "tools.0.name"),
+            (With("\"tools\":[{\"name\":\"f\"}]"), "tools.0.input_schema"),
+            (With("\"tools\":[{\"name\":\"f\",\"input_schema\":\"object\"}]"), "tools.0.input_schema"),
+            (With("\"tools\":[{\"name\":\"f\",\"input_schema\":{},\"description\":5}]"), "tools.0.description"),
+            (With("\"tools\":[{\"type\":\"web_search_20250305\",\"name\":\"web_search\"}]"), "tools.0.type"),
+            (With("\"tools\":[{\"name\":\"f\",\"input_schema\":{}},{\"name\":\"f\",\"input_schema\":{}}]"), "unique"),
+            (With($"\"tools\":[{string.Join(",", Enumerable.Range(0, 129).Select(i => $"{{\"name\":\"f{i}\",\"input_schema\":{{}}}}"))}]"), "tools"),
+            (With("\"tools\":[{\"name\":\"f\",\"input_schema\":{}}],\"tool_choice\":\"any\""), "tool_choice"),
+            (With("\"tools\":[{\"name\":\"f\",\"input_schema\":{}}],\"tool_choice\":{\"type\":\"required\"}"), "tool_choice.type"),
+            (With("\"tools\":[{\"name\":\"f\",\"input_schema\":{}}],\"tool_choice\":{\"type\":\"tool\"}"), "tool_choice.name"),
+            (With("\"tools\":[{\"name\":\"f\",\"input_schema\":{}}],\"tool_choice\":{\"type\":\"tool\",\"name\":\"g\"}"), "tool_choice.name"),
+            (With("\"tool_choice\":{\"type\":\"any\"}"), "no tools"),
+            (With("\"tools\":[{\"name\":\"f\",\"input_schema\":{}}],\"tool_choice\":{\"type\":\"auto\",\"disable_parallel_tool_use\":\"yes\"}"), "tool_choice.disable_parallel_tool_use"),
+            ($$$"""{"model":{{{m}}},"max_tokens":8,"messages":[{"role":"user","content":[{"type":"tool_use","id":"t1","name":"f","input":{}}]}]}""", "messages.0.content.0.type"),
+            ($$$"""{"model":{{{m}}},"max_tokens":8,"messages":[{"role":"user","content":"hi"},{"role":"assistant","content":[{"type":"tool_result","tool_use_id":"t1"}]},{"role":"user","content":"x"}]}""", "messages.1.content.0.type"),
+            ($$$"""{"model":{{{m}}},"max_tokens":8,"messages":[{"role":"user","content":[{"type":"tool_result","tool_use_id":"t9","content":"x"}]}]}""", "messages.0.content.0.tool_use_id"),
+            ($$$"""{"model":{{{m}}},"max_tokens":8,"messages":[{"role":"user","content":"hi"},{"role":"assistant","content":[{"type":"tool_use","id":"t1","name":"f","input":"{}"}]},{"role":"user","content":"x"}]}""", "messages.1.content.0.input"),
+            ($$$"""{"model":{{{m}}},"max_tokens":8,"messages":[{"role":"user","content":"hi"},{"role":"assistant","content":[{"type":"tool_use","name":"f","input":{}}]},{"role":"user","content":"x"}]}""", "messages.1.content.0.id"),
+            ($$$"""{"model":{{{m}}},"max_tokens":8,"messages":[{"role":"user","content":"hi"},{"role":"assistant","content":[{"type":"tool_use","id":"t1","name":"f","input":{}}]},{"role":"user","content":[{"type":"text","text":"a"},{"type":"tool_result","tool_use_id":"t1"}]}]}""", "before any text"),
+            ($$$"""{"model":{{{m}}},"max_tokens":8,"messages":[{"role":"user","content":"hi"},{"role":"assistant","content":[{"type":"tool_use","id":"t1","name":"f","input":{}}]},{"role":"user","content":[{"type":"tool_result","tool_use_id":"t1","content":[{"type":"image"}]}]}]}""", "messages.2.content.0.content.0.type"),
+            ($$$"""{"model":{{{m}}},"max_tokens":8,"messages":[{"role":"user","content":"hi"},{"role":"assistant","content":[{"type":"tool_use","id":"t1","name":"f","input":{}}]},{"role":"user","content":[{"type":"tool_result","tool_use_id":"t1","content":7}]}]}""", "messages.2.content.0.content"),
+            ($$$"""{"model":{{{m}}},"max_tokens":8,"tools":[{"name":"f","input_schema":{}}],"tool_choice":{"type":"any"},"messages":[{"role":"user","content":"hi"},{"role":"assistant","content":"Sure"}]}""", "prefill"),
         ];
     }
 }

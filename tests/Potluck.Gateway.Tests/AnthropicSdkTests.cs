@@ -171,6 +171,100 @@ public sealed class AnthropicSdkTests(PoolFixture pool)
         Assert.Equal(prompt.Length, message.Usage.InputTokens);
     }
 
+    private static Tool WeatherTool => new()
+    {
+        Name = "get_weather",
+        Description = "The current weather in a city.",
+        InputSchema = new InputSchema
+        {
+            Properties = new Dictionary<string, JsonElement>
+            {
+                ["city"] = JsonSerializer.SerializeToElement(new { type = "string", maxLength = 12 }),
+                ["unit"] = JsonSerializer.SerializeToElement(new { type = "string", @enum = new[] { "celsius", "fahrenheit" } }),
+            },
+            Required = ["city", "unit"],
+        },
+    };
+
+    private static void AssertWeatherInput(IReadOnlyDictionary<string, JsonElement> input)
+    {
+        // The random model's free text is gibberish; the grammar still makes the input match the schema.
+        Assert.Equal(JsonValueKind.String, input["city"].ValueKind);
+        Assert.InRange(input["city"].GetString()!.Length, 0, 12);
+        Assert.Contains(input["unit"].GetString(), new[] { "celsius", "fahrenheit" });
+        Assert.Equal(2, input.Count);
+    }
+
+    [Fact]
+    public async Task ToolUseRoundTripStreamedAndNot()
+    {
+        List<MessageParam> conversation = [new UserMessageParam("What is the weather in Paris?")];
+        var ask = Greedy(pool.ModelName, 60, conversation) with { Tools = [WeatherTool], ToolChoice = new ToolChoiceAny() };
+        var called = await Client.Messages.Create(ask);
+        Assert.Equal("tool_use", called.StopReason!.Raw());
+        var use = called.Content.Select(b => b.TryPickToolUse(out var u) ? u : null).Single(u => u is not null)!;
+        Assert.Equal("get_weather", use.Name);
+        Assert.False(string.IsNullOrEmpty(use.ID));
+        AssertWeatherInput(use.Input);
+
+        // Streamed: the same call, its input as input_json_delta pieces that add up to the same JSON.
+        var json = new StringBuilder();
+        string? streamedName = null, streamedStop = null;
+        await foreach (var update in Client.Messages.CreateStreaming(ask))
+        {
+            if (update.TryPickContentBlockStart(out var start) && start.ContentBlock.TryPickToolUse(out var block)) streamedName = block.Name;
+            if (update.TryPickContentBlockDelta(out var delta) && delta.Delta.TryPickInputJson(out var piece)) json.Append(piece.PartialJson);
+            if (update.TryPickDelta(out var messageDelta)) streamedStop = messageDelta.Delta.StopReason?.Raw();
+        }
+        Assert.Equal("get_weather", streamedName);
+        Assert.Equal("tool_use", streamedStop);
+        Assert.Equal(JsonSerializer.Serialize(use.Input), JsonSerializer.Serialize(JsonSerializer.Deserialize<Dictionary<string, JsonElement>>(json.ToString())));
+
+        // The tool's result goes back; the model answers in text.
+        conversation.Add(new AssistantMessageParam(new List<ContentBlockParam>
+        {
+            new ToolUseBlockParam { ID = use.ID, Name = use.Name, Input = use.Input },
+        }));
+        conversation.Add(new UserMessageParam(new List<ContentBlockParam> { new ToolResultBlockParam(use.ID) { Content = "18 C and sunny" } }));
+        var answer = await Client.Messages.Create(Greedy(pool.ModelName, 12, conversation) with { Tools = [WeatherTool] });
+        Assert.True(answer.Usage.InputTokens > called.Usage.InputTokens, "the tool call and its result are in the prompt");
+        Assert.True(answer.StopReason!.Raw() is "end_turn" or "max_tokens" or "tool_use", answer.StopReason.Raw());
+        var streamedAnswer = new StringBuilder();
+        await foreach (var update in Client.Messages.CreateStreaming(Greedy(pool.ModelName, 12, conversation) with { Tools = [WeatherTool] }))
+            if (update.TryPickContentBlockDelta(out var delta) && delta.Delta.TryPickText(out var piece)) streamedAnswer.Append(piece.Text);
+        Assert.Equal(TextOf(answer), streamedAnswer.ToString());
+    }
+
+    [Fact]
+    public async Task ToolsReachThePromptAsForChatCompletions()
+    {
+        // The same tools and tool history through both APIs render the same prompt, and greedy gives the same call.
+        var message = await Client.Messages.Create(Greedy(pool.ModelName, 60, [new UserMessageParam("Weather in Oslo?")]) with
+        {
+            Tools = [WeatherTool],
+            ToolChoice = new ToolChoiceTool("get_weather"),
+        });
+        var body = JsonSerializer.Serialize(new
+        {
+            model = pool.ModelName,
+            max_tokens = 60,
+            temperature = 0,
+            messages = new[] { new { role = "user", content = "Weather in Oslo?" } },
+            tools = new[] { new { type = "function", function = new { name = "get_weather", description = "The current weather in a city.", parameters = WeatherTool.InputSchema } } },
+            tool_choice = new { type = "function", function = new { name = "get_weather" } },
+        });
+        using var response = await pool.Http.PostAsync("v1/chat/completions", new StringContent(body, Encoding.UTF8, "application/json"));
+        var text = await response.Content.ReadAsStringAsync();
+        Assert.True(response.IsSuccessStatusCode, text);
+        using var chat = JsonDocument.Parse(text);
+        Assert.Equal(chat.RootElement.GetProperty("usage").GetProperty("prompt_tokens").GetInt32(), message.Usage.InputTokens);
+        var call = chat.RootElement.GetProperty("choices")[0].GetProperty("message").GetProperty("tool_calls")[0].GetProperty("function");
+        var use = message.Content.Select(b => b.TryPickToolUse(out var u) ? u : null).Single(u => u is not null)!;
+        Assert.Equal(call.GetProperty("name").GetString(), use.Name);
+        Assert.Equal(JsonSerializer.Serialize(JsonSerializer.Deserialize<Dictionary<string, JsonElement>>(call.GetProperty("arguments").GetString()!)),
+            JsonSerializer.Serialize(use.Input));
+    }
+
     [Fact]
     public async Task SdkErrorsAreTypedFromAnthropicsErrorShape()
     {

@@ -1,5 +1,4 @@
 using System.Globalization;
-using System.Text;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Http;
 using Microsoft.Extensions.DependencyInjection;
@@ -58,7 +57,11 @@ public static class AnthropicEndpoints
                 $"prompt is too long: {prompt.Length} tokens in the prompt plus max_tokens {maxTokens} > {contextLength}, this model's context length. " +
                 "Shorten the messages or lower max_tokens.", "max_tokens", "context_length_exceeded"));
 
-        var generationRequest = new GenerationRequest("messages", prompt, maxTokens, OpenAiEndpoints.Sampling(chat, contextLength), chat.Stop, chat.User);
+        // Tool calls and reasoning are parsed from the output as for chat completions, with the same grammars.
+        var output = Chat.ChatOutput.For(chat, model.Tokenizer);
+        var sampling = OpenAiEndpoints.Sampling(chat, contextLength);
+        if (Chat.ToolGrammar.For(chat, Chat.ChatTemplateTraits.For(model.Tokenizer.ChatTemplate)) is { } toolGrammar) sampling = sampling with { Grammar = toolGrammar };
+        var generationRequest = new GenerationRequest("messages", prompt, maxTokens, sampling, chat.Stop, chat.User) { RenderSpecialTokens = output is not null };
         var id = "msg_" + Guid.NewGuid().ToString("N");
         var service = services.GetRequiredService<GenerationService>();
         using var activity = GatewayTelemetry.Source.StartActivity("potluck.gateway.generate");
@@ -88,33 +91,33 @@ public static class AnthropicEndpoints
             context.Response.Headers["x-potluck-session"] = id;
             if (generation.Route is { } route) context.Response.Headers["x-potluck-route"] = route.HeaderValue;
             var responses = new MessagesResponses(context, id, model.Name);
-            if (chat.Stream) return await StreamAsync(generation, responses, services, ct);
+            var answer = new AnswerBlocks(output);
+            if (chat.Stream) return await StreamAsync(generation, responses, answer, services, ct);
 
-            var text = new StringBuilder();
             try
             {
-                await foreach (var piece in generation.RunAsync(ct)) text.Append(piece);
+                await foreach (var piece in generation.RunAsync(ct)) answer.Push(piece);
             }
             catch (Exception e) when (e is PoolUnavailableException or RouteFailedException)
             {
                 throw new ApiErrorException(new ApiError(503, e.Message, ApiError.ServerError, null, "route_failed"));
             }
+            answer.Finish();
             activity?.SetTag("potluck.completion_tokens", generation.CompletionTokens);
-            AnswerBlock[] content = text.Length == 0 ? [] : [AnswerBlock.OfText(text.ToString())];
-            await responses.WriteCompleteAsync(content, StopReason(generation), generation.StopSequence, generation.PromptTokens, generation.CompletionTokens, ct);
+            await responses.WriteCompleteAsync(answer.Blocks, StopReason(generation, answer), generation.StopSequence, generation.PromptTokens, generation.CompletionTokens, ct);
             return "200";
         }
     }
 
-    private static async Task<string> StreamAsync(GenerationRun generation, MessagesResponses responses, IServiceProvider services, CancellationToken ct)
+    private static async Task<string> StreamAsync(GenerationRun generation, MessagesResponses responses, AnswerBlocks answer, IServiceProvider services,
+        CancellationToken ct)
     {
         await responses.StartStreamAsync();
         await responses.WriteMessageStartAsync(generation.PromptTokens, ct);
-        await responses.WriteBlockStartAsync(0, AnswerBlock.OfText(""), ct);
         try
         {
-            await foreach (var piece in generation.RunAsync(ct))
-                await responses.WriteTextDeltaAsync(0, piece, ct);
+            await foreach (var piece in generation.RunAsync(ct)) await answer.WriteAsync(responses, answer.Push(piece), ct);
+            await answer.WriteAsync(responses, answer.Finish(), ct);
         }
         catch (Exception e) when (e is PoolUnavailableException or RouteFailedException)
         {
@@ -122,14 +125,16 @@ public static class AnthropicEndpoints
             await responses.WriteStreamErrorAsync(new ApiError(503, e.Message, ApiError.ServerError, null, "route_failed"), ct);
             return "503";
         }
-        await responses.WriteBlockStopAsync(0, ct);
-        await responses.WriteMessageEndAsync(StopReason(generation), generation.StopSequence, generation.PromptTokens, generation.CompletionTokens, ct);
+        await answer.CloseAsync(responses, ct);
+        await responses.WriteMessageEndAsync(StopReason(generation, answer), generation.StopSequence, generation.PromptTokens, generation.CompletionTokens, ct);
         return "200";
     }
 
-    private static string StopReason(GenerationRun generation) => generation.Finish switch
+    /// <summary>max_tokens when cut off (even inside a call), else tool_use when the model called a tool.</summary>
+    private static string StopReason(GenerationRun generation, AnswerBlocks answer) => generation.Finish switch
     {
         FinishReason.Length => "max_tokens",
+        _ when answer.HasToolUse => "tool_use",
         _ when generation.StopSequence is not null => "stop_sequence",
         _ => "end_turn",
     };

@@ -1,6 +1,7 @@
 using System.Text;
 using System.Text.Json;
 using System.Text.Unicode;
+using Potluck.Gateway.Chat;
 
 namespace Potluck.Gateway.Api.Anthropic;
 
@@ -52,6 +53,9 @@ public static class MessagesRequestParser
             // Anthropic requires max_tokens: there is no "until the context is full" default.
             var maxTokens = OptionalInt(root, "max_tokens", 1, int.MaxValue) ?? throw Missing("max_tokens");
             var (messages, prefill) = ParseMessages(root);
+            var (tools, toolChoice, parallel) = ParseTools(root);
+            if (prefill is not null && toolChoice.Mode is ToolChoiceMode.Required or ToolChoiceMode.Named)
+                throw Error("messages: a final assistant turn (prefill) cannot be combined with tool_choice 'any' or 'tool', which force a tool call.", "messages");
             var system = ParseSystem(root);
             if (system is not null) messages.Insert(0, new ChatMessage("system", system));
             ParseThinking(root);
@@ -73,6 +77,9 @@ public static class MessagesRequestParser
                 Stop = ParseStopSequences(root),
                 Stream = stream,
                 User = ParseMetadata(root),
+                Tools = tools,
+                ToolChoice = toolChoice,
+                ParallelToolCalls = parallel,
             };
             return new MessagesRequest(chat, prefill);
         }
@@ -87,6 +94,8 @@ public static class MessagesRequestParser
         if (count > MaxMessages) throw Error($"messages: at most {MaxMessages} messages are allowed.", "messages");
 
         var list = new List<ChatMessage>(count);
+        // Tool names by tool_use id, for tool results (some templates print the tool's name with its result).
+        var callNames = new Dictionary<string, string>(StringComparer.Ordinal);
         string? prefill = null;
         var index = 0;
         foreach (var message in messages.EnumerateArray())
@@ -95,38 +104,48 @@ public static class MessagesRequestParser
             if (message.ValueKind != JsonValueKind.Object) throw WrongType(at, "an object");
             var role = RequiredString(message, "role", 32, at + ".role");
             if (role is not ("user" or "assistant" or "system")) throw Error($"{at}.role: must be 'user', 'assistant' or 'system'.", at + ".role");
-            var text = ParseContent(message, at, role);
-            var last = index == count - 1;
-            if (role == "assistant" && last)
+            var turn = ParseContent(message, at, role, callNames);
+            if (role == "assistant" && index == count - 1 && turn.Calls.Count == 0)
             {
-                // A final assistant turn is a prefill: the model's answer continues it.
-                if (text.Length > 0 && char.IsWhiteSpace(text[^1]))
+                // A final assistant turn of text is a prefill: the model's answer continues it.
+                if (turn.Text.Length > 0 && char.IsWhiteSpace(turn.Text[^1]))
                     throw Error($"{at}.content: final assistant content cannot end with trailing whitespace.", at + ".content");
-                if (text.Length > 0) prefill = text;
+                if (turn.Text.Length > 0) prefill = turn.Text;
+                index++;
+                continue;
             }
-            else if (list.Count > 0 && list[^1].Role == role)
-            {
-                // Consecutive turns of one role are combined into one, as Anthropic's API does.
-                list[^1] = list[^1] with { Content = list[^1].Content + "\n\n" + text };
-            }
-            else
-            {
-                list.Add(new ChatMessage(role, text));
-            }
+            foreach (var result in turn.Results) list.Add(result);
+            if (role == "assistant") Add(list, new ChatMessage("assistant", turn.Text) { ToolCalls = turn.Calls });
+            // A user turn of only tool results has no user message of its own.
+            else if (turn.Results.Count == 0 || turn.Text.Length > 0) Add(list, new ChatMessage(role, turn.Text));
             index++;
         }
-        if (list.Count == 0) throw Error("messages: the conversation needs a user turn before a final assistant turn.", "messages");
+        if (!list.Exists(m => m.Role is "user" or "tool"))
+            throw Error("messages: the conversation needs a user turn before a final assistant turn.", "messages");
         return (list, prefill);
     }
 
-    private static string ParseContent(JsonElement message, string at, string role)
+    /// <summary>Consecutive plain turns of one role are combined into one, as Anthropic's API does.</summary>
+    private static void Add(List<ChatMessage> list, ChatMessage message)
+    {
+        if (list.Count > 0 && list[^1] is { ToolCalls.Count: 0, ToolCallId: null } last && last.Role == message.Role && message.ToolCalls.Count == 0)
+            list[^1] = last with { Content = last.Content + "\n\n" + message.Content };
+        else
+            list.Add(message);
+    }
+
+    private sealed record Turn(string Text, IReadOnlyList<ToolCall> Calls, IReadOnlyList<ChatMessage> Results);
+
+    private static Turn ParseContent(JsonElement message, string at, string role, Dictionary<string, string> callNames)
     {
         var where = at + ".content";
         if (!Present(message, "content", out var content)) throw Missing(where);
-        if (content.ValueKind == JsonValueKind.String) return Text(content, where);
+        if (content.ValueKind == JsonValueKind.String) return new Turn(Text(content, where), [], []);
         if (content.ValueKind != JsonValueKind.Array) throw WrongType(where, "a string or an array of content blocks");
         if (content.GetArrayLength() > MaxBlocksPerMessage) throw Error($"{where}: at most {MaxBlocksPerMessage} content blocks are allowed.", where);
         var text = new StringBuilder();
+        var calls = new List<ToolCall>();
+        var results = new List<ChatMessage>();
         var i = 0;
         foreach (var block in content.EnumerateArray())
         {
@@ -138,21 +157,156 @@ public static class MessagesRequestParser
                 case "text":
                     text.Append(RequiredText(block, "text", blockAt + ".text"));
                     break;
+                case not "text" when role == "system":
+                    throw Error($"{blockAt}.type: system messages take only 'text' blocks.", blockAt + ".type");
                 case "thinking" or "redacted_thinking" when role == "assistant":
                     // Earlier reasoning is not shown to the model again (chat templates drop it from history too).
                     break;
-                case not "text" when role == "system":
-                    throw Error($"{blockAt}.type: system messages take only 'text' blocks.", blockAt + ".type");
+                case "tool_use" when role == "assistant":
+                    if (calls.Count >= CompletionRequestParser.MaxToolCallsPerMessage)
+                        throw Error($"{where}: at most {CompletionRequestParser.MaxToolCallsPerMessage} tool_use blocks are allowed.", where);
+                    var call = ParseToolUse(block, blockAt);
+                    callNames[call.Id] = call.Name;
+                    calls.Add(call);
+                    break;
+                case "tool_result" when role == "user":
+                    if (text.Length > 0) throw Error($"{blockAt}: tool_result blocks must come before any text in a user turn.", blockAt);
+                    results.Add(ParseToolResult(block, blockAt, callNames));
+                    break;
+                case "tool_use" or "tool_result":
+                    throw Error($"{blockAt}.type: '{type}' blocks belong in {(type == "tool_use" ? "assistant" : "user")} messages.", blockAt + ".type");
                 case "image" or "document":
                     throw Error($"{blockAt}.type: '{type}' blocks are not supported; this model takes text only.", blockAt + ".type");
-                case "tool_use" or "tool_result":
-                    throw Error($"{blockAt}.type: '{type}' blocks are not supported yet.", blockAt + ".type");
                 default:
                     throw Error($"{blockAt}.type: unknown content block type '{type}' for a {role} message.", blockAt + ".type");
             }
             i++;
         }
-        return text.ToString();
+        return new Turn(text.ToString(), calls.Count == 0 ? Array.Empty<ToolCall>() : calls, results);
+    }
+
+    private static ToolCall ParseToolUse(JsonElement block, string at)
+    {
+        var id = RequiredString(block, "id", CompletionRequestParser.MaxNameLength, at + ".id");
+        var name = ToolName(block, at + ".name");
+        if (!Present(block, "input", out var input)) throw Missing(at + ".input");
+        if (input.ValueKind != JsonValueKind.Object) throw WrongType(at + ".input", "an object");
+        return new ToolCall(id, name, input.GetRawText());
+    }
+
+    /// <summary>A tool_result becomes a tool message answering its call; an error result says so in its text.</summary>
+    private static ChatMessage ParseToolResult(JsonElement block, string at, Dictionary<string, string> callNames)
+    {
+        var id = RequiredString(block, "tool_use_id", CompletionRequestParser.MaxNameLength, at + ".tool_use_id");
+        if (!callNames.TryGetValue(id, out var name))
+            throw Error($"{at}.tool_use_id: no earlier tool_use block has the id '{id}'.", at + ".tool_use_id");
+        var text = "";
+        if (Present(block, "content", out var content))
+        {
+            if (content.ValueKind == JsonValueKind.String) text = Text(content, at + ".content");
+            else if (content.ValueKind == JsonValueKind.Array)
+            {
+                var builder = new StringBuilder();
+                var i = 0;
+                foreach (var part in content.EnumerateArray())
+                {
+                    var partAt = $"{at}.content.{i++}";
+                    if (part.ValueKind != JsonValueKind.Object) throw WrongType(partAt, "an object");
+                    var type = RequiredString(part, "type", 64, partAt + ".type");
+                    if (type != "text") throw Error($"{partAt}.type: tool results take only 'text' blocks here; '{type}' is not supported.", partAt + ".type");
+                    builder.Append(RequiredText(part, "text", partAt + ".text"));
+                }
+                text = builder.ToString();
+            }
+            else throw WrongType(at + ".content", "a string or an array of text blocks");
+        }
+        if (OptionalBool(block, "is_error", at + ".is_error") == true) text = "Error: " + text;
+        return new ChatMessage("tool", text) { ToolCallId = id, Name = name };
+    }
+
+    /// <summary>Anthropic's rule for tool names: 1 to 64 of a-z, A-Z, 0-9, '_' and '-'.</summary>
+    private static string ToolName(JsonElement owner, string field)
+    {
+        if (!Present(owner, "name", out var value)) throw Missing(field);
+        if (value.ValueKind != JsonValueKind.String) throw WrongType(field, "a string");
+        var name = Text(value, field);
+        if (name.Length is 0 or > 64 || !name.All(c => char.IsAsciiLetterOrDigit(c) || c is '_' or '-'))
+            throw Error($"{field}: must be 1 to 64 characters of a-z, A-Z, 0-9, '_' and '-'.", field);
+        return name;
+    }
+
+    private static (IReadOnlyList<ToolDefinition> Tools, ToolChoice Choice, bool Parallel) ParseTools(JsonElement root)
+    {
+        var tools = new List<ToolDefinition>();
+        if (Present(root, "tools", out var toolsElement))
+        {
+            if (toolsElement.ValueKind != JsonValueKind.Array) throw WrongType("tools", "an array");
+            if (toolsElement.GetArrayLength() > CompletionRequestParser.MaxTools)
+                throw Error($"tools: at most {CompletionRequestParser.MaxTools} tools are allowed.", "tools");
+            var i = 0;
+            foreach (var tool in toolsElement.EnumerateArray()) tools.Add(ParseTool(tool, $"tools.{i++}"));
+        }
+        var names = new HashSet<string>(StringComparer.Ordinal);
+        foreach (var tool in tools)
+            if (!names.Add(tool.Name)) throw Error($"tools: two tools are named '{tool.Name}'; tool names must be unique.", "tools");
+
+        if (!Present(root, "tool_choice", out var choice)) return (tools, tools.Count == 0 ? ToolChoice.None : ToolChoice.Auto, true);
+        if (choice.ValueKind != JsonValueKind.Object) throw WrongType("tool_choice", "an object");
+        var type = RequiredString(choice, "type", 64, "tool_choice.type");
+        var parallel = OptionalBool(choice, "disable_parallel_tool_use", "tool_choice.disable_parallel_tool_use") != true;
+        ToolChoice result = type switch
+        {
+            "auto" => ToolChoice.Auto,
+            "none" => ToolChoice.None,
+            "any" => new ToolChoice(ToolChoiceMode.Required),
+            "tool" => new ToolChoice(ToolChoiceMode.Named, ToolName(choice, "tool_choice.name")),
+            _ => throw Error("tool_choice.type: must be 'auto', 'any', 'tool' or 'none'.", "tool_choice.type"),
+        };
+        if (result.Mode is ToolChoiceMode.Required or ToolChoiceMode.Named && tools.Count == 0)
+            throw Error($"tool_choice: '{type}' asks for a tool call, but no tools were given.", "tool_choice");
+        if (result.Name is { } named && !names.Contains(named))
+            throw Error($"tool_choice.name: the tool '{named}' is not among the tools given.", "tool_choice.name");
+        return (tools, result, parallel);
+    }
+
+    /// <summary>A client tool: name, description, input_schema. It is shown to the template as the OpenAI tool the same function would be.</summary>
+    private static ToolDefinition ParseTool(JsonElement tool, string at)
+    {
+        if (tool.ValueKind != JsonValueKind.Object) throw WrongType(at, "an object");
+        if (Present(tool, "type", out var typeElement))
+        {
+            if (typeElement.ValueKind != JsonValueKind.String) throw WrongType(at + ".type", "a string");
+            var type = Text(typeElement, at + ".type");
+            if (type != "custom")
+                throw Error($"{at}.type: '{(type.Length <= 64 ? type : type[..64] + "...")}' tools run on Anthropic's servers; this gateway supports only client tools ('custom').", at + ".type");
+        }
+        var name = ToolName(tool, at + ".name");
+        string? description = null;
+        if (Present(tool, "description", out var d))
+        {
+            if (d.ValueKind != JsonValueKind.String) throw WrongType(at + ".description", "a string");
+            description = Text(d, at + ".description");
+        }
+        if (!Present(tool, "input_schema", out var schema)) throw Missing(at + ".input_schema");
+        if (schema.ValueKind != JsonValueKind.Object) throw WrongType(at + ".input_schema", "a JSON Schema object");
+        var parameters = schema.GetRawText();
+        using var buffer = new MemoryStream();
+        using (var json = new Utf8JsonWriter(buffer))
+        {
+            json.WriteStartObject();
+            json.WriteString("type", "function");
+            json.WriteStartObject("function");
+            json.WriteString("name", name);
+            if (description is not null) json.WriteString("description", description);
+            json.WritePropertyName("parameters");
+            schema.WriteTo(json);
+            json.WriteEndObject();
+            json.WriteEndObject();
+        }
+        var toolJson = Encoding.UTF8.GetString(buffer.GetBuffer(), 0, (int)buffer.Length);
+        if (toolJson.Length > CompletionRequestParser.MaxToolJsonCharacters)
+            throw Error($"{at}: at most {CompletionRequestParser.MaxToolJsonCharacters} characters of JSON per tool.", at);
+        return new ToolDefinition(name, description, parameters, toolJson);
     }
 
     /// <summary>The system prompt: a string or an array of text blocks; null when absent or empty.</summary>

@@ -5,7 +5,7 @@ using Microsoft.AspNetCore.Http;
 
 namespace Potluck.Gateway.Api.Anthropic;
 
-/// <summary>One content block of an answer: text, or a tool call with its input as JSON text of an object.</summary>
+/// <summary>One content block of an answer: text, thinking (the model's reasoning), or a tool call with its input as JSON text of an object.</summary>
 public sealed record AnswerBlock(string Type, string? Text = null, string? ToolUseId = null, string? ToolName = null, string? InputJson = null)
 {
     public static AnswerBlock OfText(string text) => new("text", Text: text);
@@ -67,9 +67,9 @@ internal sealed class MessagesResponses(HttpContext context, string id, string m
         _json.WriteString("type", "content_block_start");
         _json.WriteNumber("index", index);
         _json.WritePropertyName("content_block");
-        if (block.Type == "text")
+        if (block.Type != "tool_use")
         {
-            WriteBlock(AnswerBlock.OfText(""));
+            WriteBlock(new AnswerBlock(block.Type, Text: ""));
         }
         else
         {
@@ -87,6 +87,8 @@ internal sealed class MessagesResponses(HttpContext context, string id, string m
     }
 
     public ValueTask<FlushResult> WriteTextDeltaAsync(int index, string text, CancellationToken ct) => WriteDeltaAsync(index, "text_delta", "text", text, ct);
+
+    public ValueTask<FlushResult> WriteThinkingDeltaAsync(int index, string text, CancellationToken ct) => WriteDeltaAsync(index, "thinking_delta", "thinking", text, ct);
 
     public ValueTask<FlushResult> WriteInputJsonDeltaAsync(int index, string partialJson, CancellationToken ct) =>
         WriteDeltaAsync(index, "input_json_delta", "partial_json", partialJson, ct);
@@ -189,6 +191,12 @@ internal sealed class MessagesResponses(HttpContext context, string id, string m
         if (block.Type == "text")
         {
             _json.WriteString("text", block.Text);
+        }
+        else if (block.Type == "thinking")
+        {
+            _json.WriteString("thinking", block.Text);
+            // Anthropic signs its thinking so it can be sent back unchanged; this gateway drops it from history instead.
+            _json.WriteString("signature", "");
         }
         else
         {

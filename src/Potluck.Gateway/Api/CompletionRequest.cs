@@ -50,6 +50,8 @@ public sealed record CompletionRequest
     public IReadOnlyList<ToolDefinition> Tools { get; init; } = [];
     public ToolChoice ToolChoice { get; init; } = ToolChoice.Auto;
     public bool ParallelToolCalls { get; init; } = true;
+    /// <summary>From response_format: the grammar every sampled token must follow; null for free text.</summary>
+    public Potluck.Inference.Text.GrammarSpec? Grammar { get; init; }
 }
 
 /// <summary>
@@ -148,6 +150,7 @@ public static partial class CompletionRequestParser
                 IncludeUsage = includeUsage,
                 User = user,
                 IgnoreEos = OptionalBool(root, "ignore_eos") ?? false,
+                Grammar = ParseResponseFormat(root),
             };
         }
     }

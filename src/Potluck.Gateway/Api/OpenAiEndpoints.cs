@@ -223,6 +223,7 @@ public static class OpenAiEndpoints
             // OpenAI's penalties look at everything generated so far.
             PenaltyLastN = contextLength,
             Seed = seed,
+            Grammar = request.Grammar,
         };
     }
 

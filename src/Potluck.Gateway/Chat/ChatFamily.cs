@@ -35,7 +35,8 @@ public sealed record ChatTemplateTraits(ChatFamily Family, bool Thinking, bool Q
                  || (template.Contains("<|start_header_id|>", StringComparison.Ordinal) && template.Contains("ipython", StringComparison.Ordinal)))
             family = ChatFamily.Llama3;
         else family = ChatFamily.Generic;
-        var thinking = family == ChatFamily.GptOss || template.Contains("<think>", StringComparison.Ordinal);
+        // DeepSeek-R1 templates may only strip "</think>" from history; the models still write <think> blocks.
+        var thinking = family is ChatFamily.GptOss or ChatFamily.DeepSeek || template.Contains("<think>", StringComparison.Ordinal);
         // DeepSeek-R1 (and some Qwen3 finetunes) end the generation prompt with "<think>\n": output starts inside reasoning.
         var opensThink = family == ChatFamily.DeepSeek && template.Contains("<｜Assistant｜><think>", StringComparison.Ordinal);
         return new ChatTemplateTraits(family, thinking, template.Contains("You are Qwen, created by Alibaba Cloud", StringComparison.Ordinal), opensThink);

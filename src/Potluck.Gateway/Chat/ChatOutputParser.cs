@@ -121,12 +121,12 @@ public sealed partial class ChatOutputParser
                     {
                         var trimmed = text.TrimStart();
                         if (trimmed.Length == 0 && !final) return;
-                        if (_tools && StartObject() is { } prefix)
+                        if (_tools && StartObjects() is { } prefixes)
                         {
                             // Llama 3 and the generic format start a call with a bare JSON object.
-                            var compact = Compact(trimmed, prefix.Length + 8);
-                            if (!final && prefix.StartsWith(compact, StringComparison.Ordinal)) return;
-                            if (compact.StartsWith(prefix, StringComparison.Ordinal))
+                            var compact = Compact(trimmed, 24);
+                            if (!final && prefixes.Any(p => p.StartsWith(compact, StringComparison.Ordinal))) return;
+                            if (prefixes.Any(p => compact.StartsWith(p, StringComparison.Ordinal)))
                             {
                                 _state = State.ToolTail;
                                 return;
@@ -246,12 +246,15 @@ public sealed partial class ChatOutputParser
     private static partial Regex HarmonyMarker();
 
     /// <summary>The bare-object opening that starts a call at the start of output, if the family has one.</summary>
-    private string? StartObject() => _traits.Family switch
+    private string[]? StartObjects() => _traits.Family switch
     {
-        ChatFamily.Llama3 => "{\"name\":",
-        ChatFamily.Generic => "{\"tool_calls\":",
+        ChatFamily.Llama3 => LlamaStarts,
+        ChatFamily.Generic => GenericStarts,
         _ => null,
     };
+
+    private static readonly string[] LlamaStarts = ["{\"name\":", "{\"type\":\"function\""];
+    private static readonly string[] GenericStarts = ["{\"tool_calls\":"];
 
     /// <summary>The first characters of <paramref name="text"/> without whitespace, to match an object's opening however it is spaced.</summary>
     private static string Compact(string text, int length)

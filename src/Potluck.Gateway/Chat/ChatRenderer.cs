@@ -73,7 +73,7 @@ public static class ChatRenderer
             ChatFamily.Llama3 => Llama3(messages, tools, options),
             ChatFamily.Mistral => Mistral(messages, tools, options),
             ChatFamily.GptOss => GptOss(messages, tools, options),
-            ChatFamily.DeepSeek => DeepSeek(messages, tools, options),
+            ChatFamily.DeepSeek => DeepSeek(traits, messages, tools, options),
             _ => Generic(messages, tools),
         };
 
@@ -459,7 +459,7 @@ public static class ChatRenderer
     }
 
     // ---- DeepSeek R1 / V3 ----
-    private static RenderedChat DeepSeek(IReadOnlyList<ChatMessage> messages, IReadOnlyList<ToolDefinition> tools, ChatRenderOptions options)
+    private static RenderedChat DeepSeek(ChatTemplateTraits traits, IReadOnlyList<ChatMessage> messages, IReadOnlyList<ToolDefinition> tools, ChatRenderOptions options)
     {
         var r = new RenderedChat();
         if (options.BosText is { } bos) r.Markup(bos);
@@ -497,7 +497,8 @@ public static class ChatRenderer
                     var content = m.Content;
                     var end = content.LastIndexOf("</think>", StringComparison.Ordinal);
                     if (end >= 0) content = content[(end + 8)..];
-                    r.Markup(inTool ? "<｜tool▁outputs▁end｜>" : "").Markup("<｜Assistant｜>").Content(content).Markup("<｜end▁of▁sentence｜>");
+                    // After tool outputs the answer follows the outputs' end marker directly.
+                    r.Markup(inTool ? "<｜tool▁outputs▁end｜>" : "<｜Assistant｜>").Content(content).Markup("<｜end▁of▁sentence｜>");
                     inTool = false;
                     break;
                 }
@@ -508,7 +509,7 @@ public static class ChatRenderer
             }
         }
         if (inTool) r.Markup("<｜tool▁outputs▁end｜>");
-        if (options.AddGenerationPrompt) r.Markup("<｜Assistant｜><think>\n");
+        else if (options.AddGenerationPrompt) r.Markup(traits.GenerationPromptOpensThink ? "<｜Assistant｜><think>\n" : "<｜Assistant｜>");
         return r;
     }
 

@@ -2,6 +2,7 @@ using System.Text;
 using System.Text.Json;
 using System.Text.RegularExpressions;
 using Potluck.Gateway.Api;
+using Potluck.Gateway.Grammar;
 using Potluck.Inference.Text;
 
 namespace Potluck.Gateway.Chat;
@@ -78,12 +79,23 @@ public static class ToolGrammar
         };
     }
 
-    /// <summary>Rules for a tool's arguments: a JSON object (the schema's own constraints come from JsonSchemaGrammar once merged).</summary>
+    /// <summary>Rules for a tool's arguments from its parameter schema (JsonSchemaGrammar); unsupported schema features are a 400.</summary>
     private static string ArgumentRules(ToolDefinition tool, string rule, string param)
     {
-        _ = param;
         using var schema = JsonDocument.Parse(tool.ParametersJson);
-        return $"{rule} ::= json-object\n";
+        // "parameters": {} (or no properties) allows any object, as OpenAI treats it.
+        var root = schema.RootElement;
+        if (!root.EnumerateObject().Any() || (root.TryGetProperty("type", out var type) && type.ValueKind == JsonValueKind.String && type.GetString() == "object"
+                && !root.TryGetProperty("properties", out _) && !root.TryGetProperty("additionalProperties", out _)))
+            return $"{rule} ::= json-object\n";
+        try
+        {
+            return JsonSchemaGrammar.ToGbnf(root, rule);
+        }
+        catch (JsonSchemaGrammarException e)
+        {
+            throw new ApiErrorException(ApiError.BadRequest($"Invalid schema for '{param}': {e.Message}", param, "unsupported_schema"));
+        }
     }
 
     /// <summary>Generic JSON, with bounded whitespace so a random model cannot spin in blanks.</summary>

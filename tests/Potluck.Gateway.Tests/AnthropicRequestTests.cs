@@ -2,6 +2,7 @@ using System.Text;
 using System.Text.Json;
 using Potluck.Gateway.Api;
 using Potluck.Gateway.Api.Anthropic;
+using Potluck.Gateway.Chat;
 
 namespace Potluck.Gateway.Tests;
 
@@ -79,13 +80,13 @@ public sealed class AnthropicRequestTests
             Assert.Equal("string", tool.RootElement.GetProperty("function").GetProperty("parameters").GetProperty("properties").GetProperty("city").GetProperty("type").GetString());
         }
         Assert.Equal("""{"type":"object"}""", request.Tools[1].ParametersJson);
-        Assert.Equal(new Chat.ToolChoice(Chat.ToolChoiceMode.Named, "get_weather"), request.ToolChoice);
+        Assert.Equal(new ToolChoice(ToolChoiceMode.Named, "get_weather"), request.ToolChoice);
         Assert.False(request.ParallelToolCalls);
 
         var m = request.Messages;
         Assert.Equal(["user", "assistant", "tool", "user", "assistant", "tool"], m.Select(x => x.Role));
         Assert.Equal("Checking.", m[1].Content);
-        Assert.Equal([new Chat.ToolCall("toolu_1", "get_weather", """{"city":"Paris"}""")], m[1].ToolCalls);
+        Assert.Equal([new ToolCall("toolu_1", "get_weather", """{"city":"Paris"}""")], m[1].ToolCalls);
         Assert.Equal(("18 C", "toolu_1", "get_weather"), (m[2].Content, m[2].ToolCallId, m[2].Name));
         Assert.Equal("And now?", m[3].Content);
         Assert.Equal("", m[4].Content);
@@ -93,15 +94,28 @@ public sealed class AnthropicRequestTests
     }
 
     [Fact]
+    public void OutputConfigFormatBecomesASchemaGrammarAndEffortIsAccepted()
+    {
+        var request = Parse("""
+            {"model":"m","max_tokens":5,"messages":[{"role":"user","content":"hi"}],
+             "output_config":{"effort":"low","format":{"type":"json_schema","schema":{"type":"object","properties":{"n":{"type":"integer"}},"required":["n"]}}}}
+            """).Chat;
+        Assert.NotNull(request.Grammar);
+        Assert.Contains("root ::=", request.Grammar!.Gbnf);
+        Assert.NotNull(Parse("""{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"hi"}],"output_format":{"type":"json_schema","schema":{"type":"string"}}}""").Chat.Grammar);
+        Assert.Null(Parse("""{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"hi"}],"output_config":{"effort":"high"}}""").Chat.Grammar);
+    }
+
+    [Fact]
     public void ToolChoiceDefaultsAndModesMapToOpenAis()
     {
         const string tools = """ "tools":[{"name":"f","input_schema":{"type":"object"}}],"messages":[{"role":"user","content":"hi"}] """;
-        Chat.ToolChoice Choice(string extra) => Parse($$"""{"model":"m","max_tokens":5,{{tools}}{{extra}}}""").Chat.ToolChoice;
-        Assert.Equal(Chat.ToolChoice.Auto, Choice(""));
-        Assert.Equal(Chat.ToolChoice.Auto, Choice(""","tool_choice":{"type":"auto"}"""));
-        Assert.Equal(Chat.ToolChoice.None, Choice(""","tool_choice":{"type":"none"}"""));
-        Assert.Equal(new Chat.ToolChoice(Chat.ToolChoiceMode.Required), Choice(""","tool_choice":{"type":"any"}"""));
-        Assert.Equal(Chat.ToolChoice.None, Parse("""{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"hi"}]}""").Chat.ToolChoice);
+        ToolChoice Choice(string extra) => Parse($$"""{"model":"m","max_tokens":5,{{tools}}{{extra}}}""").Chat.ToolChoice;
+        Assert.Equal(ToolChoice.Auto, Choice(""));
+        Assert.Equal(ToolChoice.Auto, Choice(""","tool_choice":{"type":"auto"}"""));
+        Assert.Equal(ToolChoice.None, Choice(""","tool_choice":{"type":"none"}"""));
+        Assert.Equal(new ToolChoice(ToolChoiceMode.Required), Choice(""","tool_choice":{"type":"any"}"""));
+        Assert.Equal(ToolChoice.None, Parse("""{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"hi"}]}""").Chat.ToolChoice);
     }
 
     [Theory]
@@ -176,6 +190,13 @@ public sealed class AnthropicRequestTests
             (With("\"thinking\":{\"type\":\"sometimes\"}"), "thinking.type"),
             (With("\"service_tier\":\"priority\""), "service_tier"),
             (With("\"container\":\"container_1\""), "container"),
+            (With("\"output_config\":\"json\""), "output_config"),
+            (With("\"output_config\":{\"effort\":\"extreme\"}"), "output_config.effort"),
+            (With("\"output_config\":{\"format\":{\"type\":\"xml\"}}"), "output_config.format.type"),
+            (With("\"output_config\":{\"format\":{\"type\":\"json_schema\"}}"), "output_config.format.schema"),
+            (With("\"output_config\":{\"format\":{\"type\":\"json_schema\",\"schema\":true}}"), "output_config.format.schema"),
+            (With("\"output_config\":{\"format\":{\"type\":\"json_schema\",\"schema\":{\"type\":\"frobnicate\"}}}"), "output_config.format.schema"),
+            (With("\"output_format\":{\"type\":\"json_schema\",\"schema\":{}},\"output_config\":{\"format\":{\"type\":\"json_schema\",\"schema\":{}}}"), "not both"),
             (With("\"mcp_servers\":[{\"type\":\"url\",\"url\":\"https://example.com\",\"name\":\"x\"}]"), "mcp_servers"),
             ($$$"""{"model":"{{{new string('m', 300)}}}","max_tokens":8,"messages":{{{user}}}}""", "model"),
             (With("\"tools\":{\"name\":\"f\"}"), "tools"),

@@ -261,6 +261,23 @@ public sealed class AnthropicSdkTests(PoolFixture pool)
     }
 
     [Fact]
+    public async Task StructuredOutputFromOutputConfigValidatesAgainstTheSchema()
+    {
+        const string schemaText =
+            """{"type":"object","properties":{"name":{"type":"string","maxLength":8},"age":{"type":"integer","minimum":0,"maximum":120},"tags":{"type":"array","items":{"enum":["a","b"]},"maxItems":2}},"required":["name","age","tags"],"additionalProperties":false}""";
+        var schema = JsonSerializer.Deserialize<Dictionary<string, JsonElement>>(schemaText)!;
+        var message = await Client.Messages.Create(Greedy(pool.ModelName, 80, [new UserMessageParam("Describe a person")]) with
+        {
+            OutputConfig = new OutputConfig { Format = new JsonOutputFormat { Schema = schema } },
+        });
+        // The random model's text is gibberish, yet the grammar makes it valid JSON matching the schema.
+        Assert.Equal("end_turn", message.StopReason!.Raw());
+        using var answer = JsonDocument.Parse(TextOf(message));
+        var result = global::Json.Schema.JsonSchema.FromText(schemaText).Evaluate(answer.RootElement);
+        Assert.True(result.IsValid, TextOf(message));
+    }
+
+    [Fact]
     public async Task SdkErrorsAreTypedFromAnthropicsErrorShape()
     {
         var notFound = await Assert.ThrowsAsync<AnthropicNotFoundException>(() => Client.Messages.Create(new MessageCreateParams

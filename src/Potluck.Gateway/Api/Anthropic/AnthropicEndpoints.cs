@@ -60,7 +60,9 @@ public static class AnthropicEndpoints
         // Tool calls and reasoning are parsed from the output as for chat completions, with the same grammars.
         var output = Chat.ChatOutput.For(chat, model.Tokenizer);
         var sampling = OpenAiEndpoints.Sampling(chat, contextLength);
-        if (Chat.ToolGrammar.For(chat, Chat.ChatTemplateTraits.For(model.Tokenizer.ChatTemplate)) is { } toolGrammar) sampling = sampling with { Grammar = toolGrammar };
+        // An output_config.format grammar (chat.Grammar, in sampling already) takes precedence, as response_format does.
+        if (sampling.Grammar is null && Chat.ToolGrammar.For(chat, Chat.ChatTemplateTraits.For(model.Tokenizer.ChatTemplate)) is { } toolGrammar)
+            sampling = sampling with { Grammar = toolGrammar };
         var generationRequest = new GenerationRequest("messages", prompt, maxTokens, sampling, chat.Stop, chat.User) { RenderSpecialTokens = output is not null };
         var id = "msg_" + Guid.NewGuid().ToString("N");
         var service = services.GetRequiredService<GenerationService>();

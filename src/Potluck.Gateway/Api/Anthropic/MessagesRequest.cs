@@ -2,6 +2,8 @@ using System.Text;
 using System.Text.Json;
 using System.Text.Unicode;
 using Potluck.Gateway.Chat;
+using Potluck.Gateway.Grammar;
+using Potluck.Inference.Text;
 
 namespace Potluck.Gateway.Api.Anthropic;
 
@@ -25,7 +27,8 @@ public static class MessagesRequestParser
     public const int MaxBlocksPerMessage = 1024;
 
     // Fields of Anthropic's API that would change the answer and that this gateway cannot honour.
-    private static readonly string[] UnsupportedFields = ["container", "mcp_servers", "context_management", "output_format", "output_config"];
+    private static readonly string[] UnsupportedFields = ["container", "mcp_servers", "context_management"];
+    private static readonly string[] Efforts = ["low", "medium", "high", "xhigh", "max"];
 
     public static MessagesRequest Parse(ReadOnlyMemory<byte> body)
     {
@@ -80,6 +83,7 @@ public static class MessagesRequestParser
                 Tools = tools,
                 ToolChoice = toolChoice,
                 ParallelToolCalls = parallel,
+                Grammar = ParseOutputFormat(root),
             };
             return new MessagesRequest(chat, prefill);
         }
@@ -350,6 +354,44 @@ public static class MessagesRequestParser
             stops.Add(text);
         }
         return stops;
+    }
+
+    /// <summary>
+    /// Structured output: output_config.format (or the older top-level output_format) {"type": "json_schema", "schema"}
+    /// constrains sampling with the schema's grammar, as response_format does for chat completions. output_config.effort
+    /// is checked and not used: it tunes Claude's reasoning, which this gateway does not budget.
+    /// </summary>
+    private static GrammarSpec? ParseOutputFormat(JsonElement root)
+    {
+        JsonElement format = default;
+        var at = "output_format";
+        var hasFormat = Present(root, "output_format", out format);
+        if (Present(root, "output_config", out var config))
+        {
+            if (config.ValueKind != JsonValueKind.Object) throw WrongType("output_config", "an object");
+            if (Present(config, "effort", out var effort)
+                && (effort.ValueKind != JsonValueKind.String || !Efforts.Contains(Text(effort, "output_config.effort"))))
+                throw Error($"output_config.effort: must be one of {string.Join(", ", Efforts.Select(e => $"'{e}'"))}.", "output_config.effort");
+            if (Present(config, "format", out var inner))
+            {
+                if (hasFormat) throw Error("output_format: send either output_format or output_config.format, not both.", "output_format");
+                (format, at, hasFormat) = (inner, "output_config.format", true);
+            }
+        }
+        if (!hasFormat) return null;
+        if (format.ValueKind != JsonValueKind.Object) throw WrongType(at, "an object");
+        var type = RequiredString(format, "type", 64, at + ".type");
+        if (type != "json_schema") throw Error($"{at}.type: must be 'json_schema'.", at + ".type");
+        if (!Present(format, "schema", out var schema)) throw Missing(at + ".schema");
+        if (schema.ValueKind != JsonValueKind.Object) throw WrongType(at + ".schema", "a JSON Schema object");
+        try
+        {
+            return new GrammarSpec(JsonSchemaGrammar.ToRootGbnf(schema));
+        }
+        catch (JsonSchemaGrammarException e)
+        {
+            throw Error($"{at}.schema: {e.Message}.", at + ".schema");
+        }
     }
 
     /// <summary>metadata.user_id becomes the session's user, as OpenAI's 'user' does; nothing else in it is used.</summary>

@@ -263,15 +263,15 @@ public sealed class AnthropicSdkTests(PoolFixture pool)
     [Fact]
     public async Task StructuredOutputFromOutputConfigValidatesAgainstTheSchema()
     {
-        const string schemaText =
-            """{"type":"object","properties":{"name":{"type":"string","maxLength":8},"age":{"type":"integer","minimum":0,"maximum":120},"tags":{"type":"array","items":{"enum":["a","b"]},"maxItems":2}},"required":["name","age","tags"],"additionalProperties":false}""";
+        // A root enum: nothing but the grammar decides the text (an object would let the random model pad it with whitespace).
+        const string schemaText = """{"enum":["sunny","rainy",{"temperature":21}]}""";
         var schema = JsonSerializer.Deserialize<Dictionary<string, JsonElement>>(schemaText)!;
-        var message = await Client.Messages.Create(Greedy(pool.ModelName, 80, [new UserMessageParam("Describe a person")]) with
+        var message = await Client.Messages.Create(Greedy(pool.ModelName, 40, [new UserMessageParam("Weather?")]) with
         {
             OutputConfig = new OutputConfig { Format = new JsonOutputFormat { Schema = schema } },
         });
         // The random model's text is gibberish, yet the grammar makes it valid JSON matching the schema.
-        Assert.Equal("end_turn", message.StopReason!.Raw());
+        Assert.True(message.StopReason!.Raw() == "end_turn", $"{message.StopReason.Raw()} after {message.Usage.OutputTokens} tokens: {TextOf(message)}");
         using var answer = JsonDocument.Parse(TextOf(message));
         var result = global::Json.Schema.JsonSchema.FromText(schemaText).Evaluate(answer.RootElement);
         Assert.True(result.IsValid, TextOf(message));

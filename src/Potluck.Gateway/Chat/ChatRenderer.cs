@@ -516,8 +516,24 @@ public static class ChatRenderer
     // ---- Generic fallback (documented in docs/api.md) ----
     /// <summary>The system text that describes tools to a model of no known family.</summary>
     public const string GenericToolsPreamble =
-        "You can call the tools listed below. To call tools, reply with only a JSON object of the form " +
-        "{\"tool_calls\": [{\"name\": \"<tool name>\", \"arguments\": {<arguments>}}]}; otherwise reply normally.\n\nTools:\n";
+        "Tools you can call are listed below as JSON. To call tools, reply with only " +
+        "{\"tool_calls\":[{\"name\":\"<tool name>\",\"arguments\":{<arguments>}}]}\n";
+
+    private static string CompactJson(string json)
+    {
+        using var document = JsonDocument.Parse(json);
+        return System.Text.Json.JsonSerializer.Serialize(document.RootElement, RelaxedJson);
+    }
+
+    private static readonly System.Text.Json.JsonSerializerOptions RelaxedJson = new() { Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping };
+
+    private static string CompactFunction(ToolDefinition tool)
+    {
+        using var document = JsonDocument.Parse(tool.ToolJson);
+        var root = document.RootElement;
+        var function = root.TryGetProperty("function", out var f) ? f : root;
+        return System.Text.Json.JsonSerializer.Serialize(function, RelaxedJson);
+    }
 
     private static RenderedChat Generic(IReadOnlyList<ChatMessage> messages, IReadOnlyList<ToolDefinition> tools)
     {
@@ -532,7 +548,8 @@ public static class ChatRenderer
                 start = 1;
             }
             system.Append(GenericToolsPreamble);
-            foreach (var tool in tools) system.Append(ToolJson(tool)).Append('\n');
+            // Compact JSON of each function: a small model's context is short.
+            foreach (var tool in tools) system.Append(CompactFunction(tool)).Append('\n');
             plain.Add(("system", system.ToString().TrimEnd('\n')));
         }
         for (var i = start; i < messages.Count; i++)
@@ -540,12 +557,12 @@ public static class ChatRenderer
             var m = messages[i];
             if (m.Role == "tool")
             {
-                plain.Add(("user", "{\"tool_response\": {\"tool_call_id\": " + PythonJson.String(m.ToolCallId ?? "") + ", \"content\": " + PythonJson.String(m.Content) + "}}"));
+                plain.Add(("user", "{\"tool_response\":{\"tool_call_id\":" + PythonJson.String(m.ToolCallId ?? "") + ",\"content\":" + PythonJson.String(m.Content) + "}}"));
             }
             else if (m.ToolCalls.Count > 0)
             {
-                var calls = string.Join(", ", m.ToolCalls.Select(c => "{\"name\": " + PythonJson.String(c.Name) + ", \"arguments\": " + PythonJson.Rewrite(c.ArgumentsJson) + "}"));
-                plain.Add(("assistant", (m.Content.Length > 0 ? m.Content + "\n" : "") + "{\"tool_calls\": [" + calls + "]}"));
+                var calls = string.Join(",", m.ToolCalls.Select(c => "{\"name\":" + PythonJson.String(c.Name) + ",\"arguments\":" + CompactJson(c.ArgumentsJson) + "}"));
+                plain.Add(("assistant", (m.Content.Length > 0 ? m.Content + "\n" : "") + "{\"tool_calls\":[" + calls + "]}"));
             }
             else plain.Add((m.Role, m.Content));
         }

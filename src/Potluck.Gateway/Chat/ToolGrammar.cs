@@ -61,6 +61,7 @@ public static class ToolGrammar
         ChatFamily.Llama3 => $"\"{{\" ws {Literal("\"name\"")} ws \":\" ws {Literal(PythonJson.String(name))} ws \",\" ws {Literal("\"parameters\"")} ws \":\" ws {args} ws \"}}\"",
         ChatFamily.GptOss => $"{Literal(name)} \" <|constrain|>json<|message|>\" {args}",
         ChatFamily.DeepSeek => $"\"<｜tool▁call▁begin｜>function<｜tool▁sep｜>\" {Literal(name)} \"\\n```json\\n\" {args} \"\\n```<｜tool▁call▁end｜>\"",
+        ChatFamily.Generic => $"{Literal("{\"name\":" + PythonJson.String(name) + ",\"arguments\":")} {args} \"}}\"",
         _ => $"\"{{\" ws {Literal("\"name\"")} ws \":\" ws {Literal(PythonJson.String(name))} ws \",\" ws {Literal("\"arguments\"")} ws \":\" ws {args} ws \"}}\"",
     };
 
@@ -75,7 +76,8 @@ public static class ToolGrammar
             ChatFamily.Llama3 => ("call", @"^\s*(\{)[\s\S]*"),
             ChatFamily.GptOss => ("\"<|channel|>commentary to=functions.\" call", @"[\s\S]*?(<\|channel\|>commentary to=functions\.)[\s\S]*"),
             ChatFamily.DeepSeek => ("\"<｜tool▁calls▁begin｜>\" " + many("call", "\"\\n\"") + " \"<｜tool▁calls▁end｜>\"", @"[\s\S]*?(<｜tool▁calls▁begin｜>)[\s\S]*"),
-            _ => ("\"{\" ws \"\\\"tool_calls\\\"\" ws \":\" ws \"[\" ws " + many("call", "ws \",\" ws") + " ws \"]\" ws \"}\"", @"^\s*(\{)[\s\S]*"),
+            // The generic format is written compactly, as the prompt shows it (a small model's context is short).
+            _ => ("\"{\\\"tool_calls\\\":[\" " + many("call", "\",\"") + " \"]}\"", @"^\s*(\{)[\s\S]*"),
         };
     }
 
@@ -90,7 +92,9 @@ public static class ToolGrammar
             return $"{rule} ::= json-object\n";
         try
         {
-            return JsonSchemaGrammar.ToGbnf(root, rule);
+            // Arguments keep at most one space between tokens: a weak model under the schema's usual newline-and-20-tabs
+            // whitespace spends its whole budget on blanks and never finishes the call.
+            return Regex.Replace(JsonSchemaGrammar.ToGbnf(root, rule), $"^{Regex.Escape(rule)}-ws ::= .*$", $"{rule}-ws ::= | \" \"", RegexOptions.Multiline);
         }
         catch (JsonSchemaGrammarException e)
         {
@@ -105,5 +109,5 @@ public static class ToolGrammar
         "json-value ::= json-object | json-array | json-string | json-number | \"true\" | \"false\" | \"null\"\n" +
         "json-string ::= \"\\\"\" ( [^\"\\\\\\x7F\\x00-\\x1F] | \"\\\\\" ( [\"\\\\/bfnrt] | \"u\" [0-9a-fA-F]{4} ) )* \"\\\"\"\n" +
         "json-number ::= \"-\"? ( \"0\" | [1-9] [0-9]{0,15} ) ( \".\" [0-9]{1,16} )? ( [eE] [-+]? [0-9]{1,3} )?\n" +
-        "ws ::= | \" \" | \"\\n\" [ \\t]{0,8}\n";
+        "ws ::= | \" \"\n";
 }

@@ -163,8 +163,8 @@ public sealed class ChatRendererTests
         var plain = prompt.PlainMessages!;
         Assert.Equal(["system", "user", "assistant", "user", "assistant"], plain.Select(m => m.Role));
         Assert.StartsWith("You are helpful.\n\n" + ChatRenderer.GenericToolsPreamble, plain[0].Content);
-        Assert.Contains("\"name\": \"get_weather\"", plain[0].Content);
-        Assert.Equal("{\"tool_calls\": [{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}]}", plain[2].Content);
-        Assert.Equal("{\"tool_response\": {\"tool_call_id\": \"call_1\", \"content\": \"{\\\"temp\\\": 21}\"}}", plain[3].Content);
+        Assert.EndsWith("\n{\"name\":\"get_weather\",\"description\":\"Get the weather\",\"parameters\":{\"type\":\"object\",\"properties\":{\"city\":{\"type\":\"string\"}},\"required\":[\"city\"]}}", plain[0].Content);
+        Assert.Equal("{\"tool_calls\":[{\"name\":\"get_weather\",\"arguments\":{\"city\":\"Paris\"}}]}", plain[2].Content);
+        Assert.Equal("{\"tool_response\":{\"tool_call_id\":\"call_1\",\"content\":\"{\\\"temp\\\": 21}\"}}", plain[3].Content);
     }
 }

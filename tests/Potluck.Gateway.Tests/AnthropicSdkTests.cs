@@ -171,34 +171,33 @@ public sealed class AnthropicSdkTests(PoolFixture pool)
         Assert.Equal(prompt.Length, message.Usage.InputTokens);
     }
 
-    // Small: the test model's context is 512 tokens, and the tool's description and schema are prompt text.
-    private const string WeatherSchema =
-        """{"type":"object","properties":{"city":{"type":"string","enum":["Paris","Rome","Oslo"]},"unit":{"type":"string","enum":["C","F"]}},"required":["city","unit"],"additionalProperties":false}""";
+    // Small: the test model's context is 512 tokens, its tokens are about a character each, and the tool's
+    // description and schema are prompt text (the generic tool format, as the test model's template is ChatML).
+    private const string WeatherSchema = """{"type":"object","properties":{"city":{"enum":["Paris","Oslo"]}},"required":["city"],"additionalProperties":false}""";
 
     private static Tool WeatherTool => new()
     {
-        Name = "get_weather",
-        Description = "Get the weather in a city",
+        Name = "weather",
+        Description = "Weather",
         InputSchema = new InputSchema(JsonSerializer.Deserialize<Dictionary<string, JsonElement>>(WeatherSchema)!),
     };
 
     private static void AssertWeatherInput(IReadOnlyDictionary<string, JsonElement> input)
     {
         // The random model's free text is gibberish; the grammar still makes the input match the schema.
-        Assert.Contains(input["city"].GetString(), new[] { "Paris", "Rome", "Oslo" });
-        Assert.Contains(input["unit"].GetString(), new[] { "C", "F" });
-        Assert.Equal(2, input.Count);
+        Assert.Contains(input["city"].GetString(), new[] { "Paris", "Oslo" });
+        Assert.Single(input);
     }
 
     [Fact]
     public async Task ToolUseRoundTripStreamedAndNot()
     {
-        List<MessageParam> conversation = [new UserMessageParam("What is the weather in Paris?")];
-        var ask = Greedy(pool.ModelName, 40, conversation) with { Tools = [WeatherTool], ToolChoice = new ToolChoiceAny() };
+        List<MessageParam> conversation = [new UserMessageParam("Weather in Paris?")];
+        var ask = Greedy(pool.ModelName, 100, conversation) with { Tools = [WeatherTool], ToolChoice = new ToolChoiceAny() };
         var called = await Client.Messages.Create(ask);
-        Assert.Equal("tool_use", called.StopReason!.Raw());
+        Assert.True(called.StopReason!.Raw() == "tool_use", $"{called.StopReason.Raw()} after {called.Usage.OutputTokens} tokens: {TextOf(called)}");
         var use = called.Content.Select(b => b.TryPickToolUse(out var u) ? u : null).Single(u => u is not null)!;
-        Assert.Equal("get_weather", use.Name);
+        Assert.Equal("weather", use.Name);
         Assert.False(string.IsNullOrEmpty(use.ID));
         AssertWeatherInput(use.Input);
 
@@ -211,21 +210,23 @@ public sealed class AnthropicSdkTests(PoolFixture pool)
             if (update.TryPickContentBlockDelta(out var delta) && delta.Delta.TryPickInputJson(out var piece)) json.Append(piece.PartialJson);
             if (update.TryPickDelta(out var messageDelta)) streamedStop = messageDelta.Delta.StopReason?.Raw();
         }
-        Assert.Equal("get_weather", streamedName);
+        Assert.Equal("weather", streamedName);
         Assert.Equal("tool_use", streamedStop);
         Assert.Equal(JsonSerializer.Serialize(use.Input), JsonSerializer.Serialize(JsonSerializer.Deserialize<Dictionary<string, JsonElement>>(json.ToString())));
 
-        // The tool's result goes back; the model answers in text.
+        // The tool's result goes back; the model answers in text. Without the tool definitions this time: they do not
+        // fit twice in the test model's 512-token context, and the history alone still renders the call and its result.
         conversation.Add(new AssistantMessageParam(new List<ContentBlockParam>
         {
             new ToolUseBlockParam { ID = use.ID, Name = use.Name, Input = use.Input },
         }));
-        conversation.Add(new UserMessageParam(new List<ContentBlockParam> { new ToolResultBlockParam(use.ID) { Content = "18 C and sunny" } }));
-        var answer = await Client.Messages.Create(Greedy(pool.ModelName, 12, conversation) with { Tools = [WeatherTool] });
-        Assert.True(answer.Usage.InputTokens > called.Usage.InputTokens, "the tool call and its result are in the prompt");
-        Assert.True(answer.StopReason!.Raw() is "end_turn" or "max_tokens" or "tool_use", answer.StopReason.Raw());
+        conversation.Add(new UserMessageParam(new List<ContentBlockParam> { new ToolResultBlockParam(use.ID) { Content = "18 C" } }));
+        var answer = await Client.Messages.Create(Greedy(pool.ModelName, 12, conversation));
+        var question = await Client.Messages.Create(Greedy(pool.ModelName, 1, [conversation[0]]));
+        Assert.True(answer.Usage.InputTokens > question.Usage.InputTokens + 40, "the tool call and its result are in the prompt");
+        Assert.True(answer.StopReason!.Raw() is "end_turn" or "max_tokens", answer.StopReason.Raw());
         var streamedAnswer = new StringBuilder();
-        await foreach (var update in Client.Messages.CreateStreaming(Greedy(pool.ModelName, 12, conversation) with { Tools = [WeatherTool] }))
+        await foreach (var update in Client.Messages.CreateStreaming(Greedy(pool.ModelName, 12, conversation)))
             if (update.TryPickContentBlockDelta(out var delta) && delta.Delta.TryPickText(out var piece)) streamedAnswer.Append(piece.Text);
         Assert.Equal(TextOf(answer), streamedAnswer.ToString());
     }
@@ -234,26 +235,27 @@ public sealed class AnthropicSdkTests(PoolFixture pool)
     public async Task ToolsReachThePromptAsForChatCompletions()
     {
         // The same tools and tool history through both APIs render the same prompt, and greedy gives the same call.
-        var message = await Client.Messages.Create(Greedy(pool.ModelName, 40, [new UserMessageParam("Weather in Oslo?")]) with
+        var message = await Client.Messages.Create(Greedy(pool.ModelName, 100, [new UserMessageParam("Weather in Oslo?")]) with
         {
             Tools = [WeatherTool],
-            ToolChoice = new ToolChoiceTool("get_weather"),
+            ToolChoice = new ToolChoiceTool("weather"),
         });
         var body = JsonSerializer.Serialize(new
         {
             model = pool.ModelName,
-            max_tokens = 40,
+            max_tokens = 100,
             temperature = 0,
             messages = new[] { new { role = "user", content = "Weather in Oslo?" } },
-            tools = new[] { new { type = "function", function = new { name = "get_weather", description = "Get the weather in a city", parameters = JsonDocument.Parse(WeatherSchema).RootElement } } },
-            tool_choice = new { type = "function", function = new { name = "get_weather" } },
+            tools = new[] { new { type = "function", function = new { name = "weather", description = "Weather", parameters = JsonDocument.Parse(WeatherSchema).RootElement } } },
+            tool_choice = new { type = "function", function = new { name = "weather" } },
         });
         using var response = await pool.Http.PostAsync("v1/chat/completions", new StringContent(body, Encoding.UTF8, "application/json"));
         var text = await response.Content.ReadAsStringAsync();
         Assert.True(response.IsSuccessStatusCode, text);
         using var chat = JsonDocument.Parse(text);
         Assert.Equal(chat.RootElement.GetProperty("usage").GetProperty("prompt_tokens").GetInt32(), message.Usage.InputTokens);
-        var call = chat.RootElement.GetProperty("choices")[0].GetProperty("message").GetProperty("tool_calls")[0].GetProperty("function");
+        Assert.True(chat.RootElement.GetProperty("choices")[0].GetProperty("message").TryGetProperty("tool_calls", out var calls), text);
+        var call = calls[0].GetProperty("function");
         var use = message.Content.Select(b => b.TryPickToolUse(out var u) ? u : null).Single(u => u is not null)!;
         Assert.Equal(call.GetProperty("name").GetString(), use.Name);
         Assert.Equal(JsonSerializer.Serialize(JsonSerializer.Deserialize<Dictionary<string, JsonElement>>(call.GetProperty("arguments").GetString()!)),

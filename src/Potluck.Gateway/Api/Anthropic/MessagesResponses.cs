@@ -79,6 +79,7 @@ internal sealed class MessagesResponses(HttpContext context, string id, string m
             _json.WriteString("name", block.ToolName);
             _json.WriteStartObject("input");
             _json.WriteEndObject();
+            WriteDirectCaller();
             _json.WriteEndObject();
         }
         _json.WriteEndObject();
@@ -204,7 +205,16 @@ internal sealed class MessagesResponses(HttpContext context, string id, string m
             _json.WriteString("name", block.ToolName);
             _json.WritePropertyName("input");
             _json.WriteRawValue(block.InputJson ?? "{}");
+            WriteDirectCaller();
         }
+        _json.WriteEndObject();
+    }
+
+    /// <summary>The model called the tool itself (not a server tool on its behalf).</summary>
+    private void WriteDirectCaller()
+    {
+        _json.WriteStartObject("caller");
+        _json.WriteString("type", "direct");
         _json.WriteEndObject();
     }
 

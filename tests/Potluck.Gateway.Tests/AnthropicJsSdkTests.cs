@@ -56,6 +56,15 @@ public sealed class AnthropicJsSdkTests(PoolFixture pool)
         Assert.Equal(message.GetProperty("usage").GetProperty("output_tokens").GetInt32(), stream.GetProperty("usage").GetProperty("output_tokens").GetInt32());
         Assert.Equal(message.GetProperty("usage").GetProperty("input_tokens").GetInt32(), stream.GetProperty("usage").GetProperty("input_tokens").GetInt32());
 
+        var tools = root.GetProperty("tools");
+        Assert.Equal("tool_use", tools.GetProperty("stop").GetString());
+        Assert.Equal("weather", tools.GetProperty("name").GetString());
+        Assert.Contains(tools.GetProperty("input").GetProperty("city").GetString(), new[] { "Paris", "Oslo" });
+        Assert.Equal("tool_use", tools.GetProperty("streamedStop").GetString());
+        Assert.Equal(tools.GetProperty("input").GetRawText(), tools.GetProperty("streamedInput").GetRawText());
+        Assert.Contains(tools.GetProperty("answerStop").GetString(), new[] { "end_turn", "max_tokens" });
+        Assert.NotEmpty(tools.GetProperty("answerText").GetString()!);
+
         Assert.Equal(404, root.GetProperty("notFound").GetProperty("status").GetInt32());
         Assert.Equal("not_found_error", root.GetProperty("notFound").GetProperty("type").GetString());
         var bad = root.GetProperty("badRequest");

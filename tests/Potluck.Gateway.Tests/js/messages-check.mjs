@@ -20,6 +20,22 @@ stream.on('text', delta => { streamedText += delta; });
 const final = await stream.finalMessage();
 out.stream = { events, text: streamedText, finalText: final.content.map(b => b.text ?? '').join(''), stop: final.stop_reason, usage: final.usage };
 
+// A tool-use round trip: a forced call (tool_choice any), streamed the same, then the tool's result and the answer.
+// Small tool: the test model's context is 512 tokens.
+const weather = { name: 'weather', description: 'Weather',
+  input_schema: { type: 'object', properties: { city: { enum: ['Paris', 'Oslo'] } }, required: ['city'], additionalProperties: false } };
+const toolAsk = { model, max_tokens: 100, temperature: 0, tools: [weather], tool_choice: { type: 'any' }, messages: [{ role: 'user', content: 'Weather in Paris?' }] };
+const called = await client.messages.create(toolAsk);
+const use = called.content.find(b => b.type === 'tool_use');
+const streamedCall = await client.messages.stream(toolAsk).finalMessage();
+const streamedUse = streamedCall.content.find(b => b.type === 'tool_use');
+const history = [...toolAsk.messages, { role: 'assistant', content: called.content },
+  { role: 'user', content: [{ type: 'tool_result', tool_use_id: use?.id, content: '18 C' }] }];
+const answer = await client.messages.create({ model, max_tokens: 12, temperature: 0, messages: history });
+out.tools = { stop: called.stop_reason, name: use?.name, input: use?.input, id: use?.id,
+  streamedStop: streamedCall.stop_reason, streamedInput: streamedUse?.input,
+  answerStop: answer.stop_reason, answerText: answer.content.map(b => b.text ?? '').join(''), answerInput: answer.usage.input_tokens, callInput: called.usage.input_tokens };
+
 try {
   await client.messages.create({ ...ask, model: 'missing-model' });
   out.notFound = { status: 0 };

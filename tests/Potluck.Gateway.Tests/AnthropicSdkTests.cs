@@ -311,6 +311,23 @@ public sealed class AnthropicSdkTests(PoolFixture pool)
         }
     }
 
+    [Theory]
+    // Valid to the parser, refused by the endpoint: a tool schema the grammar cannot express, a budget over the context.
+    [InlineData("""{"tools":[{"name":"f","input_schema":{"type":"frobnicate"}}],"tool_choice":{"type":"any"}}""", "tools.0.input_schema")]
+    [InlineData("""{"tools":[{"name":"f","input_schema":{"type":"object"}},{"name":"g","input_schema":{"type":"object","properties":{"a":{"$ref":"#/$defs/none"}}}}]}""", "tools.1.input_schema")]
+    [InlineData("""{"max_tokens":100000}""", "max_tokens")]
+    public async Task RequestsTheEndpointRefusesGetAnthropicErrors(string fields, string mentions)
+    {
+        var body = JsonSerializer.Deserialize<Dictionary<string, JsonElement>>(fields)!;
+        body.TryAdd("max_tokens", JsonSerializer.SerializeToElement(8));
+        body["model"] = JsonSerializer.SerializeToElement(pool.ModelName);
+        body["messages"] = JsonSerializer.SerializeToElement(new[] { new { role = "user", content = "hi" } });
+        using var response = await pool.Http.PostAsync("v1/messages", Json(body));
+        var text = await response.Content.ReadAsStringAsync();
+        Assert.True(response.StatusCode == HttpStatusCode.BadRequest, $"{(int)response.StatusCode}: {text}");
+        AssertAnthropicError(text, "invalid_request_error", mentions);
+    }
+
     [Fact]
     public async Task RoutingAndMediaErrorsOnMessagesAreInAnthropicsShapeToo()
     {

@@ -15,7 +15,7 @@ namespace Potluck.Gateway.Api.Anthropic;
 /// Under the same API-key policy and rate limits (the gateway's fallback policy covers every endpoint);
 /// the anthropic-version and anthropic-beta headers are accepted and not needed.
 /// </summary>
-public static class AnthropicEndpoints
+public static partial class AnthropicEndpoints
 {
     public static void Map(WebApplication app) => app.MapPost(AnthropicErrors.Path, HandleAsync);
 
@@ -61,8 +61,7 @@ public static class AnthropicEndpoints
         var output = Chat.ChatOutput.For(chat, model.Tokenizer);
         var sampling = OpenAiEndpoints.Sampling(chat, contextLength);
         // An output_config.format grammar (chat.Grammar, in sampling already) takes precedence, as response_format does.
-        if (sampling.Grammar is null && Chat.ToolGrammar.For(chat, Chat.ChatTemplateTraits.For(model.Tokenizer.ChatTemplate)) is { } toolGrammar)
-            sampling = sampling with { Grammar = toolGrammar };
+        if (sampling.Grammar is null && ToolGrammar(chat, model) is { } toolGrammar) sampling = sampling with { Grammar = toolGrammar };
         var generationRequest = new GenerationRequest("messages", prompt, maxTokens, sampling, chat.Stop, chat.User) { RenderSpecialTokens = output is not null };
         var id = "msg_" + Guid.NewGuid().ToString("N");
         var service = services.GetRequiredService<GenerationService>();
@@ -131,6 +130,23 @@ public static class AnthropicEndpoints
         await responses.WriteMessageEndAsync(StopReason(generation, answer), generation.StopSequence, generation.PromptTokens, generation.CompletionTokens, ct);
         return "200";
     }
+
+    /// <summary>The tool-call grammar; a schema it cannot express is a 400 naming the Anthropic field (tools.N.input_schema).</summary>
+    private static Inference.Text.GrammarSpec? ToolGrammar(CompletionRequest chat, ModelFrontEnd model)
+    {
+        try
+        {
+            return Chat.ToolGrammar.For(chat, Chat.ChatTemplateTraits.For(model.Tokenizer.ChatTemplate));
+        }
+        catch (ApiErrorException e) when (e.Error.Param is { } param && OpenAiToolParam().Match(param) is { Success: true } match)
+        {
+            var field = $"tools.{match.Groups[1].Value}.input_schema";
+            throw new ApiErrorException(e.Error with { Message = field + ": " + e.Error.Message.Replace($"'{param}'", $"'{field}'"), Param = field });
+        }
+    }
+
+    [System.Text.RegularExpressions.GeneratedRegex(@"^tools\[(\d+)\]\.function\.parameters$")]
+    private static partial System.Text.RegularExpressions.Regex OpenAiToolParam();
 
     /// <summary>max_tokens when cut off (even inside a call), else tool_use when the model called a tool.</summary>
     private static string StopReason(GenerationRun generation, AnswerBlocks answer) => generation.Finish switch

@@ -118,6 +118,18 @@ public sealed class AnthropicRequestTests
         Assert.Equal(ToolChoice.None, Parse("""{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"hi"}]}""").Chat.ToolChoice);
     }
 
+    [Fact]
+    public void TheStopSequenceMatcherNamesTheEarliestMatch()
+    {
+        var matcher = new Streaming.StopSequenceMatcher(["END", "ab"]);
+        Assert.Equal("x", matcher.Add("x"));
+        Assert.Equal("a", matcher.Add("aEN"));
+        Assert.Null(matcher.MatchedStop);
+        // "END" begins before "ab" does: it is the one that stopped the text.
+        Assert.Equal("", matcher.Add("Dab"));
+        Assert.Equal(("END", 2), (matcher.MatchedStop, matcher.StopOffset));
+    }
+
     [Theory]
     [MemberData(nameof(HostileCases))]
     public void HostileBodiesAre400sNamingTheField(string body, string field)

@@ -280,6 +280,18 @@ public sealed class AnthropicSdkTests(PoolFixture pool)
     }
 
     [Fact]
+    public async Task CountTokensGivesTheInputTokensOfTheSameRequest()
+    {
+        List<MessageParam> conversation = [new UserMessageParam("Weather in Paris?"), new AssistantMessageParam("It is")];
+        var counted = await Client.Messages.CountTokens(new MessageCountTokensParams { Model = pool.ModelName, Messages = conversation, Tools = [WeatherTool] });
+        var message = await Client.Messages.Create(Greedy(pool.ModelName, 1, conversation) with { Tools = [WeatherTool] });
+        Assert.Equal(message.Usage.InputTokens, counted.InputTokens);
+        var plain = await Client.Messages.CountTokens(new MessageCountTokensParams { Model = pool.ModelName, Messages = conversation });
+        Assert.True(plain.InputTokens + 40 < counted.InputTokens, "the tools are counted");
+        await Assert.ThrowsAsync<AnthropicNotFoundException>(() => Client.Messages.CountTokens(new MessageCountTokensParams { Model = "claude-none", Messages = conversation }));
+    }
+
+    [Fact]
     public async Task SdkErrorsAreTypedFromAnthropicsErrorShape()
     {
         var notFound = await Assert.ThrowsAsync<AnthropicNotFoundException>(() => Client.Messages.Create(new MessageCreateParams

@@ -17,7 +17,38 @@ namespace Potluck.Gateway.Api.Anthropic;
 /// </summary>
 public static partial class AnthropicEndpoints
 {
-    public static void Map(WebApplication app) => app.MapPost(AnthropicErrors.Path, HandleAsync);
+    public static void Map(WebApplication app)
+    {
+        app.MapPost(AnthropicErrors.Path, HandleAsync);
+        app.MapPost(AnthropicErrors.Path + "/count_tokens", CountTokensAsync);
+    }
+
+    /// <summary>/v1/messages/count_tokens: the prompt tokens the same request would take, tools and prefill included.</summary>
+    private static async Task CountTokensAsync(HttpContext context)
+    {
+        var services = context.RequestServices;
+        try
+        {
+            var options = services.GetRequiredService<GatewayOptions>();
+            var model = services.GetRequiredService<ModelFrontEnd>();
+            var request = MessagesRequestParser.Parse(await OpenAiEndpoints.ReadBodyAsync(context, options.MaxBodyBytes), countOnly: true);
+            if (request.Chat.Model != model.Name) throw new ApiErrorException(UnknownModel(request.Chat.Model, model));
+            var prompt = await TokenizeAsync(request, model, options, context.RequestAborted);
+            context.Response.ContentType = "application/json";
+            await using var json = new System.Text.Json.Utf8JsonWriter(context.Response.BodyWriter);
+            json.WriteStartObject();
+            json.WriteNumber("input_tokens", prompt.Length);
+            json.WriteEndObject();
+            await json.FlushAsync(context.RequestAborted);
+        }
+        catch (ApiErrorException e)
+        {
+            await e.Error.WriteAsync(context);
+        }
+    }
+
+    private static ApiError UnknownModel(string requested, ModelFrontEnd model) =>
+        new(404, $"model: the model '{requested}' does not exist; this gateway serves '{model.Name}'.", ApiError.InvalidRequest, "model", "model_not_found");
 
     private static async Task HandleAsync(HttpContext context)
     {
@@ -45,9 +76,7 @@ public static partial class AnthropicEndpoints
         var body = await OpenAiEndpoints.ReadBodyAsync(context, options.MaxBodyBytes);
         var request = MessagesRequestParser.Parse(body);
         var chat = request.Chat;
-        if (chat.Model != model.Name)
-            throw new ApiErrorException(new ApiError(404, $"model: the model '{chat.Model}' does not exist; this gateway serves '{model.Name}'.",
-                ApiError.InvalidRequest, "model", "model_not_found"));
+        if (chat.Model != model.Name) throw new ApiErrorException(UnknownModel(chat.Model, model));
 
         var prompt = await TokenizeAsync(request, model, options, context.RequestAborted);
         var contextLength = model.ContextLength;

@@ -30,7 +30,8 @@ public static class MessagesRequestParser
     private static readonly string[] UnsupportedFields = ["container", "mcp_servers", "context_management"];
     private static readonly string[] Efforts = ["low", "medium", "high", "xhigh", "max"];
 
-    public static MessagesRequest Parse(ReadOnlyMemory<byte> body)
+    /// <param name="countOnly">For /v1/messages/count_tokens: no max_tokens needed, nothing is generated.</param>
+    public static MessagesRequest Parse(ReadOnlyMemory<byte> body, bool countOnly = false)
     {
         if (body.IsEmpty) throw Error("The request body is empty; send a JSON object.");
         // Checked up front: System.Text.Json checks UTF-8 only when a string is read, and then throws a non-JSON exception.
@@ -54,7 +55,7 @@ public static class MessagesRequestParser
 
             var model = RequiredString(root, "model", CompletionRequestParser.MaxNameLength);
             // Anthropic requires max_tokens: there is no "until the context is full" default.
-            var maxTokens = OptionalInt(root, "max_tokens", 1, int.MaxValue) ?? throw Missing("max_tokens");
+            var maxTokens = OptionalInt(root, "max_tokens", 1, int.MaxValue) ?? (countOnly ? 1 : throw Missing("max_tokens"));
             var (messages, prefill) = ParseMessages(root);
             var (tools, toolChoice, parallel) = ParseTools(root);
             if (prefill is not null && toolChoice.Mode is ToolChoiceMode.Required or ToolChoiceMode.Named)

@@ -117,7 +117,7 @@ public static class OpenAiEndpoints
         if (sampling.Grammar is null && kind == CompletionKind.Chat && Chat.ToolGrammar.For(request, Chat.ChatTemplateTraits.For(model.Tokenizer.ChatTemplate)) is { } toolGrammar)
             sampling = sampling with { Grammar = toolGrammar };
         var generationRequest = new GenerationRequest(kind == CompletionKind.Chat ? "chat.completions" : "completions", prompt, maxTokens,
-            sampling, request.Stop, request.User, request.IgnoreEos) { RenderSpecialTokens = chat is not null };
+            sampling, request.Stop, request.User, request.IgnoreEos) { RenderSpecialTokens = chat?.RendersSpecialTokens ?? false };
         var sessionId = (kind == CompletionKind.Chat ? "chatcmpl-" : "cmpl-") + Guid.NewGuid().ToString("N");
         var service = services.GetRequiredService<GenerationService>();
         using var activity = GatewayTelemetry.Source.StartActivity("potluck.gateway.generate");

@@ -15,7 +15,14 @@ internal sealed class ChatOutput
     private readonly StringBuilder _content = new();
     private readonly StringBuilder _reasoning = new();
 
-    private ChatOutput(ChatOutputParser parser) => _parser = parser;
+    private ChatOutput(ChatOutputParser parser, bool rendersSpecialTokens)
+    {
+        _parser = parser;
+        RendersSpecialTokens = rendersSpecialTokens;
+    }
+
+    /// <summary>The family's markers may be control tokens (harmony, [TOOL_CALLS]): decode them as text for the parser. The generic format is plain text.</summary>
+    public bool RendersSpecialTokens { get; }
 
     /// <summary>A parser for this request, or null when the plain path applies (no tools, no reasoning markers).</summary>
     public static ChatOutput? For(CompletionRequest request, Tokenizer tokenizer)
@@ -23,10 +30,13 @@ internal sealed class ChatOutput
         if (request.Kind != CompletionKind.Chat) return null;
         var traits = ChatTemplateTraits.For(tokenizer.ChatTemplate);
         var tools = ChatPrompt.ParsesTools(request);
-        return ChatOutputParser.Applies(traits, tools) ? new ChatOutput(new ChatOutputParser(traits, tools, request.ParallelToolCalls)) : null;
+        return ChatOutputParser.Applies(traits, tools)
+            ? new ChatOutput(new ChatOutputParser(traits, tools, request.ParallelToolCalls), traits.Family != ChatFamily.Generic)
+            : null;
     }
 
-    public string Content => _content.ToString();
+    /// <summary>The text beside the calls; only blanks between calls count as none (OpenAI's null content).</summary>
+    public string Content => Calls.Count > 0 && string.IsNullOrWhiteSpace(_content.ToString()) ? "" : _content.ToString();
     public string Reasoning => _reasoning.ToString();
     public IReadOnlyList<ToolCall> Calls => _parser.Calls;
 
@@ -60,7 +70,9 @@ internal sealed class ChatOutput
 
     public async ValueTask WriteAsync(CompletionResponses responses, IReadOnlyList<ChatOutputEvent> events, CancellationToken ct)
     {
-        var callIndex = Calls.Count - events.Count(e => e.Kind == ChatOutputKind.ToolCall);
+        var callIndex = Calls.Count;
+        foreach (var e in events)
+            if (e.Kind == ChatOutputKind.ToolCall) callIndex--;
         foreach (var e in events)
         {
             switch (e.Kind)

@@ -40,6 +40,7 @@ public sealed partial class ChatOutputParser
     private readonly bool _parallel;
     private readonly StringBuilder _pending = new();
     private readonly List<ToolCall> _calls = [];
+    private readonly string[] _startMarkers;
     private State _state;
     private bool _atStart = true;
     private string _blockEnd = "";
@@ -53,6 +54,7 @@ public sealed partial class ChatOutputParser
         _traits = traits;
         _tools = parseTools;
         _parallel = parallel;
+        _startMarkers = FindStartMarkers(traits, parseTools);
         _state = traits.Family == ChatFamily.GptOss ? State.HarmonyHeader : traits.GenerationPromptOpensThink ? State.Reasoning : State.Content;
     }
 
@@ -103,14 +105,28 @@ public sealed partial class ChatOutputParser
             {
                 case State.Reasoning:
                 {
+                    // Reasoning is trimmed as llama.cpp trims it: blanks after <think> and before </think> are held back and dropped.
+                    if (_reasoningStart)
+                    {
+                        var blanks = 0;
+                        while (blanks < text.Length && char.IsWhiteSpace(text[blanks])) blanks++;
+                        _pending.Remove(0, blanks);
+                        if (blanks == text.Length) return;
+                        _reasoningStart = false;
+                        text = _pending.ToString();
+                    }
                     var end = text.IndexOf(ThinkClose, StringComparison.Ordinal);
                     if (end < 0)
                     {
-                        var keep = final ? 0 : PartialSuffix(text, ThinkClose);
+                        var keep = PartialSuffix(text, ThinkClose);
+                        while (keep < text.Length && char.IsWhiteSpace(text[text.Length - 1 - keep])) keep++;
+                        if (final) keep = 0;
                         Take(events, ChatOutputKind.Reasoning, text.Length - keep, 0);
                         return;
                     }
-                    Take(events, ChatOutputKind.Reasoning, end, ThinkClose.Length);
+                    var kept = end;
+                    while (kept > 0 && char.IsWhiteSpace(text[kept - 1])) kept--;
+                    Take(events, ChatOutputKind.Reasoning, kept, end - kept + ThinkClose.Length);
                     _state = State.Content;
                     _atStart = true;
                     break;
@@ -142,7 +158,11 @@ public sealed partial class ChatOutputParser
                         return;
                     }
                     Take(events, ChatOutputKind.Content, at, marker.Length);
-                    if (marker == ThinkOpen) _state = State.Reasoning;
+                    if (marker == ThinkOpen)
+                    {
+                        _state = State.Reasoning;
+                        _reasoningStart = true;
+                    }
                     else
                     {
                         _blockEnd = BlockEnd(marker);
@@ -195,7 +215,9 @@ public sealed partial class ChatOutputParser
                     if (end < 0)
                     {
                         if (_harmonyKind == ChatOutputKind.ToolCall) return;
-                        var keep = final ? 0 : HarmonyEnds.Max(m => PartialSuffix(text, m));
+                        var keep = 0;
+                        if (!final)
+                            foreach (var marker in HarmonyEnds) keep = Math.Max(keep, PartialSuffix(text, marker));
                         Take(events, _harmonyKind, text.Length - keep, 0);
                         return;
                     }
@@ -269,25 +291,30 @@ public sealed partial class ChatOutputParser
         return compact.ToString();
     }
 
-    private IEnumerable<string> StartMarkers()
+    /// <summary>Markers that open reasoning or a call in this family (fixed per parser: the per-token scan allocates nothing).</summary>
+    private static string[] FindStartMarkers(ChatTemplateTraits traits, bool tools)
     {
-        if (_traits.Thinking) yield return ThinkOpen;
-        if (!_tools) yield break;
-        switch (_traits.Family)
+        var markers = new List<string>();
+        if (traits.Thinking && traits.Family != ChatFamily.GptOss) markers.Add(ThinkOpen);
+        if (tools)
         {
-            case ChatFamily.Hermes:
-                yield return "<tool_call>";
-                break;
-            case ChatFamily.Mistral:
-                yield return "[TOOL_CALLS]";
-                break;
-            case ChatFamily.Llama3:
-                yield return "<|python_tag|>";
-                break;
-            case ChatFamily.DeepSeek:
-                yield return "<｜tool▁calls▁begin｜>";
-                break;
+            switch (traits.Family)
+            {
+                case ChatFamily.Hermes:
+                    markers.Add("<tool_call>");
+                    break;
+                case ChatFamily.Mistral:
+                    markers.Add("[TOOL_CALLS]");
+                    break;
+                case ChatFamily.Llama3:
+                    markers.Add("<|python_tag|>");
+                    break;
+                case ChatFamily.DeepSeek:
+                    markers.Add("<｜tool▁calls▁begin｜>");
+                    break;
+            }
         }
+        return markers.ToArray();
     }
 
     private static string BlockEnd(string marker) => marker switch
@@ -300,7 +327,7 @@ public sealed partial class ChatOutputParser
     private (int At, string Marker) FirstMarker(string text)
     {
         var best = (-1, "");
-        foreach (var marker in StartMarkers())
+        foreach (var marker in _startMarkers)
         {
             var i = text.IndexOf(marker, StringComparison.Ordinal);
             if (i >= 0 && (best.Item1 < 0 || i < best.Item1)) best = (i, marker);
@@ -311,7 +338,7 @@ public sealed partial class ChatOutputParser
     private int HeldBack(string text)
     {
         var keep = 0;
-        foreach (var marker in StartMarkers()) keep = Math.Max(keep, PartialSuffix(text, marker));
+        foreach (var marker in _startMarkers) keep = Math.Max(keep, PartialSuffix(text, marker));
         return keep;
     }
 
@@ -343,6 +370,7 @@ public sealed partial class ChatOutputParser
     }
 
     private bool _trimContent;
+    private bool _reasoningStart = true;
 
     /// <summary>Parses the text of one tool-call block (or the tail after a call marker); false if it is not valid.</summary>
     private bool ParseCalls(string body, List<ChatOutputEvent> events)

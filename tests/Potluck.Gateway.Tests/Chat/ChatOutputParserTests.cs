@@ -26,7 +26,7 @@ public sealed class ChatOutputParserTests
         { "Qwen-Qwen3-0.6B.jinja", "Let me check.\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>",
             "Let me check.\n", "", ["get_weather {\"city\":\"Paris\"}"] },
         { "Qwen-Qwen3-0.6B.jinja", "<think>\nThe user wants weather.\n</think>\n\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>\n<tool_call>\n{\"name\": \"get_time\", \"arguments\": {}}\n</tool_call>",
-            "\n", "\nThe user wants weather.\n", ["get_weather {\"city\":\"Paris\"}", "get_time {}"] },
+            "\n", "The user wants weather.", ["get_weather {\"city\":\"Paris\"}", "get_time {}"] },
         { "Qwen-Qwen3-0.6B.jinja", "<think>ok</think>\n\nIt is 21 degrees < 30.", "It is 21 degrees < 30.", "ok", [] },
         { "NousResearch-Hermes-3-Llama-3.1-8B-tool_use.jinja", "<tool_call>\n{\"arguments\": {\"city\": \"Rome\"}, \"name\": \"get_weather\"}\n</tool_call>", "", "", ["get_weather {\"city\":\"Rome\"}"] },
         { "meta-llama-Llama-3.2-3B-Instruct.jinja", "{\"name\": \"get_weather\", \"parameters\": {\"city\": \"Paris\"}}", "", "", ["get_weather {\"city\":\"Paris\"}"] },
@@ -41,7 +41,7 @@ public sealed class ChatOutputParserTests
         { "openai-gpt-oss-120b.jinja", "<|channel|>analysis<|message|>Simple.<|end|><|start|>assistant<|channel|>final<|message|>Hello there!", "Hello there!", "Simple.", [] },
         { "deepseek-ai-DeepSeek-R1-Distill-Qwen-32B.jinja",
             "<think>\nweather\n</think>\n\n<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>get_weather\n```json\n{\"city\": \"Paris\"}\n```<｜tool▁call▁end｜><｜tool▁calls▁end｜>",
-            "", "\nweather\n", ["get_weather {\"city\":\"Paris\"}"] },
+            "", "weather", ["get_weather {\"city\":\"Paris\"}"] },
         { "deepseek-ai-DeepSeek-R1-Distill-Qwen-32B.jinja", "<think>a</think>The answer is 4.", "The answer is 4.", "a", [] },
     };
 

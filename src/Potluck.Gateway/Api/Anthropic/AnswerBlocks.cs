@@ -19,14 +19,18 @@ internal sealed class AnswerBlocks(ChatOutput? output)
     private string? _streamType;
     private bool _streamOpen;
 
+    // Blank text not yet streamed: it opens a text block only once real text follows, or at the end without calls.
+    private readonly StringBuilder _blank = new();
+
     public bool HasToolUse { get; private set; }
 
-    /// <summary>The whole answer's blocks (after <see cref="Finish"/>).</summary>
+    /// <summary>The whole answer's blocks (after <see cref="Finish"/>). Blank text beside tool calls is no block, as in Claude's answers.</summary>
     public IReadOnlyList<AnswerBlock> Blocks
     {
         get
         {
             CloseKept();
+            if (HasToolUse) _done.RemoveAll(b => b.Type == "text" && string.IsNullOrWhiteSpace(b.Text));
             return _done;
         }
     }
@@ -64,6 +68,7 @@ internal sealed class AnswerBlocks(ChatOutput? output)
         {
             if (e.Kind == ChatOutputKind.ToolCall)
             {
+                _blank.Clear();
                 await CloseAsync(responses, ct);
                 var index = _streamIndex++;
                 var call = e.Call!;
@@ -74,20 +79,47 @@ internal sealed class AnswerBlocks(ChatOutput? output)
             }
             if (e.Text.Length == 0) continue;
             var type = e.Kind == ChatOutputKind.Reasoning ? "thinking" : "text";
-            if (_streamType != type)
+            var text = e.Text;
+            if (type == "text" && _streamType != "text")
             {
-                await CloseAsync(responses, ct);
-                _streamType = type;
-                _streamOpen = true;
-                await responses.WriteBlockStartAsync(_streamIndex, new AnswerBlock(type), ct);
+                if (string.IsNullOrWhiteSpace(text))
+                {
+                    _blank.Append(text);
+                    continue;
+                }
+                if (_blank.Length > 0)
+                {
+                    text = _blank + text;
+                    _blank.Clear();
+                }
             }
-            if (type == "text") await responses.WriteTextDeltaAsync(_streamIndex, e.Text, ct);
-            else await responses.WriteThinkingDeltaAsync(_streamIndex, e.Text, ct);
+            await WriteTextAsync(responses, type, text, ct);
         }
     }
 
+    private async ValueTask WriteTextAsync(MessagesResponses responses, string type, string text, CancellationToken ct)
+    {
+        if (_streamType != type)
+        {
+            await CloseAsync(responses, ct);
+            _streamType = type;
+            _streamOpen = true;
+            await responses.WriteBlockStartAsync(_streamIndex, new AnswerBlock(type), ct);
+        }
+        if (type == "text") await responses.WriteTextDeltaAsync(_streamIndex, text, ct);
+        else await responses.WriteThinkingDeltaAsync(_streamIndex, text, ct);
+    }
+
+    /// <summary>The end of the stream: held blank text is the answer's text only when there was no tool call; then the open block closes.</summary>
+    public async ValueTask EndAsync(MessagesResponses responses, CancellationToken ct)
+    {
+        if (_blank.Length > 0 && !HasToolUse) await WriteTextAsync(responses, "text", _blank.ToString(), ct);
+        _blank.Clear();
+        await CloseAsync(responses, ct);
+    }
+
     /// <summary>Closes the block being streamed, if any.</summary>
-    public async ValueTask CloseAsync(MessagesResponses responses, CancellationToken ct)
+    private async ValueTask CloseAsync(MessagesResponses responses, CancellationToken ct)
     {
         if (!_streamOpen) return;
         await responses.WriteBlockStopAsync(_streamIndex++, ct);

@@ -91,7 +91,7 @@ public static partial class AnthropicEndpoints
         var sampling = OpenAiEndpoints.Sampling(chat, contextLength);
         // An output_config.format grammar (chat.Grammar, in sampling already) takes precedence, as response_format does.
         if (sampling.Grammar is null && ToolGrammar(chat, model) is { } toolGrammar) sampling = sampling with { Grammar = toolGrammar };
-        var generationRequest = new GenerationRequest("messages", prompt, maxTokens, sampling, chat.Stop, chat.User) { RenderSpecialTokens = output is not null };
+        var generationRequest = new GenerationRequest("messages", prompt, maxTokens, sampling, chat.Stop, chat.User) { RenderSpecialTokens = output?.RendersSpecialTokens ?? false };
         var id = "msg_" + Guid.NewGuid().ToString("N");
         var service = services.GetRequiredService<GenerationService>();
         using var activity = GatewayTelemetry.Source.StartActivity("potluck.gateway.generate");
@@ -155,7 +155,7 @@ public static partial class AnthropicEndpoints
             await responses.WriteStreamErrorAsync(new ApiError(503, e.Message, ApiError.ServerError, null, "route_failed"), ct);
             return "503";
         }
-        await answer.CloseAsync(responses, ct);
+        await answer.EndAsync(responses, ct);
         await responses.WriteMessageEndAsync(StopReason(generation, answer), generation.StopSequence, generation.PromptTokens, generation.CompletionTokens, ct);
         return "200";
     }

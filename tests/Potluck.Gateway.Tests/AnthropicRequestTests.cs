@@ -18,6 +18,8 @@ public sealed class AnthropicRequestTests
         var text = Parse("""{"model":"m","max_tokens":5,"system":"Be brief.","messages":[{"role":"user","content":[{"type":"text","text":"hi"}]}]}""");
         Assert.Equal([new ChatMessage("system", "Be brief."), new ChatMessage("user", "hi")], blocks.Chat.Messages);
         Assert.Equal(blocks.Chat.Messages, text.Chat.Messages);
+        var both = Parse("""{"model":"m","max_tokens":5,"system":"Be brief.","messages":[{"role":"system","content":"Be kind."},{"role":"user","content":"hi"}]}""");
+        Assert.Equal([new ChatMessage("system", "Be brief.\n\nBe kind."), new ChatMessage("user", "hi")], both.Chat.Messages);
         Assert.Equal(CompletionKind.Chat, blocks.Chat.Kind);
         Assert.Equal(5, blocks.Chat.MaxTokens);
         Assert.Null(blocks.Prefill);

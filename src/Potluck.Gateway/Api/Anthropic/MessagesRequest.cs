@@ -61,7 +61,9 @@ public static class MessagesRequestParser
             if (prefill is not null && toolChoice.Mode is ToolChoiceMode.Required or ToolChoiceMode.Named)
                 throw Error("messages: a final assistant turn (prefill) cannot be combined with tool_choice 'any' or 'tool', which force a tool call.", "messages");
             var system = ParseSystem(root);
-            if (system is not null) messages.Insert(0, new ChatMessage("system", system));
+            // The system prompt is the first chat message (combined with a leading system turn, as consecutive turns are).
+            if (system is not null && messages[0].Role == "system") messages[0] = messages[0] with { Content = system + "\n\n" + messages[0].Content };
+            else if (system is not null) messages.Insert(0, new ChatMessage("system", system));
             ParseThinking(root);
             var temperature = OptionalFloat(root, "temperature", 0, 1) ?? 1f;
             var topP = OptionalFloat(root, "top_p", 0, 1) ?? 1f;

@@ -108,6 +108,35 @@ public sealed class GrammarSamplerTests : IDisposable
     }
 
     [Fact]
+    public void TriggerTextThatDoesNotFitIsAGrammarExceptionNotAnAbort()
+    {
+        // The match (from its group) is "<<x": llama.cpp would throw a C++ exception inside llama_sampler_accept.
+        var grammar = new GrammarSpec("""root ::= "<<" [0-9]+ """, "root", ["(<<)x"], []);
+        using var sampler = new Sampler(SamplingOptions.Greedy with { Grammar = grammar }, _tokenizer);
+        var tokens = _tokenizer.Encode("ab<<x", addBos: false, parseSpecial: false);
+        foreach (var token in tokens[..^1]) sampler.Accept(token);
+        var error = Assert.Throws<GrammarException>(() => sampler.Accept(tokens[^1]));
+        Assert.Contains("does not fit the grammar", error.Message);
+    }
+
+    [Fact]
+    public void TriggerTokenFiresWithItsPiece()
+    {
+        var fits = new GrammarSpec("""root ::= "<|im_start|>" [0-9]{1,3} """, "root", [], [Vocab.ImStart]);
+        using (var sampler = new Sampler(SamplingOptions.Greedy with { Grammar = fits }, _tokenizer))
+        {
+            sampler.Accept(_tokenizer.Encode("hello", addBos: false, parseSpecial: false));
+            sampler.Accept(Vocab.ImStart);
+            var (text, ended) = Generate(sampler, 3, 10);
+            Assert.True(ended, text);
+            Assert.Matches(new Regex("^[0-9]{1,3}$"), text);
+        }
+        var misfit = new GrammarSpec("""root ::= "a" """, "root", [], [Vocab.ImStart]);
+        using (var sampler = new Sampler(SamplingOptions.Greedy with { Grammar = misfit }, _tokenizer))
+            Assert.Throws<GrammarException>(() => sampler.Accept(Vocab.ImStart));
+    }
+
+    [Fact]
     public void BadTriggerPatternOrTokenIsRefusedBeforeLlamaCpp()
     {
         Assert.Throws<GrammarException>(() => new Sampler(SamplingOptions.Greedy with

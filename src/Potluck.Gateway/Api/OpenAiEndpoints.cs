@@ -85,6 +85,11 @@ public static class OpenAiEndpoints
             outcome = e.Error.Status.ToString(System.Globalization.CultureInfo.InvariantCulture);
             await e.Error.WriteAsync(context);
         }
+        catch (Exception e) when (e is GrammarException or GrammarBudgetExceededException && !context.Response.HasStarted)
+        {
+            outcome = "400";
+            await GrammarError(e).WriteAsync(context);
+        }
         finally
         {
             telemetry.Requests.Add(1, new KeyValuePair<string, object?>("endpoint", endpoint), new KeyValuePair<string, object?>("outcome", outcome));
@@ -197,11 +202,20 @@ public static class OpenAiEndpoints
             await responses.WriteStreamErrorAsync(new ApiError(503, e.Message, ApiError.ServerError, null, "route_failed"), ct);
             return "503";
         }
+        catch (Exception e) when (e is GrammarException or GrammarBudgetExceededException)
+        {
+            await responses.WriteStreamErrorAsync(GrammarError(e), ct);
+            return "400";
+        }
         await responses.WriteFinishChunkAsync(chat?.FinishReason(FinishName(generation.Finish)) ?? FinishName(generation.Finish), ct);
         if (includeUsage) await responses.WriteUsageChunkAsync(generation.PromptTokens, generation.CompletionTokens, ct);
         await responses.WriteDoneAsync(ct);
         return "200";
     }
+
+    // The request's grammar (response_format, tools) failed: refused by llama.cpp, stuck, or too slow per token.
+    private static ApiError GrammarError(Exception e) => ApiError.BadRequest(
+        $"The output grammar (from response_format or the tools) failed: {e.Message}.", null, e is GrammarBudgetExceededException ? "grammar_too_slow" : "invalid_grammar");
 
     private static string FinishName(FinishReason? reason) => reason == FinishReason.Length ? "length" : "stop";
 

@@ -14,6 +14,8 @@ namespace Potluck.Gateway.Chat;
 /// </summary>
 public static class ToolGrammar
 {
+    public const int MaxGrammarCharacters = 512 * 1024;
+
     /// <summary>The grammar for this request, or null when its tools need none (no tools, tool_choice none).</summary>
     public static GrammarSpec? For(CompletionRequest request, ChatTemplateTraits traits)
     {
@@ -34,6 +36,11 @@ public static class ToolGrammar
         var call = "call ::= " + string.Join(" | ", callNames) + "\n";
         var (root, trigger) = Root(traits.Family, request.ParallelToolCalls);
         var gbnf = "root ::= " + root + "\n" + call + rules + JsonRules;
+        // Each schema is capped by JsonSchemaGrammar.Limits; all the tools together are capped here, before llama.cpp parses it.
+        if (gbnf.Length > MaxGrammarCharacters)
+            throw new ApiErrorException(ApiError.BadRequest(
+                $"The tools' parameter schemas make a grammar of {gbnf.Length} characters; at most {MaxGrammarCharacters} are accepted. Send fewer or smaller tools.",
+                "tools", "grammar_too_large"));
         return lazy ? new GrammarSpec(gbnf, "root", [trigger], []) : new GrammarSpec(gbnf);
     }
 

@@ -57,15 +57,23 @@ internal sealed class PatternConverter(string pattern, string path, int maxRepet
     private bool More => _at < pattern.Length;
     private char Peek => pattern[_at];
 
+    // Whether the construct parsed last can match the empty string. Repeating such a part without bound ("(a?)*")
+    // matches nothing more than a plain repetition would, but is ambiguous without bound (every extra empty pass is
+    // another parse for llama.cpp's grammar stacks to track), so it is refused; the regex can always be rewritten.
+    private bool _nullable;
+
     private string ParseAlternation(bool topLevel)
     {
         var alternatives = new List<string> { ParseSequence() };
+        var nullable = _nullable;
         while (More && Peek == '|')
         {
             _at++;
             alternatives.Add(ParseSequence());
+            nullable |= _nullable;
             if (topLevel) _hasTopLevelAlternation = true;
         }
+        _nullable = nullable;
         if (alternatives.Count == 1) return alternatives[0];
         return string.Join(" | ", alternatives.Select(a => a.Length == 0 ? "\"\"" : a));
     }
@@ -80,6 +88,7 @@ internal sealed class PatternConverter(string pattern, string path, int maxRepet
             items.Add($"\"{literal}\"");
             literal.Clear();
         }
+        var nullable = true;
         while (More && Peek != '|' && Peek != ')')
         {
             if (++_nodes > 4 * pattern.Length + 16) throw Fail("too complex");
@@ -89,12 +98,15 @@ internal sealed class PatternConverter(string pattern, string path, int maxRepet
             if (literalText is not null && !quantified)
             {
                 literal.Append(literalText);
+                nullable = false;
                 continue;
             }
             FlushLiteral();
             items.Add(quantified ? Quantify(atom, atomStart) : atom);
+            nullable &= _nullable;
         }
         FlushLiteral();
+        _nullable = nullable;
         return string.Join(" ", items);
     }
 
@@ -109,12 +121,15 @@ internal sealed class PatternConverter(string pattern, string path, int maxRepet
     private string Quantify(string atom, int atomStart)
     {
         var grouped = atom.Contains(' ') && !(atom.StartsWith('(') && atom.EndsWith(')')) ? $"({atom})" : atom;
+        var atomNullable = _nullable;
+        var unbounded = pattern[_at] is '*' or '+' || pattern[_at] == '{' && pattern.IndexOf('}', _at) is var close && close > 0 && pattern[close - 1] == ',';
+        if (atomNullable && unbounded) throw Fail("an unbounded repetition of a part that can match the empty string");
         string result;
         switch (pattern[_at++])
         {
-            case '*': result = grouped + "*"; break;
-            case '+': result = grouped + "+"; break;
-            case '?': result = grouped + "?"; break;
+            case '*': result = grouped + "*"; _nullable = true; break;
+            case '+': result = grouped + "+"; _nullable = false; break;
+            case '?': result = grouped + "?"; _nullable = true; break;
             default:
                 var min = ReadNumber();
                 int? max = min;
@@ -128,6 +143,7 @@ internal sealed class PatternConverter(string pattern, string path, int maxRepet
                 if (max < min) throw Fail("{m,n} with n < m");
                 if (min > maxRepetition || max > maxRepetition) throw Fail($"a repetition count above {maxRepetition}");
                 result = max is null ? $"{grouped}{{{min},}}" : max == min ? $"{grouped}{{{min}}}" : $"{grouped}{{{min},{max}}}";
+                _nullable = min == 0 || atomNullable;
                 break;
         }
         if (More && Peek == '?') _at++; // lazy: same language
@@ -148,6 +164,7 @@ internal sealed class PatternConverter(string pattern, string path, int maxRepet
     /// <returns>The atom's GBNF, and its JSON-escaped text when it is a single literal character.</returns>
     private (string Gbnf, string? Literal) ParseAtom()
     {
+        _nullable = false;
         var c = pattern[_at++];
         switch (c)
         {
@@ -167,6 +184,7 @@ internal sealed class PatternConverter(string pattern, string path, int maxRepet
                 var inner = ParseAlternation(topLevel: false);
                 if (!More || Peek != ')') throw Fail("an unclosed group");
                 _at++;
+                // _nullable is the group's, from ParseAlternation.
                 return (inner.Length == 0 ? "\"\"" : $"({inner})", null);
             case ')':
                 throw Fail("an unmatched ')'");

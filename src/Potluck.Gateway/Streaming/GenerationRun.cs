@@ -42,8 +42,9 @@ public sealed class GenerationRun : IAsyncDisposable
         SessionId = sessionId;
         _grain = grain;
         var model = service.Model;
-        _route = new ResilientRoute(service, sessionId, grain, request.PromptTokens.Length + request.MaxTokens, request.MaxTokens + 1);
+        // First: a grammar llama.cpp refuses throws here, before anything else is held.
         _sampler = new Sampler(request.Sampling, model.Tokenizer);
+        _route = new ResilientRoute(service, sessionId, grain, request.PromptTokens.Length + request.MaxTokens, request.MaxTokens + 1);
         _decoder = model.Tokenizer.CreateStreamingDecoder(request.RenderSpecialTokens);
         _stops = new StopSequenceMatcher(request.Stop);
         _logits = new float[model.VocabSize];

@@ -14,7 +14,9 @@ public sealed record GrammarSpec(string Gbnf, string Root, IReadOnlyList<string>
     /// <summary>Longest grammar text accepted here; the gateway's converters cap well below this.</summary>
     public const int MaxGbnfChars = 1 << 20;
 
-    public static TimeSpan DefaultStepBudget { get; } = TimeSpan.FromMilliseconds(250);
+    // Far above a normal step (well under a millisecond on the test vocabulary) so a busy machine or a GC pause does
+    // not fail requests, yet it bounds a grammar whose matcher blows up.
+    public static TimeSpan DefaultStepBudget { get; } = TimeSpan.FromSeconds(1);
 
     /// <summary>
     /// Most time the grammar may take to constrain one token (both grammar passes of a step together); a step over

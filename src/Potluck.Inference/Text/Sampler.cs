@@ -25,6 +25,10 @@ public sealed class Sampler : IDisposable
     private readonly LLamaTokenData[] _candidates;
     private readonly LLamaTokenData[] _single = GC.AllocateArray<LLamaTokenData>(1, pinned: true);
     private readonly long _grammarBudgetTicks;
+    // Lazy grammars: llama.cpp hands the text from the trigger on to the grammar inside llama_sampler_accept and
+    // throws a C++ exception (which aborts this process) if it does not fit. So the trigger is tracked here too, and
+    // that text is first checked on a probe grammar, byte token by byte token, with the same matcher.
+    private readonly LazyTrigger? _lazy;
 
     /// <summary>A sampler without grammar support (a grammar in the options is refused: it needs the vocabulary).</summary>
     public Sampler(SamplingOptions options, int vocabSize) : this(options, vocabSize, tokenizer: null) { }
@@ -46,6 +50,7 @@ public sealed class Sampler : IDisposable
         {
             if (tokenizer is null) throw new ArgumentException("a grammar needs the vocabulary: construct the Sampler with the Tokenizer", nameof(options));
             _grammar = CreateGrammar(grammar, tokenizer);
+            if (grammar.IsLazy) _lazy = new LazyTrigger(grammar, tokenizer);
             _grammarBudgetTicks = (long)(grammar.StepBudget.TotalSeconds * Stopwatch.Frequency);
         }
         _candidates = GC.AllocateArray<LLamaTokenData>(vocabSize, pinned: true);
@@ -167,6 +172,7 @@ public sealed class Sampler : IDisposable
         {
             if (!Allows(token))
                 throw new ArgumentException($"token {token} does not continue the grammar", nameof(token));
+            _lazy?.BeforeAccept(token);
             _grammar.Accept(token);
         }
         _chain.Accept(token);
@@ -190,6 +196,7 @@ public sealed class Sampler : IDisposable
     {
         var token = Sample(logits);
         // Sample already checked the token against the grammar; skip Accept's second check.
+        _lazy?.BeforeAccept(token);
         _grammar?.Accept(token);
         _chain.Accept(token);
         return token;
@@ -200,11 +207,89 @@ public sealed class Sampler : IDisposable
     {
         _chain.Reset();
         _grammar?.Reset();
+        _lazy?.Reset();
     }
 
     public void Dispose()
     {
         _chain.Dispose();
         _grammar?.Dispose();
+    }
+
+    /// <summary>
+    /// Mirrors llama.cpp's lazy-grammar trigger (llama_grammar_accept_impl): a trigger token fires with its own piece;
+    /// otherwise pieces are buffered and each trigger pattern is searched in the buffer, and a match fires with the
+    /// text from its first non-empty group (else the match) on. Before a firing token reaches llama.cpp, that text is
+    /// fed to a fresh eager grammar as single-byte tokens; a mismatch becomes a GrammarException instead of an abort.
+    /// Patterns run over the bytes read as Latin-1, as std::regex reads them.
+    /// </summary>
+    private sealed class LazyTrigger(GrammarSpec grammar, Tokenizer tokenizer)
+    {
+        private readonly Regex[] _patterns = grammar.TriggerPatterns
+            .Select(p => new Regex(p, RegexOptions.ECMAScript | RegexOptions.CultureInvariant, TimeSpan.FromMilliseconds(100))).ToArray();
+        private readonly HashSet<int> _tokens = [.. grammar.TriggerTokens];
+        private readonly List<byte> _buffer = [];
+        private bool _fired;
+
+        public void Reset()
+        {
+            _buffer.Clear();
+            _fired = false;
+        }
+
+        public void BeforeAccept(int token)
+        {
+            if (_fired) return;
+            var piece = tokenizer.GrammarPiece(token);
+            if (_tokens.Contains(token))
+            {
+                Fire(piece);
+                return;
+            }
+            _buffer.AddRange(piece);
+            var text = System.Text.Encoding.Latin1.GetString(System.Runtime.InteropServices.CollectionsMarshal.AsSpan(_buffer));
+            foreach (var pattern in _patterns)
+            {
+                Match match;
+                try { match = pattern.Match(text); }
+                catch (RegexMatchTimeoutException e) { throw new GrammarException("a grammar trigger pattern took too long to match", e); }
+                if (!match.Success) continue;
+                var start = match.Index;
+                for (var g = 1; g < match.Groups.Count; g++)
+                    if (match.Groups[g].Success && match.Groups[g].Length > 0) { start = match.Groups[g].Index; break; }
+                Fire(_buffer.GetRange(start, _buffer.Count - start).ToArray());
+                return;
+            }
+        }
+
+        private void Fire(byte[] constrained)
+        {
+            _fired = true;
+            _buffer.Clear();
+            var bytes = tokenizer.SingleByteTokens;
+            using var probe = LlamaGrammarSampler.Create(tokenizer.ModelHandle, grammar.Gbnf, grammar.Root, [], [], lazy: false)
+                ?? throw new GrammarException("llama.cpp could not parse the grammar");
+            var single = GC.AllocateArray<LLamaTokenData>(1, pinned: true);
+            foreach (var b in constrained)
+            {
+                var token = bytes[b];
+                // A vocabulary without this byte as a token cannot be checked this way; let llama.cpp have it.
+                if (token < 0) return;
+                single[0] = new LLamaTokenData(token, 1f, 0f);
+                using (LLamaTokenDataArrayNative.Create(new LLamaTokenDataArray(single, isSorted: false), out var native))
+                {
+                    probe.Apply(ref native);
+                    if (float.IsNegativeInfinity(native.Data[0].Logit))
+                        throw new GrammarException($"the output from the grammar trigger on ('{JsonSafe(constrained)}') does not fit the grammar");
+                }
+                probe.Accept(token);
+            }
+        }
+
+        private static string JsonSafe(byte[] text)
+        {
+            var s = System.Text.Encoding.UTF8.GetString(text);
+            return s.Length <= 64 ? s : s[..64] + "...";
+        }
     }
 }

@@ -43,6 +43,39 @@ public sealed class Tokenizer : IDisposable
     /// <summary>The vocab-only model handle; llama.cpp's grammar sampler needs it to match token texts.</summary>
     internal SafeLlamaModelHandle ModelHandle => _weights.NativeHandle;
 
+    /// <summary>The bytes llama.cpp's grammar sees for a token: its piece with special tokens rendered.</summary>
+    internal byte[] GrammarPiece(int token)
+    {
+        CheckToken(token);
+        Span<byte> buffer = stackalloc byte[256];
+        var length = (int)_weights.NativeHandle.TokenToSpan(token, buffer, 0, special: true);
+        if (length > buffer.Length)
+        {
+            var large = new byte[length];
+            _weights.NativeHandle.TokenToSpan(token, large, 0, special: true);
+            return large;
+        }
+        return buffer[..length].ToArray();
+    }
+
+    private int[]? _singleByteTokens;
+
+    /// <summary>For each byte value, a token whose piece is exactly that byte, or -1 (byte-fallback and BPE vocabularies have all 256).</summary>
+    internal int[] SingleByteTokens => _singleByteTokens ??= FindSingleByteTokens();
+
+    private int[] FindSingleByteTokens()
+    {
+        var map = new int[256];
+        Array.Fill(map, -1);
+        Span<byte> buffer = stackalloc byte[8];
+        for (var id = 0; id < VocabSize; id++)
+        {
+            if (_weights.NativeHandle.TokenToSpan(id, buffer, 0, special: true) != 1) continue;
+            if (map[buffer[0]] < 0) map[buffer[0]] = id;
+        }
+        return map;
+    }
+
     private static string[] FindSpecialTexts(SafeLlamaModelHandle.Vocabulary vocab)
     {
         var texts = new HashSet<string>(StringComparer.Ordinal);

@@ -131,6 +131,18 @@ public sealed class ToolRequestParsingTests
     }
 
     [Fact]
+    public void ManyLargeToolSchemasTogetherAreA400()
+    {
+        // 100 tools of 60 enum values with long names: each schema is within limits, the grammar of all is not.
+        var values = string.Join(",", Enumerable.Range(0, 60).Select(i => $"\"{new string('v', 80)}{i}\""));
+        var tools = string.Join(",", Enumerable.Range(0, 100).Select(i =>
+            $"{{\"type\":\"function\",\"function\":{{\"name\":\"t{i}\",\"parameters\":{{\"type\":\"object\",\"properties\":{{\"x\":{{\"enum\":[{values}]}}}},\"required\":[\"x\"]}}}}}}"));
+        var error = Assert.Throws<ApiErrorException>(() => ToolGrammar.For(Parse($"\"tools\":[{tools}],\"tool_choice\":\"required\""), ChatTemplateTraits.Detect(null))).Error;
+        Assert.Equal("tools", error.Param);
+        Assert.Equal("grammar_too_large", error.Code);
+    }
+
+    [Fact]
     public void GrammarsFollowEachFamilysCallSyntax()
     {
         var request = Parse($"\"tools\":[{Tool}],\"tool_choice\":\"required\"");

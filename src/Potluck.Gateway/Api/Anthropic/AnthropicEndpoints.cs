@@ -6,6 +6,7 @@ using Microsoft.Extensions.Logging;
 using Potluck.Gateway.Head;
 using Potluck.Gateway.Streaming;
 using Potluck.Gateway.Telemetry;
+using Potluck.Inference.Text;
 
 namespace Potluck.Gateway.Api.Anthropic;
 
@@ -62,6 +63,11 @@ public static partial class AnthropicEndpoints
         {
             outcome = e.Error.Status.ToString(CultureInfo.InvariantCulture);
             await e.Error.WriteAsync(context);
+        }
+        catch (Exception e) when (e is GrammarException or GrammarBudgetExceededException && !context.Response.HasStarted)
+        {
+            outcome = "400";
+            await GrammarError(e).WriteAsync(context);
         }
         finally
         {
@@ -155,13 +161,22 @@ public static partial class AnthropicEndpoints
             await responses.WriteStreamErrorAsync(new ApiError(503, e.Message, ApiError.ServerError, null, "route_failed"), ct);
             return "503";
         }
+        catch (Exception e) when (e is GrammarException or GrammarBudgetExceededException)
+        {
+            await responses.WriteStreamErrorAsync(GrammarError(e), ct);
+            return "400";
+        }
         await answer.EndAsync(responses, ct);
         await responses.WriteMessageEndAsync(StopReason(generation, answer), generation.StopSequence, generation.PromptTokens, generation.CompletionTokens, ct);
         return "200";
     }
 
+    // The request's grammar (output_config.format, tools) failed: refused by llama.cpp, stuck, or too slow per token.
+    private static ApiError GrammarError(Exception e) => ApiError.BadRequest(
+        $"The output grammar (from output_config.format or the tools) failed: {e.Message}.", null, e is GrammarBudgetExceededException ? "grammar_too_slow" : "invalid_grammar");
+
     /// <summary>The tool-call grammar; a schema it cannot express is a 400 naming the Anthropic field (tools.N.input_schema).</summary>
-    private static Inference.Text.GrammarSpec? ToolGrammar(CompletionRequest chat, ModelFrontEnd model)
+    private static GrammarSpec? ToolGrammar(CompletionRequest chat, ModelFrontEnd model)
     {
         try
         {

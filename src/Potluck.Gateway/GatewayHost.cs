@@ -194,6 +194,7 @@ public static class GatewayHost
         // Host filtering (first, from WebApplication), routing, CORS, authentication, JSON content type, rate limits, authorization.
         app.UsePotluckAccess(access);
         OpenAiEndpoints.Map(app);
+        Api.Anthropic.AnthropicEndpoints.Map(app);
         OpsEndpoints.Map(app);
         app.MapPrometheusScrapingEndpoint("/metrics").RequireAuthorization(AccessPolicies.Metrics);
         WireLifecycle(app, options, model);

@@ -26,7 +26,9 @@ public sealed record ApiError(int Status, string Message, string Type = ApiError
         context.Response.ContentType = "application/json";
         if (Status == 503) context.Response.Headers.RetryAfter = "1";
         await using var writer = new Utf8JsonWriter(context.Response.BodyWriter);
-        Write(writer);
+        // /v1/messages answers every error, access control's included, in Anthropic's shape.
+        if (Anthropic.AnthropicErrors.Applies(context)) Anthropic.AnthropicErrors.Write(writer, this);
+        else Write(writer);
         await writer.FlushAsync(context.RequestAborted);
     }
 

@@ -306,7 +306,7 @@ public static class OpenAiEndpoints
     /// Reads the whole body up to <paramref name="limit"/> bytes; larger bodies are 413. An oversized body is still
     /// drained (Kestrel caps it at <see cref="GatewayHost.DrainLimit"/>), so the client reads a clean 413 instead of a reset.
     /// </summary>
-    private static async Task<byte[]> ReadBodyAsync(HttpContext context, long limit)
+    internal static async Task<byte[]> ReadBodyAsync(HttpContext context, long limit)
     {
         var reader = context.Request.BodyReader;
         var tooLarge = context.Request.ContentLength is { } declared && declared > limit;

@@ -68,6 +68,8 @@ public sealed class GenerationRun : IAsyncDisposable
     public int PromptTokens => _request.PromptTokens.Length;
     public int CompletionTokens { get; private set; }
     public FinishReason? Finish { get; private set; }
+    /// <summary>The stop sequence that ended the generation, if one did (Anthropic's stop_sequence).</summary>
+    public string? StopSequence => _stops.MatchedStop;
     public RoutePlan? Route => _route.Plan;
     public int Reroutes => _route.Reroutes;
 

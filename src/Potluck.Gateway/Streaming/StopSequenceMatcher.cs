@@ -19,6 +19,9 @@ public sealed class StopSequenceMatcher
     /// <summary>Offset in the whole output where the stop sequence began, once one matched.</summary>
     public int? StopOffset { get; private set; }
 
+    /// <summary>The stop sequence that matched (the earliest in the text), once one did.</summary>
+    public string? MatchedStop { get; private set; }
+
     /// <summary>
     /// Adds generated text; returns the text now safe to emit (possibly empty). After a match, returns the text
     /// before the stop sequence and sets <see cref="StopOffset"/>.
@@ -34,14 +37,20 @@ public sealed class StopSequenceMatcher
         _pending.Append(text);
         var pending = _pending.ToString();
         var first = -1;
+        string? matched = null;
         foreach (var stop in _stops)
         {
             var at = pending.IndexOf(stop, StringComparison.Ordinal);
-            if (at >= 0 && (first < 0 || at < first)) first = at;
+            if (at >= 0 && (first < 0 || at < first))
+            {
+                first = at;
+                matched = stop;
+            }
         }
         if (first >= 0)
         {
             StopOffset = _emitted + first;
+            MatchedStop = matched;
             _pending.Clear();
             _emitted += first;
             return pending[..first];

@@ -101,7 +101,7 @@ public static class ToolGrammar
         {
             // Arguments keep at most one space between tokens: a weak model under the schema's usual newline-and-20-tabs
             // whitespace spends its whole budget on blanks and never finishes the call.
-            return Regex.Replace(JsonSchemaGrammar.ToGbnf(root, rule), $"^{Regex.Escape(rule)}-ws ::= .*$", $"{rule}-ws ::= | \" \"", RegexOptions.Multiline);
+            return JsonSchemaGrammar.ToGbnf(root, rule, compactWhitespace: true);
         }
         catch (JsonSchemaGrammarException e)
         {

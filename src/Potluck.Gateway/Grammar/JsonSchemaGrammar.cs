@@ -50,16 +50,18 @@ public static class JsonSchemaGrammar
 
     /// <summary>GBNF rules where rule <paramref name="rootName"/> matches one JSON value valid under <paramref name="schema"/>.</summary>
     /// <exception cref="JsonSchemaGrammarException">A feature it cannot express, or a limit passed.</exception>
-    public static string ToGbnf(JsonElement schema, string rootName) => ToGbnf(schema, rootName, Limits);
+    /// <param name="compactWhitespace">At most one space between tokens instead of llama.cpp's newline and up to 20
+    /// tabs: a weak model under the usual whitespace can spend its whole budget on blanks (tool-call arguments use it).</param>
+    public static string ToGbnf(JsonElement schema, string rootName, bool compactWhitespace = false) => ToGbnf(schema, rootName, Limits, compactWhitespace);
 
-    public static string ToGbnf(JsonElement schema, string rootName, JsonSchemaGrammarLimits limits)
+    public static string ToGbnf(JsonElement schema, string rootName, JsonSchemaGrammarLimits limits, bool compactWhitespace = false)
     {
         ArgumentNullException.ThrowIfNull(limits);
         if (!IsValidRuleName(rootName)) throw new ArgumentException($"'{rootName}' is not a GBNF rule name ([a-zA-Z0-9-], 1-64 chars)", nameof(rootName));
         var size = schema.GetRawText().Length;
         if (size > limits.MaxSchemaChars)
             throw new JsonSchemaGrammarException("schema size", "#", $"The schema is {size} characters; at most {limits.MaxSchemaChars} are accepted");
-        var converter = new Converter(schema, rootName, limits);
+        var converter = new Converter(schema, rootName, limits, compactWhitespace);
         return converter.Convert();
     }
 
@@ -77,7 +79,7 @@ public static class JsonSchemaGrammar
         return ToRootGbnf(document.RootElement);
     }
 
-    private sealed class Converter(JsonElement root, string rootName, JsonSchemaGrammarLimits limits)
+    private sealed class Converter(JsonElement root, string rootName, JsonSchemaGrammarLimits limits, bool compactWhitespace)
     {
         // Annotations: they do not constrain the value.
         private static readonly HashSet<string> Ignored = new(StringComparer.Ordinal)
@@ -141,7 +143,7 @@ public static class JsonSchemaGrammar
             _names.Add(full);
             var body = name switch
             {
-                "ws" => "| \" \" | \"\\n\" [ \\t]{0,20}",
+                "ws" => compactWhitespace ? "| \" \"" : "| \" \" | \"\\n\" [ \\t]{0,20}",
                 // Printable ASCII and escapes only: llama.cpp's grammar decodes UTF-8 without checking continuation
                 // bytes, so raw non-ASCII could come out as invalid UTF-8; \u escapes carry any other character.
                 "char" => "[ !#-\\x5B\\x5D-~] | \"\\\\\" ([\"\\\\/bfnrt] | \"u\" " + Primitive("scalar") + ")",

@@ -113,8 +113,23 @@ public sealed class TelemetryTests(ITestOutputHelper output)
         // Metrics: the node's own meter and Orleans' meter both reach the node's MeterProvider.
         var meterProvider = pool.Apps[0].Services.GetRequiredService<MeterProvider>();
         Assert.True(meterProvider.ForceFlush(10_000));
-        List<string> names;
-        names = metrics.Snapshot().Select(m => m.Name).Distinct().ToList();
+        // The periodic reader (200 ms) exports concurrently with the flush and refills the exported list as it goes,
+        // so one snapshot can miss instruments: read again (bounded) until the node's own ones are there.
+        List<string> names = [];
+        try
+        {
+            await WaitUntil(() =>
+            {
+                names = metrics.Snapshot().Select(m => m.Name).Distinct().ToList();
+                if (names.Contains("potluck.node.steps") && names.Contains("potluck.node.step_latency")) return true;
+                meterProvider.ForceFlush(1_000);
+                return false;
+            });
+        }
+        catch (TimeoutException)
+        {
+            // The assertions below name what is missing.
+        }
         output.WriteLine("metrics: " + string.Join(", ", names.Order()));
         Assert.Contains("potluck.node.steps", names);
         Assert.Contains("potluck.node.step_latency", names);

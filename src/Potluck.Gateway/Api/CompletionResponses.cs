@@ -17,7 +17,10 @@ internal sealed class CompletionResponses(HttpContext context, CompletionKind ki
 
     private string ObjectName => kind == CompletionKind.Chat ? "chat.completion" : "text_completion";
 
-    public async Task StartStreamAsync()
+    public Task StartStreamAsync() => StartEventStreamAsync(context);
+
+    /// <summary>Starts a server-sent-events answer (both APIs stream this way): no caching, no proxy buffering.</summary>
+    internal static async Task StartEventStreamAsync(HttpContext context)
     {
         var response = context.Response;
         response.StatusCode = 200;

@@ -85,10 +85,11 @@ public static class OpenAiEndpoints
             outcome = e.Error.Status.ToString(System.Globalization.CultureInfo.InvariantCulture);
             await e.Error.WriteAsync(context);
         }
-        catch (Exception e) when (e is GrammarException or GrammarBudgetExceededException && !context.Response.HasStarted)
+        // Pool and grammar failures before the answer started (a stream's later ones are error events).
+        catch (Exception e) when (!context.Response.HasStarted && GenerationFailures.ToApiError(e, GrammarSource) is { } error)
         {
-            outcome = "400";
-            await GrammarError(e).WriteAsync(context);
+            outcome = error.Status.ToString(System.Globalization.CultureInfo.InvariantCulture);
+            await error.WriteAsync(context);
         }
         finally
         {
@@ -154,12 +155,11 @@ public static class OpenAiEndpoints
                 {
                     await generation.PrepareAsync(ct);
                 }
-                catch (Exception e) when (e is PoolUnavailableException or RouteFailedException)
+                // A later choice of a stream that already started: the failure is an error event.
+                catch (Exception e) when (responses is not null && request.Stream && GenerationFailures.ToApiError(e, GrammarSource) is { } error)
                 {
-                    var error = new ApiError(503, e.Message, ApiError.ServerError, null, e is PoolUnavailableException ? "pool_unavailable" : "route_failed");
-                    if (responses is null || !request.Stream) throw new ApiErrorException(error);
                     await responses.WriteStreamErrorAsync(error, ct);
-                    return "503";
+                    return error.Status.ToString(System.Globalization.CultureInfo.InvariantCulture);
                 }
                 if (responses is null)
                 {
@@ -201,17 +201,10 @@ public static class OpenAiEndpoints
     {
         var chat = Chat.ChatOutput.For(request, model.Tokenizer);
         var text = new StringBuilder();
-        try
+        await foreach (var piece in generation.RunAsync(ct))
         {
-            await foreach (var piece in generation.RunAsync(ct))
-            {
-                if (chat is null) text.Append(piece);
-                else chat.Push(piece);
-            }
-        }
-        catch (Exception e) when (e is PoolUnavailableException or RouteFailedException)
-        {
-            throw new ApiErrorException(new ApiError(503, e.Message, ApiError.ServerError, null, "route_failed"));
+            if (chat is null) text.Append(piece);
+            else chat.Push(piece);
         }
         var logprobs = new LogprobsSlice(generation.Logprobs, pieces, 0, generation.LogprobsCovered);
         if (chat is null) return new CompletedChoice(text.ToString(), FinishName(generation.Finish), logprobs);
@@ -247,16 +240,11 @@ public static class OpenAiEndpoints
             if (chat is not null && await chat.WriteAsync(responses, index, chat.Finish(), new LogprobsSlice(generation.Logprobs, pieces, sent, generation.LogprobsCovered), ct))
                 sent = generation.LogprobsCovered;
         }
-        catch (Exception e) when (e is PoolUnavailableException or RouteFailedException)
+        catch (Exception e) when (GenerationFailures.ToApiError(e, GrammarSource) is { } error)
         {
             services.GetRequiredService<ILoggerFactory>().CreateLogger("Potluck.Gateway").LogWarning("Session {Session} failed mid-stream: {Error}", generation.SessionId, e.Message);
-            await responses.WriteStreamErrorAsync(new ApiError(503, e.Message, ApiError.ServerError, null, "route_failed"), ct);
-            return "503";
-        }
-        catch (Exception e) when (e is GrammarException or GrammarBudgetExceededException)
-        {
-            await responses.WriteStreamErrorAsync(GrammarError(e), ct);
-            return "400";
+            await responses.WriteStreamErrorAsync(error, ct);
+            return error.Status.ToString(System.Globalization.CultureInfo.InvariantCulture);
         }
         // Tokens with no text of their own (the start of a character) whose logprobs the last piece did not carry.
         if (generation.LogprobsCovered > sent)
@@ -273,9 +261,8 @@ public static class OpenAiEndpoints
         return choice == uint.MaxValue ? uint.MaxValue - 1 : choice;
     }
 
-    // The request's grammar (response_format, tools) failed: refused by llama.cpp, stuck, or too slow per token.
-    private static ApiError GrammarError(Exception e) => ApiError.BadRequest(
-        $"The output grammar (from response_format or the tools) failed: {e.Message}.", null, e is GrammarBudgetExceededException ? "grammar_too_slow" : "invalid_grammar");
+    // Where a request's grammar comes from, for its error message.
+    private const string GrammarSource = "response_format or the tools";
 
     private static string FinishName(FinishReason? reason) => reason == FinishReason.Length ? "length" : "stop";
 

@@ -64,10 +64,11 @@ public static partial class AnthropicEndpoints
             outcome = e.Error.Status.ToString(CultureInfo.InvariantCulture);
             await e.Error.WriteAsync(context);
         }
-        catch (Exception e) when (e is GrammarException or GrammarBudgetExceededException && !context.Response.HasStarted)
+        // Pool and grammar failures before the answer started (a stream's later ones are error events).
+        catch (Exception e) when (!context.Response.HasStarted && GenerationFailures.ToApiError(e, GrammarSource) is { } error)
         {
-            outcome = "400";
-            await GrammarError(e).WriteAsync(context);
+            outcome = error.Status.ToString(CultureInfo.InvariantCulture);
+            await error.WriteAsync(context);
         }
         finally
         {
@@ -110,18 +111,7 @@ public static partial class AnthropicEndpoints
         await using (generation)
         {
             var ct = cancel.Token;
-            try
-            {
-                await generation.PrepareAsync(ct);
-            }
-            catch (PoolUnavailableException e)
-            {
-                throw new ApiErrorException(new ApiError(503, e.Message, ApiError.ServerError, null, "pool_unavailable"));
-            }
-            catch (RouteFailedException e)
-            {
-                throw new ApiErrorException(new ApiError(503, e.Message, ApiError.ServerError, null, "route_failed"));
-            }
+            await generation.PrepareAsync(ct);
             activity?.SetTag("potluck.route", generation.Route?.ToString());
             context.Response.Headers["request-id"] = id;
             context.Response.Headers["x-potluck-session"] = id;
@@ -130,14 +120,7 @@ public static partial class AnthropicEndpoints
             var answer = new AnswerBlocks(output);
             if (chat.Stream) return await StreamAsync(generation, responses, answer, services, ct);
 
-            try
-            {
-                await foreach (var piece in generation.RunAsync(ct)) answer.Push(piece);
-            }
-            catch (Exception e) when (e is PoolUnavailableException or RouteFailedException)
-            {
-                throw new ApiErrorException(new ApiError(503, e.Message, ApiError.ServerError, null, "route_failed"));
-            }
+            await foreach (var piece in generation.RunAsync(ct)) answer.Push(piece);
             answer.Finish();
             activity?.SetTag("potluck.completion_tokens", generation.CompletionTokens);
             await responses.WriteCompleteAsync(answer.Blocks, StopReason(generation, answer), generation.StopSequence, generation.PromptTokens, generation.CompletionTokens, ct);
@@ -155,25 +138,19 @@ public static partial class AnthropicEndpoints
             await foreach (var piece in generation.RunAsync(ct)) await answer.WriteAsync(responses, answer.Push(piece), ct);
             await answer.WriteAsync(responses, answer.Finish(), ct);
         }
-        catch (Exception e) when (e is PoolUnavailableException or RouteFailedException)
+        catch (Exception e) when (GenerationFailures.ToApiError(e, GrammarSource) is { } error)
         {
             services.GetRequiredService<ILoggerFactory>().CreateLogger("Potluck.Gateway").LogWarning("Session {Session} failed mid-stream: {Error}", generation.SessionId, e.Message);
-            await responses.WriteStreamErrorAsync(new ApiError(503, e.Message, ApiError.ServerError, null, "route_failed"), ct);
-            return "503";
-        }
-        catch (Exception e) when (e is GrammarException or GrammarBudgetExceededException)
-        {
-            await responses.WriteStreamErrorAsync(GrammarError(e), ct);
-            return "400";
+            await responses.WriteStreamErrorAsync(error, ct);
+            return error.Status.ToString(CultureInfo.InvariantCulture);
         }
         await answer.EndAsync(responses, ct);
         await responses.WriteMessageEndAsync(StopReason(generation, answer), generation.StopSequence, generation.PromptTokens, generation.CompletionTokens, ct);
         return "200";
     }
 
-    // The request's grammar (output_config.format, tools) failed: refused by llama.cpp, stuck, or too slow per token.
-    private static ApiError GrammarError(Exception e) => ApiError.BadRequest(
-        $"The output grammar (from output_config.format or the tools) failed: {e.Message}.", null, e is GrammarBudgetExceededException ? "grammar_too_slow" : "invalid_grammar");
+    // Where a request's grammar comes from, for its error message.
+    private const string GrammarSource = "output_config.format or the tools";
 
     /// <summary>The tool-call grammar; a schema it cannot express is a 400 naming the Anthropic field (tools.N.input_schema).</summary>
     private static GrammarSpec? ToolGrammar(CompletionRequest chat, ModelFrontEnd model)

@@ -35,15 +35,7 @@ internal sealed class MessagesResponses(HttpContext context, string id, string m
         await _json.FlushAsync(ct);
     }
 
-    public async Task StartStreamAsync()
-    {
-        var response = context.Response;
-        response.StatusCode = 200;
-        response.ContentType = "text/event-stream; charset=utf-8";
-        response.Headers.CacheControl = "no-cache";
-        response.Headers["X-Accel-Buffering"] = "no";
-        await response.StartAsync(context.RequestAborted);
-    }
+    public Task StartStreamAsync() => CompletionResponses.StartEventStreamAsync(context);
 
     /// <summary>message_start (the message with no content yet and the input token count), then a ping.</summary>
     public ValueTask<FlushResult> WriteMessageStartAsync(int inputTokens, CancellationToken ct)

@@ -1,0 +1,25 @@
+using Potluck.Gateway.Streaming;
+using Potluck.Inference.Text;
+
+namespace Potluck.Gateway.Api;
+
+/// <summary>How a generation that failed is told to the client, the same on every endpoint (OpenAI and Anthropic).</summary>
+internal static class GenerationFailures
+{
+    /// <summary>
+    /// The error for a failure of the pool (503: no chain of stages, or a route that could not be replaced) or of the
+    /// request's grammar (400: refused by llama.cpp, stuck, or too slow per token); null for anything else.
+    /// </summary>
+    /// <param name="grammarSource">The request fields the grammar came from, named in the message.</param>
+    public static ApiError? ToApiError(Exception e, string grammarSource) => e switch
+    {
+        PoolUnavailableException => new ApiError(503, e.Message, ApiError.ServerError, null, "pool_unavailable"),
+        RouteFailedException => new ApiError(503, e.Message, ApiError.ServerError, null, "route_failed"),
+        GrammarBudgetExceededException => Grammar(e, grammarSource, "grammar_too_slow"),
+        GrammarException => Grammar(e, grammarSource, "invalid_grammar"),
+        _ => null,
+    };
+
+    private static ApiError Grammar(Exception e, string source, string code) =>
+        ApiError.BadRequest($"The output grammar (from {source}) failed: {e.Message}.", null, code);
+}

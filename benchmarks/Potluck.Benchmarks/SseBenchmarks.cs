@@ -30,10 +30,10 @@ public class SseBenchmarks
     }
 
     [Benchmark]
-    public bool ChatChunk() => Complete(_chat!.WriteTextChunkAsync(Token, CancellationToken.None));
+    public bool ChatChunk() => Complete(_chat!.WriteTextChunkAsync(0, Token, default, CancellationToken.None));
 
     [Benchmark]
-    public bool TextChunk() => Complete(_text!.WriteTextChunkAsync(Token, CancellationToken.None));
+    public bool TextChunk() => Complete(_text!.WriteTextChunkAsync(0, Token, default, CancellationToken.None));
 
     private static bool Complete(ValueTask<System.IO.Pipelines.FlushResult> flush) =>
         flush.IsCompletedSuccessfully ? flush.Result.IsCompleted : flush.AsTask().GetAwaiter().GetResult().IsCompleted;

@@ -298,7 +298,7 @@ public sealed class SpanChooserTests
         // Through the process-wide model, as the nodes in other tests of this process use it.
         using var lease = Compute.SharedModel.Acquire(info.Path);
         using var span = new LayerSpan(lease.Model, 0, 1);
-        Assert.Equal(span.KvBytesPerToken, NodeCapacity.KvBytesPerTokenPerLayer(info));
+        Assert.Equal(span.KvBytesPerToken, NodeCapacity.KvBytesPerToken(info, 0));
         var withKv = NodeCapacity.EstimateLayerBytes(info, kvTokens: 1000);
         Assert.Equal(weightsOnly[0] + 1000 * span.KvBytesPerToken, withKv[0]);
         Assert.True(NodeCapacity.AvailableMemoryBytes() > 0);

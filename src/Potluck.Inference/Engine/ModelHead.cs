@@ -1,10 +1,12 @@
+using Potluck.Inference.Families;
 using Potluck.Inference.Gguf;
 using Potluck.Inference.Native;
 
 namespace Potluck.Inference.Engine;
 
 /// <summary>
-/// The gateway's part of the model: token-embedding lookup, and final norm plus LM head to logits.
+/// The gateway's part of the model: token-embedding lookup, and final norm plus LM head to logits, with the
+/// family's <see cref="HeadTraits"/> (embedding scale, final softcap).
 /// Binds only token_embd, output_norm and output (or token_embd again when embeddings are tied).
 /// </summary>
 public sealed class ModelHead : IDisposable
@@ -13,6 +15,7 @@ public sealed class ModelHead : IDisposable
     private readonly IntPtr _embeddings;
     private readonly IntPtr _outputNorm;
     private readonly IntPtr _output;
+    private readonly HeadTraits _traits;
     private readonly GraphRunner _runner;
     private readonly Lock _gate = new();
     private bool _disposed;
@@ -26,6 +29,7 @@ public sealed class ModelHead : IDisposable
         _info = model.Info;
         Width = _info.EmbeddingLength;
         VocabSize = _info.VocabSize;
+        _traits = (ModelFamilies.Find(_info.Architecture) ?? throw new UnsupportedArchitectureException(_info.Architecture, ModelFamilies.Supported)).Head(_info);
         _embeddings = model.Weight("token_embd.weight", WeightUse.Plain, Width, VocabSize);
         _outputNorm = model.Weight("output_norm.weight", WeightUse.Plain, Width);
         _output = _info.TiedEmbeddings
@@ -52,6 +56,7 @@ public sealed class ModelHead : IDisposable
                 var ids = Ggml.ggml_new_tensor_1d(ctx, (int)GgmlType.I32, tokens.Length);
                 Ggml.ggml_set_input(ids);
                 var rows = Ggml.ggml_get_rows(ctx, _embeddings, ids);
+                if (_traits.EmbeddingScale != 1f) rows = Ggml.ggml_scale(ctx, rows, _traits.EmbeddingScale);
                 Ggml.ggml_set_output(rows);
                 Ggml.ggml_build_forward_expand(graph, rows);
                 _runner.Allocate(graph);
@@ -85,6 +90,11 @@ public sealed class ModelHead : IDisposable
                 Ggml.ggml_set_input(x);
                 var normed = Ggml.ggml_mul(ctx, Ggml.ggml_rms_norm(ctx, x, _info.RmsNormEps), _outputNorm);
                 var result = Ggml.ggml_mul_mat(ctx, _output, normed);
+                if (_traits.FinalLogitSoftcap > 0f)
+                {
+                    var cap = _traits.FinalLogitSoftcap;
+                    result = Ggml.ggml_scale(ctx, Ggml.ggml_tanh(ctx, Ggml.ggml_scale(ctx, result, 1f / cap)), cap);
+                }
                 Ggml.ggml_set_output(result);
                 Ggml.ggml_build_forward_expand(graph, result);
                 _runner.Allocate(graph);

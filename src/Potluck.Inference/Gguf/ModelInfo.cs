@@ -7,6 +7,15 @@ public enum RopeKind
     NeoX = 2,
 }
 
+/// <summary>rope.scaling.type as llama.cpp parses it (llama_rope_scaling_type_from_string).</summary>
+public enum RopeScaling
+{
+    None,
+    Linear,
+    Yarn,
+    LongRope,
+}
+
 /// <summary>One entry of the GGUF tensor index.</summary>
 public sealed record TensorInfo(string Name, GgmlType Type, long[] Shape, long FileOffset, long Bytes);
 
@@ -29,6 +38,7 @@ public sealed record ModelInfo
     public required RopeKind Rope { get; init; }
     /// <summary>rope.scaling.type when the file sets one (linear, yarn, ...).</summary>
     public string? RopeScalingType { get; init; }
+    public RopeScaling RopeScaling { get; init; }
     public int? SlidingWindow { get; init; }
     public required int VocabSize { get; init; }
     public string? ChatTemplate { get; init; }
@@ -42,4 +52,10 @@ public sealed record ModelInfo
     /// <summary>SHA-256 over the GGUF metadata and tensor index: files with other weights layout never mix.</summary>
     public required string ModelId { get; init; }
     public required IReadOnlyList<TensorInfo> Tensors { get; init; }
+    /// <summary>The family's typed hyper-parameters; <see cref="Families.FamilyParameters.None"/> for unsupported architectures.</summary>
+    public Families.FamilyParameters Parameters { get; init; } = Families.FamilyParameters.None;
+    /// <summary>What each layer caches per position, index = layer (what span choice and KV budgets count).</summary>
+    public IReadOnlyList<Families.LayerKv> KvLayers { get; init; } = [];
+    /// <summary>True when the engine has a family for <see cref="Architecture"/>.</summary>
+    public bool IsSupported => Families.ModelFamilies.Find(Architecture) is not null;
 }

@@ -1,17 +1,10 @@
+using Potluck.Inference.Families;
+
 namespace Potluck.Inference.Gguf;
 
 /// <summary>Derives <see cref="ModelInfo"/> from a GGUF header the way llama.cpp's loader reads the same keys.</summary>
 internal static class ModelInfoReader
 {
-    /// <summary>Architectures the span engine implements, with the RoPE pairing each uses in llama.cpp.</summary>
-    public static readonly IReadOnlyDictionary<string, RopeKind> Supported = new Dictionary<string, RopeKind>(StringComparer.Ordinal)
-    {
-        ["llama"] = RopeKind.Normal,
-        ["mistral"] = RopeKind.Normal,
-        ["qwen2"] = RopeKind.NeoX,
-        ["qwen3"] = RopeKind.NeoX,
-    };
-
     public static ModelInfo Read(GgufFile file)
     {
         var arch = file.Get<string>("general.architecture")
@@ -36,7 +29,9 @@ internal static class ModelInfoReader
         var scaleFactor = Float("rope.scaling.factor", 0f);
         if (scaleFactor == 0f) scaleFactor = Float("rope.scale_linear", 0f);
 
-        return new ModelInfo
+        var family = ModelFamilies.Find(arch);
+        var scalingType = file.Get<string>($"{arch}.rope.scaling.type");
+        var common = new ModelInfo
         {
             Path = file.Path,
             Architecture = arch,
@@ -51,8 +46,15 @@ internal static class ModelInfoReader
             RmsNormEps = Float("attention.layer_norm_rms_epsilon", 1e-5f),
             RopeFreqBase = Float("rope.freq_base", 10000f),
             RopeFreqScale = scaleFactor > 0f ? 1f / scaleFactor : 1f,
-            RopeScalingType = file.Get<string>($"{arch}.rope.scaling.type"),
-            Rope = Supported.TryGetValue(arch, out var rope) ? rope : RopeKind.Normal,
+            RopeScalingType = scalingType,
+            RopeScaling = scalingType switch
+            {
+                "linear" => RopeScaling.Linear,
+                "yarn" => RopeScaling.Yarn,
+                "longrope" => RopeScaling.LongRope,
+                _ => RopeScaling.None,
+            },
+            Rope = family?.Rope ?? RopeKind.Normal,
             SlidingWindow = file.GetInteger($"{arch}.attention.sliding_window") is { } ? (int)Int("attention.sliding_window") : null,
             VocabSize = vocab,
             ChatTemplate = file.Get<string>("tokenizer.chat_template"),
@@ -63,13 +65,19 @@ internal static class ModelInfoReader
             ModelId = file.HeaderHash,
             Tensors = file.Tensors,
         };
+        if (family is null || common.LayerCount <= 0)
+            return common with { KvLayers = Enumerable.Repeat(new LayerKv(headDim * common.KvHeadCount, headDim * common.KvHeadCount, null), Math.Max(0, common.LayerCount)).ToArray() };
+        var withParameters = common with { Parameters = family.ReadParameters(new GgufMetadata(file, arch), common) };
+        var kv = new LayerKv[withParameters.LayerCount];
+        for (var l = 0; l < kv.Length; l++) kv[l] = family.DescribeKv(withParameters, l);
+        return withParameters with { KvLayers = kv };
     }
 
     /// <summary>Checks that every hyperparameter the span engine divides or indexes by is sane.</summary>
     public static void ValidateForEngine(ModelInfo info)
     {
-        if (!Supported.ContainsKey(info.Architecture))
-            throw new UnsupportedArchitectureException(info.Architecture, Supported.Keys);
+        var family = ModelFamilies.Find(info.Architecture)
+                     ?? throw new UnsupportedArchitectureException(info.Architecture, ModelFamilies.Supported);
         void Require(bool ok, string what)
         {
             if (!ok) throw new GgufFormatException(info.Path, what);
@@ -84,6 +92,7 @@ internal static class ModelInfoReader
         Require(info.VocabSize > 0, "vocabulary is empty");
         Require(float.IsFinite(info.RmsNormEps) && info.RmsNormEps > 0, "layer_norm_rms_epsilon must be positive");
         Require(float.IsFinite(info.RopeFreqBase) && info.RopeFreqBase > 0, "rope.freq_base must be positive");
+        family.Validate(info);
     }
 
     private static GgmlType DominantWeightType(IReadOnlyList<TensorInfo> tensors)

@@ -152,19 +152,15 @@ public static class TestModelGenerator
         _ => throw new ArgumentException($"the generator cannot produce {type} models", nameof(type)),
     };
 
-    /// <summary>
-    /// The GGUF architecture string. llama.cpp (c0c7e147) has no "mistral" architecture (only "mistral3"/"mistral4",
-    /// different models): Mistral 7B GGUFs are "llama" files, so a "mistral" test model is a llama file with
-    /// Mistral's hyperparameters and its sliding-window key, which llama.cpp's llama loader does not read.
-    /// </summary>
-    public static string GgufArchitecture(string architecture) => architecture == "mistral" ? "llama" : architecture;
+    /// <summary>The GGUF architecture string the spec's family writes (a "mistral" spec writes a llama file).</summary>
+    public static string GgufArchitecture(string architecture) => TestFamilyWriters.Get(architecture).GgufArchitecture;
 
     private static GgufWriter BuildWriter(TestModelSpec spec)
     {
-        var arch = GgufArchitecture(spec.Architecture);
+        var family = TestFamilyWriters.Get(spec.Architecture);
+        var arch = family.GgufArchitecture;
         var headDim = spec.EffectiveHeadDim;
-        long embd = spec.EmbeddingLength, ff = spec.FeedForwardLength, vocab = Vocab.Size;
-        long qDim = (long)spec.HeadCount * headDim, kvDim = (long)spec.KvHeadCount * headDim;
+        long embd = spec.EmbeddingLength, vocab = Vocab.Size;
 
         var writer = new GgufWriter()
             .Add("general.architecture", arch)
@@ -178,49 +174,17 @@ public static class TestModelGenerator
             .Add($"{arch}.attention.head_count_kv", (uint)spec.KvHeadCount)
             .Add($"{arch}.attention.layer_norm_rms_epsilon", spec.RmsNormEps)
             .Add($"{arch}.rope.freq_base", spec.RopeFreqBase)
-            .Add($"{arch}.rope.dimension_count", (uint)headDim);
-        if (spec.Architecture == "qwen3" || spec.HeadDim is not null)
-        {
-            writer.Add($"{arch}.attention.key_length", (uint)headDim)
-                  .Add($"{arch}.attention.value_length", (uint)headDim);
-        }
-        var window = spec.SlidingWindow ?? (spec.Architecture == "mistral" ? 4096 : (int?)null);
-        if (window is { } w) writer.Add($"{arch}.attention.sliding_window", (uint)w);
-        // Llama 3.1 conversions carry rope_freqs.weight and no rope.scaling.* keys; llama.cpp reads only the tensor.
-
+            .Add($"{arch}.rope.dimension_count", (uint)family.RopeDimensions(spec));
+        family.AddMetadata(writer, spec);
         AddTokenizer(writer, spec.ChatTemplate);
 
-        var seed = spec.Seed;
-        var scale = spec.WeightScale;
-        writer.AddTensor("token_embd.weight", [embd, vocab], Random(seed, "token_embd.weight", scale));
-        writer.AddTensor("output_norm.weight", [embd], Ones);
-        if (!spec.TiedEmbeddings) writer.AddTensor("output.weight", [embd, vocab], Random(seed, "output.weight", scale));
+        var random = new TestTensors(spec.Seed, spec.WeightScale);
+        writer.AddTensor("token_embd.weight", [embd, vocab], random.Uniform("token_embd.weight"));
+        writer.AddTensor("output_norm.weight", [embd], TestTensors.Ones);
+        if (!spec.TiedEmbeddings) writer.AddTensor("output.weight", [embd, vocab], random.Uniform("output.weight"));
         if (spec.RopeFreqFactors) writer.AddTensor("rope_freqs.weight", [headDim / 2], RopeFactors);
-
-        for (var layer = 0; layer < spec.LayerCount; layer++)
-        {
-            var p = $"blk.{layer}.";
-            writer.AddTensor(p + "attn_norm.weight", [embd], Ones);
-            writer.AddTensor(p + "attn_q.weight", [embd, qDim], Random(seed, p + "attn_q.weight", scale));
-            writer.AddTensor(p + "attn_k.weight", [embd, kvDim], Random(seed, p + "attn_k.weight", scale));
-            writer.AddTensor(p + "attn_v.weight", [embd, kvDim], Random(seed, p + "attn_v.weight", scale));
-            if (spec.Architecture == "qwen2")
-            {
-                writer.AddTensor(p + "attn_q.bias", [qDim], Random(seed, p + "attn_q.bias", scale));
-                writer.AddTensor(p + "attn_k.bias", [kvDim], Random(seed, p + "attn_k.bias", scale));
-                writer.AddTensor(p + "attn_v.bias", [kvDim], Random(seed, p + "attn_v.bias", scale));
-            }
-            if (spec.Architecture == "qwen3")
-            {
-                writer.AddTensor(p + "attn_q_norm.weight", [headDim], Ones);
-                writer.AddTensor(p + "attn_k_norm.weight", [headDim], Ones);
-            }
-            writer.AddTensor(p + "attn_output.weight", [qDim, embd], Random(seed, p + "attn_output.weight", scale));
-            writer.AddTensor(p + "ffn_norm.weight", [embd], Ones);
-            writer.AddTensor(p + "ffn_gate.weight", [embd, ff], Random(seed, p + "ffn_gate.weight", scale));
-            writer.AddTensor(p + "ffn_up.weight", [embd, ff], Random(seed, p + "ffn_up.weight", scale));
-            writer.AddTensor(p + "ffn_down.weight", [ff, embd], Random(seed, p + "ffn_down.weight", scale));
-        }
+        family.AddGlobalTensors(writer, spec, random);
+        for (var layer = 0; layer < spec.LayerCount; layer++) family.AddLayer(writer, spec, layer, random);
         return writer;
     }
 
@@ -253,16 +217,6 @@ public static class TestModelGenerator
               .Add("tokenizer.ggml.add_space_prefix", false);
         if (chatTemplate is not null) writer.Add("tokenizer.chat_template", chatTemplate);
     }
-
-    /// <summary>Uniform values with standard deviation <paramref name="scale"/> (bound √3·scale).</summary>
-    private static GgufWriter.TensorFiller Random(int seed, string name, float scale) => data =>
-    {
-        var rng = new SplitMix64(SplitMix64.Derive(seed, name));
-        var bound = scale * MathF.Sqrt(3f);
-        for (var i = 0; i < data.Length; i++) data[i] = rng.NextSymmetric(bound);
-    };
-
-    private static void Ones(Span<float> data) => data.Fill(1f);
 
     /// <summary>Llama-3-like frequency factors: 1 for the fastest-rotating pairs, rising to 4 for the slowest.</summary>
     private static void RopeFactors(Span<float> data)

@@ -1,4 +1,4 @@
-using System.Globalization;
+using System.Text.Json;
 using System.Security.Cryptography;
 using System.Text;
 
@@ -15,9 +15,9 @@ namespace Potluck.Inference.Models;
 public sealed record TestModelSpec
 {
     /// <summary>Bumped whenever the generator's output for an unchanged spec changes, so caches never serve stale files.</summary>
-    internal const int GeneratorVersion = 1;
+    internal const int GeneratorVersion = 2;
 
-    /// <summary>"llama", "mistral", "qwen2" or "qwen3".</summary>
+    /// <summary>A family of <see cref="TestFamilyWriters"/>: "llama", "mistral", "qwen2", "qwen3", ...</summary>
     public string Architecture { get; init; } = "llama";
     public int EmbeddingLength { get; init; } = 64;
     public int LayerCount { get; init; } = 4;
@@ -41,6 +41,19 @@ public sealed record TestModelSpec
     public int? HeadDim { get; init; }
     /// <summary>Mistral sliding-window size written to the metadata; null means 4096 (Mistral 7B v0.1) for "mistral", none otherwise.</summary>
     public int? SlidingWindow { get; init; }
+
+    /// <summary>Experts per mixture-of-experts layer; 0 writes dense feed-forward layers.</summary>
+    public int ExpertCount { get; init; }
+    /// <summary>Experts each token uses (expert_used_count).</summary>
+    public int ExpertUsedCount { get; init; }
+    /// <summary>Hidden width of one expert (expert_feed_forward_length); null means FeedForwardLength.</summary>
+    public int? ExpertFeedForwardLength { get; init; }
+    /// <summary>Hidden width of the shared expert(s) where the family has one; null writes none.</summary>
+    public int? SharedExpertFeedForwardLength { get; init; }
+    /// <summary>Dense layers before the expert layers (DeepSeek's leading_dense_block_count).</summary>
+    public int LeadingDenseLayers { get; init; }
+    /// <summary>Every how-many-th layer is global where the family interleaves sliding-window layers (Gemma 3: 6).</summary>
+    public int? SlidingWindowPattern { get; init; }
 
     /// <summary>Jinja chat template stored as tokenizer.chat_template; null writes none. Default: ChatML.</summary>
     public string? ChatTemplate { get; init; } = TestModelGenerator.ChatMlTemplate;
@@ -70,26 +83,15 @@ public sealed record TestModelSpec
     public static Gguf.GgmlType DemoWeightType => Gguf.GgmlType.Q8_0;
 
     /// <summary>The architectures the generator writes.</summary>
-    public static IReadOnlyList<string> Architectures { get; } = ["llama", "mistral", "qwen2", "qwen3"];
+    public static IReadOnlyList<string> Architectures => TestFamilyWriters.Architectures;
 
     /// <summary>A small spec with the traits that distinguish each family, for cross-architecture tests.</summary>
-    public static TestModelSpec ForArchitecture(string architecture) => architecture switch
-    {
-        "llama" => new TestModelSpec(),
-        // Mistral 7B: GQA 4:1 and rope base 1e6.
-        "mistral" => new TestModelSpec { Architecture = "mistral", KvHeadCount = 1, RopeFreqBase = 1_000_000f },
-        // Qwen2 small models: Q/K/V biases, tied embeddings, rope base 1e6, eps 1e-6.
-        "qwen2" => new TestModelSpec { Architecture = "qwen2", TiedEmbeddings = true, RopeFreqBase = 1_000_000f, RmsNormEps = 1e-6f },
-        // Qwen3: per-head Q/K norms and a head size that is not EmbeddingLength / HeadCount.
-        "qwen3" => new TestModelSpec { Architecture = "qwen3", HeadDim = 32, RopeFreqBase = 1_000_000f, RmsNormEps = 1e-6f },
-        _ => throw new ArgumentException($"no test model family '{architecture}'; known: {string.Join(", ", Architectures)}", nameof(architecture)),
-    };
+    public static TestModelSpec ForArchitecture(string architecture) => TestFamilyWriters.Get(architecture).Example;
 
     /// <summary>Throws ArgumentException when the hyperparameters cannot form a valid model.</summary>
     public void Validate()
     {
-        if (!Architectures.Contains(Architecture))
-            throw new ArgumentException($"unknown architecture '{Architecture}'; known: {string.Join(", ", Architectures)}");
+        var family = TestFamilyWriters.Get(Architecture);
         Positive(EmbeddingLength, nameof(EmbeddingLength));
         Positive(LayerCount, nameof(LayerCount));
         Positive(HeadCount, nameof(HeadCount));
@@ -102,26 +104,22 @@ public sealed record TestModelSpec
             throw new ArgumentException($"head dimension {EffectiveHeadDim} must be positive and even (RoPE rotates pairs)");
         if (HeadCount % KvHeadCount != 0)
             throw new ArgumentException($"HeadCount {HeadCount} is not a multiple of KvHeadCount {KvHeadCount}");
-        if (RopeFreqFactors && Architecture is not ("llama" or "mistral"))
-            throw new ArgumentException($"rope frequency factors are a Llama 3 feature; llama.cpp's {Architecture} loader rejects rope_freqs.weight");
+        if (ExpertCount < 0 || ExpertUsedCount < 0 || ExpertUsedCount > ExpertCount || (ExpertCount > 0 && ExpertUsedCount == 0))
+            throw new ArgumentException($"ExpertUsedCount {ExpertUsedCount} must lie in [1, ExpertCount {ExpertCount}] for an expert model");
+        if (LeadingDenseLayers < 0 || LeadingDenseLayers > LayerCount) throw new ArgumentException("LeadingDenseLayers must lie in [0, LayerCount]");
         if (!(WeightScale > 0) || !float.IsFinite(WeightScale)) throw new ArgumentException("WeightScale must be positive and finite");
         if (!(RmsNormEps > 0)) throw new ArgumentException("RmsNormEps must be positive");
         if (!(RopeFreqBase > 0)) throw new ArgumentException("RopeFreqBase must be positive");
+        family.Validate(this);
     }
 
-    /// <summary>A short stable hash of every field that affects the file, plus the generator version and weight type.</summary>
+    /// <summary>A short stable hash of every field (the record as JSON, so a new field counts without edits here), the generator version and weight type.</summary>
     public string CacheKey(Gguf.GgmlType type)
     {
-        var canonical = string.Join('|',
-            GeneratorVersion, Architecture, EmbeddingLength, LayerCount, HeadCount, KvHeadCount, FeedForwardLength,
-            ContextLength, Seed, Bits(WeightScale), TiedEmbeddings, RopeFreqFactors, Bits(RopeFreqBase), Bits(RmsNormEps),
-            HeadDim?.ToString(CultureInfo.InvariantCulture) ?? "-", SlidingWindow?.ToString(CultureInfo.InvariantCulture) ?? "-",
-            ChatTemplate is null ? "-" : Convert.ToHexStringLower(SHA256.HashData(Encoding.UTF8.GetBytes(ChatTemplate))), (int)type);
+        var canonical = $"{GeneratorVersion}|{(int)type}|{JsonSerializer.Serialize(this)}";
         var hash = SHA256.HashData(Encoding.UTF8.GetBytes(canonical));
         return Convert.ToHexStringLower(hash.AsSpan(0, 8));
     }
-
-    private static string Bits(float value) => BitConverter.SingleToInt32Bits(value).ToString("x8", CultureInfo.InvariantCulture);
 
     private static void Positive(int value, string name)
     {

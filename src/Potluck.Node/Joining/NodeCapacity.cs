@@ -49,7 +49,7 @@ public sealed class NodeCapacity
 
     /// <summary>
     /// Per-layer cost of <paramref name="model"/>: the bytes of every "blk.N." tensor plus
-    /// <paramref name="kvTokens"/> positions of F16 K and V.
+    /// <paramref name="kvTokens"/> positions of the layer's F16 KV cache (its family's widths); a mixture-of-experts layer counts all its experts.
     /// </summary>
     public static long[] EstimateLayerBytes(ModelInfo model, long kvTokens)
     {
@@ -58,13 +58,13 @@ public sealed class NodeCapacity
         {
             if (LayerOf(tensor.Name) is { } layer && layer < bytes.Length) bytes[layer] += tensor.Bytes;
         }
-        var kvPerLayer = KvBytesPerTokenPerLayer(model) * kvTokens;
-        for (var i = 0; i < bytes.Length; i++) bytes[i] += kvPerLayer;
+        for (var i = 0; i < bytes.Length; i++) bytes[i] += KvBytesPerToken(model, i) * kvTokens;
         return bytes;
     }
 
-    /// <summary>F16 K plus V for one position of one layer (what the engine allocates per session token).</summary>
-    public static long KvBytesPerTokenPerLayer(ModelInfo model) => 2L * model.KvHeadCount * model.HeadDim * sizeof(ushort);
+    /// <summary>F16 KV bytes one position costs in <paramref name="layer"/> (what the engine allocates per session token).</summary>
+    public static long KvBytesPerToken(ModelInfo model, int layer) =>
+        layer < model.KvLayers.Count ? model.KvLayers[layer].BytesPerToken : 2L * model.KvHeadCount * model.HeadDim * sizeof(ushort);
 
     private static int? LayerOf(string tensorName)
     {

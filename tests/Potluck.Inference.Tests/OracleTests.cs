@@ -138,14 +138,17 @@ public sealed class OracleTests
         return (tokens, logits);
     }
 
-    internal static (List<int> Tokens, List<float[]> Logits) RunPipeline(LocalPipeline pipeline, string session, int vocab)
+    internal static readonly int[] SecondPrompt = [1, 3 + 'A', 3 + ' ', 3 + 'd', 3 + 'o', 3 + 'g', 3 + ' ', 3 + 'r', 3 + 'a', 3 + 'n', 3 + '!'];
+
+    internal static (List<int> Tokens, List<float[]> Logits) RunPipeline(LocalPipeline pipeline, string session, int vocab, int[]? prompt = null)
     {
+        prompt ??= Prompt;
         pipeline.OpenSession(session, 256);
         var tokens = new List<int>();
         var logits = new List<float[]>();
         var current = new float[vocab];
-        pipeline.Evaluate(session, 0, Prompt, current);
-        var position = Prompt.Length;
+        pipeline.Evaluate(session, 0, prompt, current);
+        var position = prompt.Length;
         for (var step = 0; step <= DecodeSteps; step++)
         {
             logits.Add((float[])current.Clone());
@@ -155,6 +158,32 @@ public sealed class OracleTests
         }
         pipeline.CloseSession(session);
         return (tokens, logits);
+    }
+
+    /// <summary>Greedy decode of <see cref="Prompt"/> and <see cref="SecondPrompt"/> in two sessions whose steps alternate.</summary>
+    internal static (List<int> A, List<int> B) RunInterleaved(LocalPipeline pipeline, int vocab)
+    {
+        pipeline.OpenSession("i-a", 256);
+        pipeline.OpenSession("i-b", 256);
+        var la = new float[vocab];
+        var lb = new float[vocab];
+        pipeline.Evaluate("i-a", 0, Prompt, la);
+        pipeline.Evaluate("i-b", 0, SecondPrompt, lb);
+        int pa = Prompt.Length, pb = SecondPrompt.Length;
+        List<int> a = [], b = [];
+        for (var step = 0; step <= DecodeSteps; step++)
+        {
+            var na = LlamaCppReference.ArgMax(la);
+            var nb = LlamaCppReference.ArgMax(lb);
+            a.Add(na);
+            b.Add(nb);
+            if (step == DecodeSteps) break;
+            pipeline.Evaluate("i-a", pa++, [na], la);
+            pipeline.Evaluate("i-b", pb++, [nb], lb);
+        }
+        pipeline.CloseSession("i-a");
+        pipeline.CloseSession("i-b");
+        return (a, b);
     }
 
     internal static void AssertClose(float[] expected, float[] actual, string what)

@@ -1,0 +1,76 @@
+using Potluck.Inference.Engine;
+using Potluck.Inference.Gguf;
+using Potluck.Inference.Models;
+
+namespace Potluck.Inference.Tests;
+
+/// <summary>
+/// One row per (family, weight type): the span engine against llama.cpp on the same generated file, split into
+/// spans at the row's boundaries (last-token logits within the oracle tolerance at every step, 32 greedy tokens
+/// identical), then two interleaved sessions equal to each alone. Adding a family adds rows here.
+/// </summary>
+public sealed class FamilyOracleTests
+{
+    /// <summary>A family's oracle spec, the weight types it is tested in and the span boundaries (each split lists span ends).</summary>
+    public sealed record Row(string Name, TestModelSpec Spec, GgmlType[] Types, int[][] Splits);
+
+    /// <summary>The rows; each family's spec keeps rows 256 wide so K-quant targets give real K-quant tensors.</summary>
+    public static IReadOnlyList<Row> Rows { get; } =
+    [
+        new("qwen3", OracleTests.Spec("qwen3"), [GgmlType.Q8_0], [[2, 4]]),
+    ];
+
+    public static TheoryData<string, GgmlType> Cases()
+    {
+        var data = new TheoryData<string, GgmlType>();
+        foreach (var row in Rows)
+            foreach (var type in row.Types)
+                data.Add(row.Name, type);
+        return data;
+    }
+
+    [Theory]
+    [MemberData(nameof(Cases))]
+    public void SpansMatchLlamaCpp(string name, GgmlType type)
+    {
+        var row = Rows.Single(r => r.Name == name);
+        var path = TestModels.Get(row.Spec, type);
+        var (expectedTokens, expectedLogits) = OracleTests.RunReference(path);
+        Assert.True(expectedTokens.Distinct().Count() > 1, "reference greedy output is degenerate; the test model is too weak");
+
+        using var model = GgufModel.Open(path);
+        using var head = new ModelHead(model, 2);
+        foreach (var split in row.Splits)
+        {
+            var spans = OracleTests.MakeSpans(model, split);
+            try
+            {
+                var pipeline = new LocalPipeline(head, spans);
+                var (tokens, logits) = OracleTests.RunPipeline(pipeline, $"s-{string.Join('-', split)}", head.VocabSize);
+                var what = $"{name} {type} split [{string.Join(", ", split)}]";
+                for (var step = 0; step < logits.Count; step++)
+                    OracleTests.AssertClose(expectedLogits[step], logits[step], $"{what} step {step}");
+                Assert.Equal(expectedTokens, tokens);
+            }
+            finally
+            {
+                foreach (var s in spans) s.Dispose();
+            }
+        }
+
+        // Two sessions through the same spans, steps alternating: each equals its run alone.
+        var interleavedSpans = OracleTests.MakeSpans(model, row.Splits[^1]);
+        try
+        {
+            var pipeline = new LocalPipeline(head, interleavedSpans);
+            var (a, b) = OracleTests.RunInterleaved(pipeline, head.VocabSize);
+            Assert.Equal(expectedTokens, a);
+            var (alone, _) = OracleTests.RunPipeline(pipeline, "b-alone", head.VocabSize, OracleTests.SecondPrompt);
+            Assert.Equal(alone, b);
+        }
+        finally
+        {
+            foreach (var s in interleavedSpans) s.Dispose();
+        }
+    }
+}

@@ -37,6 +37,20 @@ public sealed class ServeTests : IClassFixture<TempHome>
     }
 
     [Fact]
+    public async Task AnUnsupportedArchitectureFailsFastWithOneLineNamingItAndTheSupportedOnes()
+    {
+        var path = _home.File("gpt2.gguf");
+        new Potluck.Inference.Models.GgufWriter()
+            .Add("general.architecture", "gpt2")
+            .Add("gpt2.block_count", 2u)
+            .AddTensor("token_embd.weight", [8, 4], d => d.Fill(0.1f))
+            .WriteTo(path);
+        var run = await PotluckProcess.RunAsync(_home.Path, FailFast, "serve", "--model", path, "--port", Ports.Free().ToString());
+        Assert.True(run.ExitCode == 3, run.ToString());
+        TextAssert.OneLineError(run, "unsupported architecture 'gpt2'; supported: " + string.Join(", ", Potluck.Inference.Families.ModelFamilies.Supported));
+    }
+
+    [Fact]
     public async Task APortInUseFailsBeforeStartingChildren()
     {
         using var holder = new TcpListener(IPAddress.Loopback, 0);

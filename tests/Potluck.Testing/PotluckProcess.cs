@@ -20,7 +20,8 @@ public static class PotluckProcess
 
     private static readonly Lazy<string> Dll = new(() => RepositoryLayout.BuildOutput("src/Potluck.Cli", "potluck.dll"));
 
-    public static ProcessStartInfo StartInfo(IEnumerable<string> arguments, string potluckHome)
+    public static ProcessStartInfo StartInfo(IEnumerable<string> arguments, string potluckHome,
+        IReadOnlyDictionary<string, string>? environment = null)
     {
         var start = new ProcessStartInfo("dotnet")
         {
@@ -34,6 +35,7 @@ public static class PotluckProcess
         start.Environment["POTLUCK_HOME"] = potluckHome;
         start.Environment["DOTNET_CLI_TELEMETRY_OPTOUT"] = "1";
         start.Environment["NO_COLOR"] = "1";
+        foreach (var (key, value) in environment ?? new Dictionary<string, string>()) start.Environment[key] = value;
         return start;
     }
 

@@ -8,8 +8,9 @@ namespace Potluck.Testing;
 /// </summary>
 public sealed class ServeProcess : ChildProcess
 {
-    private ServeProcess(string potluckHome, int port, IEnumerable<string> arguments, ITestOutputHelper? output)
-        : base(PotluckProcess.StartInfo(["serve", "--port", $"{port}", .. arguments], potluckHome), "potluck serve", output)
+    private ServeProcess(string potluckHome, int port, IEnumerable<string> arguments, ITestOutputHelper? output,
+        IReadOnlyDictionary<string, string>? environment)
+        : base(PotluckProcess.StartInfo(["serve", "--port", $"{port}", .. arguments], potluckHome, environment), "potluck serve", output)
     {
         Url = new Uri($"http://127.0.0.1:{port}/");
         StopGrace = PotluckProcess.StopGrace;
@@ -17,10 +18,11 @@ public sealed class ServeProcess : ChildProcess
 
     public Uri Url { get; }
 
+    /// <param name="environment">Extra environment for serve and the children it starts (Potluck__… settings).</param>
     public static async Task<ServeProcess> StartAsync(string potluckHome, IEnumerable<string> arguments, TimeSpan readyLimit,
-        ITestOutputHelper? output = null)
+        ITestOutputHelper? output = null, IReadOnlyDictionary<string, string>? environment = null)
     {
-        var serve = new ServeProcess(potluckHome, Ports.Free(), arguments, output);
+        var serve = new ServeProcess(potluckHome, Ports.Free(), arguments, output, environment);
         try
         {
             await serve.WaitForOutputAsync("Pool ready:", readyLimit);

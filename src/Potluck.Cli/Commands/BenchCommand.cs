@@ -72,7 +72,7 @@ public static class BenchCommand
             };
             if (options.ModelPath is { } path)
             {
-                var info = ModelCommands.InspectOrFail(path);
+                var info = ModelCommands.InspectRunnableOrFail(path);
                 options = options with { Types = [info.WeightType] };
             }
             NativeRuntime.EnsureLoaded();
@@ -188,7 +188,7 @@ public static class BenchCommand
                 else
                 {
                     modelPath = modelFile!.FullName;
-                    ModelCommands.InspectOrFail(modelPath);
+                    ModelCommands.InspectRunnableOrFail(modelPath);
                 }
                 NativeRuntime.EnsureLoaded();
                 var options = new PoolBenchmarkOptions(target, modelPath, promptTokens, decodeTokens, runCount);

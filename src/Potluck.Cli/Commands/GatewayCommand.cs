@@ -76,7 +76,7 @@ public static class GatewayCommand
             GatewayAccess.Resolve(options);
 
             // Read the header first: a missing or corrupt model is one clear line, not a host crash.
-            ModelCommands.InspectOrFail(options.ModelPath);
+            ModelCommands.InspectRunnableOrFail(options.ModelPath);
             HostedCommand.ApplyVerbosity(parse.GetValue(CliApplication.Verbose), parse.GetValue(accessLog));
             return await HostedCommand.RunAsync(parse.GetValue(parentPid), "gateway", stop => GatewayHost.RunAsync(options, stop));
         });

@@ -1,6 +1,8 @@
 using System.CommandLine;
 using System.Text.Json;
+using Potluck.Inference;
 using Potluck.Inference.Engine;
+using Potluck.Inference.Families;
 using Potluck.Inference.Gguf;
 using Potluck.Inference.Models;
 using Potluck.Inference.Native;
@@ -17,10 +19,12 @@ public static class ModelCommands
         var model = new Command("model", "Inspect GGUF model files and create the generated demo model");
         model.Subcommands.Add(CreateInspect());
         model.Subcommands.Add(CreateDemo());
+        model.Subcommands.Add(CreateTest());
         model.Subcommands.Add(CreateTrainDemo());
         return CliApplication.AddExamples(model,
             "potluck model inspect ./Meta-Llama-3-8B-Instruct.Q4_K_M.gguf",
             "potluck model create-demo --output ./demo.gguf",
+            "potluck model create-test --arch qwen3moe --type Q8_0",
             "potluck model train-demo --output ./models/potluck-demo.gguf");
     }
 
@@ -70,6 +74,73 @@ public static class ModelCommands
         return CliApplication.AddExamples(command,
             "potluck model create-demo",
             "potluck model create-demo --type Q4_K --output ./demo-q4k.gguf");
+    }
+
+    /// <summary>
+    /// A generated model of any family the generator writes (random weights at a fixed seed, quantized by
+    /// llama.cpp): what the oracle tests use, at any size, for trying a family end to end or benchmarking it.
+    /// </summary>
+    private static Command CreateTest()
+    {
+        var arch = new Option<string>("--arch") { Description = $"Family: {string.Join(", ", TestModelSpec.Architectures)}", Required = true };
+        var type = new Option<GgmlType>("--type") { Description = "Weight type: F32, F16, Q8_0, Q4_K, Q6_K ...", DefaultValueFactory = _ => GgmlType.Q8_0 };
+        var width = new Option<int?>("--width") { Description = "Embedding width (default: the family's small test size)" };
+        var layers = new Option<int?>("--layers") { Description = "Layer count" };
+        var heads = new Option<int?>("--heads") { Description = "Attention heads (KV heads scale with them)" };
+        var ff = new Option<int?>("--ff") { Description = "Dense feed-forward width" };
+        var experts = new Option<int?>("--experts") { Description = "Experts per layer (expert families)" };
+        var expertFf = new Option<int?>("--expert-ff") { Description = "Feed-forward width of one expert" };
+        var context = new Option<int?>("--context") { Description = "Context length" };
+        var seed = new Option<int?>("--seed") { Description = "Seed of the random weights" };
+        var output = new Option<FileInfo?>("--output", "-o") { Description = "Also copy the generated file here (it is always cached under $POTLUCK_HOME/models)" };
+        var command = new Command("create-test", "Write a generated test model of a family (random weights at a fixed seed, quantized by llama.cpp; no download)")
+        {
+            arch, type, width, layers, heads, ff, experts, expertFf, context, seed, output,
+        };
+        command.SetAction(parse =>
+        {
+            TestModelSpec spec;
+            try
+            {
+                spec = TestModelSpec.ForArchitecture(parse.GetRequiredValue(arch));
+                var h = parse.GetValue(heads);
+                spec = spec with
+                {
+                    EmbeddingLength = parse.GetValue(width) ?? spec.EmbeddingLength,
+                    LayerCount = parse.GetValue(layers) ?? spec.LayerCount,
+                    HeadCount = h ?? spec.HeadCount,
+                    KvHeadCount = h is { } n ? Math.Max(1, n * spec.KvHeadCount / spec.HeadCount) : spec.KvHeadCount,
+                    FeedForwardLength = parse.GetValue(ff) ?? spec.FeedForwardLength,
+                    ExpertCount = parse.GetValue(experts) ?? spec.ExpertCount,
+                    ExpertFeedForwardLength = parse.GetValue(expertFf) ?? spec.ExpertFeedForwardLength,
+                    ContextLength = parse.GetValue(context) ?? spec.ContextLength,
+                    Seed = parse.GetValue(seed) ?? spec.Seed,
+                };
+                spec.Validate();
+            }
+            catch (ArgumentException e)
+            {
+                Console.Error.WriteLine($"error: {e.Message}");
+                return ExitCodes.Usage;
+            }
+            NativeRuntime.EnsureLoaded();
+            var t = parse.GetValue(type);
+            var path = ProgressDisplay.Run($"{spec.Architecture} test model ({t})", progress =>
+                TestModelGenerator.GetOrCreate(spec, t, PotluckPaths.ModelCache,
+                    new SynchronousProgress<double>(fraction => progress.Report(("generating", fraction)))));
+            var destination = parse.GetValue(output);
+            if (destination is not null)
+            {
+                destination.Directory?.Create();
+                File.Copy(path, destination.FullName, overwrite: true);
+                path = destination.FullName;
+            }
+            Console.Out.WriteLine(path);
+            return ExitCodes.Ok;
+        });
+        return CliApplication.AddExamples(command,
+            "potluck model create-test --arch gemma3",
+            "potluck model create-test --arch qwen3moe --width 1024 --layers 8 --experts 16 --expert-ff 512 --type Q8_0");
     }
 
     private static Command CreateTrainDemo()
@@ -146,6 +217,15 @@ public static class ModelCommands
         {
             throw new CannotLoadException($"cannot read model {path}: {error.Message}", error);
         }
+    }
+
+    /// <summary>Like <see cref="InspectOrFail"/>, and refuses in one line an architecture the engine does not run.</summary>
+    public static ModelInfo InspectRunnableOrFail(string path)
+    {
+        var info = InspectOrFail(path);
+        if (!info.IsSupported)
+            throw new CannotLoadException($"cannot run model {path}: {new UnsupportedArchitectureException(info.Architecture, ModelFamilies.Supported).Message}");
+        return info;
     }
 
     /// <summary>Returns the cached demo model for this weight type, generating it once with a progress bar.</summary>

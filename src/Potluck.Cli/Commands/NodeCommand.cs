@@ -182,7 +182,7 @@ public static class NodeCommand
             return await HostedCommand.RunAsync(parse.GetValue(parentPid), "node", async stop =>
             {
                 // Read the header first: a missing, corrupt or too-short model is one clear line, not a host crash.
-                var info = ModelCommands.InspectOrFail(options.ModelPath);
+                var info = ModelCommands.InspectRunnableOrFail(options.ModelPath);
                 var joiner = new PoolJoiner(Console.Out, Console.Error, ProbeCacheDirectory());
                 JoinResult? joined = null;
                 if (gatewayUrl is not null)

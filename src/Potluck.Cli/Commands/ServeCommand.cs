@@ -85,7 +85,7 @@ public static class ServeCommand
         // Check the arithmetic before touching any file, so a typo fails in milliseconds.
         LayerPlan.Split(Math.Max(nodes / Math.Max(replicas, 1), 1), nodes, replicas);
         var modelPath = model?.FullName ?? DemoModels.Trained();
-        var info = ModelCommands.InspectOrFail(modelPath);
+        var info = ModelCommands.InspectRunnableOrFail(modelPath);
         var assignments = LayerPlan.Split(info.LayerCount, nodes, replicas);
         var plan = new LocalPoolPlan(modelPath, host, port, assignments)
         {

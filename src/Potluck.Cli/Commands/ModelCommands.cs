@@ -247,7 +247,7 @@ public static class ModelCommands
         summary.AddColumn("Property");
         summary.AddColumn("Value");
         void Row(string name, string value) => summary.AddRow(Markup.Escape(name), Markup.Escape(value));
-        Row("Architecture", info.Architecture);
+        Row("Architecture", info.IsSupported ? info.Architecture : $"{info.Architecture} (not supported by the engine; supported: {string.Join(", ", ModelFamilies.Supported)})");
         if (!string.IsNullOrEmpty(info.Name)) Row("Name", info.Name);
         Row("Model id", info.ModelId);
         Row("File size", FormatBytes(info.FileBytes));
@@ -262,6 +262,8 @@ public static class ModelCommands
         Row("RMS norm eps", info.RmsNormEps.ToString("G"));
         Row("Sliding window", info.SlidingWindow?.ToString() ?? "none");
         Row("Tied embeddings", info.TiedEmbeddings ? "yes" : "no");
+        if (!ReferenceEquals(info.Parameters, FamilyParameters.None)) Row("Family parameters", FamilyParametersText(info.Parameters));
+        if (info.KvLayers.Count > 0) Row("KV cache", $"{FormatBytes(info.KvLayers.Sum(k => k.BytesPerToken))} per token (F16, all layers)");
         Row("Chat template", info.ChatTemplate is null ? "none" : $"{info.ChatTemplate.Length} characters");
         AnsiConsole.Write(summary);
 
@@ -302,11 +304,22 @@ public static class ModelCommands
             info.RmsNormEps,
             info.SlidingWindow,
             info.TiedEmbeddings,
+            info.IsSupported,
+            FamilyParameters = ReferenceEquals(info.Parameters, FamilyParameters.None) ? (JsonElement?)null : JsonSerializer.SerializeToElement(info.Parameters, info.Parameters.GetType()),
+            KvBytesPerToken = info.KvLayers.Sum(k => k.BytesPerToken),
             HasChatTemplate = info.ChatTemplate is not null,
             TensorCount = info.Tensors.Count,
             TensorsByType = TensorsByType(info).Select(g => new { Type = g.Type.ToString(), g.Count, g.Bytes }),
         };
         Console.Out.WriteLine(JsonSerializer.Serialize(summary, new JsonSerializerOptions { WriteIndented = true }));
+    }
+
+    /// <summary>"ExpertCount = 8, ..." from the family's parameter record (its generated ToString, without the type name and braces).</summary>
+    private static string FamilyParametersText(FamilyParameters parameters)
+    {
+        var text = parameters.ToString();
+        var open = text.IndexOf('{');
+        return open < 0 ? text : text[(open + 1)..].TrimEnd('}', ' ').Trim();
     }
 
     private static IEnumerable<(GgmlType Type, int Count, long Bytes)> TensorsByType(ModelInfo info) =>

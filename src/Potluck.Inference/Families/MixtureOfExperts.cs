@@ -263,11 +263,21 @@ internal sealed class MoeFeedForward(MoeSettings settings, MoeWeights weights, S
 }
 
 /// <summary>
+/// Implemented by a family's parameters when its layers hold experts: <see cref="GgufModel"/> probes 3-D expert
+/// weights for repacking with n_expert_used rows per token, as llama.cpp's loader does.
+/// </summary>
+public interface IExpertCounts
+{
+    int ExpertCount { get; }
+    int ExpertUsedCount { get; }
+}
+
+/// <summary>
 /// Expert hyper-parameters of a mixture-of-experts family: <c>expert_count</c>, <c>expert_used_count</c>,
 /// <c>expert_feed_forward_length</c> and <c>expert_shared_feed_forward_length</c> (with llama.cpp's fallbacks).
 /// </summary>
 public sealed record ExpertParameters(int ExpertCount, int ExpertUsedCount, int ExpertFeedForwardLength, int SharedExpertFeedForwardLength)
-    : FamilyParameters
+    : FamilyParameters, IExpertCounts
 {
     /// <summary>
     /// Reads the expert keys; a missing expert width falls back to <paramref name="expertWidthFallback"/> (llama.cpp:

@@ -115,7 +115,7 @@ internal sealed class MoeFeedForward(MoeSettings settings, MoeWeights weights, S
     /// ffn_gate_up_exps.weight [embd, 2·ff, n_expert]), ffn_down_exps.weight [ff, embd, n_expert], and when present
     /// ffn_gate_inp.bias, exp_probs_b.bias and the per-expert .bias tensors. Expert tensors are bound zero-copy from
     /// the mapping, except where llama.cpp repacks them too (<see cref="GgufModel"/> probes 3-D weights with mul_mat_id:
-    /// Q4_0/Q4_K/IQ4_NL experts on AVX2 are copied into the repacked layout, as llama.cpp does; without that Q4_K differs).
+    /// experts whose type a repacked CPU kernel takes are copied into that layout, as llama.cpp does; the Q4_K rows differ without it).
     /// </summary>
     public static MoeFeedForward Bind(GgufModel model, int layer, long embd, long expertFf, MoeSettings settings, SharedExpert? shared = null)
     {

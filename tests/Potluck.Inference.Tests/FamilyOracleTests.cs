@@ -18,6 +18,13 @@ public sealed class FamilyOracleTests
     public static IReadOnlyList<Row> Rows { get; } =
     [
         new("qwen3", OracleTests.Spec("qwen3"), [GgmlType.Q8_0], [[2, 4]]),
+        // Layers 0-4 slide over 8 positions (the 13-token prompt and 32 steps run past it), layer 5 is global with
+        // the file's base and linear scale; [5, 6] splits between the last sliding layer and the global one.
+        new("gemma3", OracleTests.Spec("gemma3") with
+        {
+            LayerCount = 6, HeadDim = 64, SlidingWindow = 8, TiedEmbeddings = true,
+            RopeFreqBase = 1_000_000f, RopeScalingFactor = 8f, RmsNormEps = 1e-6f,
+        }, [GgmlType.F16, GgmlType.Q8_0, GgmlType.Q4_K], [[6], [5, 6], [2, 5, 6]]),
     ];
 
     public static TheoryData<string, GgmlType> Cases()

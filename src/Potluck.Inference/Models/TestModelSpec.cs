@@ -55,6 +55,14 @@ public sealed record TestModelSpec
     /// <summary>Every how-many-th layer is global where the family interleaves sliding-window layers (Gemma 3: 6).</summary>
     public int? SlidingWindowPattern { get; init; }
 
+    /// <summary>Linear RoPE scaling written as rope.scaling.type "linear" with this factor (gemma3: its global layers); null writes none.</summary>
+    public float? RopeScalingFactor { get; init; }
+    /// <summary>
+    /// LongRoPE's original context (phi3): when set, the file carries rope.scaling.original_context_length, the
+    /// attention factor the converter derives from ContextLength / this, and rope_factors_long/short tensors.
+    /// </summary>
+    public int? RopeOriginalContextLength { get; init; }
+
     /// <summary>Jinja chat template stored as tokenizer.chat_template; null writes none. Default: ChatML.</summary>
     public string? ChatTemplate { get; init; } = TestModelGenerator.ChatMlTemplate;
 

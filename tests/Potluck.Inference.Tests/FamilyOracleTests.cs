@@ -25,6 +25,18 @@ public sealed class FamilyOracleTests
             LayerCount = 6, HeadDim = 64, SlidingWindow = 8,
             RopeFreqBase = 1_000_000f, RopeScalingFactor = 8f, RmsNormEps = 1e-6f,
         }, [GgmlType.F16, GgmlType.Q8_0, GgmlType.Q4_K], [[6], [5, 6], [2, 5, 6]]),
+        // The optional keys b10221 reads: attention.sliding_window_pattern 2 (even layers slide, odd ones are global,
+        // so every split crosses kinds), rope.freq_base_swa and final_logit_softcapping.
+        new("gemma3-keys", OracleTests.Spec("gemma3") with
+        {
+            LayerCount = 4, HeadDim = 64, SlidingWindow = 12, SlidingWindowPattern = 2, RopeFreqBase = 1_000_000f,
+            RopeFreqBaseSwa = 50_000f, FinalLogitSoftcapping = 3f, RmsNormEps = 1e-6f,
+        }, [GgmlType.Q8_0], [[4], [1, 4], [1, 2, 4]]),
+        // No attention.sliding_window: every layer global (llama.cpp's non-SWA gemma3 graph), softcapped.
+        new("gemma3-global", OracleTests.Spec("gemma3") with
+        {
+            LayerCount = 4, HeadDim = 64, RopeFreqBase = 1_000_000f, FinalLogitSoftcapping = 5f, RmsNormEps = 1e-6f,
+        }, [GgmlType.Q8_0], [[4], [2, 4]]),
     ];
 
     public static TheoryData<string, GgmlType> Cases()

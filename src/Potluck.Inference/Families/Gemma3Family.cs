@@ -6,18 +6,18 @@ namespace Potluck.Inference.Families;
 
 /// <summary>Gemma 3's hyper-parameters as llama.cpp's gemma3 loader derives them.</summary>
 /// <param name="SlidingWindow">attention.sliding_window; null (or 0) means every layer attends globally.</param>
-/// <param name="SlidingWindowPattern">Every how-many-th layer is global (llama.cpp fixes 6 for gemma3).</param>
-/// <param name="SlidingRopeBase">RoPE base of the sliding-window layers (10000; global layers use rope.freq_base).</param>
+/// <param name="SlidingWindowPattern">Every how-many-th layer is global: attention.sliding_window_pattern, 6 when absent.</param>
+/// <param name="SlidingRopeBase">RoPE base of the sliding-window layers: rope.freq_base_swa, 10000 when absent (global layers use rope.freq_base).</param>
 /// <param name="SlidingRopeScale">RoPE frequency scale of the sliding-window layers (1; global layers use the file's linear scale).</param>
 /// <param name="AttentionScale">Scale applied to Q before attention: 1/√head_dim, or 1/√(n_embd/n_head) for the 62-layer (27B) size.</param>
 /// <param name="RopeDimensions">rope.dimension_count.</param>
-/// <param name="FinalLogitSoftcap">final_logit_softcapping, applied only by the all-global graph (llama.cpp's non-SWA gemma3 graph).</param>
+/// <param name="FinalLogitSoftcap">final_logit_softcapping, 0 when absent (no cap).</param>
 public sealed record Gemma3Parameters(
     int? SlidingWindow, int SlidingWindowPattern, float SlidingRopeBase, float SlidingRopeScale, float AttentionScale,
     int RopeDimensions, float FinalLogitSoftcap) : FamilyParameters
 {
     /// <summary>llama_hparams::set_swa_pattern(n): layer il slides unless il % n == n − 1.</summary>
-    public bool IsSliding(int layer) => SlidingWindow is > 0 && layer % SlidingWindowPattern < SlidingWindowPattern - 1;
+    public bool IsSliding(int layer) => SlidingWindow is > 0 && SlidingWindowPattern > 0 && layer % SlidingWindowPattern < SlidingWindowPattern - 1;
 }
 
 /// <summary>
@@ -28,8 +28,8 @@ public sealed record Gemma3Parameters(
 /// </summary>
 internal sealed class Gemma3Family : ModelFamily
 {
-    /// <summary>llama.cpp's gemma3 loader hard-codes the period: five sliding-window layers, then one global.</summary>
-    private const int SlidingWindowPattern = 6;
+    /// <summary>The loader's period when the file has no attention.sliding_window_pattern: five sliding-window layers, then one global.</summary>
+    private const int DefaultSlidingWindowPattern = 6;
     private const int Layers27B = 62;
 
     public override string Architecture => "gemma3";
@@ -43,8 +43,9 @@ internal sealed class Gemma3Family : ModelFamily
             : common.HeadDim;
         return new Gemma3Parameters(
             window is > 0 ? window : null,
-            SlidingWindowPattern,
-            SlidingRopeBase: 10000f,
+            metadata.Int("attention.sliding_window_pattern") ?? DefaultSlidingWindowPattern,
+            // b10221 reads both optional keys: files with them change llama.cpp's output (checked against the oracle).
+            SlidingRopeBase: metadata.Float("rope.freq_base_swa", 10000f),
             SlidingRopeScale: 1f,
             AttentionScale: 1f / MathF.Sqrt(scaleDim),
             RopeDimensions: metadata.Int("rope.dimension_count", common.HeadDim),
@@ -54,6 +55,10 @@ internal sealed class Gemma3Family : ModelFamily
     internal override void Validate(ModelInfo info)
     {
         var p = (Gemma3Parameters)info.Parameters;
+        if (!float.IsFinite(p.FinalLogitSoftcap) || !(p.SlidingRopeBase > 0f) || !float.IsFinite(p.SlidingRopeBase))
+            throw new GgufFormatException(info.Path, "gemma3 final_logit_softcapping and rope.freq_base_swa must be finite (the base positive)");
+        if (p.SlidingWindowPattern <= 0)
+            throw new GgufFormatException(info.Path, $"gemma3 attention.sliding_window_pattern {p.SlidingWindowPattern} must be positive");
         if (p.RopeDimensions <= 0 || p.RopeDimensions > info.HeadDim || p.RopeDimensions % 2 != 0)
             throw new GgufFormatException(info.Path, $"gemma3 rope.dimension_count {p.RopeDimensions} must be even and within the head size {info.HeadDim}");
     }
@@ -70,9 +75,7 @@ internal sealed class Gemma3Family : ModelFamily
     public override HeadTraits Head(ModelInfo info)
     {
         var p = (Gemma3Parameters)info.Parameters;
-        // Only llama.cpp's all-global gemma3 graph caps the final logits; the sliding-window graph never does.
-        var softcap = p.SlidingWindow is null && p.FinalLogitSoftcap > 0f ? p.FinalLogitSoftcap : 0f;
-        return new HeadTraits(EmbeddingScale: MathF.Sqrt(info.EmbeddingLength), FinalLogitSoftcap: softcap);
+        return new HeadTraits(EmbeddingScale: MathF.Sqrt(info.EmbeddingLength), FinalLogitSoftcap: Math.Max(0f, p.FinalLogitSoftcap));
     }
 }
 

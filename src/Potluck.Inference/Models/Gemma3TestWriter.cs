@@ -2,15 +2,12 @@ namespace Potluck.Inference.Models;
 
 /// <summary>
 /// gemma3 files as llama.cpp's converter writes them: per-head Q/K norms, post-attention and post-FFN norms,
-/// tied embeddings, attention.sliding_window (the loader fixes the five-local-one-global period) and an explicit
-/// key_length. Norm weights are written as the converter stores them, with Gemma's +1 already folded in (so 1 is
-/// a zero Gemma weight).
+/// attention.sliding_window (and attention.sliding_window_pattern only when the spec sets one: converted Gemma 3
+/// files carry none and the loader's period is 6) and an explicit key_length. Norm weights are written as the
+/// converter stores them, Gemma's +1 already folded in.
 /// </summary>
 internal sealed class Gemma3TestWriter : TestFamilyWriter
 {
-    /// <summary>llama.cpp b10221's gemma3 loader: set_swa_pattern(6), whatever the file says.</summary>
-    internal const int SlidingWindowPattern = 6;
-
     public override string Architecture => "gemma3";
 
     // Six layers so one is global; a head size other than width / heads, as every Gemma 3 size has.
@@ -27,10 +24,11 @@ internal sealed class Gemma3TestWriter : TestFamilyWriter
 
     public override void Validate(TestModelSpec spec)
     {
-        if (spec.SlidingWindowPattern is { } p && p != SlidingWindowPattern)
-            throw new ArgumentException($"llama.cpp's gemma3 loader fixes the sliding-window pattern at {SlidingWindowPattern}; got {p}");
+        if (spec.SlidingWindowPattern is <= 0) throw new ArgumentException("gemma3 SlidingWindowPattern must be positive");
         if (spec.SlidingWindow is <= 0) throw new ArgumentException("gemma3 SlidingWindow must be positive (null writes an all-global model)");
         if (spec.RopeFreqFactors) throw new ArgumentException("gemma3 has no rope_freqs.weight");
+        if (spec.FinalLogitSoftcapping is { } cap && !(cap > 0f)) throw new ArgumentException("FinalLogitSoftcapping must be positive");
+        if (spec.RopeFreqBaseSwa is { } b && !(b > 0f)) throw new ArgumentException("RopeFreqBaseSwa must be positive");
         if (spec.RopeScalingFactor is { } f && !(f >= 1f)) throw new ArgumentException("RopeScalingFactor must be at least 1");
     }
 
@@ -39,6 +37,9 @@ internal sealed class Gemma3TestWriter : TestFamilyWriter
         writer.Add("gemma3.attention.key_length", (uint)spec.EffectiveHeadDim)
               .Add("gemma3.attention.value_length", (uint)spec.EffectiveHeadDim);
         if (spec.SlidingWindow is { } w) writer.Add("gemma3.attention.sliding_window", (uint)w);
+        if (spec.SlidingWindowPattern is { } pat) writer.Add("gemma3.attention.sliding_window_pattern", (uint)pat);
+        if (spec.RopeFreqBaseSwa is { } swaBase) writer.Add("gemma3.rope.freq_base_swa", swaBase);
+        if (spec.FinalLogitSoftcapping is { } cap) writer.Add("gemma3.final_logit_softcapping", cap);
         if (spec.RopeScalingFactor is { } f)
             writer.Add("gemma3.rope.scaling.type", "linear").Add("gemma3.rope.scaling.factor", f);
     }

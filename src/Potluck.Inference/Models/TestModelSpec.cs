@@ -63,6 +63,11 @@ public sealed record TestModelSpec
     /// </summary>
     public int? RopeOriginalContextLength { get; init; }
 
+    /// <summary>final_logit_softcapping written to the metadata (gemma3); null writes none.</summary>
+    public float? FinalLogitSoftcapping { get; init; }
+    /// <summary>rope.freq_base_swa: the RoPE base of sliding-window layers (gemma3); null writes none (the loader's 10000).</summary>
+    public float? RopeFreqBaseSwa { get; init; }
+
     /// <summary>Jinja chat template stored as tokenizer.chat_template; null writes none. Default: ChatML.</summary>
     public string? ChatTemplate { get; init; } = TestModelGenerator.ChatMlTemplate;
 

@@ -37,7 +37,17 @@ public sealed class FamilyOracleTests
         {
             LayerCount = 4, HeadDim = 64, RopeFreqBase = 1_000_000f, FinalLogitSoftcapping = 5f, RmsNormEps = 1e-6f,
         }, [GgmlType.Q8_0], [[4], [2, 4]]),
+        // LongRoPE trained at 128 of 512 positions: llama.cpp's 256-position context (and each 256-position session)
+        // takes rope_factors_long, with the converter's attention factor. The sliding window is written and ignored.
+        new("phi3", Phi3Spec(512, 128), [GgmlType.F16, GgmlType.Q8_0, GgmlType.Q4_K], [[4], [2, 4], [1, 3, 4]]),
+        // Original context 512 above the 256 used: rope_factors_short.
+        new("phi3-short", Phi3Spec(4096, 512), [GgmlType.Q8_0], [[4], [1, 4]]),
     ];
+
+    private static TestModelSpec Phi3Spec(int context, int original) => OracleTests.Spec("phi3") with
+    {
+        ContextLength = context, RopeOriginalContextLength = original, SlidingWindow = 8,
+    };
 
     public static TheoryData<string, GgmlType> Cases()
     {
@@ -91,5 +101,43 @@ public sealed class FamilyOracleTests
         {
             foreach (var s in interleavedSpans) s.Dispose();
         }
+    }
+
+    /// <summary>
+    /// A LongRoPE session over the original context (long factors) and one within it (short factors) in one step
+    /// equal each run alone: the span ropes each session's rows with its own factors.
+    /// </summary>
+    [Fact]
+    public void Phi3SessionsWithLongAndShortFactorsShareAStep()
+    {
+        var path = TestModels.Get(Phi3Spec(512, 128), GgmlType.Q8_0);
+        using var model = GgufModel.Open(path);
+        using var head = new ModelHead(model, 2);
+        using var span = new LayerSpan(model, 0, model.Info.LayerCount, new SpanOptions { Threads = 2 });
+        int[] a = [1, 3 + 'H', 3 + 'i', 3 + '!'], b = [1, 3 + 'Y', 3 + 'o'];
+        float[] Hidden(int[] tokens)
+        {
+            var h = new float[tokens.Length * head.Width];
+            head.Embed(tokens, h);
+            return h;
+        }
+        float[] Alone(string id, int capacity, int[] tokens)
+        {
+            span.OpenSession(id, capacity);
+            var output = new float[head.Width];
+            span.Forward([new SpanSegment(id, 0, tokens.Length, LastRowOnly: true)], Hidden(tokens), output);
+            span.CloseSession(id);
+            return output;
+        }
+        var longAlone = Alone("long", 256, a);
+        var shortAlone = Alone("short", 64, b);
+        Assert.NotEqual(longAlone, Alone("long-as-short", 64, a)); // the factors differ, so the choice shows
+
+        span.OpenSession("l", 256);
+        span.OpenSession("s", 64);
+        var both = new float[2 * head.Width];
+        span.Forward([new SpanSegment("l", 0, a.Length, true), new SpanSegment("s", 0, b.Length, true)], [.. Hidden(a), .. Hidden(b)], both);
+        OracleTests.AssertClose(longAlone, both[..head.Width], "long-context session");
+        OracleTests.AssertClose(shortAlone, both[head.Width..], "short-context session");
     }
 }

@@ -14,6 +14,7 @@ public static class ModelFamilies
         new LlamaFamily("qwen2", RopeKind.NeoX),
         new LlamaFamily("qwen3", RopeKind.NeoX, requireQkNorm: true),
         new Gemma3Family(),
+        new Phi3Family(),
     ];
 
     private static readonly Dictionary<string, ModelFamily> ByArchitecture =

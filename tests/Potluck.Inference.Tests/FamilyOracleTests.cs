@@ -32,6 +32,12 @@ public sealed class FamilyOracleTests
             LayerCount = 4, HeadDim = 64, SlidingWindow = 12, SlidingWindowPattern = 2, RopeFreqBase = 1_000_000f,
             RopeFreqBaseSwa = 50_000f, FinalLogitSoftcapping = 3f, RmsNormEps = 1e-6f,
         }, [GgmlType.Q8_0], [[4], [1, 4], [1, 2, 4]]),
+        // 62 layers is llama.cpp's 27B size, whose Q scale is 1/√(n_embd / n_head) (1/4 here), not 1/√head_dim.
+        new("gemma3-27b-scale", new TestModelSpec
+        {
+            Architecture = "gemma3", EmbeddingLength = 64, LayerCount = 62, HeadCount = 4, KvHeadCount = 2, HeadDim = 32,
+            FeedForwardLength = 128, ContextLength = 256, SlidingWindow = 8, RopeFreqBase = 1_000_000f, RmsNormEps = 1e-6f, Seed = 7,
+        }, [GgmlType.Q8_0], [[62], [30, 62]]),
         // No attention.sliding_window: every layer global (llama.cpp's non-SWA gemma3 graph), softcapped.
         new("gemma3-global", OracleTests.Spec("gemma3") with
         {

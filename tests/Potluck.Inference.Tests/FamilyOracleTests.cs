@@ -28,7 +28,42 @@ public sealed class FamilyOracleTests
             MoeTypes, MoeSplits),
         new("mixtral", OracleTests.Spec("llama") with { ExpertCount = 8, ExpertUsedCount = 2, FeedForwardLength = 256 },
             MoeTypes, MoeSplits),
+        // Layers 0-4 slide over 8 positions (the 13-token prompt and 32 steps run past it), layer 5 is global with
+        // the file's base and linear scale; [5, 6] splits between the last sliding layer and the global one.
+        new("gemma3", OracleTests.Spec("gemma3") with
+        {
+            LayerCount = 6, HeadDim = 64, SlidingWindow = 8,
+            RopeFreqBase = 1_000_000f, RopeScalingFactor = 8f, RmsNormEps = 1e-6f,
+        }, [GgmlType.F16, GgmlType.Q8_0, GgmlType.Q4_K], [[6], [5, 6], [2, 5, 6]]),
+        // The optional keys b10221 reads: attention.sliding_window_pattern 2 (even layers slide, odd ones are global,
+        // so every split crosses kinds), rope.freq_base_swa and final_logit_softcapping.
+        new("gemma3-keys", OracleTests.Spec("gemma3") with
+        {
+            LayerCount = 4, HeadDim = 64, SlidingWindow = 12, SlidingWindowPattern = 2, RopeFreqBase = 1_000_000f,
+            RopeFreqBaseSwa = 50_000f, FinalLogitSoftcapping = 3f, RmsNormEps = 1e-6f,
+        }, [GgmlType.Q8_0], [[4], [1, 4], [1, 2, 4]]),
+        // 62 layers is llama.cpp's 27B size, whose Q scale is 1/√(n_embd / n_head) (1/4 here), not 1/√head_dim.
+        new("gemma3-27b-scale", new TestModelSpec
+        {
+            Architecture = "gemma3", EmbeddingLength = 64, LayerCount = 62, HeadCount = 4, KvHeadCount = 2, HeadDim = 32,
+            FeedForwardLength = 128, ContextLength = 256, SlidingWindow = 8, RopeFreqBase = 1_000_000f, RmsNormEps = 1e-6f, Seed = 7,
+        }, [GgmlType.Q8_0], [[62], [30, 62]]),
+        // No attention.sliding_window: every layer global (llama.cpp's non-SWA gemma3 graph), softcapped.
+        new("gemma3-global", OracleTests.Spec("gemma3") with
+        {
+            LayerCount = 4, HeadDim = 64, RopeFreqBase = 1_000_000f, FinalLogitSoftcapping = 5f, RmsNormEps = 1e-6f,
+        }, [GgmlType.Q8_0], [[4], [2, 4]]),
+        // LongRoPE trained at 128 of 512 positions: llama.cpp's 256-position context (and each 256-position session)
+        // takes rope_factors_long, with the converter's attention factor. The sliding window is written and ignored.
+        new("phi3", Phi3Spec(512, 128), [GgmlType.F16, GgmlType.Q8_0, GgmlType.Q4_K], [[4], [2, 4], [1, 3, 4]]),
+        // Original context 512 above the 256 used: rope_factors_short.
+        new("phi3-short", Phi3Spec(4096, 512), [GgmlType.Q8_0], [[4], [1, 4]]),
     ];
+
+    private static TestModelSpec Phi3Spec(int context, int original) => OracleTests.Spec("phi3") with
+    {
+        ContextLength = context, RopeOriginalContextLength = original, SlidingWindow = 8,
+    };
 
     public static TheoryData<string, GgmlType> Cases()
     {
@@ -46,7 +81,7 @@ public sealed class FamilyOracleTests
         var row = Rows.Single(r => r.Name == name);
         var path = TestModels.Get(row.Spec, type);
         var (expectedTokens, expectedLogits) = OracleTests.RunReference(path);
-        Assert.True(expectedTokens.Distinct().Count() > 1, "reference greedy output is degenerate; the test model is too weak");
+        Assert.True(expectedTokens.Distinct().Count() > 1, $"reference greedy output is degenerate ({string.Join(",", expectedTokens)}); the test model is too weak");
 
         using var model = GgufModel.Open(path);
         using var head = new ModelHead(model, 2);
@@ -82,5 +117,43 @@ public sealed class FamilyOracleTests
         {
             foreach (var s in interleavedSpans) s.Dispose();
         }
+    }
+
+    /// <summary>
+    /// A LongRoPE session over the original context (long factors) and one within it (short factors) in one step
+    /// equal each run alone: the span ropes each session's rows with its own factors.
+    /// </summary>
+    [Fact]
+    public void Phi3SessionsWithLongAndShortFactorsShareAStep()
+    {
+        var path = TestModels.Get(Phi3Spec(512, 128), GgmlType.Q8_0);
+        using var model = GgufModel.Open(path);
+        using var head = new ModelHead(model, 2);
+        using var span = new LayerSpan(model, 0, model.Info.LayerCount, new SpanOptions { Threads = 2 });
+        int[] a = [1, 3 + 'H', 3 + 'i', 3 + '!'], b = [1, 3 + 'Y', 3 + 'o'];
+        float[] Hidden(int[] tokens)
+        {
+            var h = new float[tokens.Length * head.Width];
+            head.Embed(tokens, h);
+            return h;
+        }
+        float[] Alone(string id, int capacity, int[] tokens)
+        {
+            span.OpenSession(id, capacity);
+            var output = new float[head.Width];
+            span.Forward([new SpanSegment(id, 0, tokens.Length, LastRowOnly: true)], Hidden(tokens), output);
+            span.CloseSession(id);
+            return output;
+        }
+        var longAlone = Alone("long", 256, a);
+        var shortAlone = Alone("short", 64, b);
+        Assert.NotEqual(longAlone, Alone("long-as-short", 64, a)); // the factors differ, so the choice shows
+
+        span.OpenSession("l", 256);
+        span.OpenSession("s", 64);
+        var both = new float[2 * head.Width];
+        span.Forward([new SpanSegment("l", 0, a.Length, true), new SpanSegment("s", 0, b.Length, true)], [.. Hidden(a), .. Hidden(b)], both);
+        OracleTests.AssertClose(longAlone, both[..head.Width], "long-context session");
+        OracleTests.AssertClose(shortAlone, both[head.Width..], "short-context session");
     }
 }

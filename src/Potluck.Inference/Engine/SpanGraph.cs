@@ -118,6 +118,39 @@ internal sealed class SpanGraph
         Ggml.ggml_rope_ext(Context, t, Positions, r.FreqFactors, r.Dimensions, (int)r.Kind, r.OriginalContext,
             r.FreqBase, r.FreqScale, r.ExtFactor, r.AttnFactor, r.BetaFast, r.BetaSlow);
 
+    /// <summary>Positions the session of segment <paramref name="segment"/> was opened for (llama.cpp's n_ctx_per_seq).</summary>
+    public int SessionCapacity(int segment) => _sessions[segment].Capacity;
+
+    /// <summary>
+    /// RoPE whose settings depend on each session's capacity (LongRoPE picks its factors by the context, as
+    /// llama.cpp does by n_ctx_per_seq): one rope when every segment agrees, else one per segment's rows,
+    /// concatenated. <paramref name="t"/> is [<paramref name="headDim"/>, <paramref name="heads"/>, rows] and contiguous.
+    /// </summary>
+    public IntPtr Rope(IntPtr t, int headDim, int heads, Func<int, RopeSettings> byCapacity)
+    {
+        var first = byCapacity(_sessions[0].Capacity);
+        var uniform = true;
+        for (var s = 1; s < SegmentCount && uniform; s++) uniform = byCapacity(_sessions[s].Capacity) == first;
+        if (uniform) return Rope(t, first);
+
+        long ne0 = headDim, ne1 = heads;
+        var rowBytes = (nuint)(ne0 * ne1) * F32;
+        IntPtr result = IntPtr.Zero;
+        var rowOffset = 0;
+        for (var s = 0; s < SegmentCount; s++)
+        {
+            var count = _segments[s].RowCount;
+            var part = Ggml.ggml_view_3d(Context, t, ne0, ne1, count, (nuint)ne0 * F32, rowBytes, (nuint)rowOffset * rowBytes);
+            var positions = Ggml.ggml_view_1d(Context, Positions, count, (nuint)rowOffset * sizeof(int));
+            var r = byCapacity(_sessions[s].Capacity);
+            var roped = Ggml.ggml_rope_ext(Context, part, positions, r.FreqFactors, r.Dimensions, (int)r.Kind, r.OriginalContext,
+                r.FreqBase, r.FreqScale, r.ExtFactor, r.AttnFactor, r.BetaFast, r.BetaSlow);
+            result = result == IntPtr.Zero ? roped : Ggml.ggml_concat(Context, result, roped, 2);
+            rowOffset += count;
+        }
+        return result;
+    }
+
     /// <summary>
     /// Writes the rows' K and V into each session's cache for layer <paramref name="spanLayer"/> and attends every
     /// session's rows to its own cache (flash attention, F32 precision, the layer's window). Returns

@@ -15,6 +15,8 @@ public static class ModelFamilies
         new LlamaFamily("qwen3", RopeKind.NeoX, requireQkNorm: true),
         new QwenMoeFamily("qwen3moe"),
         new QwenMoeFamily("qwen2moe"),
+        new Gemma3Family(),
+        new Phi3Family(),
     ];
 
     private static readonly Dictionary<string, ModelFamily> ByArchitecture =

@@ -15,6 +15,9 @@ public abstract class TestFamilyWriter
     /// <summary>general.architecture of the file (usually the same).</summary>
     public virtual string GgufArchitecture => Architecture;
 
+    /// <summary>The family's part of general.name (potluck-test-{this}-...).</summary>
+    public virtual string NameTag => Architecture;
+
     /// <summary>A small spec with the traits that distinguish the family, for cross-architecture tests.</summary>
     public abstract TestModelSpec Example { get; }
 
@@ -64,6 +67,8 @@ public static class TestFamilyWriters
         new LlamaTestWriter("qwen3"),
         new QwenMoeTestWriter("qwen3moe"),
         new QwenMoeTestWriter("qwen2moe"),
+        new Gemma3TestWriter(),
+        new Phi3TestWriter(),
     ];
 
     private static readonly Dictionary<string, TestFamilyWriter> ByName = All.ToDictionary(w => w.Architecture, StringComparer.Ordinal);

@@ -164,7 +164,7 @@ public static class TestModelGenerator
 
         var writer = new GgufWriter()
             .Add("general.architecture", arch)
-            .Add("general.name", $"potluck-test-{spec.Architecture}-{spec.EmbeddingLength}x{spec.LayerCount}-s{spec.Seed}")
+            .Add("general.name", $"potluck-test-{family.NameTag}-{spec.EmbeddingLength}x{spec.LayerCount}-s{spec.Seed}")
             .Add("general.file_type", (uint)LLamaFtype.ALL_F32)
             .Add($"{arch}.context_length", (uint)spec.ContextLength)
             .Add($"{arch}.embedding_length", (uint)spec.EmbeddingLength)

@@ -55,6 +55,19 @@ public sealed record TestModelSpec
     /// <summary>Every how-many-th layer is global where the family interleaves sliding-window layers (Gemma 3: 6).</summary>
     public int? SlidingWindowPattern { get; init; }
 
+    /// <summary>Linear RoPE scaling written as rope.scaling.type "linear" with this factor (gemma3: its global layers); null writes none.</summary>
+    public float? RopeScalingFactor { get; init; }
+    /// <summary>
+    /// LongRoPE's original context (phi3): when set, the file carries rope.scaling.original_context_length, the
+    /// attention factor the converter derives from ContextLength / this, and rope_factors_long/short tensors.
+    /// </summary>
+    public int? RopeOriginalContextLength { get; init; }
+
+    /// <summary>final_logit_softcapping written to the metadata (gemma3); null writes none.</summary>
+    public float? FinalLogitSoftcapping { get; init; }
+    /// <summary>rope.freq_base_swa: the RoPE base of sliding-window layers (gemma3); null writes none (the loader's 10000).</summary>
+    public float? RopeFreqBaseSwa { get; init; }
+
     /// <summary>Jinja chat template stored as tokenizer.chat_template; null writes none. Default: ChatML.</summary>
     public string? ChatTemplate { get; init; } = TestModelGenerator.ChatMlTemplate;
 

@@ -13,6 +13,7 @@ public static class ModelFamilies
         new LlamaFamily("mistral", RopeKind.Normal),
         new LlamaFamily("qwen2", RopeKind.NeoX),
         new LlamaFamily("qwen3", RopeKind.NeoX, requireQkNorm: true),
+        new GptOssFamily(),
     ];
 
     private static readonly Dictionary<string, ModelFamily> ByArchitecture =

@@ -149,6 +149,8 @@ public static class TestModelGenerator
         GgmlType.Q5_K => LLamaFtype.MOSTLY_Q5_K_M,
         GgmlType.Q6_K => LLamaFtype.MOSTLY_Q6_K,
         GgmlType.IQ4_NL => LLamaFtype.MOSTLY_IQ4_NL,
+        // llama.cpp's MXFP4_MOE: expert tensors MXFP4, the other matrices Q8_0 (as published gpt-oss files).
+        GgmlType.MXFP4 => LLamaFtype.LLAMA_FTYPE_MOSTLY_MXFP4_MOE,
         _ => throw new ArgumentException($"the generator cannot produce {type} models", nameof(type)),
     };
 

@@ -14,6 +14,9 @@ public sealed class FamilyOracleTests
     /// <summary>A family's oracle spec, the weight types it is tested in and the span boundaries (each split lists span ends).</summary>
     public sealed record Row(string Name, TestModelSpec Spec, GgmlType[] Types, int[][] Splits);
 
+    private static readonly GgmlType[] MoeTypes = [GgmlType.F16, GgmlType.Q8_0, GgmlType.Q4_K];
+    private static readonly int[][] MoeSplits = [[4], [2, 4], [1, 3, 4]];
+
     /// <summary>The rows; each family's spec keeps rows 256 wide so K-quant targets give real K-quant tensors.</summary>
     public static IReadOnlyList<Row> Rows { get; } =
     [
@@ -24,6 +27,13 @@ public sealed class FamilyOracleTests
         {
             ExpertCount = 4, ExpertUsedCount = 2, ExpertFeedForwardLength = 256, SlidingWindow = 8, RopeFreqBase = 150_000f,
         }, [GgmlType.F16, GgmlType.Q8_0, GgmlType.MXFP4, GgmlType.Q4_K], [[4], [1, 4], [2, 3, 4]]),
+        // Mixture-of-experts rows: 8 experts of 256, 2 used per token, split inside the expert stack.
+        new("qwen3moe", OracleTests.Spec("qwen3moe") with { ExpertCount = 8, ExpertUsedCount = 2, ExpertFeedForwardLength = 256, HeadCount = 8, HeadDim = 64 },
+            MoeTypes, MoeSplits),
+        new("qwen2moe", OracleTests.Spec("qwen2moe") with { ExpertCount = 8, ExpertUsedCount = 2, ExpertFeedForwardLength = 256, SharedExpertFeedForwardLength = 256 },
+            MoeTypes, MoeSplits),
+        new("mixtral", OracleTests.Spec("llama") with { ExpertCount = 8, ExpertUsedCount = 2, FeedForwardLength = 256 },
+            MoeTypes, MoeSplits),
     ];
 
     public static TheoryData<string, GgmlType> Cases()

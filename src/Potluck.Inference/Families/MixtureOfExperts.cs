@@ -1,4 +1,5 @@
 using Potluck.Inference.Engine;
+using Potluck.Inference.Gguf;
 using Potluck.Inference.Native;
 
 namespace Potluck.Inference.Families;
@@ -141,5 +142,149 @@ internal sealed class MoeFeedForward(MoeSettings settings, MoeWeights weights, S
         return new MoeFeedForward(settings, w, shared);
     }
 
-    public IntPtr Build(SpanGraph graph, IntPtr x) => throw new NotImplementedException("MoeFeedForward.Build is being written on h14-moe");
+    public IntPtr Build(SpanGraph graph, IntPtr x)
+    {
+        var ctx = graph.Context;
+        var w = weights;
+        long n = settings.ExpertCount, k = settings.ExpertUsedCount;
+        var embd = EmbeddingWidth(w);
+        var rows = Ggml.ggml_nelements(x) / embd;
+
+        var logits = Ggml.ggml_mul_mat(ctx, w.Router, x); // [n_expert, rows]
+        if (w.RouterBias != IntPtr.Zero) logits = Ggml.ggml_add(ctx, logits, w.RouterBias);
+        var probs = settings.Gating switch
+        {
+            ExpertGating.Softmax => Ggml.ggml_soft_max(ctx, logits),
+            ExpertGating.Sigmoid => Ggml.ggml_sigmoid(ctx, logits),
+            _ => logits, // softmax over the chosen ones, below
+        };
+        // The selection bias steers which experts are chosen; the weights still come from the unbiased probabilities.
+        var selection = w.SelectionBias != IntPtr.Zero ? Ggml.ggml_add(ctx, probs, w.SelectionBias) : probs;
+        if (settings.GroupCount > 1) selection = LimitToGroups(ctx, selection, n, rows);
+
+        var selected = Ggml.ggml_argsort_top_k(ctx, selection, (int)k); // I32 [k, rows]
+        var chosen = Ggml.ggml_get_rows(ctx, Ggml.ggml_reshape_3d(ctx, probs, 1, n, rows), selected); // [1, k, rows]
+        if (settings.Gating == ExpertGating.SoftmaxAfterTopK)
+            chosen = Ggml.ggml_reshape_3d(ctx, Ggml.ggml_soft_max(ctx, Ggml.ggml_reshape_2d(ctx, chosen, k, rows)), 1, k, rows);
+        if (settings.NormalizeWeights)
+        {
+            var flat = Ggml.ggml_reshape_2d(ctx, chosen, k, rows);
+            // llama.cpp clamps the sum to F16's smallest normal so an all-zero row cannot divide by zero.
+            var sum = Ggml.ggml_clamp(ctx, Ggml.ggml_sum_rows(ctx, flat), 6.103515625e-5f, float.PositiveInfinity);
+            chosen = Ggml.ggml_reshape_3d(ctx, Ggml.ggml_div(ctx, flat, sum), 1, k, rows);
+        }
+        if (settings.WeightsScale != 0f && settings.WeightsScale != 1f) chosen = Ggml.ggml_scale(ctx, chosen, settings.WeightsScale);
+        Ggml.ggml_build_forward_expand(graph.Graph, chosen);
+
+        var cur = Ggml.ggml_reshape_3d(ctx, x, embd, 1, rows);
+        IntPtr up, gate;
+        if (w.GateUp != IntPtr.Zero)
+        {
+            var gateUp = Ggml.ggml_mul_mat_id(ctx, w.GateUp, cur, selected); // [2·ff, k, rows]
+            if (w.GateUpBias != IntPtr.Zero) gateUp = Ggml.ggml_add_id(ctx, gateUp, w.GateUpBias, selected);
+            var ff = Ggml.ggml_nelements(gateUp) / (2 * k * rows);
+            nuint nb1 = (nuint)(2 * ff) * sizeof(float), nb2 = nb1 * (nuint)k;
+            gate = Ggml.ggml_view_3d(ctx, gateUp, ff, k, rows, nb1, nb2, 0);
+            up = Ggml.ggml_view_3d(ctx, gateUp, ff, k, rows, nb1, nb2, (nuint)ff * sizeof(float));
+        }
+        else
+        {
+            up = Ggml.ggml_mul_mat_id(ctx, w.Up, cur, selected); // [ff, k, rows]
+            if (w.UpBias != IntPtr.Zero) up = Ggml.ggml_add_id(ctx, up, w.UpBias, selected);
+            gate = IntPtr.Zero;
+            if (w.Gate != IntPtr.Zero)
+            {
+                gate = Ggml.ggml_mul_mat_id(ctx, w.Gate, cur, selected);
+                if (w.GateBias != IntPtr.Zero) gate = Ggml.ggml_add_id(ctx, gate, w.GateBias, selected);
+            }
+        }
+
+        var hidden = settings.Activation switch
+        {
+            ExpertActivation.SwigluOai => Ggml.ggml_swiglu_oai(ctx, gate, up, settings.SwigluAlpha, settings.SwigluLimit),
+            ExpertActivation.Gelu => gate != IntPtr.Zero ? Ggml.ggml_geglu_split(ctx, gate, up) : Ggml.ggml_gelu(ctx, up),
+            _ => gate != IntPtr.Zero ? Ggml.ggml_swiglu_split(ctx, gate, up) : Ggml.ggml_silu(ctx, up),
+        };
+        var experts = Ggml.ggml_mul_mat_id(ctx, w.Down, hidden, selected); // [embd, k, rows]
+        if (w.DownBias != IntPtr.Zero) experts = Ggml.ggml_add_id(ctx, experts, w.DownBias, selected);
+        experts = Ggml.ggml_mul(ctx, experts, chosen);
+        Ggml.ggml_build_forward_expand(graph.Graph, experts);
+
+        // Sum the used experts' rows in expert-slot order, views first, as llama.cpp orders its nodes.
+        var row = (nuint)embd * sizeof(float);
+        var stride = row * (nuint)k;
+        Span<IntPtr> views = stackalloc IntPtr[(int)k];
+        for (var i = 0; i < k; i++)
+        {
+            views[i] = Ggml.ggml_view_2d(ctx, experts, embd, rows, stride, (nuint)i * row);
+            Ggml.ggml_build_forward_expand(graph.Graph, views[i]);
+        }
+        var output = views[0];
+        for (var i = 1; i < k; i++)
+        {
+            output = Ggml.ggml_add(ctx, output, views[i]);
+            Ggml.ggml_build_forward_expand(graph.Graph, output);
+        }
+        if (k == 1) output = Ggml.ggml_cont(ctx, output);
+
+        if (shared is not null)
+        {
+            var s = shared.FeedForward.Build(graph, x);
+            if (shared.Gate != IntPtr.Zero) s = Ggml.ggml_mul(ctx, s, Ggml.ggml_sigmoid(ctx, Ggml.ggml_mul_mat(ctx, shared.Gate, x)));
+            output = Ggml.ggml_add(ctx, output, s);
+        }
+        return output;
+    }
+
+    /// <summary>
+    /// DeepSeek V3's group-limited routing: score each group by the sum of its two best experts, keep the best
+    /// <see cref="MoeSettings.GroupsUsed"/> groups and mask every other expert to −∞ before the top-k.
+    /// </summary>
+    private IntPtr LimitToGroups(IntPtr ctx, IntPtr selection, long n, long rows)
+    {
+        long groups = settings.GroupCount, perGroup = n / groups;
+        var grouped = Ggml.ggml_reshape_3d(ctx, selection, perGroup, groups, rows); // [perGroup, groups, rows]
+        var top2 = Ggml.ggml_argsort_top_k(ctx, grouped, 2); // [2, groups, rows]
+        var scores = Ggml.ggml_get_rows(ctx, Ggml.ggml_reshape_4d(ctx, grouped, 1, perGroup, groups, rows), top2); // [1, 2, groups, rows]
+        scores = Ggml.ggml_sum_rows(ctx, Ggml.ggml_reshape_3d(ctx, scores, 2, groups, rows)); // [1, groups, rows]
+        scores = Ggml.ggml_reshape_2d(ctx, scores, groups, rows);
+        var keep = Ggml.ggml_argsort_top_k(ctx, scores, settings.GroupsUsed); // [used, rows]
+        var kept = Ggml.ggml_get_rows(ctx, grouped, keep); // [perGroup, used, rows]
+        var masked = Ggml.ggml_set_rows(ctx, Ggml.ggml_fill(ctx, grouped, float.NegativeInfinity), kept, keep);
+        return Ggml.ggml_reshape_2d(ctx, masked, n, rows);
+    }
+
+    private long EmbeddingWidth(MoeWeights w) => Ggml.ggml_nelements(w.Router) / settings.ExpertCount;
+}
+
+/// <summary>
+/// Expert hyper-parameters of a mixture-of-experts family: <c>expert_count</c>, <c>expert_used_count</c>,
+/// <c>expert_feed_forward_length</c> and <c>expert_shared_feed_forward_length</c> (with llama.cpp's fallbacks).
+/// </summary>
+public sealed record ExpertParameters(int ExpertCount, int ExpertUsedCount, int ExpertFeedForwardLength, int SharedExpertFeedForwardLength)
+    : FamilyParameters
+{
+    /// <summary>
+    /// Reads the expert keys; a missing expert width falls back to <paramref name="expertWidthFallback"/> (llama.cpp:
+    /// n_ff / n_expert_used for the Qwen MoE families, n_ff for Mixtral) and a missing shared width to n_ff.
+    /// Never throws for missing keys (inspection reads every supported file).
+    /// </summary>
+    internal static ExpertParameters Read(GgufMetadata metadata, ModelInfo common, int? expertWidthFallback = null)
+    {
+        var count = metadata.Int("expert_count", 0);
+        var used = metadata.Int("expert_used_count", 0);
+        var width = metadata.Int("expert_feed_forward_length", 0);
+        if (width == 0) width = expertWidthFallback ?? (used > 0 ? common.FeedForwardLength / used : 0);
+        var shared = metadata.Int("expert_shared_feed_forward_length", 0);
+        return new ExpertParameters(count, used, width, shared == 0 ? common.FeedForwardLength : shared);
+    }
+
+    internal void Validate(ModelInfo info)
+    {
+        if (ExpertCount <= 0 || ExpertUsedCount <= 0 || ExpertUsedCount > ExpertCount)
+            throw new GgufFormatException(info.Path,
+                $"{info.Architecture}: expert_used_count {ExpertUsedCount} must lie in [1, expert_count {ExpertCount}]");
+        if (ExpertFeedForwardLength <= 0)
+            throw new GgufFormatException(info.Path, $"{info.Architecture}: expert feed-forward length must be positive");
+    }
 }

@@ -14,6 +14,8 @@ public static class ModelFamilies
         new LlamaFamily("qwen2", RopeKind.NeoX),
         new LlamaFamily("qwen3", RopeKind.NeoX, requireQkNorm: true),
         new GptOssFamily(),
+        new QwenMoeFamily("qwen3moe"),
+        new QwenMoeFamily("qwen2moe"),
     ];
 
     private static readonly Dictionary<string, ModelFamily> ByArchitecture =

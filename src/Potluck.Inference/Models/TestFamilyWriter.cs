@@ -63,6 +63,8 @@ public static class TestFamilyWriters
         new LlamaTestWriter("qwen2"),
         new LlamaTestWriter("qwen3"),
         new GptOssTestWriter(),
+        new QwenMoeTestWriter("qwen3moe"),
+        new QwenMoeTestWriter("qwen2moe"),
     ];
 
     private static readonly Dictionary<string, TestFamilyWriter> ByName = All.ToDictionary(w => w.Architecture, StringComparer.Ordinal);

@@ -230,7 +230,12 @@ internal sealed class MoeFeedForward(MoeSettings settings, MoeWeights weights, S
         if (shared is not null)
         {
             var s = shared.FeedForward.Build(graph, x);
-            if (shared.Gate != IntPtr.Zero) s = Ggml.ggml_mul(ctx, s, Ggml.ggml_sigmoid(ctx, Ggml.ggml_mul_mat(ctx, shared.Gate, x)));
+            if (shared.Gate != IntPtr.Zero)
+            {
+                // llama.cpp's qwen2moe writes the sigmoid as silu(g) / g; the same ops give the same bits.
+                var g = Ggml.ggml_mul_mat(ctx, shared.Gate, x);
+                s = Ggml.ggml_mul(ctx, s, Ggml.ggml_div(ctx, Ggml.ggml_silu(ctx, g), g));
+            }
             output = Ggml.ggml_add(ctx, output, s);
         }
         return output;

@@ -21,6 +21,12 @@ public sealed class FamilyOracleTests
     public static IReadOnlyList<Row> Rows { get; } =
     [
         new("qwen3", OracleTests.Spec("qwen3"), [GgmlType.Q8_0], [[2, 4]]),
+        // Layers 0 and 2 slide (window 8 < 13-token prompt + 32 steps), 1 and 3 are global: every boundary
+        // below separates a sliding from a global layer. MXFP4 is llama.cpp's MXFP4_MOE mix (experts MXFP4).
+        new("gpt-oss", OracleTests.Spec("gpt-oss") with
+        {
+            ExpertCount = 4, ExpertUsedCount = 2, ExpertFeedForwardLength = 256, SlidingWindow = 8, RopeFreqBase = 150_000f,
+        }, [GgmlType.F16, GgmlType.Q8_0, GgmlType.MXFP4, GgmlType.Q4_K], [[4], [1, 4], [2, 3, 4]]),
         // Mixture-of-experts rows: 8 experts of 256, 2 used per token, split inside the expert stack.
         new("qwen3moe", OracleTests.Spec("qwen3moe") with { ExpertCount = 8, ExpertUsedCount = 2, ExpertFeedForwardLength = 256, HeadCount = 8, HeadDim = 64 },
             MoeTypes, MoeSplits),

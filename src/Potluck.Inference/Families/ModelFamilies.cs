@@ -13,6 +13,7 @@ public static class ModelFamilies
         new LlamaFamily("mistral", RopeKind.Normal),
         new LlamaFamily("qwen2", RopeKind.NeoX),
         new LlamaFamily("qwen3", RopeKind.NeoX, requireQkNorm: true),
+        new GptOssFamily(),
         new QwenMoeFamily("qwen3moe"),
         new QwenMoeFamily("qwen2moe"),
         new Gemma3Family(),

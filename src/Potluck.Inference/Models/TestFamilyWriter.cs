@@ -65,6 +65,7 @@ public static class TestFamilyWriters
         new LlamaTestWriter("mistral"),
         new LlamaTestWriter("qwen2"),
         new LlamaTestWriter("qwen3"),
+        new GptOssTestWriter(),
         new QwenMoeTestWriter("qwen3moe"),
         new QwenMoeTestWriter("qwen2moe"),
         new Gemma3TestWriter(),

@@ -68,8 +68,10 @@ public static class TestModelGenerator
         bool ok;
         try
         {
-            ok = LLamaQuantizer.Quantize(sourcePath, destinationPath, ftype, nthread: Math.Max(1, Environment.ProcessorCount),
-                allowRequantize: true, quantizeOutputTensor: true);
+            ok = ftype == LLamaFtype.LLAMA_FTYPE_MOSTLY_MXFP4_MOE
+                ? QuantizeDirect(sourcePath, destinationPath, ftype)
+                : LLamaQuantizer.Quantize(sourcePath, destinationPath, ftype, nthread: Math.Max(1, Environment.ProcessorCount),
+                    allowRequantize: true, quantizeOutputTensor: true);
         }
         catch (Exception e) when (e is ArgumentException or RuntimeError)
         {
@@ -77,6 +79,20 @@ public static class TestModelGenerator
         }
         if (!ok || !File.Exists(destinationPath))
             throw new ModelQuantizationException($"llama.cpp could not quantize '{sourcePath}' to {type} (llama_model_quantize failed; see the native log)");
+    }
+
+    /// <summary>
+    /// llama_model_quantize with LLamaQuantizer's settings, for file types LLamaQuantizer's own list refuses
+    /// (it predates MXFP4_MOE, which the b10221 quantizer implements).
+    /// </summary>
+    private static bool QuantizeDirect(string sourcePath, string destinationPath, LLamaFtype ftype)
+    {
+        var parameters = LLamaModelQuantizeParams.Default();
+        parameters.ftype = ftype;
+        parameters.nthread = Math.Max(1, Environment.ProcessorCount);
+        parameters.allow_requantize = true;
+        parameters.quantize_output_tensor = true;
+        return NativeApi.llama_model_quantize(sourcePath, destinationPath, ref parameters) == 0;
     }
 
     /// <summary>
@@ -149,6 +165,8 @@ public static class TestModelGenerator
         GgmlType.Q5_K => LLamaFtype.MOSTLY_Q5_K_M,
         GgmlType.Q6_K => LLamaFtype.MOSTLY_Q6_K,
         GgmlType.IQ4_NL => LLamaFtype.MOSTLY_IQ4_NL,
+        // llama.cpp's MXFP4_MOE: expert tensors MXFP4, the other matrices Q8_0 (as published gpt-oss files).
+        GgmlType.MXFP4 => LLamaFtype.LLAMA_FTYPE_MOSTLY_MXFP4_MOE,
         _ => throw new ArgumentException($"the generator cannot produce {type} models", nameof(type)),
     };
 

@@ -13,6 +13,7 @@ public static class ModelFamilies
         new LlamaFamily("mistral", RopeKind.Normal),
         new LlamaFamily("qwen2", RopeKind.NeoX),
         new LlamaFamily("qwen3", RopeKind.NeoX, requireQkNorm: true),
+        new DeepSeek2Family(),
     ];
 
     private static readonly Dictionary<string, ModelFamily> ByArchitecture =

@@ -62,6 +62,7 @@ public static class TestFamilyWriters
         new LlamaTestWriter("mistral"),
         new LlamaTestWriter("qwen2"),
         new LlamaTestWriter("qwen3"),
+        new DeepSeek2TestWriter(),
     ];
 
     private static readonly Dictionary<string, TestFamilyWriter> ByName = All.ToDictionary(w => w.Architecture, StringComparer.Ordinal);

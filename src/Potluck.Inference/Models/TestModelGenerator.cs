@@ -149,6 +149,7 @@ public static class TestModelGenerator
         GgmlType.Q5_K => LLamaFtype.MOSTLY_Q5_K_M,
         GgmlType.Q6_K => LLamaFtype.MOSTLY_Q6_K,
         GgmlType.IQ4_NL => LLamaFtype.MOSTLY_IQ4_NL,
+        GgmlType.IQ4_XS => LLamaFtype.MOSTLY_IQ4_XS,
         _ => throw new ArgumentException($"the generator cannot produce {type} models", nameof(type)),
     };
 

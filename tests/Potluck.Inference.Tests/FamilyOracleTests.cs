@@ -27,7 +27,7 @@ public sealed class FamilyOracleTests
         new("deepseek2-lite", DeepSeekLiteSpec, [GgmlType.F16, GgmlType.Q8_0, GgmlType.Q6_K], [[4], [1, 4], [1, 2, 4]]),
     ];
 
-    private static TestModelSpec DeepSeekV3Spec => new()
+    internal static TestModelSpec DeepSeekV3Spec => new()
     {
         Architecture = "deepseek2",
         EmbeddingLength = 256,
@@ -59,7 +59,7 @@ public sealed class FamilyOracleTests
         RmsNormEps = 1e-6f,
     };
 
-    private static TestModelSpec DeepSeekLiteSpec => new()
+    internal static TestModelSpec DeepSeekLiteSpec => new()
     {
         Architecture = "deepseek2",
         EmbeddingLength = 256,

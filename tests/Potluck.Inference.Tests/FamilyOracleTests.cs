@@ -14,10 +14,20 @@ public sealed class FamilyOracleTests
     /// <summary>A family's oracle spec, the weight types it is tested in and the span boundaries (each split lists span ends).</summary>
     public sealed record Row(string Name, TestModelSpec Spec, GgmlType[] Types, int[][] Splits);
 
+    private static readonly GgmlType[] MoeTypes = [GgmlType.F16, GgmlType.Q8_0, GgmlType.Q4_K];
+    private static readonly int[][] MoeSplits = [[4], [2, 4], [1, 3, 4]];
+
     /// <summary>The rows; each family's spec keeps rows 256 wide so K-quant targets give real K-quant tensors.</summary>
     public static IReadOnlyList<Row> Rows { get; } =
     [
         new("qwen3", OracleTests.Spec("qwen3"), [GgmlType.Q8_0], [[2, 4]]),
+        // Mixture-of-experts rows: 8 experts of 256, 2 used per token, split inside the expert stack.
+        new("qwen3moe", OracleTests.Spec("qwen3moe") with { ExpertCount = 8, ExpertUsedCount = 2, ExpertFeedForwardLength = 256, HeadCount = 8, HeadDim = 64 },
+            MoeTypes, MoeSplits),
+        new("qwen2moe", OracleTests.Spec("qwen2moe") with { ExpertCount = 8, ExpertUsedCount = 2, ExpertFeedForwardLength = 256, SharedExpertFeedForwardLength = 256 },
+            MoeTypes, MoeSplits),
+        new("mixtral", OracleTests.Spec("llama") with { ExpertCount = 8, ExpertUsedCount = 2, FeedForwardLength = 256 },
+            MoeTypes, MoeSplits),
         // DeepSeek V3 layout: q_lora, split attn_k_b/attn_v_b run absorbed over the latent cache, YaRN with its mscale,
         // two dense layers then experts with sigmoid gating, norm, scale, selection bias and group-limited routing.
         // Splits include the dense/expert boundary (2). Q5_K, Q3_K and IQ4_XS ride along for their kernels.

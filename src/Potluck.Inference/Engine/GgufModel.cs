@@ -104,7 +104,7 @@ public sealed unsafe class GgufModel : IDisposable
         lock (_gate)
         {
             if (_bound.TryGetValue(key, out var existing)) return existing;
-            var tensor = use == WeightUse.MatMul && info.Shape.Length == 2 ? TryRepack(key, info) : IntPtr.Zero;
+            var tensor = use == WeightUse.MatMul && info.Shape.Length is 2 or 3 ? TryRepack(key, info) : IntPtr.Zero;
             if (tensor == IntPtr.Zero)
             {
                 tensor = NewTensor(key, info);
@@ -164,13 +164,31 @@ public sealed unsafe class GgufModel : IDisposable
         return IntPtr.Zero;
     }
 
+    /// <summary>
+    /// The probe llama.cpp's weight_buft_supported builds: a 512-row matmul for 2-D weights, and for 3-D expert
+    /// weights a mul_mat_id over n_expert_used experts of 512 rows.
+    /// </summary>
     private bool MatMulSupported(IntPtr weight, TensorInfo info)
     {
         using var probe = GgmlContextHandle.Create(4);
-        var input = Ggml.ggml_new_tensor_2d(probe.DangerousGetHandle(), (int)GgmlType.F32, info.Shape[0], 512);
-        var op = Ggml.ggml_mul_mat(probe.DangerousGetHandle(), weight, input);
+        var ctx = probe.DangerousGetHandle();
+        IntPtr op;
+        if (info.Shape.Length == 3)
+        {
+            var used = Math.Max(1, ExpertsUsed);
+            var input = Ggml.ggml_new_tensor_4d(ctx, (int)GgmlType.F32, info.Shape[0], used, 512, 1);
+            var ids = Ggml.ggml_new_tensor_2d(ctx, (int)GgmlType.I32, used, 512);
+            op = Ggml.ggml_mul_mat_id(ctx, weight, input, ids);
+        }
+        else
+        {
+            var input = Ggml.ggml_new_tensor_2d(ctx, (int)GgmlType.F32, info.Shape[0], 512);
+            op = Ggml.ggml_mul_mat(ctx, weight, input);
+        }
         return Ggml.ggml_backend_dev_supports_op(_cpuDevice, op) != 0;
     }
+
+    private int ExpertsUsed => Info.Parameters is Families.ExpertParameters e ? e.ExpertUsedCount : 1;
 
     private static (IntPtr Device, IntPtr[] Types) CpuExtraBufferTypes()
     {

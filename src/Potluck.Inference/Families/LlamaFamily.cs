@@ -14,7 +14,29 @@ internal sealed class LlamaFamily(string architecture, RopeKind rope, bool requi
     public override string Architecture => architecture;
     public override RopeKind Rope => rope;
 
-    internal override ILayerBlock BindLayer(GgufModel model, int layer) => LlamaBlock.Bind(model, layer, requireQkNorm);
+    /// <summary>Mixtral is a llama file with expert_count: its expert hyper-parameters, otherwise none.</summary>
+    internal override FamilyParameters ReadParameters(GgufMetadata metadata, ModelInfo common) =>
+        metadata.Int("expert_count", 0) > 0 ? ExpertParameters.Read(metadata, common, common.FeedForwardLength) : FamilyParameters.None;
+
+    internal override void Validate(ModelInfo info)
+    {
+        if (info.Parameters is ExpertParameters experts) experts.Validate(info);
+    }
+
+    internal override ILayerBlock BindLayer(GgufModel model, int layer) => LlamaBlock.Bind(model, layer, requireQkNorm, MixtralFeedForward);
+
+    /// <summary>
+    /// A llama layer with ffn_gate_inp is a Mixtral expert layer (llama.cpp's llama graph branches the same way):
+    /// softmax routing, normalized weights, experts as wide as feed_forward_length.
+    /// </summary>
+    private static IFeedForward MixtralFeedForward(GgufModel model, int layer)
+    {
+        var i = model.Info;
+        if (!model.HasTensor($"blk.{layer}.ffn_gate_inp.weight") || i.Parameters is not ExpertParameters e)
+            return DenseFeedForward.Bind(model, layer, i.EmbeddingLength, i.FeedForwardLength);
+        var settings = new MoeSettings(e.ExpertCount, e.ExpertUsedCount, ExpertGating.Softmax, NormalizeWeights: true);
+        return MoeFeedForward.Bind(model, layer, i.EmbeddingLength, i.FeedForwardLength, settings);
+    }
 
     /// <summary>RoPE of every layer: the file's base and linear scale, YaRN's extrapolation when the file asks for it.</summary>
     internal static RopeSettings RopeOf(GgufModel model, int dimensions)
@@ -53,7 +75,8 @@ internal sealed class LlamaBlock : ILayerBlock
 
     public int GraphNodes(int segments) => 48 + 16 * segments + _ffn.GraphNodes;
 
-    public static LlamaBlock Bind(GgufModel model, int layer, bool requireQkNorm)
+    /// <summary>Binds the attention and norms; <paramref name="feedForward"/> binds the layer's feed-forward (dense by default).</summary>
+    public static LlamaBlock Bind(GgufModel model, int layer, bool requireQkNorm, Func<GgufModel, int, IFeedForward>? feedForward = null)
     {
         var i = model.Info;
         long embd = i.EmbeddingLength, q = (long)i.HeadDim * i.HeadCount, kv = (long)i.HeadDim * i.KvHeadCount, ff = i.FeedForwardLength;
@@ -76,7 +99,7 @@ internal sealed class LlamaBlock : ILayerBlock
             qNorm, kNorm,
             model.Weight(p + "ffn_norm.weight", WeightUse.Plain, embd),
         ];
-        var ffn = DenseFeedForward.Bind(model, layer, embd, ff);
+        var ffn = feedForward?.Invoke(model, layer) ?? DenseFeedForward.Bind(model, layer, embd, ff);
         return new LlamaBlock(i, w, ffn, LlamaFamily.RopeOf(model, i.HeadDim));
     }
 

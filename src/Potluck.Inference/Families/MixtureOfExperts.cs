@@ -1,4 +1,5 @@
 using Potluck.Inference.Engine;
+using Potluck.Inference.Gguf;
 using Potluck.Inference.Native;
 
 namespace Potluck.Inference.Families;
@@ -229,7 +230,12 @@ internal sealed class MoeFeedForward(MoeSettings settings, MoeWeights weights, S
         if (shared is not null)
         {
             var s = shared.FeedForward.Build(graph, x);
-            if (shared.Gate != IntPtr.Zero) s = Ggml.ggml_mul(ctx, s, Ggml.ggml_sigmoid(ctx, Ggml.ggml_mul_mat(ctx, shared.Gate, x)));
+            if (shared.Gate != IntPtr.Zero)
+            {
+                // llama.cpp's qwen2moe writes the sigmoid as silu(g) / g; the same ops give the same bits.
+                var g = Ggml.ggml_mul_mat(ctx, shared.Gate, x);
+                s = Ggml.ggml_mul(ctx, s, Ggml.ggml_div(ctx, Ggml.ggml_silu(ctx, g), g));
+            }
             output = Ggml.ggml_add(ctx, output, s);
         }
         return output;
@@ -254,4 +260,36 @@ internal sealed class MoeFeedForward(MoeSettings settings, MoeWeights weights, S
     }
 
     private long EmbeddingWidth(MoeWeights w) => Ggml.ggml_nelements(w.Router) / settings.ExpertCount;
+}
+
+/// <summary>
+/// Expert hyper-parameters of a mixture-of-experts family: <c>expert_count</c>, <c>expert_used_count</c>,
+/// <c>expert_feed_forward_length</c> and <c>expert_shared_feed_forward_length</c> (with llama.cpp's fallbacks).
+/// </summary>
+public sealed record ExpertParameters(int ExpertCount, int ExpertUsedCount, int ExpertFeedForwardLength, int SharedExpertFeedForwardLength)
+    : FamilyParameters
+{
+    /// <summary>
+    /// Reads the expert keys; a missing expert width falls back to <paramref name="expertWidthFallback"/> (llama.cpp:
+    /// n_ff / n_expert_used for the Qwen MoE families, n_ff for Mixtral) and a missing shared width to n_ff.
+    /// Never throws for missing keys (inspection reads every supported file).
+    /// </summary>
+    internal static ExpertParameters Read(GgufMetadata metadata, ModelInfo common, int? expertWidthFallback = null)
+    {
+        var count = metadata.Int("expert_count", 0);
+        var used = metadata.Int("expert_used_count", 0);
+        var width = metadata.Int("expert_feed_forward_length", 0);
+        if (width == 0) width = expertWidthFallback ?? (used > 0 ? common.FeedForwardLength / used : 0);
+        var shared = metadata.Int("expert_shared_feed_forward_length", 0);
+        return new ExpertParameters(count, used, width, shared == 0 ? common.FeedForwardLength : shared);
+    }
+
+    internal void Validate(ModelInfo info)
+    {
+        if (ExpertCount <= 0 || ExpertUsedCount <= 0 || ExpertUsedCount > ExpertCount)
+            throw new GgufFormatException(info.Path,
+                $"{info.Architecture}: expert_used_count {ExpertUsedCount} must lie in [1, expert_count {ExpertCount}]");
+        if (ExpertFeedForwardLength <= 0)
+            throw new GgufFormatException(info.Path, $"{info.Architecture}: expert feed-forward length must be positive");
+    }
 }

@@ -13,6 +13,8 @@ public static class ModelFamilies
         new LlamaFamily("mistral", RopeKind.Normal),
         new LlamaFamily("qwen2", RopeKind.NeoX),
         new LlamaFamily("qwen3", RopeKind.NeoX, requireQkNorm: true),
+        new QwenMoeFamily("qwen3moe"),
+        new QwenMoeFamily("qwen2moe"),
         new DeepSeek2Family(),
     ];
 

@@ -62,6 +62,8 @@ public static class TestFamilyWriters
         new LlamaTestWriter("mistral"),
         new LlamaTestWriter("qwen2"),
         new LlamaTestWriter("qwen3"),
+        new QwenMoeTestWriter("qwen3moe"),
+        new QwenMoeTestWriter("qwen2moe"),
         new DeepSeek2TestWriter(),
     ];
 

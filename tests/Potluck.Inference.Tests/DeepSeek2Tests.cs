@@ -21,6 +21,32 @@ public sealed class DeepSeek2Tests
     }
 
     [Fact]
+    public void GeneratorWritesTheSplitLayoutByDefaultAndTheLegacyOneOnRequest()
+    {
+        var split = GgufHeader.Read(TestModels.Get(FamilyOracleTests.DeepSeekV3Spec, GgmlType.F32));
+        // As convert_hf_to_gguf writes MLA today: one KV head of kv_lora_rank + rope, the decompressed sizes in *_mla.
+        Assert.Equal(1u, split.Metadata["deepseek2.attention.head_count_kv"]);
+        Assert.Equal(288u, split.Metadata["deepseek2.attention.key_length"]);
+        Assert.Equal(256u, split.Metadata["deepseek2.attention.value_length"]);
+        Assert.Equal(96u, split.Metadata["deepseek2.attention.key_length_mla"]);
+        Assert.Equal(64u, split.Metadata["deepseek2.attention.value_length_mla"]);
+        Assert.Equal(new long[] { 64, 256, 4 }, split.Tensors["blk.0.attn_k_b.weight"].Shape);
+        Assert.Equal(new long[] { 256, 64, 4 }, split.Tensors["blk.0.attn_v_b.weight"].Shape);
+        Assert.False(split.Tensors.ContainsKey("blk.0.attn_kv_b.weight"));
+        Assert.True(split.Tensors.ContainsKey("blk.0.attn_q_a.weight"));
+        Assert.False(split.Tensors.ContainsKey("blk.1.ffn_gate_inp.weight")); // leading dense layers
+        Assert.True(split.Tensors.ContainsKey("blk.2.exp_probs_b.bias"));
+
+        var legacy = GgufHeader.Read(TestModels.Get(FamilyOracleTests.DeepSeekLiteSpec, GgmlType.F32));
+        Assert.Equal(4u, legacy.Metadata["deepseek2.attention.head_count_kv"]);
+        Assert.Equal(96u, legacy.Metadata["deepseek2.attention.key_length"]);
+        Assert.False(legacy.Metadata.ContainsKey("deepseek2.attention.key_length_mla"));
+        Assert.Equal(new long[] { 256, 4 * (64 + 64) }, legacy.Tensors["blk.0.attn_kv_b.weight"].Shape);
+        Assert.False(legacy.Tensors.ContainsKey("blk.0.attn_k_b.weight"));
+        Assert.True(legacy.Tensors.ContainsKey("blk.0.attn_q.weight"));
+    }
+
+    [Fact]
     public void SplitAndLegacyLayoutsOfOneSpecHoldTheSameModel()
     {
         // The generator derives attn_k_b/attn_v_b from the same logical attn_kv_b it writes for legacy files.

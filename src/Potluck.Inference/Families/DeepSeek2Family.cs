@@ -41,6 +41,11 @@ internal sealed record DeepSeek2Parameters(
     float RopeAttnFactor,
     int RopeOriginalContext) : FamilyParameters
 {
+    /// <summary>attention.temperature_scale (Mistral Large 3's per-position Q scaling): not run by the engine, refused when set.</summary>
+    public float AttentionTemperatureScale { get; init; }
+    /// <summary>nextn_predict_layers: multi-token-prediction blocks appended to block_count; refused (the trunk would count them).</summary>
+    public int NextTokenPredictionLayers { get; init; }
+
     public int NopeHeadDim => KeyHeadDim - RopeHeadDim;
 
     /// <summary>Width of one cached latent row: the normed compressed KV followed by the rotated shared key.</summary>
@@ -50,7 +55,7 @@ internal sealed record DeepSeek2Parameters(
 }
 
 /// <summary>
-/// deepseek2 (DeepSeek V2, V2-Lite, V3, R1 and their distillations in that layout): multi-head latent attention with
+/// deepseek2 (DeepSeek V2, V2-Lite, V2.5, V3, R1 and other files converted to this architecture): multi-head latent attention with
 /// YaRN RoPE on a separate rotated slice, leading dense layers, then expert layers with a shared expert, softmax or
 /// sigmoid gating, an optional selection bias and group-limited routing. Mirrors llama.cpp's llm_build_deepseek2.
 /// </summary>
@@ -73,6 +78,7 @@ internal sealed class DeepSeek2Family : ModelFamily
         var gating = m.Int("expert_gating_func", 0) switch
         {
             2 => ExpertGating.Sigmoid,
+            3 => ExpertGating.SoftmaxAfterTopK,
             // 0 (unset) is softmax for older V2/V2.5 files, as llama.cpp defaults it.
             _ => ExpertGating.Softmax,
         };
@@ -98,7 +104,11 @@ internal sealed class DeepSeek2Family : ModelFamily
             ExpertGroupsUsed: m.Int("expert_group_used_count", 0),
             KqScale: kqScale,
             RopeAttnFactor: ropeAttnFactor,
-            RopeOriginalContext: m.Int("rope.scaling.original_context_length", 0) is > 0 and var o ? o : common.ContextLength);
+            RopeOriginalContext: m.Int("rope.scaling.original_context_length", 0) is > 0 and var o ? o : common.ContextLength)
+        {
+            AttentionTemperatureScale = m.Float("attention.temperature_scale", 0f),
+            NextTokenPredictionLayers = m.Int("nextn_predict_layers", 0),
+        };
     }
 
     /// <summary>
@@ -152,6 +162,8 @@ internal sealed class DeepSeek2Family : ModelFamily
                      : "legacy deepseek2 files (attn_kv_b) need head_count_kv == head_count");
         Require(!p.Latent || info.HeadDim == p.LatentWidth, $"key_length {info.HeadDim} must be kv_lora_rank + rope dimension ({p.LatentWidth})");
         Require(p.LeadingDenseLayers >= 0, "leading_dense_block_count must not be negative");
+        Require(p.AttentionTemperatureScale == 0f, "deepseek2 attention temperature scaling (attention.temperature_scale) is not supported");
+        Require(p.NextTokenPredictionLayers == 0, "deepseek2 files with multi-token-prediction layers (nextn_predict_layers) are not supported");
         if (p.LeadingDenseLayers < info.LayerCount)
         {
             Require(p.ExpertCount > 0 && p.ExpertUsedCount > 0 && p.ExpertUsedCount <= p.ExpertCount,

@@ -7,6 +7,8 @@ namespace Potluck.Inference.Tests;
 /// <summary>deepseek2 specifics beyond the oracle rows: what the latent cache holds, and the two tensor layouts.</summary>
 public sealed class DeepSeek2Tests
 {
+    private static readonly int[] PromptA = [1, 3 + 'T', 3 + 'h', 3 + 'e', 3 + ' ', 3 + 'c', 3 + 'a', 3 + 't'];
+
     [Fact]
     public void LatentLayoutCachesOneCompressedRowPerPositionAndLegacyCachesEveryHead()
     {
@@ -59,6 +61,52 @@ public sealed class DeepSeek2Tests
         var worst = a.Logits.Zip(b.Logits).Max(s => s.First.Zip(s.Second).Max(p => MathF.Abs(p.First - p.Second)));
         Assert.True(worst < 0.05f, $"max |Δlogit| between the layouts = {worst}");
         Assert.Equal(a.Tokens, b.Tokens);
+    }
+
+    [Fact]
+    public void BatchedSessionsInOneStepMatchEachAlone()
+    {
+        // Two sessions' rows in one graph: per-session latent attention, then attn_v_b and the experts over all rows.
+        using var model = GgufModel.Open(TestModels.Get(FamilyOracleTests.DeepSeekV3Spec, GgmlType.Q8_0));
+        using var head = new ModelHead(model, 2);
+        var spans = OracleTests.MakeSpans(model, [2, 4]);
+        try
+        {
+            var pipeline = new LocalPipeline(head, spans);
+            var (aloneA, logitsA) = OracleTests.RunPipeline(pipeline, "alone-a", head.VocabSize, PromptA);
+            var (aloneB, logitsB) = OracleTests.RunPipeline(pipeline, "alone-b", head.VocabSize, OracleTests.SecondPrompt);
+
+            foreach (var s in spans)
+            {
+                s.OpenSession("x", 256);
+                s.OpenSession("y", 256);
+            }
+            int[] x = PromptA, y = OracleTests.SecondPrompt;
+            int px = 0, py = 0, width = head.Width, vocab = head.VocabSize;
+            var logits = new float[2 * vocab];
+            for (var step = 0; step < aloneA.Count; step++)
+            {
+                var current = new float[(x.Length + y.Length) * width];
+                head.Embed(x, current.AsSpan(0, x.Length * width));
+                head.Embed(y, current.AsSpan(x.Length * width));
+                foreach (var span in spans)
+                {
+                    SpanSegment[] segments = [new("x", px, x.Length, span.IsFinal), new("y", py, y.Length, span.IsFinal)];
+                    var output = new float[(segments[0].OutputRows + segments[1].OutputRows) * width];
+                    span.Forward(segments, current, output);
+                    current = output;
+                }
+                head.Logits(current, 2, logits);
+                OracleTests.AssertClose(logitsA[step], logits.AsSpan(0, vocab).ToArray(), $"x step {step}");
+                OracleTests.AssertClose(logitsB[step], logits.AsSpan(vocab).ToArray(), $"y step {step}");
+                (px, py) = (px + x.Length, py + y.Length);
+                (x, y) = ([aloneA[step]], [aloneB[step]]);
+            }
+        }
+        finally
+        {
+            foreach (var s in spans) s.Dispose();
+        }
     }
 
     private static (List<int> Tokens, List<float[]> Logits) Run(string path)

@@ -127,16 +127,8 @@ internal sealed class DeepSeek2Family : ModelFamily
         {
             static float MScale(float scale, float mscale) => scale <= 1f ? 1f : 0.1f * mscale * MathF.Log(scale) + 1f;
             var factor = 1f / freqScale;
-            if (logMul != 0f)
-            {
-                var mscaleAllDims = logMul;
-                var mscale = mscaleAllDims != 1f ? mscaleAllDims : 1f;
-                attnFactor = MScale(factor, mscale) / MScale(factor, mscaleAllDims);
-            }
-            else
-            {
-                attnFactor = MScale(factor, 1f);
-            }
+            // With a log multiplier llama.cpp takes deepseek2's mscale equal to mscale_all_dim, so get_mscale's ratio is 1.
+            attnFactor = logMul != 0f ? 1f : MScale(factor, 1f);
             attnFactor *= 1f / (1f + 0.1f * MathF.Log(factor));
         }
         attnFactor *= ropeAttnFactor;

@@ -160,6 +160,26 @@ public sealed class MoeFeedForwardTests
         }
     }
 
+    /// <summary>
+    /// llama.cpp probes 3-D expert weights with a mul_mat_id and repacks them like 2-D ones (the Q4_K oracle rows
+    /// match only so): where a 2-D Q4_K weight repacks, the experts of the same type do too.
+    /// </summary>
+    [Fact]
+    public void ExpertWeightsRepackWhereMatMulWeightsDo()
+    {
+        var spec = FamilyOracleTests.Rows.Single(r => r.Name == "qwen3moe").Spec;
+        using var model = GgufModel.Open(TestModels.Get(spec, GgmlType.Q4_K));
+        var tensors = model.Info.Tensors.ToDictionary(t => t.Name);
+        var dense = tensors["blk.0.attn_q.weight"];
+        var experts = tensors["blk.0.ffn_gate_exps.weight"];
+        Assert.Equal(GgmlType.Q4_K, dense.Type);
+        Assert.Equal(GgmlType.Q4_K, experts.Type);
+        model.Weight(dense.Name, WeightUse.MatMul);
+        var afterDense = model.RepackedBytes;
+        model.Weight(experts.Name, WeightUse.MatMul);
+        Assert.Equal(afterDense == 0 ? 0 : afterDense + experts.Bytes, model.RepackedBytes);
+    }
+
     private static float Activate(MoeSettings s, float g, float u) => s.Activation switch
     {
         ExpertActivation.SwigluOai => MathF.Min(g, s.SwigluLimit) / (1f + MathF.Exp(-s.SwigluAlpha * MathF.Min(g, s.SwigluLimit)))

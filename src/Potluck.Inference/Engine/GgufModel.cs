@@ -188,7 +188,7 @@ public sealed unsafe class GgufModel : IDisposable
         return Ggml.ggml_backend_dev_supports_op(_cpuDevice, op) != 0;
     }
 
-    private int ExpertsUsed => Info.Parameters is Families.ExpertParameters e ? e.ExpertUsedCount : 1;
+    private int ExpertsUsed => Info.Parameters is Families.IExpertCounts e ? e.ExpertUsedCount : 1;
 
     private static (IntPtr Device, IntPtr[] Types) CpuExtraBufferTypes()
     {

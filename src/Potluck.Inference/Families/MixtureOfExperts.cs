@@ -114,7 +114,8 @@ internal sealed class MoeFeedForward(MoeSettings settings, MoeWeights weights, S
     /// Binds blk.N.ffn_gate_inp.weight [embd, n_expert], ffn_{gate,up}_exps.weight [embd, ff, n_expert] (or the merged
     /// ffn_gate_up_exps.weight [embd, 2·ff, n_expert]), ffn_down_exps.weight [ff, embd, n_expert], and when present
     /// ffn_gate_inp.bias, exp_probs_b.bias and the per-expert .bias tensors. Expert tensors are bound zero-copy from
-    /// the mapping (3-D weights are never repacked: <see cref="GgufModel"/> only repacks 2-D ones).
+    /// the mapping, except where llama.cpp repacks them too (<see cref="GgufModel"/> probes 3-D weights with mul_mat_id:
+    /// experts whose type a repacked CPU kernel takes are copied into that layout, as llama.cpp does; the Q4_K rows differ without it).
     /// </summary>
     public static MoeFeedForward Bind(GgufModel model, int layer, long embd, long expertFf, MoeSettings settings, SharedExpert? shared = null)
     {
@@ -122,6 +123,8 @@ internal sealed class MoeFeedForward(MoeSettings settings, MoeWeights weights, S
         ArgumentOutOfRangeException.ThrowIfGreaterThan(settings.ExpertUsedCount, settings.ExpertCount);
         var p = $"blk.{layer}.";
         long n = settings.ExpertCount;
+        if (settings.GroupCount > 1 && (n % settings.GroupCount != 0 || settings.GroupsUsed < 1 || settings.GroupsUsed > settings.GroupCount))
+            throw new ModelTensorException($"layer {layer}: {n} experts cannot form {settings.GroupCount} groups with {settings.GroupsUsed} used");
         var merged = model.HasTensor(p + "ffn_gate_up_exps.weight");
         var w = new MoeWeights(
             model.Weight(p + "ffn_gate_inp.weight", WeightUse.MatMul, embd, n),
@@ -137,8 +140,6 @@ internal sealed class MoeFeedForward(MoeSettings settings, MoeWeights weights, S
             GateUp = merged ? model.Weight(p + "ffn_gate_up_exps.weight", WeightUse.MatMul, embd, 2 * expertFf, n) : IntPtr.Zero,
             GateUpBias = merged ? model.OptionalWeight(p + "ffn_gate_up_exps.bias", WeightUse.Plain, 2 * expertFf, n) : IntPtr.Zero,
         };
-        if (settings.GroupCount > 1 && (n % settings.GroupCount != 0 || settings.GroupsUsed < 1 || settings.GroupsUsed > settings.GroupCount))
-            throw new ModelTensorException($"layer {layer}: {n} experts cannot form {settings.GroupCount} groups with {settings.GroupsUsed} used");
         return new MoeFeedForward(settings, w, shared);
     }
 
@@ -263,11 +264,21 @@ internal sealed class MoeFeedForward(MoeSettings settings, MoeWeights weights, S
 }
 
 /// <summary>
+/// Implemented by a family's parameters when its layers hold experts: <see cref="GgufModel"/> probes 3-D expert
+/// weights for repacking with n_expert_used rows per token, as llama.cpp's loader does.
+/// </summary>
+public interface IExpertCounts
+{
+    int ExpertCount { get; }
+    int ExpertUsedCount { get; }
+}
+
+/// <summary>
 /// Expert hyper-parameters of a mixture-of-experts family: <c>expert_count</c>, <c>expert_used_count</c>,
 /// <c>expert_feed_forward_length</c> and <c>expert_shared_feed_forward_length</c> (with llama.cpp's fallbacks).
 /// </summary>
 public sealed record ExpertParameters(int ExpertCount, int ExpertUsedCount, int ExpertFeedForwardLength, int SharedExpertFeedForwardLength)
-    : FamilyParameters
+    : FamilyParameters, IExpertCounts
 {
     /// <summary>
     /// Reads the expert keys; a missing expert width falls back to <paramref name="expertWidthFallback"/> (llama.cpp:

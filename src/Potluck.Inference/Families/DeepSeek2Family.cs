@@ -39,7 +39,7 @@ internal sealed record DeepSeek2Parameters(
     int ExpertGroupsUsed,
     float KqScale,
     float RopeAttnFactor,
-    int RopeOriginalContext) : FamilyParameters
+    int RopeOriginalContext) : FamilyParameters, IExpertCounts
 {
     /// <summary>attention.temperature_scale (Mistral Large 3's per-position Q scaling): not run by the engine, refused when set.</summary>
     public float AttentionTemperatureScale { get; init; }

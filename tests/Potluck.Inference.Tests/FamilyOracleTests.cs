@@ -69,6 +69,69 @@ public sealed class FamilyOracleTests
     private static TestModelSpec Phi3Spec(int context, int original) => OracleTests.Spec("phi3") with
     {
         ContextLength = context, RopeOriginalContextLength = original, SlidingWindow = 8,
+        // DeepSeek V3 layout: q_lora, split attn_k_b/attn_v_b run absorbed over the latent cache, YaRN with its mscale,
+        // two dense layers then experts with sigmoid gating, norm, scale, selection bias and group-limited routing.
+        // Splits include the dense/expert boundary (2). Q5_K, Q3_K and IQ4_XS ride along for their kernels.
+        new("deepseek2", DeepSeekV3Spec, [GgmlType.F16, GgmlType.Q8_0, GgmlType.Q4_K, GgmlType.Q5_K, GgmlType.Q3_K, GgmlType.IQ4_XS],
+            [[4], [2, 4], [1, 3, 4]]),
+        // DeepSeek V2-Lite layout: direct attn_q, legacy attn_kv_b (plain MHA cache), softmax gating without norm.
+        new("deepseek2-lite", DeepSeekLiteSpec, [GgmlType.F16, GgmlType.Q8_0, GgmlType.Q6_K], [[4], [1, 4], [1, 2, 4]]),
+    ];
+
+    internal static TestModelSpec DeepSeekV3Spec => new()
+    {
+        Architecture = "deepseek2",
+        EmbeddingLength = 256,
+        LayerCount = 4,
+        HeadCount = 4,
+        KvHeadCount = 1,
+        FeedForwardLength = 512,
+        ContextLength = 256,
+        Seed = 7,
+        QueryLoraRank = 256,
+        KvLoraRank = 256,
+        NopeHeadDim = 64,
+        RopeHeadDim = 32,
+        ValueHeadDim = 64,
+        LeadingDenseLayers = 2,
+        ExpertCount = 8,
+        ExpertUsedCount = 2,
+        ExpertFeedForwardLength = 256,
+        SharedExpertFeedForwardLength = 256,
+        ExpertGatingFunc = 2,
+        ExpertWeightsNorm = true,
+        ExpertWeightsScale = 2.5f,
+        ExpertSelectionBias = true,
+        ExpertGroupCount = 4,
+        ExpertGroupUsedCount = 2,
+        RopeYarnFactor = 4f,
+        RopeYarnLogMultiplier = 0.1f,
+        RopeYarnOriginalContext = 64,
+        RmsNormEps = 1e-6f,
+    };
+
+    internal static TestModelSpec DeepSeekLiteSpec => new()
+    {
+        Architecture = "deepseek2",
+        EmbeddingLength = 256,
+        LayerCount = 4,
+        HeadCount = 4,
+        KvHeadCount = 4,
+        FeedForwardLength = 512,
+        ContextLength = 256,
+        Seed = 7,
+        KvLoraRank = 256,
+        NopeHeadDim = 64,
+        RopeHeadDim = 32,
+        ValueHeadDim = 64,
+        LegacyKvB = true,
+        LeadingDenseLayers = 1,
+        ExpertCount = 8,
+        ExpertUsedCount = 2,
+        ExpertFeedForwardLength = 256,
+        SharedExpertFeedForwardLength = 512,
+        ExpertGatingFunc = 1,
+        RmsNormEps = 1e-6f,
     };
 
     public static TheoryData<string, GgmlType> Cases()

@@ -18,6 +18,7 @@ public static class ModelFamilies
         new QwenMoeFamily("qwen2moe"),
         new Gemma3Family(),
         new Phi3Family(),
+        new DeepSeek2Family(),
     ];
 
     private static readonly Dictionary<string, ModelFamily> ByArchitecture =

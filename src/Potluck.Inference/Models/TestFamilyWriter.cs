@@ -70,6 +70,7 @@ public static class TestFamilyWriters
         new QwenMoeTestWriter("qwen2moe"),
         new Gemma3TestWriter(),
         new Phi3TestWriter(),
+        new DeepSeek2TestWriter(),
     ];
 
     private static readonly Dictionary<string, TestFamilyWriter> ByName = All.ToDictionary(w => w.Architecture, StringComparer.Ordinal);

@@ -167,6 +167,7 @@ public static class TestModelGenerator
         GgmlType.IQ4_NL => LLamaFtype.MOSTLY_IQ4_NL,
         // llama.cpp's MXFP4_MOE: expert tensors MXFP4, the other matrices Q8_0 (as published gpt-oss files).
         GgmlType.MXFP4 => LLamaFtype.LLAMA_FTYPE_MOSTLY_MXFP4_MOE,
+        GgmlType.IQ4_XS => LLamaFtype.MOSTLY_IQ4_XS,
         _ => throw new ArgumentException($"the generator cannot produce {type} models", nameof(type)),
     };
 

@@ -67,6 +67,35 @@ public sealed record TestModelSpec
     public float? FinalLogitSoftcapping { get; init; }
     /// <summary>rope.freq_base_swa: the RoPE base of sliding-window layers (gemma3); null writes none (the loader's 10000).</summary>
     public float? RopeFreqBaseSwa { get; init; }
+    /// <summary>DeepSeek2: rank of Q's low-rank path (attn_q_a → norm → attn_q_b); null writes a direct attn_q (V2-Lite).</summary>
+    public int? QueryLoraRank { get; init; }
+    /// <summary>DeepSeek2: width of the compressed KV latent (kv_lora_rank) that latent attention caches.</summary>
+    public int KvLoraRank { get; init; }
+    /// <summary>DeepSeek2: the rotated part of each Q/K head (qk_rope_head_dim, rope.dimension_count).</summary>
+    public int RopeHeadDim { get; init; }
+    /// <summary>DeepSeek2: the unrotated part of each Q/K head (qk_nope_head_dim).</summary>
+    public int NopeHeadDim { get; init; }
+    /// <summary>DeepSeek2: V's head size (v_head_dim).</summary>
+    public int ValueHeadDim { get; init; }
+    /// <summary>DeepSeek2: write the legacy unsplit attn_kv_b (head_count_kv = head_count) instead of attn_k_b/attn_v_b.</summary>
+    public bool LegacyKvB { get; init; }
+    /// <summary>expert_gating_func where the family writes it: 1 softmax, 2 sigmoid (DeepSeek V3); 0 writes none.</summary>
+    public int ExpertGatingFunc { get; init; }
+    /// <summary>expert_weights_norm: divide the chosen experts' weights by their sum.</summary>
+    public bool ExpertWeightsNorm { get; init; }
+    /// <summary>expert_weights_scale; 0 writes 1.</summary>
+    public float ExpertWeightsScale { get; init; }
+    /// <summary>Write exp_probs_b.bias (DeepSeek V3's selection-only bias) in expert layers.</summary>
+    public bool ExpertSelectionBias { get; init; }
+    /// <summary>expert_group_count / expert_group_used_count (group-limited routing); 0 writes none.</summary>
+    public int ExpertGroupCount { get; init; }
+    public int ExpertGroupUsedCount { get; init; }
+    /// <summary>YaRN: rope.scaling.factor with rope.scaling.type yarn; 0 writes no scaling.</summary>
+    public float RopeYarnFactor { get; init; }
+    /// <summary>YaRN: rope.scaling.yarn_log_multiplier as converters write it (0.1 × mscale_all_dim).</summary>
+    public float RopeYarnLogMultiplier { get; init; }
+    /// <summary>YaRN: rope.scaling.original_context_length; null means ContextLength.</summary>
+    public int? RopeYarnOriginalContext { get; init; }
 
     /// <summary>Jinja chat template stored as tokenizer.chat_template; null writes none. Default: ChatML.</summary>
     public string? ChatTemplate { get; init; } = TestModelGenerator.ChatMlTemplate;

@@ -64,11 +64,6 @@ public sealed class FamilyOracleTests
         new("phi3", Phi3Spec(512, 128), [GgmlType.F16, GgmlType.Q8_0, GgmlType.Q4_K], [[4], [2, 4], [1, 3, 4]]),
         // Original context 512 above the 256 used: rope_factors_short.
         new("phi3-short", Phi3Spec(4096, 512), [GgmlType.Q8_0], [[4], [1, 4]]),
-    ];
-
-    private static TestModelSpec Phi3Spec(int context, int original) => OracleTests.Spec("phi3") with
-    {
-        ContextLength = context, RopeOriginalContextLength = original, SlidingWindow = 8,
         // DeepSeek V3 layout: q_lora, split attn_k_b/attn_v_b run absorbed over the latent cache, YaRN with its mscale,
         // two dense layers then experts with sigmoid gating, norm, scale, selection bias and group-limited routing.
         // Splits include the dense/expert boundary (2). Q5_K, Q3_K and IQ4_XS ride along for their kernels.
@@ -77,6 +72,11 @@ public sealed class FamilyOracleTests
         // DeepSeek V2-Lite layout: direct attn_q, legacy attn_kv_b (plain MHA cache), softmax gating without norm.
         new("deepseek2-lite", DeepSeekLiteSpec, [GgmlType.F16, GgmlType.Q8_0, GgmlType.Q6_K], [[4], [1, 4], [1, 2, 4]]),
     ];
+
+    private static TestModelSpec Phi3Spec(int context, int original) => OracleTests.Spec("phi3") with
+    {
+        ContextLength = context, RopeOriginalContextLength = original, SlidingWindow = 8,
+    };
 
     internal static TestModelSpec DeepSeekV3Spec => new()
     {

@@ -178,19 +178,26 @@ public sealed class SpanBehaviourTests(ITestOutputHelper output)
         Assert.Equal(["two"], span.Sessions);
     }
 
-    [Fact]
-    public void ASpanBindsOnlyItsOwnLayersAndOnlyThoseBecomeResident()
+    public static TheoryData<string> ResidencyFamilies() => new("llama", "qwen3moe");
+
+    /// <summary>Dense and expert layers alike: a span binds its own layers' tensors (all experts of them) and no other.</summary>
+    [Theory]
+    [MemberData(nameof(ResidencyFamilies))]
+    public void ASpanBindsOnlyItsOwnLayersAndOnlyThoseBecomeResident(string architecture)
     {
-        var spec = OracleTests.Spec("llama") with { LayerCount = 8, Seed = 11 };
+        var spec = OracleTests.Spec(architecture) with { LayerCount = 8, Seed = 11 };
+        if (architecture == "qwen3moe")
+            spec = spec with { ExpertCount = 8, ExpertUsedCount = 2, ExpertFeedForwardLength = 256, HeadCount = 8, HeadDim = 64 };
         var path = TestModels.Get(spec, GgmlType.F16);
         using var model = GgufModel.Open(path);
         using var span = new LayerSpan(model, 2, 4, new SpanOptions { Threads = 2 });
         Assert.All(model.BoundTensors, name => Assert.StartsWith(name.StartsWith("blk.3.", StringComparison.Ordinal) ? "blk.3." : "blk.2.", name));
 
         span.OpenSession("m", 32);
-        var input = new float[4 * span.Width];
+        // 32 rows, so the router sends some row to every expert and each expert's pages are read at least once.
+        var input = new float[32 * span.Width];
         for (var i = 0; i < input.Length; i++) input[i] = MathF.Sin(i) * 0.5f;
-        span.Forward([new SpanSegment("m", 0, 4)], input, new float[input.Length]);
+        span.Forward([new SpanSegment("m", 0, 32)], input, new float[input.Length]);
 
         long layerBytes = 0, spanBytes = 0;
         foreach (var t in model.Info.Tensors)
@@ -200,7 +207,9 @@ public sealed class SpanBehaviourTests(ITestOutputHelper output)
             if (t.Name.StartsWith("blk.2.", StringComparison.Ordinal) || t.Name.StartsWith("blk.3.", StringComparison.Ordinal)) spanBytes += t.Bytes;
         }
         var resident = MappedResidentBytes(model.MappedAddress);
-        output.WriteLine($"span [2,4) of 8 layers: resident {resident} bytes of the mapping; its layers hold {spanBytes}, all layers {layerBytes}, file {model.Info.FileBytes}");
+        if (architecture == "qwen3moe")
+            Assert.Contains(model.BoundTensors, n => n == "blk.2.ffn_gate_exps.weight");
+        output.WriteLine($"{architecture} span [2,4) of 8 layers: resident {resident} bytes of the mapping; its layers hold {spanBytes}, all layers {layerBytes}, file {model.Info.FileBytes}");
         // 2 of 8 layers: resident ≈ their weights; page fault-around may add a little at tensor edges.
         Assert.InRange(resident, spanBytes * 9 / 10, spanBytes + layerBytes / 16);
     }

@@ -282,6 +282,28 @@ public sealed class SpanChooserTests
     public void BadMemorySizesAreRefused(string text) => Assert.False(NodeCapacity.TryParseSize(text, out _));
 
     [Fact]
+    public void ExpertLayersCostTheirExpertsAndLatentLayersTheirLatentCache()
+    {
+        NativeRuntime.EnsureLoaded();
+        // deepseek2's example: one leading dense layer, then expert layers; latent attention caches one row per position.
+        var spec = Potluck.Inference.Models.TestModelSpec.ForArchitecture("deepseek2") with { ExpertCount = 16 };
+        var info = GgufModel.Inspect(TestModels.Get(spec, GgmlType.Q8_0));
+        var weightsOnly = NodeCapacity.EstimateLayerBytes(info, kvTokens: 0);
+        long experts = info.Tensors.Where(t => t.Name.StartsWith("blk.1.", StringComparison.Ordinal) && t.Name.Contains("_exps", StringComparison.Ordinal)).Sum(t => t.Bytes);
+        Assert.True(experts > 0);
+        Assert.True(weightsOnly[1] > weightsOnly[0] + experts / 2, $"dense layer {weightsOnly[0]} B, expert layer {weightsOnly[1]} B (experts {experts} B)");
+
+        using var lease = Compute.SharedModel.Acquire(info.Path);
+        for (var layer = 0; layer < info.LayerCount; layer++)
+        {
+            using var span = new LayerSpan(lease.Model, layer, layer + 1);
+            Assert.Equal(span.KvBytesPerToken, NodeCapacity.KvBytesPerToken(info, layer));
+        }
+        // The latent row (kv_lora_rank + rope dims, F16) is far less than K and V of every head.
+        Assert.True(NodeCapacity.KvBytesPerToken(info, 0) < 2L * info.HeadCount * info.HeadDim * sizeof(ushort));
+    }
+
+    [Fact]
     public void LayerBytesComeFromTheTensorIndexPlusTheKvBudget()
     {
         NativeRuntime.EnsureLoaded();

@@ -14,6 +14,7 @@ internal static class GenerationFailures
     public static ApiError? ToApiError(Exception e, string grammarSource) => e switch
     {
         PoolUnavailableException => new ApiError(503, e.Message, ApiError.ServerError, null, "pool_unavailable"),
+        PoolOutOfKvException => new ApiError(429, e.Message, ApiError.ServerError, null, "pool_at_capacity"),
         RouteFailedException => new ApiError(503, e.Message, ApiError.ServerError, null, "route_failed"),
         GrammarBudgetExceededException => Grammar(e, grammarSource, "grammar_too_slow"),
         GrammarException => Grammar(e, grammarSource, "invalid_grammar"),

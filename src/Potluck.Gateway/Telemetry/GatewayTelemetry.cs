@@ -12,6 +12,8 @@ public sealed class GatewayTelemetry : IDisposable
 
     private readonly Meter _meter;
     private long _activeSessions;
+    private long _peakActiveSessions;
+    private long _preempted;
     private long _queuedRequests;
 
     public GatewayTelemetry(IMeterFactory? meterFactory = null)
@@ -25,6 +27,8 @@ public sealed class GatewayTelemetry : IDisposable
         HopRoundTripMs = _meter.CreateHistogram<double>("potluck.gateway.step_round_trip", "ms", "One step through the whole route and back");
         HopLatencyMs = _meter.CreateHistogram<double>("potluck.gateway.hop_latency", "ms", "Gateway to node round trip (Describe probe), per node");
         Reroutes = _meter.CreateCounter<long>("potluck.gateway.reroutes", "{route}", "Routes re-planned after a stage refused or failed");
+        Preemptions = _meter.CreateCounter<long>("potluck.gateway.preemptions", "{session}",
+            "Generations that gave their KV back because the pool was full, to re-prefill when room returned");
         _meter.CreateObservableGauge("potluck.gateway.active_sessions", () => Interlocked.Read(ref _activeSessions), "{session}", "Generations in progress");
         _meter.CreateObservableGauge("potluck.gateway.queued_requests", () => Interlocked.Read(ref _queuedRequests), "{request}",
             "Requests waiting for a generation slot (MaxConcurrentSessions)");
@@ -41,12 +45,30 @@ public sealed class GatewayTelemetry : IDisposable
     public Histogram<double> HopRoundTripMs { get; }
     public Histogram<double> HopLatencyMs { get; }
     public Counter<long> Reroutes { get; }
+    public Counter<long> Preemptions { get; }
 
     public long ActiveSessions => Interlocked.Read(ref _activeSessions);
 
     public long QueuedRequests => Interlocked.Read(ref _queuedRequests);
 
-    public void SessionStarted() => Interlocked.Increment(ref _activeSessions);
+    /// <summary>Generations that gave their KV back since the gateway started (see <see cref="Preempted"/>).</summary>
+    public long PreemptedGenerations => Interlocked.Read(ref _preempted);
+
+    public void Preempted()
+    {
+        Interlocked.Increment(ref _preempted);
+        Preemptions.Add(1);
+    }
+
+    /// <summary>Most generations in progress at once since the gateway started.</summary>
+    public long PeakActiveSessions => Interlocked.Read(ref _peakActiveSessions);
+
+    public void SessionStarted()
+    {
+        var now = Interlocked.Increment(ref _activeSessions);
+        for (var peak = Interlocked.Read(ref _peakActiveSessions); now > peak; peak = Interlocked.Read(ref _peakActiveSessions))
+            if (Interlocked.CompareExchange(ref _peakActiveSessions, now, peak) == peak) break;
+    }
     public void SessionEnded() => Interlocked.Decrement(ref _activeSessions);
 
     /// <summary>A request starts waiting for a generation slot; <see cref="LeftQueue"/> when it got one or gave up.</summary>

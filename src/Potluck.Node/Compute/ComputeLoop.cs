@@ -55,7 +55,12 @@ internal sealed class ComputeLoop : IDisposable
     public int MaxBatchRows { get; }
     public long StepsCompleted => Interlocked.Read(ref _steps);
 
-    /// <summary>Reserves the session's KV in the engine; returns its length there and the engine's free KV after.</summary>
+    /// <summary>Called with the engine's free KV after every change (steps grow sessions block by block); set before the first step.</summary>
+    public Action<long>? FreeKvChanged { get; set; }
+
+    private void PublishFreeKv() => FreeKvChanged?.Invoke(_compute.FreeKvTokens);
+
+    /// <summary>Opens the session in the engine (charging its first KV block); returns its length there and the engine's free KV after.</summary>
     public (int Length, long FreeKvTokens) OpenSession(string sessionId, int maxTokens)
     {
         lock (_computeGate)
@@ -87,6 +92,7 @@ internal sealed class ComputeLoop : IDisposable
             _compute.Truncate(session.Id, length);
             session.OutputLog?.Truncate(length);
             session.PublishLength(length);
+            PublishFreeKv();
             return true;
         }
     }
@@ -160,15 +166,25 @@ internal sealed class ComputeLoop : IDisposable
                     item.PublishLength(length);
                     if (item.PendingStart != length)
                         throw new PositionMismatchException($"step starts at {item.PendingStart} but session '{item.Id}' holds {length} positions on layers {LayerRange.Format(LayerStart, LayerEnd)}");
-                    if (item.PendingRows == 0) item.Complete(0);
-                    else _ready.Add(item);
+                    if (item.PendingRows == 0)
+                    {
+                        item.Complete(0);
+                        continue;
+                    }
+                    // Each step charges its own new KV blocks first: one that finds the budget full fails alone.
+                    _compute.Reserve(item.Id, item.PendingStart + item.PendingRows);
+                    _ready.Add(item);
                 }
                 catch (Exception e)
                 {
                     item.Fail(e);
                 }
             }
-            if (_ready.Count == 0) return;
+            if (_ready.Count == 0)
+            {
+                PublishFreeKv();
+                return;
+            }
             var width = Width;
             try
             {
@@ -193,6 +209,7 @@ internal sealed class ComputeLoop : IDisposable
                 foreach (var item in _ready) item.Fail(e);
                 _log.LogWarning(e, "Forward of {Sessions} sessions on layers {Layers} failed", _ready.Count, LayerRange.Format(LayerStart, LayerEnd));
             }
+            PublishFreeKv();
         }
         StepTimeline.Mark(StepEvent.StageComputeEnd, 0);
         _telemetry.ComputeMs.Record(Stopwatch.GetElapsedTime(started).TotalMilliseconds);

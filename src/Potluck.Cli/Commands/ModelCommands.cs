@@ -92,10 +92,11 @@ public static class ModelCommands
         var expertFf = new Option<int?>("--expert-ff") { Description = "Feed-forward width of one expert" };
         var context = new Option<int?>("--context") { Description = "Context length" };
         var seed = new Option<int?>("--seed") { Description = "Seed of the random weights" };
+        var vocab = new Option<int?>("--vocab") { Description = "Vocabulary size (default: the minimal test vocabulary; 32000+ weighs the LM head like a real model)" };
         var output = new Option<FileInfo?>("--output", "-o") { Description = "Also copy the generated file here (it is always cached under $POTLUCK_HOME/models)" };
         var command = new Command("create-test", "Write a generated test model of a family (random weights at a fixed seed, quantized by llama.cpp; no download)")
         {
-            arch, type, width, layers, heads, ff, experts, expertFf, context, seed, output,
+            arch, type, width, layers, heads, ff, experts, expertFf, context, seed, vocab, output,
         };
         command.SetAction(parse =>
         {
@@ -115,6 +116,7 @@ public static class ModelCommands
                     ExpertFeedForwardLength = parse.GetValue(expertFf) ?? spec.ExpertFeedForwardLength,
                     ContextLength = parse.GetValue(context) ?? spec.ContextLength,
                     Seed = parse.GetValue(seed) ?? spec.Seed,
+                    VocabSize = parse.GetValue(vocab) ?? spec.VocabSize,
                 };
                 spec.Validate();
             }

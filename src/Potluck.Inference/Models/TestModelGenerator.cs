@@ -179,7 +179,7 @@ public static class TestModelGenerator
         var family = TestFamilyWriters.Get(spec.Architecture);
         var arch = family.GgufArchitecture;
         var headDim = spec.EffectiveHeadDim;
-        long embd = spec.EmbeddingLength, vocab = Vocab.Size;
+        long embd = spec.EmbeddingLength, vocab = spec.VocabSize ?? Vocab.Size;
 
         var writer = new GgufWriter()
             .Add("general.architecture", arch)
@@ -195,7 +195,7 @@ public static class TestModelGenerator
             .Add($"{arch}.rope.freq_base", spec.RopeFreqBase)
             .Add($"{arch}.rope.dimension_count", (uint)family.RopeDimensions(spec));
         family.AddMetadata(writer, spec);
-        AddTokenizer(writer, spec.ChatTemplate);
+        AddTokenizer(writer, spec.ChatTemplate, (int)vocab);
 
         var random = new TestTensors(spec.Seed, spec.WeightScale);
         writer.AddTensor("token_embd.weight", [embd, vocab], random.Uniform("token_embd.weight"));
@@ -208,12 +208,14 @@ public static class TestModelGenerator
     }
 
     /// <summary>SentencePiece "llama" vocabulary: specials, the 256 byte tokens, the space piece and ChatML markers.</summary>
-    private static void AddTokenizer(GgufWriter writer, string? chatTemplate)
+    private static void AddTokenizer(GgufWriter writer, string? chatTemplate, int size)
     {
         const int normal = 1, unknown = 2, control = 3, bytes = 6;
-        var tokens = new string[Vocab.Size];
-        var types = new int[Vocab.Size];
-        var scores = new float[Vocab.Size];
+        var tokens = new string[size];
+        var types = new int[size];
+        var scores = new float[size];
+        // Beyond the minimal vocabulary: distinct plain pieces, least likely last.
+        for (var id = Vocab.Size; id < size; id++) (tokens[id], types[id], scores[id]) = ($"\u2581tok{id}", normal, -id);
         (tokens[Vocab.Unknown], types[Vocab.Unknown]) = ("<unk>", unknown);
         (tokens[Vocab.Bos], types[Vocab.Bos]) = ("<s>", control);
         (tokens[Vocab.Eos], types[Vocab.Eos]) = ("</s>", control);

@@ -26,6 +26,13 @@ public sealed record TestModelSpec
     public int FeedForwardLength { get; init; } = 128;
     public int ContextLength { get; init; } = 512;
     public int Seed { get; init; } = 1;
+
+    /// <summary>
+    /// Vocabulary size; null: the minimal vocabulary (specials, bytes, ChatML markers). Larger ones add plain pieces,
+    /// for benchmarks whose LM head should weigh what a real model's does (32k and more).
+    /// </summary>
+    [System.Text.Json.Serialization.JsonIgnore(Condition = System.Text.Json.Serialization.JsonIgnoreCondition.WhenWritingNull)]
+    public int? VocabSize { get; init; }
     /// <summary>
     /// Standard deviation of the uniform random weights. At 0.1 every family decodes varied greedy text;
     /// at 0.02 greedy output collapses to one token (engine.md).
@@ -138,6 +145,8 @@ public sealed record TestModelSpec
         Positive(LayerCount, nameof(LayerCount));
         Positive(HeadCount, nameof(HeadCount));
         Positive(KvHeadCount, nameof(KvHeadCount));
+        if (VocabSize is { } vocab && (vocab < TestModelGenerator.Vocab.Size || vocab > 1 << 20))
+            throw new ArgumentException($"VocabSize must be between {TestModelGenerator.Vocab.Size} (the minimal vocabulary) and {1 << 20}, got {vocab}");
         Positive(FeedForwardLength, nameof(FeedForwardLength));
         Positive(ContextLength, nameof(ContextLength));
         if (HeadDim is null && EmbeddingLength % HeadCount != 0)

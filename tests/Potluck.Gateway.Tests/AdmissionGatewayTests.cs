@@ -130,10 +130,11 @@ public sealed class AdmissionGatewayTests(PoolFixture pool, ITestOutputHelper ou
         using var cancel = new CancellationTokenSource(Patience);
         using var request = new HttpRequestMessage(HttpMethod.Post, "v1/chat/completions") { Content = Chat("stream me after the wait", 6, stream: true) };
         using var response = await http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead, cancel.Token);
-        // The stream started while waiting: 200, an event stream, and no session header (it was not known yet).
+        // The stream started while waiting: 200, an event stream, its session id but no route (not planned yet).
         Assert.Equal(HttpStatusCode.OK, response.StatusCode);
         Assert.Equal("text/event-stream", response.Content.Headers.ContentType?.MediaType);
-        Assert.False(response.Headers.Contains("x-potluck-session"));
+        Assert.StartsWith("chatcmpl-", response.Headers.GetValues("x-potluck-session").Single());
+        Assert.False(response.Headers.Contains("x-potluck-route"));
         Assert.Equal(1, admission.Waiting);
         await using var body = await response.Content.ReadAsStreamAsync(cancel.Token);
         var early = await ReadUntilAsync(body, ": queued\n\n", cancel.Token);

@@ -132,7 +132,17 @@ public static class OpenAiEndpoints
         var id = sessionIds[0];
         var service = services.GetRequiredService<GenerationService>();
         var caller = AdmissionCaller.Of(context);
-        Func<CancellationToken, Task>? keepAlive = request.Stream ? ct => CompletionResponses.WriteQueuedCommentAsync(context, ct) : null;
+        void SessionHeaders()
+        {
+            context.Response.Headers["x-potluck-session"] = id;
+            if (request.N > 1) context.Response.Headers["x-potluck-sessions"] = string.Join(',', sessionIds);
+        }
+        // A stream that starts early while queued knows its session ids but not yet its route.
+        Func<CancellationToken, Task>? keepAlive = !request.Stream ? null : ct =>
+        {
+            if (!context.Response.HasStarted) SessionHeaders();
+            return CompletionResponses.WriteQueuedCommentAsync(context, ct);
+        };
         var pieces = TokenPieces.For(model.Tokenizer);
         using var activity = GatewayTelemetry.Source.StartActivity("potluck.gateway.generate");
         activity?.SetTag("potluck.session", id);
@@ -183,11 +193,10 @@ public static class OpenAiEndpoints
                 {
                     activity?.SetTag("potluck.route", generation.Route?.ToString());
                     // Which nodes serve this session, for operators and tests (a failover may change it later); a
-                    // stream that started early while queued has sent its headers already.
+                    // stream that started early while queued has sent its headers already, without the route.
                     if (!context.Response.HasStarted)
                     {
-                        context.Response.Headers["x-potluck-session"] = sessionId;
-                        if (request.N > 1) context.Response.Headers["x-potluck-sessions"] = string.Join(',', sessionIds);
+                        SessionHeaders();
                         if (generation.Route is { } route) context.Response.Headers["x-potluck-route"] = route.HeaderValue;
                     }
                     responses = new CompletionResponses(context, kind, id, model.Name, DateTimeOffset.UtcNow.ToUnixTimeSeconds(), request.IncludeUsage);

@@ -107,8 +107,9 @@ public static partial class AnthropicEndpoints
         activity?.SetTag("potluck.prompt_tokens", prompt.Length);
         activity?.SetTag("potluck.max_tokens", maxTokens);
 
-        // Sent before the stream may start early (while queued), so every answer carries it.
+        // Sent before the stream may start early (while queued), so every answer carries them; the route comes later.
         context.Response.Headers["request-id"] = id;
+        context.Response.Headers["x-potluck-session"] = id;
         var responses = new MessagesResponses(context, id, model.Name);
         // A stream that waits for a slot starts early and gets keep-alive comments while it waits.
         Func<CancellationToken, Task>? keepAlive = chat.Stream ? ct => CompletionResponses.WriteQueuedCommentAsync(context, ct) : null;
@@ -140,11 +141,7 @@ public static partial class AnthropicEndpoints
                 return error.Status.ToString(CultureInfo.InvariantCulture);
             }
             activity?.SetTag("potluck.route", generation.Route?.ToString());
-            if (!context.Response.HasStarted)
-            {
-                context.Response.Headers["x-potluck-session"] = id;
-                if (generation.Route is { } route) context.Response.Headers["x-potluck-route"] = route.HeaderValue;
-            }
+            if (!context.Response.HasStarted && generation.Route is { } route) context.Response.Headers["x-potluck-route"] = route.HeaderValue;
             var answer = new AnswerBlocks(output);
             if (chat.Stream) return await StreamAsync(generation, responses, answer, services, ct);
 

@@ -47,10 +47,11 @@ public sealed class AdmissionGatewayTests(PoolFixture pool, ITestOutputHelper ou
         }
     }
 
-    /// <summary>Starts a long streamed generation and reads its first chunk, so it holds the one slot.</summary>
+    /// <summary>Starts a long streamed generation (nearly the whole context) and reads its first chunk, so it holds the one slot.</summary>
     private async Task<(HttpResponseMessage Response, Stream Body)> StartLongStreamAsync(HttpClient http, CancellationToken ct)
     {
-        var request = new HttpRequestMessage(HttpMethod.Post, "v1/chat/completions") { Content = Chat("a long answer please", 400, stream: true, extra: ",\"ignore_eos\":true") };
+        var payload = $$"""{"model":{{JsonSerializer.Serialize(pool.ModelName)}},"prompt":"Once","max_tokens":500,"ignore_eos":true,"stream":true}""";
+        var request = new HttpRequestMessage(HttpMethod.Post, "v1/completions") { Content = new StringContent(payload, Encoding.UTF8, "application/json") };
         var response = await http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead, ct);
         Assert.Equal(HttpStatusCode.OK, response.StatusCode);
         var body = await response.Content.ReadAsStreamAsync(ct);

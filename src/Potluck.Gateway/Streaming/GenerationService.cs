@@ -23,7 +23,11 @@ public sealed class GenerationService(
     MemberSecurity security,
     ILogger<GenerationService> log)
 {
+    private static readonly TimeSpan RejectionLogPeriod = TimeSpan.FromSeconds(10);
+
     private readonly AdmissionQueue _admission = new(options.MaxConcurrentSessions, options.MaxQueuedRequests, options.QueueTimeout, telemetry);
+    private long _rejectedSinceLog;
+    private long _lastRejectionLog;
 
     /// <summary>This gateway's open sessions per stage, so concurrent requests spread over replicas.</summary>
     internal RouteLoad Load { get; } = new();
@@ -52,8 +56,16 @@ public sealed class GenerationService(
     public async Task<(GenerationRun Generation, CancellationTokenSource Cancel)> StartAsync(GenerationRequest request, string sessionId, string caller,
         CancellationToken ct, Func<CancellationToken, Task>? keepAlive = null)
     {
-        if (keepAlive is null) await _admission.EnterAsync(caller, ct);
-        else await EnterWithKeepAliveAsync(caller, keepAlive, ct);
+        try
+        {
+            if (keepAlive is null) await _admission.EnterAsync(caller, ct);
+            else await EnterWithKeepAliveAsync(caller, keepAlive, ct);
+        }
+        catch (PoolAtCapacityException e)
+        {
+            LogRejection(e);
+            throw;
+        }
         var admitted = Stopwatch.GetTimestamp();
         var cancel = CancellationTokenSource.CreateLinkedTokenSource(ct);
         try
@@ -112,6 +124,17 @@ public sealed class GenerationService(
             System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(failure);
         }
         await admitted;
+    }
+
+    /// <summary>At most one warning per <see cref="RejectionLogPeriod"/> with the count since the last, so a flood does not flood the log.</summary>
+    private void LogRejection(PoolAtCapacityException e)
+    {
+        Interlocked.Increment(ref _rejectedSinceLog);
+        var now = Environment.TickCount64;
+        var last = Interlocked.Read(ref _lastRejectionLog);
+        if (last != 0 && now - last < (long)RejectionLogPeriod.TotalMilliseconds) return;
+        if (Interlocked.CompareExchange(ref _lastRejectionLog, now, last) != last) return;
+        log.LogWarning("Turned away {Count} request(s) since the last report ({Reason}): {Message}", Interlocked.Exchange(ref _rejectedSinceLog, 0), e.ReasonTag, e.Message);
     }
 
     internal void Release(GenerationRun generation)

@@ -1,4 +1,7 @@
+using System.Security.Claims;
+using Microsoft.AspNetCore.Http;
 using Microsoft.Extensions.Configuration;
+using Potluck.Gateway.Access;
 using Potluck.Gateway.Admission;
 using Potluck.Gateway.Telemetry;
 using Potluck.Hosting;
@@ -45,6 +48,17 @@ public sealed class AdmissionSettingsTests
         Assert.Contains("MaxQueuedRequests", result.FailureMessage);
         Assert.Contains("QueueTimeout", result.FailureMessage);
         Assert.Contains("QueueKeepAliveInterval", result.FailureMessage);
+    }
+
+    [Fact]
+    public void ARequestWaitsInItsKeysLineAndWithoutAKeyInTheSharedOne()
+    {
+        var keyed = new DefaultHttpContext
+        {
+            User = new ClaimsPrincipal(new ClaimsIdentity([new Claim(ApiKeyAuthenticationHandler.KeyNameClaim, "team-a")], ApiKeyAuthenticationHandler.SchemeName)),
+        };
+        Assert.Equal("key:team-a", AdmissionCaller.Of(keyed));
+        Assert.Equal(AdmissionCaller.Open, AdmissionCaller.Of(new DefaultHttpContext()));
     }
 
     [Fact]

@@ -120,6 +120,37 @@ public sealed class AdmissionGatewayTests(PoolFixture pool, ITestOutputHelper ou
     }
 
     [Fact]
+    public async Task ApiKeysTakeTurnsForTheSlotSoOneKeysBacklogDoesNotDelayAnother()
+    {
+        const string keyA = "sk-admission-test-team-a-0123456789abcdef", keyB = "sk-admission-test-team-b-0123456789abcdef";
+        var (gateway, http, admission) = await StartAsync(o => o with { MaxQueuedRequests = 8, ApiKeys = [keyA, keyB] });
+        await using var _ = gateway;
+        using var __ = http;
+        // The one slot is held while the backlog forms: three of key A, then one of key B.
+        await admission.EnterAsync("holder", default);
+        var finished = new System.Collections.Concurrent.ConcurrentQueue<string>();
+        async Task SendAsync(string key, string name)
+        {
+            using var request = new HttpRequestMessage(HttpMethod.Post, "v1/chat/completions") { Content = Chat("turn " + name, 16, extra: ",\"ignore_eos\":true") };
+            request.Headers.Authorization = new System.Net.Http.Headers.AuthenticationHeaderValue("Bearer", key);
+            using var response = await http.SendAsync(request);
+            Assert.True(response.StatusCode == HttpStatusCode.OK, $"{name}: {(int)response.StatusCode} {await response.Content.ReadAsStringAsync()}");
+            finished.Enqueue(name);
+        }
+        var sends = new List<Task>();
+        foreach (var (key, name) in new[] { (keyA, "a1"), (keyA, "a2"), (keyA, "a3"), (keyB, "b1") })
+        {
+            sends.Add(SendAsync(key, name));
+            var queued = sends.Count;
+            await WaitUntilAsync(() => admission.Waiting == queued, $"{name} to queue");
+        }
+        admission.Release(TimeSpan.Zero);
+        await Task.WhenAll(sends).WaitAsync(Patience);
+        // One slot: each finishes before the next is admitted (16 tokens take far longer than writing an answer).
+        Assert.Equal(["a1", "b1", "a2", "a3"], finished);
+    }
+
+    [Fact]
     public async Task AStreamingWaiterGetsKeepAliveCommentsBeforeItsFirstToken()
     {
         var (gateway, http, admission) = await StartAsync(o => o with { QueueKeepAliveInterval = TimeSpan.FromMilliseconds(100) });

@@ -214,6 +214,15 @@ public sealed class AdmissionQueueTests
             queue.Release(TimeSpan.Zero);
         }
         Assert.Equal(AdmissionQueue.MinRetryAfter, queue.RetryAfter);
+        // A slot given back unused does not count as a generation.
+        for (var i = 0; i < 30; i++)
+        {
+            await queue.EnterAsync("a", default);
+            queue.Release(TimeSpan.FromSeconds(10));
+        }
+        await queue.EnterAsync("a", default);
+        queue.Release(AdmissionQueue.Unused);
+        Assert.Equal(TimeSpan.FromSeconds(5), queue.RetryAfter);
     }
 
     [Fact]

@@ -19,6 +19,9 @@ public sealed class AdmissionQueue
     /// <summary>Retry-After is clamped to this range.</summary>
     public static readonly TimeSpan MinRetryAfter = TimeSpan.FromSeconds(1), MaxRetryAfter = TimeSpan.FromSeconds(60);
 
+    /// <summary>The hold time of a slot given back without being used: it leaves the Retry-After estimate alone.</summary>
+    public static readonly TimeSpan Unused = TimeSpan.MinValue;
+
     // Weight of the newest hold time in the running mean: recent load matters, one odd request does not.
     private const double HoldTimeWeight = 0.2;
 
@@ -110,8 +113,9 @@ public sealed class AdmissionQueue
     }
 
     /// <summary>
-    /// Gives back a slot that was held for <paramref name="held"/> (it feeds the Retry-After estimate): the longest-
-    /// waiting request of the next caller in turn gets it, or it becomes free.
+    /// Gives back a slot that was held for <paramref name="held"/> (it feeds the Retry-After estimate; <see cref="Unused"/>
+    /// for a slot given back before any generation ran): the longest-waiting request of the next caller in turn gets
+    /// it, or it becomes free.
     /// </summary>
     public void Release(TimeSpan held)
     {

@@ -79,7 +79,7 @@ public sealed class GenerationService(
         catch
         {
             cancel.Dispose();
-            _admission.Release(Stopwatch.GetElapsedTime(admitted));
+            _admission.Release(AdmissionQueue.Unused);
             throw;
         }
     }
@@ -116,7 +116,7 @@ public sealed class GenerationService(
             try
             {
                 await admitted;
-                _admission.Release(TimeSpan.Zero);
+                _admission.Release(AdmissionQueue.Unused);
             }
             catch (Exception e) when (e is OperationCanceledException or PoolAtCapacityException)
             {

@@ -78,6 +78,12 @@ public sealed record GatewayOptions
     /// <summary>Longest wait for one step's answer from the route before the stage is treated as failed.</summary>
     public TimeSpan StepTimeout { get; init; } = TimeSpan.FromSeconds(60);
 
+    /// <summary>
+    /// How long a generation whose stages ran out of KV waits for room (having given its own KV back) before the
+    /// request fails with 429.
+    /// </summary>
+    public TimeSpan KvWaitTimeout { get; init; } = TimeSpan.FromSeconds(120);
+
     /// <summary>How often the pool view is refreshed from the pool directory.</summary>
     public TimeSpan PoolRefreshPeriod { get; init; } = TimeSpan.FromSeconds(1);
 
@@ -149,8 +155,11 @@ public sealed record GatewayOptions
     /// <summary>Requests per minute per key (per client IP when the API is open); 0 is no limit.</summary>
     public int RateLimitPerMinute { get; init; } = 600;
 
-    /// <summary>Requests at once per key (per client IP when the API is open); 0 is no limit.</summary>
-    public int ConcurrencyLimit { get; init; } = 16;
+    /// <summary>
+    /// Requests at once per key (per client IP when the API is open); 0 is no limit. The default matches
+    /// <see cref="MaxConcurrentSessions"/>: one SDK fanning out may use every slot, and beyond them admission is fair between keys.
+    /// </summary>
+    public int ConcurrencyLimit { get; init; } = 64;
 
     /// <summary>Address the silo binds; null: <see cref="ListenAddress"/>, so nothing listens beyond what the operator chose.</summary>
     public string? SiloListenAddress { get; init; }
@@ -200,6 +209,7 @@ public sealed record GatewayOptions
             TokenizeTimeout = ReadDuration(section, nameof(TokenizeTimeout), TokenizeTimeout),
             PrefillChunkRows = ReadInt(section, nameof(PrefillChunkRows), PrefillChunkRows, 1, 1 << 20),
             StepTimeout = ReadDuration(section, nameof(StepTimeout), StepTimeout),
+            KvWaitTimeout = ReadDuration(section, nameof(KvWaitTimeout), KvWaitTimeout),
             PoolRefreshPeriod = ReadDuration(section, nameof(PoolRefreshPeriod), PoolRefreshPeriod),
             MaxConcurrentSessions = ReadInt(section, nameof(MaxConcurrentSessions), MaxConcurrentSessions, 1, 1 << 20),
             MaxQueuedRequests = ReadInt(section, nameof(MaxQueuedRequests), MaxQueuedRequests, 0, 1 << 20),
@@ -301,6 +311,7 @@ public sealed class GatewayOptionsValidator : IValidateOptions<GatewayOptions>
         if (options.Threads < 0) failures.Add("Threads must be 0 (all cores) or more");
         if (options.MaxPromptCharacters is < 1) failures.Add("MaxPromptCharacters must be at least 1 (or unset: 16 per context token)");
         if (options.TokenizeTimeout <= TimeSpan.Zero) failures.Add("TokenizeTimeout must be positive");
+        if (options.KvWaitTimeout < TimeSpan.Zero) failures.Add("KvWaitTimeout must not be negative");
         if (options.WireType is not (HiddenType.F16 or HiddenType.F32)) failures.Add($"WireType {options.WireType} is not F16 or F32");
         if (string.IsNullOrWhiteSpace(options.GatewayId) || options.GatewayId.Contains('/', StringComparison.Ordinal))
             failures.Add($"GatewayId '{options.GatewayId}' must be non-empty and without '/'");

@@ -161,7 +161,7 @@ public static class NodeHost
         IStageCompute compute;
         try
         {
-            var spanOptions = new SpanOptions { KvBudgetTokens = options.KvBudgetTokens };
+            var spanOptions = new SpanOptions { KvBudgetTokens = KvBudget.ResolveTokens(options, lease.Model.Info, options.LayerStart, options.LayerEnd) };
             if (options.Threads > 0) spanOptions = spanOptions with { Threads = options.Threads };
             compute = new LayerSpanCompute(lease, options.LayerStart, options.LayerEnd, spanOptions);
         }

@@ -55,8 +55,14 @@ public sealed record NodeOptions
     /// <summary>Address to bind; default loopback when advertising loopback, otherwise all interfaces.</summary>
     public string? ListenAddress { get; init; }
 
-    /// <summary>Total KV tokens of all sessions together; null lets the engine choose (4 full contexts).</summary>
+    /// <summary>Total KV tokens of all sessions together; null: <see cref="KvBudgetBytes"/>, or the default from free memory (see <see cref="Hosting.KvBudget"/>).</summary>
     public long? KvBudgetTokens { get; init; }
+
+    /// <summary>Total KV bytes of all sessions together (converted at the span's bytes per token); ignored when <see cref="KvBudgetTokens"/> is set.</summary>
+    public long? KvBudgetBytes { get; init; }
+
+    /// <summary>Nodes started on this machine together (`serve` passes its count): the default KV budget divides free memory among them.</summary>
+    public int NodesOnHost { get; init; } = 1;
 
     /// <summary>Compute threads; 0 means all cores.</summary>
     public int Threads { get; init; }
@@ -201,6 +207,8 @@ public sealed record NodeOptions
             AdvertisedHost = ReadString(section, nameof(AdvertisedHost)) ?? options.AdvertisedHost,
             ListenAddress = ReadString(section, nameof(ListenAddress)) ?? options.ListenAddress,
             KvBudgetTokens = section[nameof(KvBudgetTokens)] is null ? options.KvBudgetTokens : ReadLong(section, nameof(KvBudgetTokens), 1),
+            KvBudgetBytes = section[nameof(KvBudgetBytes)] is null ? options.KvBudgetBytes : ReadLong(section, nameof(KvBudgetBytes), 1),
+            NodesOnHost = ReadInt(section, nameof(NodesOnHost), options.NodesOnHost, 1, 4096),
             Threads = ReadInt(section, nameof(Threads), options.Threads, 0, 4096),
             MaxRowsPerStep = ReadInt(section, nameof(MaxRowsPerStep), options.MaxRowsPerStep, 1, 1 << 20),
             ClusterId = ReadString(section, nameof(ClusterId)) ?? options.ClusterId,
@@ -291,6 +299,7 @@ public sealed class NodeOptionsValidator : IValidateOptions<NodeOptions>
     {
         var failures = new List<string>();
         if (string.IsNullOrWhiteSpace(options.ModelPath)) failures.Add("ModelPath is required: the GGUF file this node serves");
+        if (options.NodesOnHost < 1) failures.Add("NodesOnHost must be at least 1");
         if (options.LayerStart < 0 || options.LayerEnd <= options.LayerStart)
             failures.Add($"the span {LayerRange.Format(options.LayerStart, options.LayerEnd)} is empty: LayerEnd must be greater than LayerStart");
         if (options.NodeId is { } id && (id.Length == 0 || id.Contains('/', StringComparison.Ordinal)))

@@ -167,15 +167,52 @@ public sealed class SpanBehaviourTests(ITestOutputHelper output)
         using var model = GgufModel.Open(TestModels.Get(OracleTests.Spec("llama"), GgmlType.Q8_0));
         using var span = new LayerSpan(model, 1, 3, new SpanOptions { Threads = 1, KvBudgetTokens = 200 });
         Assert.Equal(2L * 2 * 128 * 2, span.KvBytesPerToken); // K+V, 2 layers, 2 KV heads of 64, F16
+        // Opening charges one block, not the whole session.
         span.OpenSession("one", 150);
-        Assert.Equal(50, span.FreeKvTokens);
-        var refusal = Assert.Throws<KvBudgetExceededException>(() => span.OpenSession("two", 100));
-        Assert.Contains("50 of 200 free", refusal.Message);
+        Assert.Equal(200 - LayerSpan.KvBlockTokens, span.FreeKvTokens);
+        span.OpenSession("two", 100);
+        Assert.Equal(200 - 2 * LayerSpan.KvBlockTokens, span.FreeKvTokens);
+        // Growing "one" to its 150 positions needs 86 more: the budget has 72.
+        var refusal = Assert.Throws<KvBudgetExceededException>(() => span.Reserve("one", 150));
+        Assert.Contains("needs 86 more positions and 72 of 200 are free", refusal.Message);
+        Assert.Equal(200 - 2 * LayerSpan.KvBlockTokens, span.FreeKvTokens);
+        span.Reserve("one", 128);
+        Assert.Equal(200 - 3 * LayerSpan.KvBlockTokens, span.FreeKvTokens);
         Assert.True(span.CloseSession("one"));
         Assert.False(span.CloseSession("one"));
-        Assert.Equal(200, span.FreeKvTokens);
-        span.OpenSession("two", 100);
+        Assert.Equal(200 - LayerSpan.KvBlockTokens, span.FreeKvTokens);
         Assert.Equal(["two"], span.Sessions);
+    }
+
+    /// <summary>A step whose sessions need more blocks than are free fails before it computes: nothing moves.</summary>
+    [Fact]
+    public void A_step_past_the_budget_fails_whole_and_truncating_gives_blocks_back()
+    {
+        using var model = GgufModel.Open(TestModels.Get(OracleTests.Spec("llama"), GgmlType.Q8_0));
+        using var span = new LayerSpan(model, 1, 3, new SpanOptions { Threads = 1, KvBudgetTokens = 3 * LayerSpan.KvBlockTokens });
+        var width = span.Width;
+        span.OpenSession("a", 256);
+        span.OpenSession("b", 256);
+        var rows = new float[100 * width];
+        for (var i = 0; i < rows.Length; i++) rows[i] = MathF.Sin(i) * 0.1f;
+        var output = new float[200 * width];
+        // a and b each need a second block: 4 blocks against a budget of 3.
+        Assert.Throws<KvBudgetExceededException>(() => span.Forward(
+            [new SpanSegment("a", 0, 100), new SpanSegment("b", 0, 100)], new float[200 * width].AsSpan(), output));
+        Assert.Equal(0, span.SessionLength("a"));
+        Assert.Equal(0, span.SessionLength("b"));
+        Assert.Equal(LayerSpan.KvBlockTokens, span.FreeKvTokens);
+        span.Forward([new SpanSegment("a", 0, 10)], rows.AsSpan(0, 10 * width), output.AsSpan(0, 10 * width));
+        var first = new float[90 * width];
+        span.Forward([new SpanSegment("a", 10, 90)], rows.AsSpan(10 * width), first);
+        Assert.Equal(0, span.FreeKvTokens);
+        // Back to 10 positions: the second block returns to the budget and its pages to the system.
+        span.Truncate("a", 10);
+        Assert.Equal(LayerSpan.KvBlockTokens, span.FreeKvTokens);
+        // The kept positions still hold their KV: the same step again gives the same rows, bit for bit.
+        var again = new float[90 * width];
+        span.Forward([new SpanSegment("a", 10, 90)], rows.AsSpan(10 * width), again);
+        Assert.Equal(first, again);
     }
 
     public static TheoryData<string> ResidencyFamilies() => new("llama", "qwen3moe");

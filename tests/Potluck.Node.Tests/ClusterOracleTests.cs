@@ -180,7 +180,8 @@ public sealed class ClusterOracleTests
         // Open a session through the data plane, then close it through the first stage's grain.
         using var channel = Channels.For(pool.Options[0]);
         await using var client = await Channels.OpenAsync(channel, pool.OpenMessage("grain-closed", modelId, 100), pool.Host(0).Width);
-        for (var i = 0; i < 3; i++) Assert.Equal(512 - 100, pool.Host(i).FreeKvTokens);
+        // Opening charges the session's first KV block; later blocks as it grows.
+        for (var i = 0; i < 3; i++) Assert.Equal(512 - LayerSpan.KvBlockTokens, pool.Host(i).FreeKvTokens);
         var first = pool.Grains.GetGrain<IShardGrain>(ShardKeys.For("ctl-0", 0, 2));
         Assert.True(await first.CloseSession("grain-closed", cancelled: true));
         for (var i = 0; i < 3; i++)
@@ -192,8 +193,8 @@ public sealed class ClusterOracleTests
         // Reservations through grains count against the budget the pool view reports.
         var last = pool.Grains.GetGrain<IShardGrain>(ShardKeys.For("ctl-2", 3, 4));
         var reservation = await last.ReserveSession("reserved", 200);
-        Assert.Equal(312, reservation.FreeKvTokensAfter);
-        await WaitUntilAsync(async () => (await directory.GetView()).Shards.Single(s => s.Status.NodeId == "ctl-2").Status.FreeKvTokens == 312);
+        Assert.Equal(512 - LayerSpan.KvBlockTokens, reservation.FreeKvTokensAfter);
+        await WaitUntilAsync(async () => (await directory.GetView()).Shards.Single(s => s.Status.NodeId == "ctl-2").Status.FreeKvTokens == 512 - LayerSpan.KvBlockTokens);
         Assert.True(await last.CloseSession("reserved", cancelled: false));
         Assert.False(await last.CloseSession("reserved", cancelled: false));
 

@@ -200,7 +200,7 @@ public sealed class ChainFailureTests
     public async Task Downstream_failures_keep_their_reason_and_failing_stage()
     {
         // 0: [0,2)  1: [2,4)  2: [2,3) (only there to be named wrongly)
-        await using var pool = await InProcessPool.StartAsync(TestModels.Small(GgmlType.Q8_0), [(0, 2), (2, 4), (2, 3)], kvBudgetTokens: 128, prefix: "cf");
+        await using var pool = await InProcessPool.StartAsync(TestModels.Small(GgmlType.Q8_0), [(0, 2), (2, 4), (2, 3)], kvBudgetTokens: 100, prefix: "cf");
         var modelId = pool.Host(0).ModelId;
         using var channel = Channels.For(pool.Options[0]);
         RouteHop Hop(int i, int? end = null) => new()
@@ -230,7 +230,7 @@ public sealed class ChainFailureTests
         Assert.Equal((HopFailureReason.StageUnreachable, StatusCode.Unavailable), (unreachable.Reason, unreachable.Code));
         Assert.Equal(new HopStage("gone", 2, 4), unreachable.Stage);
 
-        // The last stage has no KV room left (another session holds most of it): KV_FULL at that stage.
+        // The last stage has no KV room left (another session holds its first 64-token block of 100): KV_FULL at that stage.
         using var lastChannel = Channels.For(pool.Options[1]);
         var hog = await SessionHopClient.OpenAsync(lastChannel.CreateCallInvoker(),
             HopFrames.Open("hog", modelId, 100, HiddenType.F16, [Hop(1)], TestTickets.For("hog", [Hop(1)], 100, resume: false)), pool.Host(1).Width, Timeout);

@@ -54,7 +54,13 @@ public static class NodeCommand
             Description = "Unique node name in the pool (default: the id of this machine's pool certificate, else the first HOSTNAME-N no running node holds)",
         };
         var clusterId = new Option<string>("--cluster-id") { Description = "Pool name shared by the gateway and its nodes (with --join URL: the pool's)", DefaultValueFactory = _ => defaults.ClusterId };
-        var kvTokens = new Option<long?>("--kv-tokens") { Description = "KV cache budget in tokens over all sessions (default: 4 full contexts)" };
+        var kvTokens = new Option<long?>("--kv-tokens") { Description = "KV cache budget in tokens over all sessions (same as --kv-budget N)", Hidden = true };
+        var kvBudget = new Option<string?>("--kv-budget")
+        {
+            Description = "KV cache budget over all sessions: tokens (65536) or a size (8GiB, 512MB). Sessions take it in 64-token blocks as they grow " +
+                "[default: free memory / --nodes-on-host, less this span's weights]",
+        };
+        var nodesOnHost = new Option<int>("--nodes-on-host") { Description = "Nodes started on this machine together: the default KV budget shares free memory among them", DefaultValueFactory = _ => 1 };
         var threads = new Option<int>("--threads") { Description = "Compute threads (0 = all cores)", DefaultValueFactory = _ => 0 };
         var maxRows = new Option<int>("--max-rows") { Description = "Most rows one step may carry (prefill chunk)", DefaultValueFactory = _ => defaults.MaxRowsPerStep };
         var fastFailure = new Option<bool>("--fast-failure-detection") { Description = "Tight membership probing (tests only)", Hidden = true };
@@ -76,7 +82,7 @@ public static class NodeCommand
         var parentPid = HostedCommand.ParentPidOption();
         var command = new Command("node", "Run one node: load a span of the model's layers and serve it to the pool (flags override Potluck__Node__* environment variables)")
         {
-            model, layers, join, redis, token, tokenFile, maxLayers, memory, advertise, listen, host, port, siloPort, nodeId, clusterId, kvTokens, threads, maxRows,
+            model, layers, join, redis, token, tokenFile, maxLayers, memory, advertise, listen, host, port, siloPort, nodeId, clusterId, kvTokens, kvBudget, nodesOnHost, threads, maxRows,
             fastFailure, drainTimeout, rebalance, rebalanceEvery, parentPid,
         };
         command.SetAction(async (parse, ct) =>
@@ -103,6 +109,11 @@ public static class NodeCommand
             if (parse.GetValue(memory) is { } memoryText && !NodeCapacity.TryParseSize(memoryText, out _))
                 throw new UsageException($"--memory must be a size such as 8G, 512M or 1.5GiB (got '{memoryText}')");
             if (parse.GetValue(threads) < 0) throw new UsageException("--threads must be 0 (all cores) or more");
+            var kvBudgetValue = parse.GetValue(kvBudget) is { } kvText
+                ? KvBudget.Parse(kvText) ?? throw new UsageException($"--kv-budget must be a token count such as 65536 or a size such as 8GiB or 512MB (got '{kvText}')")
+                : ((long? Tokens, long? Bytes)?)null;
+            if (parse.GetValue(kvTokens) is < 1) throw new UsageException("--kv-tokens must be at least 1");
+            if (parse.GetValue(nodesOnHost) < 1) throw new UsageException("--nodes-on-host must be at least 1");
             if (parse.GetValue(maxRows) < 1) throw new UsageException("--max-rows must be at least 1");
             if (parse.GetValue(drainTimeout) is not (> 0 and <= 86400)) throw new UsageException($"--drain-timeout must be more than 0 and at most 86400 seconds (got {parse.GetValue(drainTimeout)})");
             var period = parse.GetValue(rebalanceEvery);
@@ -128,6 +139,9 @@ public static class NodeCommand
             flags.Set(parse, nodeId, nameof(NodeOptions.NodeId));
             flags.Set(parse, clusterId, nameof(NodeOptions.ClusterId));
             flags.Set(parse, kvTokens, nameof(NodeOptions.KvBudgetTokens));
+            if (kvBudgetValue is { Tokens: { } budgetTokens }) flags.Set(nameof(NodeOptions.KvBudgetTokens), budgetTokens.ToString(CultureInfo.InvariantCulture));
+            if (kvBudgetValue is { Bytes: { } budgetBytes }) flags.Set(nameof(NodeOptions.KvBudgetBytes), budgetBytes.ToString(CultureInfo.InvariantCulture));
+            flags.Set(parse, nodesOnHost, nameof(NodeOptions.NodesOnHost));
             flags.Set(parse, threads, nameof(NodeOptions.Threads));
             flags.Set(parse, maxRows, nameof(NodeOptions.MaxRowsPerStep));
             flags.Set(parse, fastFailure, nameof(NodeOptions.FastFailureDetection));

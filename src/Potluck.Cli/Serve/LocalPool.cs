@@ -112,6 +112,8 @@ public static class LocalPoolCommands
             "--join", $"127.0.0.1:{plan.Ports.GatewaySilo}", "--cluster-id", plan.ClusterId,
             // Nodes share the machine's cores; without this each would start one thread per core.
             "--threads", Math.Max(1, Environment.ProcessorCount / Math.Max(1, plan.Nodes.Count)).ToString(),
+            // ...and its memory: each node's default KV budget is its share of what is free.
+            "--nodes-on-host", plan.Nodes.Count.ToString(),
         ], plan, parentPid);
 
     private static ChildProcessSpec Child(string name, bool verbose, List<string> arguments, LocalPoolPlan plan, int parentPid,

@@ -11,7 +11,8 @@ internal static class GenerationFailures
     public const string PoolAtCapacity = "pool_at_capacity";
 
     /// <summary>
-    /// The error for a pool at capacity (429 with Retry-After: the admission queue is full or the wait timed out), a
+    /// The error for a pool at capacity (429: the admission queue is full or the wait timed out, with Retry-After; or
+    /// no KV room came back within KvWaitTimeout), a
     /// failure of the pool (503: no chain of stages, or a route that could not be replaced) or of the request's grammar
     /// (400: refused by llama.cpp, stuck, or too slow per token); null for anything else.
     /// </summary>
@@ -21,6 +22,7 @@ internal static class GenerationFailures
         // OpenAI answers its own overload as a 429 server_error; SDKs retry it after Retry-After.
         PoolAtCapacityException capacity => new ApiError(429, e.Message, ApiError.ServerError, null, PoolAtCapacity) { RetryAfter = capacity.RetryAfter },
         PoolUnavailableException => new ApiError(503, e.Message, ApiError.ServerError, null, "pool_unavailable"),
+        PoolOutOfKvException => new ApiError(429, e.Message, ApiError.ServerError, null, PoolAtCapacity),
         RouteFailedException => new ApiError(503, e.Message, ApiError.ServerError, null, "route_failed"),
         GrammarBudgetExceededException => Grammar(e, grammarSource, "grammar_too_slow"),
         GrammarException => Grammar(e, grammarSource, "invalid_grammar"),

@@ -20,10 +20,12 @@ public sealed class ModelFrontEnd : IDisposable
         try
         {
             Head = new ModelHead(_model, threads);
+            Logits = new HeadBatcher(Head);
             Tokenizer = Tokenizer.Load(modelPath);
         }
         catch
         {
+            Logits?.Dispose();
             Head?.Dispose();
             _model.Dispose();
             throw;
@@ -38,6 +40,8 @@ public sealed class ModelFrontEnd : IDisposable
     /// <summary>Bounds how many prompts are tokenized at once (llama.cpp cannot stop one midway).</summary>
     public TokenizerSlots TokenizerSlots { get; } = new(Math.Max(1, Environment.ProcessorCount));
     public ModelHead Head { get; }
+    /// <summary>The LM head, batched over every generation ready at the same moment.</summary>
+    public HeadBatcher Logits { get; }
     public Tokenizer Tokenizer { get; }
 
     /// <summary>The id the OpenAI API serves the model under.</summary>
@@ -60,6 +64,7 @@ public sealed class ModelFrontEnd : IDisposable
     {
         TokenizerSlots.Dispose();
         Tokenizer.Dispose();
+        Logits.Dispose();
         Head.Dispose();
         _model.Dispose();
     }

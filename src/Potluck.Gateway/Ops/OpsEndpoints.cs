@@ -114,6 +114,7 @@ public static class OpsEndpoints
             json.WriteStartObject("gateway");
             json.WriteNumber("process_id", Environment.ProcessId);
             json.WriteNumber("active_sessions", telemetry.ActiveSessions);
+            json.WriteNumber("peak_active_sessions", telemetry.PeakActiveSessions);
             json.WriteEndObject();
             json.WriteStartArray("nodes");
             foreach (var stage in pool.Stages)

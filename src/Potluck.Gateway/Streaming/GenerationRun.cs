@@ -28,6 +28,8 @@ public sealed class GenerationRun : IAsyncDisposable
     private readonly StreamingDecoder _decoder;
     private readonly StopSequenceMatcher _stops;
     private readonly float[] _logits;
+    // This generation's row and logits for the batched head (its logits are _logits).
+    private readonly LogitsRequest _head;
     // Dense logit_bias (vocabulary-sized) for the logprobs, which llama.cpp's sampler does not report; null without bias.
     private readonly float[]? _bias;
     private readonly List<int> _unrecorded = new(AppendBatch);
@@ -52,7 +54,8 @@ public sealed class GenerationRun : IAsyncDisposable
         _route = new ResilientRoute(service, sessionId, grain, request.PromptTokens.Length + request.MaxTokens, request.MaxTokens + 1);
         _decoder = model.Tokenizer.CreateStreamingDecoder(request.RenderSpecialTokens);
         _stops = new StopSequenceMatcher(request.Stop);
-        _logits = new float[model.VocabSize];
+        _head = new LogitsRequest(model.Width, model.VocabSize);
+        _logits = _head.Logits;
         if (request.TopLogprobs is { } top)
         {
             Logprobs = new TokenLogprobs(top);
@@ -167,7 +170,8 @@ public sealed class GenerationRun : IAsyncDisposable
     private async Task EvaluateAsync(int[] tokens, CancellationToken ct)
     {
         await _route.FeedAsync(tokens, ct);
-        _service.Model.Head.Logits(_route.LastRow, 1, _logits);
+        _route.LastRow.CopyTo(_head.Row);
+        await _service.Model.Logits.ComputeAsync(_head);
         StepTimeline.Mark(StepEvent.GatewayLogitsDone, 0);
     }
 

@@ -4,6 +4,7 @@ using System.Runtime.InteropServices;
 using Grpc.Core;
 using Microsoft.Extensions.Logging;
 using Potluck.Cluster;
+using Potluck.Inference.Engine;
 using Potluck.Gateway.Routing;
 using Potluck.Gateway.Sessions;
 using Potluck.Gateway.Telemetry;
@@ -47,6 +48,8 @@ internal sealed class ResilientRoute
     // _fed length after each FeedAsync call: a replay repeats exactly these steps (see ReplayAsync).
     private readonly List<int> _stepEnds;
     private readonly HashSet<string> _failedNodes = new(StringComparer.Ordinal);
+    // Of _failedNodes, those that are alive but out of KV: avoided while re-planning, never written off.
+    private readonly HashSet<string> _fullNodes = new(StringComparer.Ordinal);
     private OpenRoute? _route;
     // The broken route a failover resumes: its plan, session id and last answered step.
     private OpenRoute? _broken;
@@ -71,6 +74,15 @@ internal sealed class ResilientRoute
 
     public int Reroutes { get; private set; }
 
+    /// <summary>Times this generation gave its KV back because the pool was full, to re-prefill when room returned.</summary>
+    public int Preemptions { get; private set; }
+
+    /// <summary>
+    /// KV positions a fresh route must have free for this session: what it holds now plus one block. Stages charge KV
+    /// block by block as a session grows, so a route is not refused for room the session may never use.
+    /// </summary>
+    private int RoomNeeded => Math.Min(_sessionTokens, _fed.Count + LayerSpan.KvBlockTokens);
+
     /// <summary>Tokens fed so far (the session's KV length on every stage).</summary>
     public int Length => _fed.Count;
 
@@ -83,6 +95,8 @@ internal sealed class ResilientRoute
         var start = _fed.Count;
         _fed.AddRange(tokens);
         _stepEnds.Add(_fed.Count);
+        // When this step first found the pool without KV room (the wait for room is bounded per step).
+        long? waitingSince = null;
         for (var attempt = 1; ; attempt++)
         {
             try
@@ -143,6 +157,17 @@ internal sealed class ResilientRoute
                     throw new RouteFailedException($"the route failed: {e.Status.StatusCode}: {e.Status.Detail}", e);
                 }
             }
+            catch (PoolUnavailableException e) when ((_fullNodes.Count > 0 || e.MissingLayers.Count == 0) && !ct.IsCancellationRequested)
+            {
+                // Every route left runs through a stage out of KV. Nothing failed: give this session's KV back (so
+                // the others can finish), wait for room, then re-prefill from the token ids in the recorded step
+                // shapes, which reproduces the KV and the text exactly.
+                if (_route is not null || _broken is not null) await PreemptAsync();
+                ForgetFull();
+                waitingSince ??= Stopwatch.GetTimestamp();
+                await WaitForRoomAsync(waitingSince.Value, ct);
+                attempt = 0;
+            }
             catch (PoolUnavailableException) when (_broken is not null)
             {
                 // No replica for the failed span: free the session's KV on the stages that survived before reporting it.
@@ -151,6 +176,54 @@ internal sealed class ResilientRoute
             }
         }
     }
+
+    private void AvoidFull(string nodeId)
+    {
+        _failedNodes.Add(nodeId);
+        _fullNodes.Add(nodeId);
+    }
+
+    /// <summary>Frees this session on every stage that holds it, full ones included; the next feed replays it on a fresh route.</summary>
+    private async Task PreemptAsync()
+    {
+        _failedNodes.ExceptWith(_fullNodes);
+        await AbandonBrokenRouteAsync(waitForClose: true);
+        await DropRouteAsync(cancelled: true, waitForClose: true);
+        ReleaseLoad();
+        _routeLease = null;
+        State = RouteState.Unrouted;
+        Preemptions++;
+        _service.Telemetry.Preempted();
+        _service.Log.LogInformation("Session {Session}: the pool is out of KV; gave back {Tokens} positions to re-prefill when room returns", _sessionId, _fed.Count);
+    }
+
+    // Planning sees full stages again once room may have returned.
+    private void ForgetFull()
+    {
+        _failedNodes.ExceptWith(_fullNodes);
+        _fullNodes.Clear();
+    }
+
+    /// <summary>Waits until the pool shows a chain of stages with room for this session, up to <see cref="GatewayOptions.KvWaitTimeout"/>.</summary>
+    private async Task WaitForRoomAsync(long started, CancellationToken ct)
+    {
+        var timeout = _service.Options.KvWaitTimeout;
+        var delay = TimeSpan.FromMilliseconds(50);
+        while (true)
+        {
+            var pool = await _service.Pool.RefreshAsync(ct);
+            if (RoutePlanner.Plan(pool, RoomNeeded, _failedNodes, out var failure) is not null) return;
+            if (failure is { MissingLayers.Count: > 0 }) throw new PoolUnavailableException(failure.Message, failure.MissingLayers);
+            var waited = Stopwatch.GetElapsedTime(started);
+            if (waited >= timeout)
+                throw new PoolOutOfKvException(
+                    $"The pool is at capacity: no chain of nodes freed room for this session's {RoomNeeded} KV positions within {timeout.TotalSeconds:F0} s; retry later");
+            await Task.Delay(Min(delay, timeout - waited), ct);
+            delay = Min(delay * 2, TimeSpan.FromSeconds(1));
+        }
+    }
+
+    private static TimeSpan Min(TimeSpan a, TimeSpan b) => a < b ? a : b;
 
     /// <summary>
     /// Failover: plans a route that keeps the broken route's surviving stages where it can, opens it with resume (stages
@@ -282,7 +355,7 @@ internal sealed class ResilientRoute
     {
         lock (_service.Load)
         {
-            var plan = RoutePlanner.Plan(pool, _sessionTokens, _failedNodes, out var failure, keep, _service.Load);
+            var plan = RoutePlanner.Plan(pool, RoomNeeded, _failedNodes, out var failure, keep, _service.Load);
             if (plan is null) return (null, failure);
             _routeLease?.Dispose();
             _routeLease = _service.Load.Hold(plan);
@@ -294,8 +367,12 @@ internal sealed class ResilientRoute
     private async Task FindFailedStagesAsync(RoutePlan? failedPlan, HopFailure failure, FailoverDecision decision, CancellationToken ct)
     {
         var before = _failedNodes.Count;
-        if (decision.AvoidFailingStage && failure.Stage is { } stage) _failedNodes.Add(stage.NodeId);
-        var plan = failedPlan ?? RoutePlanner.Plan(_service.Pool.Current, _sessionTokens, _failedNodes, out _);
+        if (decision.AvoidFailingStage && failure.Stage is { } stage)
+        {
+            if (failure.Reason == HopFailureReason.KvFull) AvoidFull(stage.NodeId);
+            else _failedNodes.Add(stage.NodeId);
+        }
+        var plan = failedPlan ?? RoutePlanner.Plan(_service.Pool.Current, RoomNeeded, _failedNodes, out _);
         if (plan is not null)
         {
             foreach (var hop in plan.Hops)
@@ -306,7 +383,8 @@ internal sealed class ResilientRoute
                     try
                     {
                         var status = await _service.Grains.GetGrain<IShardGrain>(hop.ShardKey).GetStatus().WaitAsync(TimeSpan.FromSeconds(5), ct);
-                        if (status.FreeKvTokens < _sessionTokens) _failedNodes.Add(hop.NodeId);
+                        // The stage holds the session already: it needs room for the next block only.
+                        if (status.FreeKvTokens < LayerSpan.KvBlockTokens) AvoidFull(hop.NodeId);
                     }
                     catch (Exception e) when (e is not OperationCanceledException)
                     {

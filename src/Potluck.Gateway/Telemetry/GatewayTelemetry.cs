@@ -12,6 +12,8 @@ public sealed class GatewayTelemetry : IDisposable
 
     private readonly Meter _meter;
     private long _activeSessions;
+    private long _peakActiveSessions;
+    private long _preempted;
     private long _queuedRequests;
 
     public GatewayTelemetry(IMeterFactory? meterFactory = null)
@@ -29,6 +31,8 @@ public sealed class GatewayTelemetry : IDisposable
         AdmissionRejections = _meter.CreateCounter<long>("potluck.gateway.admission_rejections", "{request}",
             "Requests turned away because the pool is at capacity, by reason (queue_full, timeout)");
         Admitted = _meter.CreateCounter<long>("potluck.gateway.admitted", "{request}", "Requests that got a generation slot");
+        Preemptions = _meter.CreateCounter<long>("potluck.gateway.preemptions", "{session}",
+            "Generations that gave their KV back because the pool was full, to re-prefill when room returned");
         _meter.CreateObservableGauge("potluck.gateway.active_sessions", () => Interlocked.Read(ref _activeSessions), "{session}", "Generations in progress");
         _meter.CreateObservableGauge("potluck.gateway.queued_requests", () => Interlocked.Read(ref _queuedRequests), "{request}",
             "Requests waiting for a generation slot (MaxConcurrentSessions)");
@@ -48,12 +52,30 @@ public sealed class GatewayTelemetry : IDisposable
     public Histogram<double> QueueWaitSeconds { get; }
     public Counter<long> AdmissionRejections { get; }
     public Counter<long> Admitted { get; }
+    public Counter<long> Preemptions { get; }
 
     public long ActiveSessions => Interlocked.Read(ref _activeSessions);
 
     public long QueuedRequests => Interlocked.Read(ref _queuedRequests);
 
-    public void SessionStarted() => Interlocked.Increment(ref _activeSessions);
+    /// <summary>Generations that gave their KV back since the gateway started (see <see cref="Preempted"/>).</summary>
+    public long PreemptedGenerations => Interlocked.Read(ref _preempted);
+
+    public void Preempted()
+    {
+        Interlocked.Increment(ref _preempted);
+        Preemptions.Add(1);
+    }
+
+    /// <summary>Most generations in progress at once since the gateway started.</summary>
+    public long PeakActiveSessions => Interlocked.Read(ref _peakActiveSessions);
+
+    public void SessionStarted()
+    {
+        var now = Interlocked.Increment(ref _activeSessions);
+        for (var peak = Interlocked.Read(ref _peakActiveSessions); now > peak; peak = Interlocked.Read(ref _peakActiveSessions))
+            if (Interlocked.CompareExchange(ref _peakActiveSessions, now, peak) == peak) break;
+    }
     public void SessionEnded() => Interlocked.Decrement(ref _activeSessions);
 
     /// <summary>A request starts waiting for a generation slot; <see cref="LeftQueue"/> when it got one or gave up.</summary>

@@ -11,9 +11,15 @@ namespace Potluck.Inference.Engine;
 /// Runs transformer layers [Start, End) of a model on ggml, each layer built by its family's block: hidden states in, hidden states out,
 /// with a KV cache per session. Several sessions' rows can share one step: matmuls run over all rows at once,
 /// attention per session against its own cache. Steps are serialized; all methods are thread-safe.
+/// KV is paged: a session is charged for whole blocks of <see cref="KvBlockTokens"/> positions as it grows (one
+/// block at open, more as steps need them), from a budget of <see cref="KvBudgetTokens"/> shared by every session;
+/// a step that finds no room fails with <see cref="KvBudgetExceededException"/> before anything is computed.
 /// </summary>
 public sealed class LayerSpan : IDisposable
 {
+    /// <summary>Positions per KV block: the unit sessions are charged in, and grow and shrink by.</summary>
+    public const int KvBlockTokens = 64;
+
     private readonly ModelInfo _info;
     private readonly ILayerBlock[] _blocks;
     private readonly LayerKv[] _kv;
@@ -72,7 +78,10 @@ public sealed class LayerSpan : IDisposable
         _runner = new GraphRunner(options.Threads);
     }
 
-    /// <summary>Reserves KV room for a session of up to <paramref name="maxTokens"/> positions. Re-opening is a no-op.</summary>
+    /// <summary>
+    /// Opens a session that may grow to <paramref name="maxTokens"/> positions, charging its first block; later blocks are
+    /// charged as steps need them (<see cref="Reserve"/>). Re-opening is a no-op.
+    /// </summary>
     public void OpenSession(string sessionId, int maxTokens)
     {
         ArgumentException.ThrowIfNullOrEmpty(sessionId);
@@ -83,13 +92,40 @@ public sealed class LayerSpan : IDisposable
         {
             ObjectDisposedException.ThrowIf(_disposed, this);
             if (_sessions.ContainsKey(sessionId)) return;
-            if (_reservedTokens + maxTokens > KvBudgetTokens)
+            var first = Math.Min(maxTokens, KvBlockTokens);
+            if (_reservedTokens + first > KvBudgetTokens)
                 throw new KvBudgetExceededException(
-                    $"session '{sessionId}' needs {maxTokens} KV positions but layers [{Start}, {End}) have {KvBudgetTokens - _reservedTokens} of {KvBudgetTokens} free");
-            _sessions[sessionId] = new KvSession(sessionId, maxTokens, _kv, _runner.Backend);
-            _reservedTokens += maxTokens;
+                    $"session '{sessionId}' cannot open: layers [{Start}, {End}) have {KvBudgetTokens - _reservedTokens} of {KvBudgetTokens} KV positions free");
+            _sessions[sessionId] = new KvSession(sessionId, maxTokens, _kv) { ReservedTokens = first };
+            _reservedTokens += first;
         }
     }
+
+    /// <summary>
+    /// Charges the blocks the session needs to hold <paramref name="length"/> positions (a step about to run).
+    /// Throws <see cref="KvBudgetExceededException"/> when the budget has no room, changing nothing.
+    /// </summary>
+    public void Reserve(string sessionId, int length)
+    {
+        lock (_gate)
+        {
+            var session = Get(sessionId);
+            if (length > session.Capacity)
+                throw new ContextOverflowException(
+                    $"session '{sessionId}' step ends at position {length}, past its {session.Capacity}-position context");
+            var more = BlocksFor(length, session.Capacity) - session.ReservedTokens;
+            if (more <= 0) return;
+            if (_reservedTokens + more > KvBudgetTokens) throw Full(sessionId, more);
+            session.ReservedTokens += more;
+            _reservedTokens += more;
+        }
+    }
+
+    private static int BlocksFor(int length, int capacity) =>
+        (int)Math.Min(capacity, ((long)Math.Max(length, 1) + KvBlockTokens - 1) / KvBlockTokens * KvBlockTokens);
+
+    private KvBudgetExceededException Full(string sessionId, long more) => new(
+        $"layers [{Start}, {End}) are out of KV: session '{sessionId}' needs {more} more positions and {KvBudgetTokens - _reservedTokens} of {KvBudgetTokens} are free");
 
     /// <summary>Frees a session's KV cache; false when the span did not hold it.</summary>
     public bool CloseSession(string sessionId)
@@ -97,7 +133,7 @@ public sealed class LayerSpan : IDisposable
         lock (_gate)
         {
             if (!_sessions.Remove(sessionId, out var session)) return false;
-            _reservedTokens -= session.Capacity;
+            _reservedTokens -= session.ReservedTokens;
             session.Dispose();
             return true;
         }
@@ -119,6 +155,14 @@ public sealed class LayerSpan : IDisposable
                 throw new PositionMismatchException(
                     $"cannot truncate session '{sessionId}' to {length}: it holds {session.Length} positions");
             session.Length = length;
+            // Blocks past the kept positions go back to the budget, and their pages to the system.
+            var keep = BlocksFor(length, session.Capacity);
+            if (keep < session.ReservedTokens)
+            {
+                _reservedTokens -= session.ReservedTokens - keep;
+                session.ReservedTokens = keep;
+                session.Discard(keep);
+            }
         }
     }
 
@@ -138,6 +182,7 @@ public sealed class LayerSpan : IDisposable
             try
             {
                 var (rows, outputRows) = Validate(segments, hidden, output, sessions);
+                ReserveSteps(segments, sessions);
                 Run(segments, sessions, hidden, output, rows, outputRows);
                 for (var i = 0; i < segments.Length; i++) sessions[i].Length += segments[i].RowCount;
             }
@@ -146,6 +191,23 @@ public sealed class LayerSpan : IDisposable
                 Array.Clear(sessions, 0, segments.Length);
                 ArrayPool<KvSession>.Shared.Return(sessions);
             }
+        }
+    }
+
+    /// <summary>Charges every segment's new blocks, or none when they do not all fit.</summary>
+    private void ReserveSteps(ReadOnlySpan<SpanSegment> segments, KvSession[] sessions)
+    {
+        long more = 0;
+        for (var i = 0; i < segments.Length; i++)
+            more += Math.Max(0, BlocksFor(segments[i].StartPosition + segments[i].RowCount, sessions[i].Capacity) - sessions[i].ReservedTokens);
+        if (more == 0) return;
+        if (_reservedTokens + more > KvBudgetTokens) throw Full(segments.Length == 1 ? segments[0].SessionId : $"{segments[0].SessionId} (and {segments.Length - 1} more)", more);
+        for (var i = 0; i < segments.Length; i++)
+        {
+            var grown = BlocksFor(segments[i].StartPosition + segments[i].RowCount, sessions[i].Capacity);
+            if (grown <= sessions[i].ReservedTokens) continue;
+            _reservedTokens += grown - sessions[i].ReservedTokens;
+            sessions[i].ReservedTokens = grown;
         }
     }
 

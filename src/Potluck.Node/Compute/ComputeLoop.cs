@@ -27,10 +27,11 @@ internal sealed class ComputeLoop : IDisposable
     private readonly Thread _worker;
     private readonly List<StageSession> _batch = [];
     private readonly List<StageSession> _ready = [];
+    // Steps dequeued but not yet run, in arrival order.
+    private readonly List<StageSession> _waiting = [];
     private SpanSegment[] _segments = new SpanSegment[8];
     private float[] _batchIn = [];
     private float[] _batchOut = [];
-    private StageSession? _carry;
     private long _steps;
     private bool _disposed;
 
@@ -53,9 +54,17 @@ internal sealed class ComputeLoop : IDisposable
     public int LayerStart { get; }
     public int LayerEnd { get; }
     public int MaxBatchRows { get; }
+
+    /// <summary>Rounds a prompt chunk may be passed over for decode steps before it runs anyway.</summary>
+    public const int MaxSkippedRounds = 4;
     public long StepsCompleted => Interlocked.Read(ref _steps);
 
-    /// <summary>Reserves the session's KV in the engine; returns its length there and the engine's free KV after.</summary>
+    /// <summary>Called with the engine's free KV after every change (steps grow sessions block by block); set before the first step.</summary>
+    public Action<long>? FreeKvChanged { get; set; }
+
+    private void PublishFreeKv() => FreeKvChanged?.Invoke(_compute.FreeKvTokens);
+
+    /// <summary>Opens the session in the engine (charging its first KV block); returns its length there and the engine's free KV after.</summary>
     public (int Length, long FreeKvTokens) OpenSession(string sessionId, int maxTokens)
     {
         lock (_computeGate)
@@ -87,6 +96,7 @@ internal sealed class ComputeLoop : IDisposable
             _compute.Truncate(session.Id, length);
             session.OutputLog?.Truncate(length);
             session.PublishLength(length);
+            PublishFreeKv();
             return true;
         }
     }
@@ -102,45 +112,81 @@ internal sealed class ComputeLoop : IDisposable
         var token = _stop.Token;
         while (!token.IsCancellationRequested)
         {
-            try
+            // Steps left over from the last round run without waiting for a new one.
+            var permits = 0;
+            if (_waiting.Count == 0)
             {
-                _queued.Wait(token);
-            }
-            catch (OperationCanceledException)
-            {
-                break;
-            }
-            // Gather whatever is ready now (up to MaxBatchRows) into one forward.
-            _batch.Clear();
-            var rows = 0;
-            if (_carry is not null)
-            {
-                _batch.Add(_carry);
-                rows = _carry.PendingRows;
-                _carry = null;
-            }
-            else if (_queue.TryDequeue(out var first))
-            {
-                _batch.Add(first);
-                rows = first.PendingRows;
+                try
+                {
+                    _queued.Wait(token);
+                }
+                catch (OperationCanceledException)
+                {
+                    break;
+                }
+                permits = 1;
             }
             while (_queue.TryDequeue(out var next))
             {
-                _queued.Wait(0); // consume the permit of the item we took early
-                if (rows + next.PendingRows > MaxBatchRows)
-                {
-                    _carry = next;
-                    _queued.Release(); // run the carried item on the next round without waiting
-                    break;
-                }
-                _batch.Add(next);
-                rows += next.PendingRows;
+                // Each queued step released one permit: consume the ones not already taken by the wait.
+                if (permits > 0) permits--;
+                else _queued.Wait(0);
+                _waiting.Add(next);
             }
+            Choose(_batch);
             if (_batch.Count > 0) Execute(_batch);
         }
-        // Fail whatever is still queued so no caller waits forever.
-        if (_carry is not null) _carry.Fail(new ObjectDisposedException(nameof(SpanHost)));
+        // Fail whatever is still waiting so no caller waits forever.
+        foreach (var left in _waiting) left.Fail(new ObjectDisposedException(nameof(SpanHost)));
+        _waiting.Clear();
         while (_queue.TryDequeue(out var left)) left.Fail(new ObjectDisposedException(nameof(SpanHost)));
+    }
+
+    /// <summary>
+    /// Decode first: every waiting one-row step (a token of a running stream) joins the batch, then prompt chunks in
+    /// arrival order while the batch stays within <see cref="MaxBatchRows"/>, so a burst of long prompts delays each
+    /// stream by at most one step. A chunk passed over <see cref="MaxSkippedRounds"/> times goes in regardless.
+    /// </summary>
+    private void Choose(List<StageSession> batch)
+    {
+        batch.Clear();
+        var rows = 0;
+        foreach (var item in _waiting)
+        {
+            if (item.PendingRows > 1 || rows + item.PendingRows > MaxBatchRows) continue;
+            item.Chosen = true;
+            batch.Add(item);
+            rows += item.PendingRows;
+        }
+        foreach (var item in _waiting)
+        {
+            if (item.PendingRows <= 1) continue;
+            var overdue = item.SkippedRounds >= MaxSkippedRounds;
+            if (batch.Count > 0 && rows + item.PendingRows > MaxBatchRows && !overdue)
+            {
+                item.SkippedRounds++;
+                continue;
+            }
+            item.Chosen = true;
+            batch.Add(item);
+            rows += item.PendingRows;
+        }
+        // Keep the others in arrival order (in place: nothing allocated per round).
+        var kept = 0;
+        for (var i = 0; i < _waiting.Count; i++)
+        {
+            var item = _waiting[i];
+            if (item.Chosen)
+            {
+                item.Chosen = false;
+                item.SkippedRounds = 0;
+            }
+            else
+            {
+                _waiting[kept++] = item;
+            }
+        }
+        _waiting.RemoveRange(kept, _waiting.Count - kept);
     }
 
     private void Execute(List<StageSession> batch)
@@ -160,15 +206,25 @@ internal sealed class ComputeLoop : IDisposable
                     item.PublishLength(length);
                     if (item.PendingStart != length)
                         throw new PositionMismatchException($"step starts at {item.PendingStart} but session '{item.Id}' holds {length} positions on layers {LayerRange.Format(LayerStart, LayerEnd)}");
-                    if (item.PendingRows == 0) item.Complete(0);
-                    else _ready.Add(item);
+                    if (item.PendingRows == 0)
+                    {
+                        item.Complete(0);
+                        continue;
+                    }
+                    // Each step charges its own new KV blocks first: one that finds the budget full fails alone.
+                    _compute.Reserve(item.Id, item.PendingStart + item.PendingRows);
+                    _ready.Add(item);
                 }
                 catch (Exception e)
                 {
                     item.Fail(e);
                 }
             }
-            if (_ready.Count == 0) return;
+            if (_ready.Count == 0)
+            {
+                PublishFreeKv();
+                return;
+            }
             var width = Width;
             try
             {
@@ -193,6 +249,7 @@ internal sealed class ComputeLoop : IDisposable
                 foreach (var item in _ready) item.Fail(e);
                 _log.LogWarning(e, "Forward of {Sessions} sessions on layers {Layers} failed", _ready.Count, LayerRange.Format(LayerStart, LayerEnd));
             }
+            PublishFreeKv();
         }
         StepTimeline.Mark(StepEvent.StageComputeEnd, 0);
         _telemetry.ComputeMs.Record(Stopwatch.GetElapsedTime(started).TotalMilliseconds);

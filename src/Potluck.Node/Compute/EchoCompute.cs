@@ -32,6 +32,13 @@ public sealed class EchoCompute(int width, int layerStart, int layerEnd, int lay
         _reserved += maxTokens;
     }
 
+    // The echo stage charges a session's whole size at open; a step only checks it stays inside.
+    public void Reserve(string sessionId, int length)
+    {
+        var s = _sessions.TryGetValue(sessionId, out var v) ? v : throw new UnknownSessionException(sessionId);
+        if (length > s.Max) throw new ContextOverflowException($"{length} > {s.Max}");
+    }
+
     public bool CloseSession(string sessionId)
     {
         if (!_sessions.Remove(sessionId, out var s)) return false;

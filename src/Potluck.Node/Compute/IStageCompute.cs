@@ -22,6 +22,8 @@ public interface IStageCompute : IDisposable
     int SessionCount { get; }
 
     void OpenSession(string sessionId, int maxTokens);
+    /// <summary>Charges the KV the session needs to hold <paramref name="length"/> positions; throws KvBudgetExceededException when full.</summary>
+    void Reserve(string sessionId, int length);
     bool CloseSession(string sessionId);
     int SessionLength(string sessionId);
     void Truncate(string sessionId, int length);

@@ -36,6 +36,7 @@ public sealed class LayerSpanCompute : IStageCompute
 
     public void OpenSession(string sessionId, int maxTokens) => _span.OpenSession(sessionId, maxTokens);
     public bool CloseSession(string sessionId) => _span.CloseSession(sessionId);
+    public void Reserve(string sessionId, int length) => _span.Reserve(sessionId, length);
     public int SessionLength(string sessionId) => _span.SessionLength(sessionId);
     public void Truncate(string sessionId, int length) => _span.Truncate(sessionId, length);
 

@@ -36,6 +36,7 @@ internal sealed class SessionRegistry : IDisposable
         _log = log;
         OutputLogs = outputLogs;
         _counters = new SpanCounters(0, initialFreeKvTokens);
+        _loop.FreeKvChanged = PublishFreeKv;
         _detachedSweep = new Timer(_ => CloseExpiredDetached(), null, TimeSpan.FromSeconds(1), TimeSpan.FromSeconds(1));
     }
 
@@ -61,6 +62,11 @@ internal sealed class SessionRegistry : IDisposable
     /// <summary>Positions the session holds, as of its last step or rewind; never waits for a running forward.</summary>
     public int SessionLength(string sessionId) =>
         _sessions.TryGetValue(sessionId, out var session) ? session.Length : throw new UnknownSessionException(sessionId);
+
+    private void PublishFreeKv(long free)
+    {
+        lock (_countersGate) _counters = _counters with { FreeKvTokens = free };
+    }
 
     public StageSession Open(string sessionId, int maxTokens)
     {

@@ -47,6 +47,9 @@ public sealed class StageSession : IValueTaskSource<int>
     internal int PendingTruncate { get; private set; }
     internal int PendingStart { get; private set; }
     internal int PendingRows { get; private set; }
+    // The compute loop's scheduling marks (its thread only): picked for this round, and rounds passed over.
+    internal bool Chosen { get; set; }
+    internal int SkippedRounds { get; set; }
     internal bool PendingLastRowOnly { get; private set; }
 
     /// <summary>

@@ -11,10 +11,10 @@ internal static class GenerationFailures
     public const string PoolAtCapacity = "pool_at_capacity";
 
     /// <summary>
-    /// The error for a pool at capacity (429: the admission queue is full or the wait timed out, with Retry-After; or
-    /// no KV room came back within KvWaitTimeout), a
-    /// failure of the pool (503: no chain of stages, or a route that could not be replaced) or of the request's grammar
-    /// (400: refused by llama.cpp, stuck, or too slow per token); null for anything else.
+    /// The error for a pool at capacity (429: the admission queue is full or its wait timed out, with Retry-After; or no
+    /// KV room came back within KvWaitTimeout), a failure of the pool (503: no chain of stages, or a route that could
+    /// not be replaced) or of the request's grammar (400: refused by llama.cpp, stuck, or too slow per token); null for
+    /// anything else.
     /// </summary>
     /// <param name="grammarSource">The request fields the grammar came from, named in the message.</param>
     public static ApiError? ToApiError(Exception e, string grammarSource) => e switch

@@ -90,6 +90,18 @@ public sealed record GatewayOptions
     /// <summary>Generations running at once; more wait in line (each holds KV on every stage).</summary>
     public int MaxConcurrentSessions { get; init; } = 64;
 
+    /// <summary>Requests that may wait for a generation slot; one more is refused at once (429, the pool is at capacity).</summary>
+    public int MaxQueuedRequests { get; init; } = 256;
+
+    /// <summary>Longest a request waits for a generation slot before it is refused (429).</summary>
+    public TimeSpan QueueTimeout { get; init; } = TimeSpan.FromSeconds(120);
+
+    /// <summary>
+    /// A streaming request that has waited this long starts its event stream and gets an SSE comment this often until
+    /// admitted, so clients and proxies with idle timeouts keep the connection.
+    /// </summary>
+    public TimeSpan QueueKeepAliveInterval { get; init; } = TimeSpan.FromSeconds(5);
+
     /// <summary>Name the API serves the model under; null uses general.name or the file name.</summary>
     public string? ModelName { get; init; }
 
@@ -200,6 +212,9 @@ public sealed record GatewayOptions
             KvWaitTimeout = ReadDuration(section, nameof(KvWaitTimeout), KvWaitTimeout),
             PoolRefreshPeriod = ReadDuration(section, nameof(PoolRefreshPeriod), PoolRefreshPeriod),
             MaxConcurrentSessions = ReadInt(section, nameof(MaxConcurrentSessions), MaxConcurrentSessions, 1, 1 << 20),
+            MaxQueuedRequests = ReadInt(section, nameof(MaxQueuedRequests), MaxQueuedRequests, 0, 1 << 20),
+            QueueTimeout = ReadDuration(section, nameof(QueueTimeout), QueueTimeout),
+            QueueKeepAliveInterval = ReadDuration(section, nameof(QueueKeepAliveInterval), QueueKeepAliveInterval),
             ModelName = Read(section, nameof(ModelName)) ?? ModelName,
             GatewayId = Read(section, nameof(GatewayId)) ?? GatewayId,
             Security = PoolSecuritySettings.FromConfiguration(configuration, Security),
@@ -290,6 +305,9 @@ public sealed class GatewayOptionsValidator : IValidateOptions<GatewayOptions>
         if (options.PrefillChunkRows < 1) failures.Add("PrefillChunkRows must be at least 1");
         if (options.MaxBodyBytes < 1024) failures.Add("MaxBodyBytes must be at least 1024");
         if (options.MaxConcurrentSessions < 1) failures.Add("MaxConcurrentSessions must be at least 1");
+        if (options.MaxQueuedRequests < 0) failures.Add("MaxQueuedRequests must be 0 (no queue) or more");
+        if (options.QueueTimeout <= TimeSpan.Zero) failures.Add("QueueTimeout must be positive");
+        if (options.QueueKeepAliveInterval <= TimeSpan.Zero) failures.Add("QueueKeepAliveInterval must be positive");
         if (options.Threads < 0) failures.Add("Threads must be 0 (all cores) or more");
         if (options.MaxPromptCharacters is < 1) failures.Add("MaxPromptCharacters must be at least 1 (or unset: 16 per context token)");
         if (options.TokenizeTimeout <= TimeSpan.Zero) failures.Add("TokenizeTimeout must be positive");

@@ -32,19 +32,30 @@ public static class GatewayCommand
         var wire = new Option<HiddenType>("--wire") { Description = "Hidden states on the wire: F16 (half the bytes) or F32 (bit-exact)", DefaultValueFactory = _ => defaults.WireType };
         var threads = new Option<int>("--threads") { Description = "Threads for the head (0 = all cores)", DefaultValueFactory = _ => 0 };
         var maxSessions = new Option<int>("--max-sessions") { Description = "Generations at once; more wait in line", DefaultValueFactory = _ => defaults.MaxConcurrentSessions };
+        var queueLimit = new Option<int>("--queue-limit")
+        {
+            Description = "Requests that may wait for a generation slot; beyond it they get 429 (the pool is at capacity)", DefaultValueFactory = _ => defaults.MaxQueuedRequests,
+        };
+        var queueTimeout = new Option<double>("--queue-timeout")
+        {
+            Description = "Seconds a request waits for a generation slot before it gets 429", DefaultValueFactory = _ => defaults.QueueTimeout.TotalSeconds,
+        };
         var fastFailure = new Option<bool>("--fast-failure-detection") { Description = "Tight membership probing (tests only)", Hidden = true };
         var parentPid = HostedCommand.ParentPidOption();
         var accessLog = HostedCommand.AccessLogOption();
         var access = new HostedCommand.AccessFlags();
         var command = new Command("gateway", "Run the gateway alone: the OpenAI API, the model head, routing and failover (flags override Potluck__Gateway__* environment variables)")
         {
-            model, listen, siloListen, host, port, poolPort, siloPort, advertise, join, redis, clusterId, modelName, wire, threads, maxSessions, fastFailure, parentPid, accessLog,
+            model, listen, siloListen, host, port, poolPort, siloPort, advertise, join, redis, clusterId, modelName, wire, threads, maxSessions, queueLimit, queueTimeout, fastFailure, parentPid, accessLog,
         };
         foreach (var option in access.All) command.Options.Add(option);
         command.SetAction(async (parse, ct) =>
         {
             if (parse.GetValue(threads) < 0) throw new UsageException("--threads must be 0 (all cores) or more");
             if (parse.GetValue(maxSessions) < 1) throw new UsageException("--max-sessions must be at least 1");
+            if (parse.GetValue(queueLimit) < 0) throw new UsageException("--queue-limit must be 0 (no queue) or more");
+            if (parse.GetValue(queueTimeout) is not (> 0 and <= 86400))
+                throw new UsageException($"--queue-timeout must be more than 0 and at most 86400 seconds (got {parse.GetValue(queueTimeout)})");
             HostedCommand.ValidatePort(parse.GetValue(port), "--port");
             HostedCommand.ValidatePort(parse.GetValue(siloPort), "--silo-port");
             if (parse.GetValue(poolPort) is { } poolPortValue) HostedCommand.ValidatePort(poolPortValue, "--pool-port");
@@ -65,6 +76,8 @@ public static class GatewayCommand
             flags.Set(parse, wire, nameof(GatewayOptions.WireType));
             flags.Set(parse, threads, nameof(GatewayOptions.Threads));
             flags.Set(parse, maxSessions, nameof(GatewayOptions.MaxConcurrentSessions));
+            flags.Set(parse, queueLimit, nameof(GatewayOptions.MaxQueuedRequests));
+            flags.Set(parse, queueTimeout, nameof(GatewayOptions.QueueTimeout), seconds => seconds.ToString("R", System.Globalization.CultureInfo.InvariantCulture));
             flags.Set(parse, fastFailure, nameof(GatewayOptions.FastFailureDetection));
             flags.Set(parse, siloListen, nameof(GatewayOptions.SiloListenAddress));
             access.Apply(parse, flags);

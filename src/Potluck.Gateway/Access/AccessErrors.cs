@@ -44,9 +44,8 @@ public static class AccessErrors
     /// <summary>429 with <c>Retry-After</c> (whole seconds, at least 1).</summary>
     public static Task TooManyRequests(HttpContext context, string message, TimeSpan retryAfter)
     {
-        var seconds = Math.Max(1, (int)Math.Ceiling(retryAfter.TotalSeconds));
-        context.Response.Headers.RetryAfter = seconds.ToString(System.Globalization.CultureInfo.InvariantCulture);
-        return new ApiError(429, $"{message} Retry after {seconds} s.", "requests", null, RateLimitExceeded).WriteAsync(context);
+        var error = new ApiError(429, "", "requests", null, RateLimitExceeded) { RetryAfter = retryAfter };
+        return (error with { Message = $"{message} Retry after {error.RetryAfterSeconds} s." }).WriteAsync(context);
     }
 
     private static string Describe(string? contentType)

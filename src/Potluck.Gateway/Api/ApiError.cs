@@ -9,6 +9,12 @@ public sealed record ApiError(int Status, string Message, string Type = ApiError
     public const string InvalidRequest = "invalid_request_error";
     public const string ServerError = "server_error";
 
+    /// <summary>When the client should try again, sent as the Retry-After header (whole seconds, at least 1); null: none (1 s on a 503).</summary>
+    public TimeSpan? RetryAfter { get; init; }
+
+    /// <summary><see cref="RetryAfter"/> in the header's whole seconds.</summary>
+    public int? RetryAfterSeconds => RetryAfter is { } wait ? Math.Max(1, (int)Math.Ceiling(wait.TotalSeconds)) : null;
+
     public static ApiError BadRequest(string message, string? param = null, string? code = null) => new(400, message, InvalidRequest, param, code);
 
     public static ApiError WrongType(string param, string expected) =>
@@ -24,7 +30,8 @@ public sealed record ApiError(int Status, string Message, string Type = ApiError
         if (context.Response.HasStarted) return;
         context.Response.StatusCode = Status;
         context.Response.ContentType = "application/json";
-        if (Status == 503) context.Response.Headers.RetryAfter = "1";
+        if (RetryAfterSeconds is { } seconds) context.Response.Headers.RetryAfter = seconds.ToString(System.Globalization.CultureInfo.InvariantCulture);
+        else if (Status == 503) context.Response.Headers.RetryAfter = "1";
         await using var writer = new Utf8JsonWriter(context.Response.BodyWriter);
         // /v1/messages answers every error, access control's included, in Anthropic's shape.
         if (Anthropic.AnthropicErrors.Applies(context)) Anthropic.AnthropicErrors.Write(writer, this);

@@ -30,6 +30,19 @@ internal sealed class CompletionResponses(HttpContext context, CompletionKind ki
         await response.StartAsync(context.RequestAborted);
     }
 
+    private static readonly byte[] QueuedComment = ": queued\n\n"u8.ToArray();
+
+    /// <summary>
+    /// Keeps a streaming request that waits for a generation slot alive: starts the event stream (once; then no
+    /// x-potluck-* header can be added) and writes an SSE comment, which every SSE client skips.
+    /// </summary>
+    internal static async Task WriteQueuedCommentAsync(HttpContext context, CancellationToken ct)
+    {
+        if (!context.Response.HasStarted) await StartEventStreamAsync(context);
+        context.Response.BodyWriter.Write(QueuedComment);
+        await context.Response.BodyWriter.FlushAsync(ct);
+    }
+
     /// <summary>The first chat chunk: the assistant role with empty content, as OpenAI sends it.</summary>
     public ValueTask<System.IO.Pipelines.FlushResult> WriteRoleChunkAsync(int index, CancellationToken ct)
     {

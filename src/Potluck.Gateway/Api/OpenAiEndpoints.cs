@@ -7,6 +7,7 @@ using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Http;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging;
+using Potluck.Gateway.Admission;
 using Potluck.Gateway.Streaming;
 using Potluck.Gateway.Head;
 using Potluck.Gateway.Telemetry;
@@ -130,6 +131,18 @@ public static class OpenAiEndpoints
         for (var i = 0; i < sessionIds.Length; i++) sessionIds[i] = prefix + Guid.NewGuid().ToString("N");
         var id = sessionIds[0];
         var service = services.GetRequiredService<GenerationService>();
+        var caller = AdmissionCaller.Of(context);
+        void SessionHeaders()
+        {
+            context.Response.Headers["x-potluck-session"] = id;
+            if (request.N > 1) context.Response.Headers["x-potluck-sessions"] = string.Join(',', sessionIds);
+        }
+        // A stream that starts early while queued knows its session ids but not yet its route.
+        Func<CancellationToken, Task>? keepAlive = !request.Stream ? null : ct =>
+        {
+            if (!context.Response.HasStarted) SessionHeaders();
+            return CompletionResponses.WriteQueuedCommentAsync(context, ct);
+        };
         var pieces = TokenPieces.For(model.Tokenizer);
         using var activity = GatewayTelemetry.Source.StartActivity("potluck.gateway.generate");
         activity?.SetTag("potluck.session", id);
@@ -146,7 +159,21 @@ public static class OpenAiEndpoints
             var generationRequest = new GenerationRequest(endpoint, prompt, maxTokens, sampling with { Seed = ChoiceSeed(sampling.Seed, index) },
                 request.Stop, request.User, request.IgnoreEos, request.Logprobs ? request.TopLogprobs : null) { RenderSpecialTokens = renderSpecial };
             var sessionId = sessionIds[index];
-            var (generation, cancel) = await service.StartAsync(generationRequest, sessionId, context.RequestAborted);
+            GenerationRun generation;
+            CancellationTokenSource cancel;
+            try
+            {
+                // A stream that waits for a slot starts early and gets keep-alive comments while it waits.
+                (generation, cancel) = await service.StartAsync(generationRequest, sessionId, caller, context.RequestAborted, keepAlive);
+            }
+            // Turned away after the stream started (waiting, or between choices): the rejection is the stream's error event.
+            catch (PoolAtCapacityException e) when (request.Stream && context.Response.HasStarted)
+            {
+                var error = GenerationFailures.ToApiError(e, GrammarSource)!;
+                responses ??= new CompletionResponses(context, kind, id, model.Name, DateTimeOffset.UtcNow.ToUnixTimeSeconds(), request.IncludeUsage);
+                await responses.WriteStreamErrorAsync(error, context.RequestAborted);
+                return error.Status.ToString(System.Globalization.CultureInfo.InvariantCulture);
+            }
             using (cancel)
             await using (generation)
             {
@@ -155,21 +182,25 @@ public static class OpenAiEndpoints
                 {
                     await generation.PrepareAsync(ct);
                 }
-                // A later choice of a stream that already started: the failure is an error event.
-                catch (Exception e) when (responses is not null && request.Stream && GenerationFailures.ToApiError(e, GrammarSource) is { } error)
+                // A stream that already started (a later choice, or early while queued): the failure is an error event.
+                catch (Exception e) when (request.Stream && context.Response.HasStarted && GenerationFailures.ToApiError(e, GrammarSource) is { } error)
                 {
+                    responses ??= new CompletionResponses(context, kind, id, model.Name, DateTimeOffset.UtcNow.ToUnixTimeSeconds(), request.IncludeUsage);
                     await responses.WriteStreamErrorAsync(error, ct);
                     return error.Status.ToString(System.Globalization.CultureInfo.InvariantCulture);
                 }
                 if (responses is null)
                 {
                     activity?.SetTag("potluck.route", generation.Route?.ToString());
-                    // Which nodes serve this session, for operators and tests (a failover may change it later).
-                    context.Response.Headers["x-potluck-session"] = sessionId;
-                    if (request.N > 1) context.Response.Headers["x-potluck-sessions"] = string.Join(',', sessionIds);
-                    if (generation.Route is { } route) context.Response.Headers["x-potluck-route"] = route.HeaderValue;
+                    // Which nodes serve this session, for operators and tests (a failover may change it later); a
+                    // stream that started early while queued has sent its headers already, without the route.
+                    if (!context.Response.HasStarted)
+                    {
+                        SessionHeaders();
+                        if (generation.Route is { } route) context.Response.Headers["x-potluck-route"] = route.HeaderValue;
+                    }
                     responses = new CompletionResponses(context, kind, id, model.Name, DateTimeOffset.UtcNow.ToUnixTimeSeconds(), request.IncludeUsage);
-                    if (request.Stream) await responses.StartStreamAsync();
+                    if (request.Stream && !context.Response.HasStarted) await responses.StartStreamAsync();
                 }
                 if (request.Stream)
                 {

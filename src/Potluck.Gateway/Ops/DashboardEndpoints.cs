@@ -76,6 +76,9 @@ public static class DashboardEndpoints
                 json.WriteNumber("errors", s.Errors);
                 json.WriteNumber("server_errors", s.ServerErrors);
                 json.WriteNumber("reroutes", s.Reroutes);
+                WriteNullable(json, "wait_p50_s", s.WaitP50Seconds);
+                WriteNullable(json, "wait_p95_s", s.WaitP95Seconds);
+                json.WriteNumber("rejections", s.Rejections);
                 json.WriteEndObject();
             }
             json.WriteEndArray();

@@ -68,6 +68,9 @@ public sealed class GenerationRun : IAsyncDisposable
     }
 
     public string SessionId { get; }
+
+    /// <summary>When the admission queue gave this generation its slot (Stopwatch ticks): the slot's hold time is measured from here.</summary>
+    internal long AdmittedTimestamp { get; init; }
     public int PromptTokens => _request.PromptTokens.Length;
     public int CompletionTokens { get; private set; }
     public FinishReason? Finish { get; private set; }

@@ -27,6 +27,10 @@ public sealed class GatewayTelemetry : IDisposable
         HopRoundTripMs = _meter.CreateHistogram<double>("potluck.gateway.step_round_trip", "ms", "One step through the whole route and back");
         HopLatencyMs = _meter.CreateHistogram<double>("potluck.gateway.hop_latency", "ms", "Gateway to node round trip (Describe probe), per node");
         Reroutes = _meter.CreateCounter<long>("potluck.gateway.reroutes", "{route}", "Routes re-planned after a stage refused or failed");
+        QueueWaitSeconds = _meter.CreateHistogram<double>("potluck.gateway.queue_wait", "s", "Time an admitted request waited for a generation slot (0 when one was free)");
+        AdmissionRejections = _meter.CreateCounter<long>("potluck.gateway.admission_rejections", "{request}",
+            "Requests turned away because the pool is at capacity, by reason (queue_full, timeout)");
+        Admitted = _meter.CreateCounter<long>("potluck.gateway.admitted", "{request}", "Requests that got a generation slot");
         Preemptions = _meter.CreateCounter<long>("potluck.gateway.preemptions", "{session}",
             "Generations that gave their KV back because the pool was full, to re-prefill when room returned");
         _meter.CreateObservableGauge("potluck.gateway.active_sessions", () => Interlocked.Read(ref _activeSessions), "{session}", "Generations in progress");
@@ -45,6 +49,9 @@ public sealed class GatewayTelemetry : IDisposable
     public Histogram<double> HopRoundTripMs { get; }
     public Histogram<double> HopLatencyMs { get; }
     public Counter<long> Reroutes { get; }
+    public Histogram<double> QueueWaitSeconds { get; }
+    public Counter<long> AdmissionRejections { get; }
+    public Counter<long> Admitted { get; }
     public Counter<long> Preemptions { get; }
 
     public long ActiveSessions => Interlocked.Read(ref _activeSessions);

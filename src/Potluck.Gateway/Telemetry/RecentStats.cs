@@ -17,6 +17,9 @@ namespace Potluck.Gateway.Telemetry;
 /// <param name="Errors">Of those, the ones that did not answer 200 (client and server errors).</param>
 /// <param name="ServerErrors">Of the errors, 5xx answers and unexpected failures.</param>
 /// <param name="Reroutes">Routes re-planned after a stage failed or refused.</param>
+/// <param name="WaitP50Seconds">Median wait for a generation slot of the requests admitted in the interval; null when none was.</param>
+/// <param name="WaitP95Seconds">The 95th percentile of the same; null when none.</param>
+/// <param name="Rejections">Requests turned away in the interval because the pool was at capacity (queue full or wait timed out).</param>
 public sealed record StatsSample(
     DateTime TimeUtc,
     double Seconds,
@@ -29,7 +32,10 @@ public sealed record StatsSample(
     long Requests,
     long Errors,
     long ServerErrors,
-    long Reroutes);
+    long Reroutes,
+    double? WaitP50Seconds = null,
+    double? WaitP95Seconds = null,
+    long Rejections = 0);
 
 /// <summary>A fixed-size ring of the latest samples, oldest first when read. Thread-safe.</summary>
 public sealed class StatsRing(int capacity)
@@ -66,8 +72,8 @@ public sealed class StatsRing(int capacity)
 
 /// <summary>
 /// The dashboard's history of the gateway's own metrics: an in-process <see cref="MeterListener"/> on this gateway's
-/// meter (<see cref="GatewayTelemetry"/>: completion tokens, requests by outcome, time to first token, reroutes, and
-/// the active-session and queue gauges) folded into one <see cref="StatsSample"/> per <see cref="Sample"/> call, kept
+/// meter (<see cref="GatewayTelemetry"/>: completion tokens, requests by outcome, time to first token, reroutes,
+/// admission waits and rejections, and the active-session and queue gauges) folded into one <see cref="StatsSample"/> per <see cref="Sample"/> call, kept
 /// in a ring of <see cref="Capacity"/> samples (ten minutes at one a second). Nothing here is exported; /metrics and
 /// OTLP read the same instruments independently.
 /// </summary>
@@ -85,6 +91,9 @@ public sealed class RecentStats : IDisposable
     private long _errors;
     private long _serverErrors;
     private long _reroutes;
+    private long _rejections;
+    // This interval's admission waits (seconds), sorted at the sample for its percentiles; reused.
+    private readonly List<double> _waits = [];
     private double _ttftSum;
     private double _ttftMax;
     private long _ttftCount;
@@ -122,10 +131,12 @@ public sealed class RecentStats : IDisposable
             var now = Stopwatch.GetTimestamp();
             var seconds = Math.Max(Stopwatch.GetElapsedTime(_lastTimestamp, now).TotalSeconds, 1e-3);
             _lastTimestamp = now;
+            _waits.Sort();
             sample = new StatsSample(nowUtc, seconds, _tokens, Math.Round(_tokens / seconds, 2),
                 _ttftCount > 0 ? Math.Round(_ttftSum / _ttftCount, 2) : null, _ttftCount > 0 ? Math.Round(_ttftMax, 2) : null,
-                _queued, _active, _requests, _errors, _serverErrors, _reroutes);
-            _tokens = _requests = _errors = _serverErrors = _reroutes = _ttftCount = 0;
+                _queued, _active, _requests, _errors, _serverErrors, _reroutes, Percentile(_waits, 0.50), Percentile(_waits, 0.95), _rejections);
+            _tokens = _requests = _errors = _serverErrors = _reroutes = _rejections = _ttftCount = 0;
+            _waits.Clear();
             _ttftSum = _ttftMax = 0;
         }
         _ring.Add(sample);
@@ -141,6 +152,9 @@ public sealed class RecentStats : IDisposable
                 break;
             case "potluck.gateway.reroutes":
                 lock (_gate) _reroutes += value;
+                break;
+            case "potluck.gateway.admission_rejections":
+                lock (_gate) _rejections += value;
                 break;
             case "potluck.gateway.requests":
                 var outcome = "";
@@ -165,8 +179,21 @@ public sealed class RecentStats : IDisposable
         }
     }
 
+    /// <summary>The nearest-rank percentile of sorted values, to the millisecond; null when there are none.</summary>
+    internal static double? Percentile(List<double> sorted, double fraction)
+    {
+        if (sorted.Count == 0) return null;
+        var rank = Math.Clamp((int)Math.Ceiling(fraction * sorted.Count) - 1, 0, sorted.Count - 1);
+        return Math.Round(sorted[rank], 3);
+    }
+
     private void OnDouble(Instrument instrument, double value, ReadOnlySpan<KeyValuePair<string, object?>> tags, object? state)
     {
+        if (instrument.Name == "potluck.gateway.queue_wait")
+        {
+            lock (_gate) _waits.Add(value);
+            return;
+        }
         if (instrument.Name != "potluck.gateway.time_to_first_token") return;
         lock (_gate)
         {

@@ -3,6 +3,7 @@ using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Http;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging;
+using Potluck.Gateway.Admission;
 using Potluck.Gateway.Head;
 using Potluck.Gateway.Streaming;
 using Potluck.Gateway.Telemetry;
@@ -106,17 +107,41 @@ public static partial class AnthropicEndpoints
         activity?.SetTag("potluck.prompt_tokens", prompt.Length);
         activity?.SetTag("potluck.max_tokens", maxTokens);
 
-        var (generation, cancel) = await service.StartAsync(generationRequest, id, context.RequestAborted);
+        // Sent before the stream may start early (while queued), so every answer carries them; the route comes later.
+        context.Response.Headers["request-id"] = id;
+        context.Response.Headers["x-potluck-session"] = id;
+        var responses = new MessagesResponses(context, id, model.Name);
+        // A stream that waits for a slot starts early and gets keep-alive comments while it waits.
+        Func<CancellationToken, Task>? keepAlive = chat.Stream ? ct => CompletionResponses.WriteQueuedCommentAsync(context, ct) : null;
+        GenerationRun generation;
+        CancellationTokenSource cancel;
+        try
+        {
+            (generation, cancel) = await service.StartAsync(generationRequest, id, AdmissionCaller.Of(context), context.RequestAborted, keepAlive);
+        }
+        // Turned away after the stream started: the rejection is the stream's error event.
+        catch (PoolAtCapacityException e) when (context.Response.HasStarted)
+        {
+            var error = GenerationFailures.ToApiError(e, GrammarSource)!;
+            await responses.WriteStreamErrorAsync(error, context.RequestAborted);
+            return error.Status.ToString(CultureInfo.InvariantCulture);
+        }
         using (cancel)
         await using (generation)
         {
             var ct = cancel.Token;
-            await generation.PrepareAsync(ct);
+            try
+            {
+                await generation.PrepareAsync(ct);
+            }
+            // The stream started early while queued: a failure to open the route is an error event.
+            catch (Exception e) when (context.Response.HasStarted && GenerationFailures.ToApiError(e, GrammarSource) is { } error)
+            {
+                await responses.WriteStreamErrorAsync(error, ct);
+                return error.Status.ToString(CultureInfo.InvariantCulture);
+            }
             activity?.SetTag("potluck.route", generation.Route?.ToString());
-            context.Response.Headers["request-id"] = id;
-            context.Response.Headers["x-potluck-session"] = id;
-            if (generation.Route is { } route) context.Response.Headers["x-potluck-route"] = route.HeaderValue;
-            var responses = new MessagesResponses(context, id, model.Name);
+            if (!context.Response.HasStarted && generation.Route is { } route) context.Response.Headers["x-potluck-route"] = route.HeaderValue;
             var answer = new AnswerBlocks(output);
             if (chat.Stream) return await StreamAsync(generation, responses, answer, services, ct);
 
@@ -131,7 +156,7 @@ public static partial class AnthropicEndpoints
     private static async Task<string> StreamAsync(GenerationRun generation, MessagesResponses responses, AnswerBlocks answer, IServiceProvider services,
         CancellationToken ct)
     {
-        await responses.StartStreamAsync();
+        if (!responses.HasStarted) await responses.StartStreamAsync();
         await responses.WriteMessageStartAsync(generation.PromptTokens, ct);
         try
         {

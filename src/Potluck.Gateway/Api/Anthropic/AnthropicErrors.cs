@@ -28,12 +28,18 @@ public static class AnthropicErrors
         _ => "invalid_request_error",
     };
 
+    /// <summary>
+    /// The error type of <paramref name="error"/>: a pool at capacity is Anthropic's overloaded_error (the service is
+    /// busy, not the caller over its own limit) though its status stays 429 with Retry-After, which the SDKs retry.
+    /// </summary>
+    public static string TypeOf(ApiError error) => error.Code == GenerationFailures.PoolAtCapacity ? "overloaded_error" : TypeOf(error.Status);
+
     public static void Write(Utf8JsonWriter writer, ApiError error, string? requestId = null)
     {
         writer.WriteStartObject();
         writer.WriteString("type", "error");
         writer.WriteStartObject("error");
-        writer.WriteString("type", TypeOf(error.Status));
+        writer.WriteString("type", TypeOf(error));
         writer.WriteString("message", error.Message);
         writer.WriteEndObject();
         if (requestId is not null) writer.WriteString("request_id", requestId);

@@ -37,6 +37,9 @@ internal sealed class MessagesResponses(HttpContext context, string id, string m
 
     public Task StartStreamAsync() => CompletionResponses.StartEventStreamAsync(context);
 
+    /// <summary>Whether the stream started already (early, while the request waited for a slot).</summary>
+    public bool HasStarted => context.Response.HasStarted;
+
     /// <summary>message_start (the message with no content yet and the input token count), then a ping.</summary>
     public ValueTask<FlushResult> WriteMessageStartAsync(int inputTokens, CancellationToken ct)
     {

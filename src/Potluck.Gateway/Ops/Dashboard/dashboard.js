@@ -107,6 +107,10 @@ function drawCharts(stats) {
     { minimum: 50, caption: s => { const v = lastValue(s, 'ttft_ms'); return v === null ? 'no requests yet' : 'last ' + fmt(v, 0) + ' ms'; } });
   drawChart($('chart-queue'), samples, nowMs, [{ value: p => p.queued }, { value: p => p.active, cls: 'second' }],
     { minimum: 2, caption: s => s.length ? fmt(s[s.length - 1].queued) + ' waiting · ' + fmt(s[s.length - 1].active) + ' running (dashed)' : '–' });
+  // Admission: p95 (solid) and median (dashed) wait for a slot, and the requests turned away at capacity.
+  drawChart($('chart-wait'), samples, nowMs, [{ value: p => p.wait_p95_s ?? null }, { value: p => p.wait_p50_s ?? null, cls: 'second' }],
+    { minimum: 1, caption: s => { const p95 = lastValue(s, 'wait_p95_s'), p50 = lastValue(s, 'wait_p50_s');
+      return (p95 === null ? 'no admissions yet' : 'p50 ' + fmt(p50, 2) + ' s · p95 ' + fmt(p95, 2) + ' s') + ' · ' + fmt(sum(s, 'rejections')) + ' turned away'; } });
   drawChart($('chart-errors'), samples, nowMs, [{ value: p => p.errors, kind: 'bars' }, { value: p => p.server_errors, kind: 'bars', cls: 'server' }],
     { minimum: 2, caption: s => fmt(sum(s, 'errors')) + ' of ' + fmt(sum(s, 'requests')) + ' requests' });
 }

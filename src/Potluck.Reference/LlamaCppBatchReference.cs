@@ -142,10 +142,11 @@ public sealed class LlamaCppBatchReference : IDisposable
         if (_context is not null && _contextSequences == sequences && _contextTokensPerSequence >= tokensPerSequence) return _context;
         _context?.Dispose();
         _context = null;
-        // Per-sequence KV streams split n_ctx evenly between the sequences.
+        // Per-sequence KV streams split n_ctx evenly; llama.cpp pads n_ctx to 256, so each share is a multiple of 256.
+        var perSequence = (tokensPerSequence + 8 + 255) / 256 * 256;
         var parameters = new ModelParams(_parameters.ModelPath)
         {
-            ContextSize = (uint)(sequences * (tokensPerSequence + 8)),
+            ContextSize = (uint)(sequences * perSequence),
             SeqMax = (uint)sequences,
             BatchSize = _parameters.BatchSize,
             UBatchSize = _parameters.UBatchSize,

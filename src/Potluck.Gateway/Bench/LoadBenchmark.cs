@@ -141,8 +141,9 @@ public static class LoadBenchmark
         {
             var levelPrompts = prompts[..concurrency];
             progress?.Report($"{concurrency} session(s): warm-up round");
-            await PotluckRoundAsync(http, model, levelPrompts, LevelWarmupTokens, options, ct);
-            reference.Run(levelPrompts, Math.Min(LevelWarmupTokens, options.OutputTokens));
+            var warmupTokens = Math.Min(LevelWarmupTokens, options.OutputTokens);
+            await PotluckRoundAsync(http, model, levelPrompts, warmupTokens, options, ct);
+            reference.Run(levelPrompts, warmupTokens);
 
             // Potluck and llama.cpp rounds alternate, so load from elsewhere on the machine hits both alike.
             var potluck = new List<LoadRoundFigures>();

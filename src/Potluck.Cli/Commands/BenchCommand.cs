@@ -2,6 +2,7 @@ using System.CommandLine;
 using System.Runtime.InteropServices;
 using System.Text.Json;
 using System.Text.Json.Serialization;
+using Potluck.Cli.Serve;
 using Potluck.Protocol.V1;
 using Potluck.Gateway.Bench;
 using Potluck.Reference;
@@ -258,7 +259,10 @@ public static class BenchCommand
                 string modelPath;
                 if (target is null)
                 {
-                    var plan = ServeCommand.PlanPool(modelFile, Positive(parse.GetValue(nodes), "--nodes"), 1, "127.0.0.1", FreeLoopbackPort(), fastFailureDetection: false);
+                    // Every session comes from this one client: the per-client limits would measure admission, not serving.
+                    var unlimited = new LocalPoolAccess(["--rate-limit", "0", "--concurrency-limit", "0"], new Dictionary<string, string>());
+                    var plan = ServeCommand.PlanPool(modelFile, Positive(parse.GetValue(nodes), "--nodes"), 1, "127.0.0.1", FreeLoopbackPort(), fastFailureDetection: false)
+                        with { Access = unlimited };
                     pool = new LocalPoolRunner(plan, TimeSpan.FromSeconds(120), parse.GetValue(CliApplication.Verbose), echoChildren: parse.GetValue(CliApplication.Verbose));
                     signals.Forced = pool.KillAll;
                     Console.Error.WriteLine($"potluck: starting a local pool of {plan.Nodes.Count} node(s) at {plan.Url}");

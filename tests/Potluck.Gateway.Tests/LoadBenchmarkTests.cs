@@ -3,6 +3,7 @@ using System.Net;
 using System.Text;
 using System.Text.Json;
 using Potluck.Gateway.Bench;
+using Potluck.Reference;
 
 namespace Potluck.Gateway.Tests;
 
@@ -28,6 +29,35 @@ public sealed class LoadBenchmarkTests
         Assert.Equal(4.8, LoadBenchmark.Percentile(sorted, 0.95), 6);
         Assert.Equal(7, LoadBenchmark.Percentile([7], 0.95));
         Assert.True(double.IsNaN(LoadBenchmark.Percentile([], 0.5)));
+    }
+
+    [Fact]
+    public void BatchedLlamaCppDecodesEachSequenceAsIfAlone()
+    {
+        // Three 256-token prompts: the prefill is cut at n_batch 512, right after the second prompt's last token.
+        var prompts = Enumerable.Range(0, 3).Select(s => LoadBenchmark.PromptTokens(256, s)).ToArray();
+        const int tokens = 6;
+        var batched = prompts.Select(_ => new int[tokens]).ToArray();
+        using (var reference = new LlamaCppBatchReference(TestModels.Small(), threads: 1))
+        {
+            var run = reference.Run(prompts, tokens, batched);
+            Assert.Equal(tokens - 1, run.StepMs.Length);
+            Assert.True(run.PrefillMs > 0 && run.TotalMs >= run.PrefillMs + run.StepMs.Sum() - 1e-6);
+        }
+        using var alone = new LlamaCppReference(TestModels.Small(), contextSize: 256 + tokens + 8, threads: 1);
+        var logits = new float[alone.VocabSize];
+        for (var s = 0; s < prompts.Length; s++)
+        {
+            alone.Reset();
+            alone.Evaluate(prompts[s], logits);
+            var expected = new int[tokens];
+            for (var i = 0; i < tokens; i++)
+            {
+                expected[i] = LlamaCppReference.ArgMax(logits);
+                if (i < tokens - 1) alone.Evaluate([expected[i]], logits);
+            }
+            Assert.Equal(expected, batched[s]);
+        }
     }
 
     [Fact]

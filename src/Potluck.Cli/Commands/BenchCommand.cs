@@ -32,7 +32,8 @@ public static class BenchCommand
         bench.Subcommands.Add(CreateLoad());
         return CliApplication.AddExamples(bench,
             "potluck bench engine --report bench-engine.json",
-            "potluck bench hop --steps 500");
+            "potluck bench hop --steps 500",
+            "potluck bench load --concurrency 1,4,16 --report load.json");
     }
 
     public static Option<FileInfo?> ReportOption() => new("--report") { Description = "Write the results as JSON to this file" };

@@ -53,10 +53,44 @@ public sealed class BenchCommandTests : IClassFixture<TempHome>
     }
 
     [Fact]
+    public async Task LoadBenchmarkRunsConcurrentSessionsAgainstBatchedLlamaCpp()
+    {
+        var report = _home.File("load.json");
+        var run = await PotluckProcess.RunAsync(_home.Path, Timeout,
+            "bench", "load", "--nodes", "2", "--concurrency", "1,2", "--prompt", "16", "--tokens", "8", "--rounds", "1", "--report", report);
+        Assert.True(run.ExitCode == 0, run.ToString());
+        Assert.Contains("2 session(s) at once", run.Stdout);
+        Assert.Contains("TTFT p95 (ms)", run.Stdout);
+        Assert.Contains("errors (sessions)", run.Stdout);
+
+        using var json = JsonDocument.Parse(await File.ReadAllTextAsync(report));
+        var root = json.RootElement;
+        Assert.Equal("load", root.GetProperty("Benchmark").GetString());
+        var levels = root.GetProperty("Results").GetProperty("Levels").EnumerateArray().ToArray();
+        Assert.Equal([1, 2], levels.Select(l => l.GetProperty("Figures").GetProperty("Concurrency").GetInt32()));
+        foreach (var level in levels)
+        {
+            var figures = level.GetProperty("Figures");
+            Assert.Equal(0, figures.GetProperty("Errors").GetInt32());
+            foreach (var side in new[] { "Potluck", "LlamaCpp" })
+                foreach (var figure in new[] { "AggregateTokensPerSecond", "DecodeTokensPerSecond", "TtftP50Ms", "TtftP95Ms", "ItlP50Ms", "ItlP95Ms" })
+                    Assert.True(figures.GetProperty(side).GetProperty(figure).GetProperty("Median").GetDouble() > 0, $"{side} {figure}");
+            // Every session streamed all its tokens: 8 per session on both sides.
+            var concurrency = figures.GetProperty("Concurrency").GetInt32();
+            Assert.Equal(8 * concurrency, figures.GetProperty("Potluck").GetProperty("Rounds")[0].GetProperty("OutputTokens").GetInt32());
+            Assert.Equal(8 * concurrency, figures.GetProperty("LlamaCpp").GetProperty("Rounds")[0].GetProperty("OutputTokens").GetInt32());
+            Assert.True(level.GetProperty("AggregateRatio").GetDouble() > 0);
+        }
+    }
+
+    [Fact]
     public async Task MeasuringARemotePoolNeedsItsModelFile()
     {
         var run = await PotluckProcess.RunAsync(_home.Path, Timeout, "bench", "pool", "--url", "http://127.0.0.1:9/");
         Assert.True(run.ExitCode == 2, run.ToString());
         TextAssert.OneLineError(run, "--url needs --model");
+        var load = await PotluckProcess.RunAsync(_home.Path, Timeout, "bench", "load", "--url", "http://127.0.0.1:9/");
+        Assert.True(load.ExitCode == 2, load.ToString());
+        TextAssert.OneLineError(load, "--url needs --model");
     }
 }

@@ -2,6 +2,7 @@ using System.CommandLine;
 using System.Runtime.InteropServices;
 using System.Text.Json;
 using System.Text.Json.Serialization;
+using Potluck.Cli.Serve;
 using Potluck.Protocol.V1;
 using Potluck.Gateway.Bench;
 using Potluck.Reference;
@@ -12,7 +13,7 @@ using Spectre.Console;
 
 namespace Potluck.Cli.Commands;
 
-/// <summary>`potluck bench engine|hop|pool`: side-by-side benchmarks with ratio tables and a JSON report.</summary>
+/// <summary>`potluck bench engine|hop|pool|load`: side-by-side benchmarks with ratio tables and a JSON report.</summary>
 public static class BenchCommand
 {
     private static readonly JsonSerializerOptions ReportJson = new()
@@ -28,9 +29,11 @@ public static class BenchCommand
         bench.Subcommands.Add(CreateEngine());
         bench.Subcommands.Add(CreateHop());
         bench.Subcommands.Add(CreatePool());
+        bench.Subcommands.Add(CreateLoad());
         return CliApplication.AddExamples(bench,
             "potluck bench engine --report bench-engine.json",
-            "potluck bench hop --steps 500");
+            "potluck bench hop --steps 500",
+            "potluck bench load --concurrency 1,4,16 --report load.json");
     }
 
     public static Option<FileInfo?> ReportOption() => new("--report") { Description = "Write the results as JSON to this file" };
@@ -130,14 +133,16 @@ public static class BenchCommand
             "potluck bench hop --wire F32 --rows 1 --pairs 7 --report hop.json");
     }
 
-    private static int[] ParseRows(string? text)
+    private static int[] ParseRows(string? text) => ParseCounts(text, "--rows", "row count", 4096);
+
+    private static int[] ParseCounts(string? text, string option, string what, int max)
     {
         var parts = (text ?? "").Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
-        if (parts.Length == 0) throw new UsageException("--rows needs at least one row count");
+        if (parts.Length == 0) throw new UsageException($"{option} needs at least one {what}");
         var result = new int[parts.Length];
         for (var i = 0; i < parts.Length; i++)
-            result[i] = int.TryParse(parts[i], System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var n) && n is >= 1 and <= 4096
-                ? n : throw new UsageException($"--rows: '{parts[i]}' is not a row count in [1, 4096]");
+            result[i] = int.TryParse(parts[i], System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var n) && n >= 1 && n <= max
+                ? n : throw new UsageException($"{option}: '{parts[i]}' is not a {what} in [1, {max}]");
         return result;
     }
 
@@ -208,6 +213,142 @@ public static class BenchCommand
             "potluck bench pool",
             "potluck bench pool --nodes 2 --runs 3 --report pool.json",
             "potluck bench pool --url http://pool.lan:8080 --model ./model.gguf");
+    }
+
+    private static Command CreateLoad()
+    {
+        var url = new Option<Uri?>("--url")
+        {
+            Description = "Measure this running gateway instead of starting a local pool (needs --model: the same GGUF)",
+            CustomParser = ChatCommand.ParseUrl,
+        };
+        var model = new Option<FileInfo?>("--model") { Description = "GGUF the pool serves (default: the demo model); llama.cpp runs it whole as the baseline" };
+        var nodes = new Option<int>("--nodes") { Description = "Nodes of the local pool", DefaultValueFactory = _ => 3 };
+        var concurrency = new Option<string>("--concurrency") { Description = "Sessions started together, one level after another, comma separated", DefaultValueFactory = _ => "1,4,16" };
+        var prompt = new Option<int>("--prompt") { Description = "Prompt tokens of every session (token ids, distinct per session)", DefaultValueFactory = _ => 128 };
+        var tokens = new Option<int>("--tokens") { Description = "Output tokens of every session (end of sequence ignored)", DefaultValueFactory = _ => 128 };
+        var rounds = new Option<int>("--rounds") { Description = "Interleaved rounds per level (each runs both sides once)", DefaultValueFactory = _ => 3 };
+        var threads = new Option<int>("--threads") { Description = "llama.cpp's threads", DefaultValueFactory = _ => Math.Max(1, Environment.ProcessorCount) };
+        var apiKey = new Option<string?>("--api-key") { Description = "API key for a gateway that requires one (with --url)" };
+        var timeout = new Option<int>("--timeout") { Description = "Seconds one session may take; a stall of a quarter of that (at least 10 s) between chunks also fails it", DefaultValueFactory = _ => 300 };
+        var report = ReportOption();
+        var command = new Command("load", """
+            Many users at once: each round starts N streamed greedy completions together through the gateway, then
+            llama.cpp decodes the same N prompts as one batch (n_seq_max = N) in this process. Per level: aggregate
+            tokens/s, time to first token and inter-token latency p50/p95. Without --url it starts a local pool like
+            `bench pool` and stops it afterwards. Failed or stalled sessions are counted in the errors row.
+            """)
+        {
+            url, model, nodes, concurrency, prompt, tokens, rounds, threads, apiKey, timeout, report,
+        };
+        command.SetAction(async (parse, _) =>
+        {
+            var target = parse.GetValue(url);
+            var modelFile = parse.GetValue(model);
+            if (target is not null && modelFile is null)
+                throw new UsageException("--url needs --model: the GGUF that pool serves, so llama.cpp can run the same model");
+            var levels = ParseCounts(parse.GetValue(concurrency), "--concurrency", "session count", LoadBenchmarkOptions.MaxConcurrency);
+            var promptTokens = Positive(parse.GetValue(prompt), "--prompt");
+            var outputTokens = parse.GetValue(tokens) >= 2 ? parse.GetValue(tokens) : throw new UsageException("--tokens must be at least 2");
+            var roundCount = Positive(parse.GetValue(rounds), "--rounds");
+            var threadCount = Positive(parse.GetValue(threads), "--threads");
+            var sessionTimeout = TimeSpan.FromSeconds(Positive(parse.GetValue(timeout), "--timeout"));
+            using var signals = new ShutdownSignals();
+            LocalPoolRunner? pool = null;
+            try
+            {
+                string modelPath;
+                if (target is null)
+                {
+                    // Every session comes from this one client: the per-client limits would measure admission, not serving.
+                    var unlimited = new LocalPoolAccess(["--rate-limit", "0", "--concurrency-limit", "0"], new Dictionary<string, string>());
+                    var plan = ServeCommand.PlanPool(modelFile, Positive(parse.GetValue(nodes), "--nodes"), 1, "127.0.0.1", FreeLoopbackPort(), fastFailureDetection: false)
+                        with { Access = unlimited };
+                    pool = new LocalPoolRunner(plan, TimeSpan.FromSeconds(120), parse.GetValue(CliApplication.Verbose), echoChildren: parse.GetValue(CliApplication.Verbose));
+                    signals.Forced = pool.KillAll;
+                    Console.Error.WriteLine($"potluck: starting a local pool of {plan.Nodes.Count} node(s) at {plan.Url}");
+                    if (!await pool.StartAsync(signals.Token)) return ExitCodes.Interrupted;
+                    target = plan.Url;
+                    modelPath = plan.ModelPath;
+                }
+                else
+                {
+                    modelPath = modelFile!.FullName;
+                    ModelCommands.InspectRunnableOrFail(modelPath);
+                }
+                NativeRuntime.EnsureLoaded();
+                var options = new LoadBenchmarkOptions
+                {
+                    GatewayUrl = target,
+                    ModelPath = modelPath,
+                    Concurrency = levels,
+                    PromptTokens = promptTokens,
+                    OutputTokens = outputTokens,
+                    Rounds = roundCount,
+                    Threads = threadCount,
+                    ApiKey = parse.GetValue(apiKey),
+                    SessionTimeout = sessionTimeout,
+                    StallTimeout = TimeSpan.FromSeconds(Math.Max(10, sessionTimeout.TotalSeconds / 4)),
+                };
+                var result = await ProgressDisplay.RunAsync("load benchmark", progress =>
+                    LoadBenchmark.RunAsync(options, new SynchronousProgress<string>(stage => progress.Report((stage, 0))), signals.Token));
+                PrintLoad(result);
+                WriteReport(parse.GetValue(report), "load",
+                    new
+                    {
+                        options.GatewayUrl, options.ModelPath, options.Concurrency, options.PromptTokens, options.OutputTokens, options.Rounds, options.Threads,
+                        SessionTimeoutSeconds = options.SessionTimeout.TotalSeconds, StallTimeoutSeconds = options.StallTimeout.TotalSeconds,
+                        Nodes = pool is null ? (int?)null : parse.GetValue(nodes),
+                    },
+                    new
+                    {
+                        result.Model,
+                        Ratios = "Potluck / llama.cpp: above 1 is better for tokens/s, below 1 for latencies",
+                        Aggregate = "output tokens of a round / its wall time (every session starts at 0)",
+                        Decode = "tokens after each session's first / mean (last token - first token)",
+                        Levels = result.Levels.Select(l => new
+                        {
+                            Figures = l, l.AggregateRatio, l.DecodeRatio, l.TtftP50Ratio, l.TtftP95Ratio, l.ItlP50Ratio, l.ItlP95Ratio,
+                        }),
+                    });
+                return result.Levels.Any(l => l.Errors > 0) ? ExitCodes.Failure : ExitCodes.Ok;
+            }
+            finally
+            {
+                if (pool is not null) await pool.DisposeAsync();
+            }
+        });
+        return CliApplication.AddExamples(command,
+            "potluck bench load",
+            "potluck bench load --concurrency 1,8 --prompt 64 --tokens 64 --rounds 2 --report load.json",
+            "potluck bench load --url http://pool.lan:8080 --model ./model.gguf --api-key \"$KEY\"");
+    }
+
+    private static void PrintLoad(LoadBenchmarkResult r)
+    {
+        foreach (var level in r.Levels)
+        {
+            var table = new Table().Border(TableBorder.Rounded)
+                .Title($"[bold]{level.Concurrency} session(s) at once vs llama.cpp batched[/]: {Markup.Escape(r.Model)}, {r.PromptTokens}-token prompts, {r.OutputTokens} tokens, {r.Rounds} round(s), {r.Threads} llama.cpp threads")
+                .Caption("median (min-max) over rounds; ratio = Potluck / llama.cpp (tokens/s: higher is better, latencies: lower is better); "
+                    + "aggregate = all output tokens / round wall time, decode = tokens after the first / mean(last - first token)");
+            table.AddColumn("");
+            table.AddColumn(new TableColumn("Potluck").RightAligned());
+            table.AddColumn(new TableColumn("llama.cpp").RightAligned());
+            table.AddColumn(new TableColumn("Ratio").RightAligned());
+            var p = level.Potluck;
+            var l = level.LlamaCpp;
+            table.AddRow("aggregate (tokens/s)", Figure(p.AggregateTokensPerSecond, "F1"), Figure(l.AggregateTokensPerSecond, "F1"), $"{level.AggregateRatio:F2}");
+            table.AddRow("decode-only aggregate (tokens/s)", Figure(p.DecodeTokensPerSecond, "F1"), Figure(l.DecodeTokensPerSecond, "F1"), $"{level.DecodeRatio:F2}");
+            table.AddRow("TTFT p50 (ms)", Figure(p.TtftP50Ms, "F1"), Figure(l.TtftP50Ms, "F1"), $"{level.TtftP50Ratio:F2}");
+            table.AddRow("TTFT p95 (ms)", Figure(p.TtftP95Ms, "F1"), Figure(l.TtftP95Ms, "F1"), $"{level.TtftP95Ratio:F2}");
+            table.AddRow("ITL p50 (ms)", Figure(p.ItlP50Ms, "F2"), Figure(l.ItlP50Ms, "F2"), $"{level.ItlP50Ratio:F2}");
+            table.AddRow("ITL p95 (ms)", Figure(p.ItlP95Ms, "F2"), Figure(l.ItlP95Ms, "F2"), $"{level.ItlP95Ratio:F2}");
+            table.AddRow("errors (sessions)", level.Errors == 0 ? $"0 of {level.Sessions}" : $"[red]{level.Errors} of {level.Sessions}[/]", "", "");
+            AnsiConsole.Write(table);
+            foreach (var error in level.ErrorSamples)
+                Console.Error.WriteLine($"potluck: {level.Concurrency} session(s): {error}");
+        }
     }
 
     private static int FreeLoopbackPort()

@@ -139,6 +139,7 @@ public sealed class KvPressureTests(ITestOutputHelper output) : IAsyncLifetime
             using var response = await http.PostAsync("v1/completions", Completion());
             var body = await response.Content.ReadAsStringAsync();
             Assert.True(response.StatusCode == HttpStatusCode.TooManyRequests, $"{(int)response.StatusCode}: {body}");
+            Assert.NotNull(response.Headers.RetryAfter);
             using var json = JsonDocument.Parse(body);
             var error = json.RootElement.GetProperty("error");
             Assert.Equal("pool_at_capacity", error.GetProperty("code").GetString());

@@ -22,7 +22,8 @@ internal static class GenerationFailures
         // OpenAI answers its own overload as a 429 server_error; SDKs retry it after Retry-After.
         PoolAtCapacityException capacity => new ApiError(429, e.Message, ApiError.ServerError, null, PoolAtCapacity) { RetryAfter = capacity.RetryAfter },
         PoolUnavailableException => new ApiError(503, e.Message, ApiError.ServerError, null, "pool_unavailable"),
-        PoolOutOfKvException => new ApiError(429, e.Message, ApiError.ServerError, null, PoolAtCapacity),
+        // Room comes back as sessions finish: a few seconds is a fair first retry.
+        PoolOutOfKvException => new ApiError(429, e.Message, ApiError.ServerError, null, PoolAtCapacity) { RetryAfter = TimeSpan.FromSeconds(5) },
         RouteFailedException => new ApiError(503, e.Message, ApiError.ServerError, null, "route_failed"),
         GrammarBudgetExceededException => Grammar(e, grammarSource, "grammar_too_slow"),
         GrammarException => Grammar(e, grammarSource, "invalid_grammar"),

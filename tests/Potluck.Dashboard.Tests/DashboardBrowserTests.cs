@@ -1,6 +1,7 @@
 using System.Net.Http.Headers;
 using System.Text;
 using System.Text.Json;
+using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging;
 using OpenQA.Selenium;
 using OpenQA.Selenium.Chrome;
@@ -45,7 +46,18 @@ public sealed class DashboardBrowserTests(ITestOutputHelper output) : IAsyncLife
         {
             var primarySilo = Ports.Free();
             var seed = $"127.0.0.1:{primarySilo}";
-            _nodes.Add(NodeProcess.Start(_modelPath, 0, 2, "front", null, primarySilo, fastFailureDetection: true, output: output));
+            // An 8,192-token KV budget on the front node (the default is its share of free memory: millions of tokens),
+            // three quarters of it held through the control plane below.
+            _nodes.Add(NodeProcess.Start(new NodeLaunch("front", _modelPath, 0, 2)
+            {
+                SiloPort = primarySilo,
+                FastFailureDetection = true,
+                Environment = new Dictionary<string, string>
+                {
+                    ["Logging__LogLevel__Default"] = "Warning",
+                    ["Potluck__Node__KvBudgetTokens"] = "8192",
+                },
+            }, output));
             _nodes.Add(NodeProcess.Start(_modelPath, 2, 4, "back-a", seed, fastFailureDetection: true, output: output));
             _nodes.Add(NodeProcess.Start(_modelPath, 2, 4, "back-b", seed, fastFailureDetection: true, output: output));
             _gateway = GatewayHost.Build(new GatewayOptions
@@ -61,15 +73,18 @@ public sealed class DashboardBrowserTests(ITestOutputHelper output) : IAsyncLife
                 GatewayId = "gateway-dashboard",
                 StepTimeout = TimeSpan.FromSeconds(10),
                 AdminKey = AdminKey,
-                // Five streams at once, four admitted: one waits (the queue chart), and four sessions of 405 tokens
-                // (15 prompt + 390) leave the front node 428 of its 2,048 KV tokens free: under 25%, the KV warning,
-                // yet room for the next one even when the pool view still counts a session that just ended.
+                // Five streams at once, four admitted: one waits (the queue chart). Sessions charge KV in 64-token
+                // blocks as they grow, so 6,144 tokens are held through the front node's shard grain (below): the four
+                // streams (at least a block each, at most 448 tokens each) then leave it under 25% free, the KV warning.
                 MaxConcurrentSessions = 4,
             }, logging => logging.SetMinimumLevel(Microsoft.Extensions.Logging.LogLevel.Warning));
             using (var timeout = new CancellationTokenSource(StartTimeout)) await _gateway.StartAsync(timeout.Token);
             _http = new HttpClient { BaseAddress = _gateway.BaseAddress, Timeout = TimeSpan.FromSeconds(60) };
             _http.DefaultRequestHeaders.Authorization = new AuthenticationHeaderValue("Bearer", AdminKey);
             await WaitForPoolAsync();
+            var front = _gateway.Services.GetRequiredService<Orleans.IGrainFactory>()
+                .GetGrain<Potluck.Cluster.IShardGrain>(Potluck.Cluster.ShardKeys.For("front", 0, 2));
+            for (var i = 0; i < 96; i++) await front.ReserveSession($"held-{i}", 64);
             _browser = StartBrowser();
         }
         catch

@@ -20,7 +20,9 @@ public sealed record BatchedRun(int Sequences, int TokensPerSequence, double Pre
 public sealed class LlamaCppBatchReference : IDisposable
 {
     private readonly LLamaWeights _weights;
-    private readonly ModelParams _parameters;
+    private readonly string _modelPath;
+    private readonly int _threads;
+    private readonly int _batchSize;
     private readonly LLamaBatch _batch = new();
     private LLamaContext? _context;
     private int _contextSequences;
@@ -31,20 +33,8 @@ public sealed class LlamaCppBatchReference : IDisposable
     public LlamaCppBatchReference(string modelPath, int threads, int batchSize = 512)
     {
         NativeRuntime.EnsureLoaded();
-        _parameters = new ModelParams(modelPath)
-        {
-            BatchSize = (uint)batchSize,
-            UBatchSize = (uint)batchSize,
-            Threads = threads,
-            BatchThreads = threads,
-            GpuLayerCount = 0,
-            FlashAttention = true,
-            TypeK = GGMLType.GGML_TYPE_F16,
-            TypeV = GGMLType.GGML_TYPE_F16,
-            // Sequences share no prefix here, so a KV stream per sequence is llama.cpp's faster layout.
-            KVUnified = false,
-        };
-        _weights = LLamaWeights.LoadFromFile(_parameters);
+        (_modelPath, _threads, _batchSize) = (modelPath, threads, batchSize);
+        _weights = LLamaWeights.LoadFromFile(LlamaCppReference.OracleParameters(modelPath, threads, batchSize));
         VocabSize = _weights.Vocab.Count;
     }
 
@@ -59,7 +49,7 @@ public sealed class LlamaCppBatchReference : IDisposable
         var longest = prompts.Max(p => p.Length);
         var context = ContextFor(sequences, longest + tokensPerSequence);
         var handle = context.NativeHandle;
-        var batchLimit = (int)_parameters.BatchSize;
+        var batchLimit = _batchSize;
         var next = new int[sequences];
         var logitsIndex = new int[sequences];
         var steps = new double[tokensPerSequence - 1];
@@ -144,20 +134,11 @@ public sealed class LlamaCppBatchReference : IDisposable
         _context = null;
         // Per-sequence KV streams split n_ctx evenly; llama.cpp pads n_ctx to 256, so each share is a multiple of 256.
         var perSequence = (tokensPerSequence + 8 + 255) / 256 * 256;
-        var parameters = new ModelParams(_parameters.ModelPath)
-        {
-            ContextSize = (uint)(sequences * perSequence),
-            SeqMax = (uint)sequences,
-            BatchSize = _parameters.BatchSize,
-            UBatchSize = _parameters.UBatchSize,
-            Threads = _parameters.Threads,
-            BatchThreads = _parameters.BatchThreads,
-            GpuLayerCount = 0,
-            FlashAttention = true,
-            TypeK = GGMLType.GGML_TYPE_F16,
-            TypeV = GGMLType.GGML_TYPE_F16,
-            KVUnified = false,
-        };
+        var parameters = LlamaCppReference.OracleParameters(_modelPath, _threads, _batchSize);
+        parameters.ContextSize = (uint)(sequences * perSequence);
+        parameters.SeqMax = (uint)sequences;
+        // Sequences share no prefix here, so a KV stream per sequence is llama.cpp's faster layout.
+        parameters.KVUnified = false;
         _context = _weights.CreateContext(parameters);
         _contextSequences = sequences;
         _contextTokensPerSequence = tokensPerSequence;

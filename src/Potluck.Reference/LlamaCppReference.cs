@@ -21,22 +21,28 @@ public sealed class LlamaCppReference : IDisposable
     public LlamaCppReference(string modelPath, int contextSize, int threads, int batchSize = 512)
     {
         NativeRuntime.EnsureLoaded();
-        var parameters = new ModelParams(modelPath)
-        {
-            ContextSize = (uint)contextSize,
-            BatchSize = (uint)batchSize,
-            UBatchSize = (uint)batchSize,
-            Threads = threads,
-            BatchThreads = threads,
-            GpuLayerCount = 0,
-            FlashAttention = true,
-            TypeK = GGMLType.GGML_TYPE_F16,
-            TypeV = GGMLType.GGML_TYPE_F16,
-        };
+        var parameters = OracleParameters(modelPath, threads, batchSize);
+        parameters.ContextSize = (uint)contextSize;
         _weights = LLamaWeights.LoadFromFile(parameters);
         _context = _weights.CreateContext(parameters);
         VocabSize = _weights.Vocab.Count;
     }
+
+    /// <summary>
+    /// How every llama.cpp run of the project is set up, so Potluck is compared with one configuration: CPU only, flash
+    /// attention, F16 K and V (as the engine caches them), the same threads for decode and batches.
+    /// </summary>
+    internal static ModelParams OracleParameters(string modelPath, int threads, int batchSize) => new(modelPath)
+    {
+        BatchSize = (uint)batchSize,
+        UBatchSize = (uint)batchSize,
+        Threads = threads,
+        BatchThreads = threads,
+        GpuLayerCount = 0,
+        FlashAttention = true,
+        TypeK = GGMLType.GGML_TYPE_F16,
+        TypeV = GGMLType.GGML_TYPE_F16,
+    };
 
     /// <summary>Forgets the sequence so the next call starts at position 0.</summary>
     public void Reset()

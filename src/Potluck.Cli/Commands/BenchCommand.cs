@@ -179,22 +179,9 @@ public static class BenchCommand
             LocalPoolRunner? pool = null;
             try
             {
-                string modelPath;
-                if (target is null)
-                {
-                    var plan = ServeCommand.PlanPool(modelFile, Positive(parse.GetValue(nodes), "--nodes"), 1, "127.0.0.1", FreeLoopbackPort(), fastFailureDetection: false);
-                    pool = new LocalPoolRunner(plan, TimeSpan.FromSeconds(120), parse.GetValue(CliApplication.Verbose), echoChildren: parse.GetValue(CliApplication.Verbose));
-                    signals.Forced = pool.KillAll;
-                    Console.Error.WriteLine($"potluck: starting a local pool of {plan.Nodes.Count} node(s) at {plan.Url}");
-                    if (!await pool.StartAsync(signals.Token)) return ExitCodes.Interrupted;
-                    target = plan.Url;
-                    modelPath = plan.ModelPath;
-                }
-                else
-                {
-                    modelPath = modelFile!.FullName;
-                    ModelCommands.InspectRunnableOrFail(modelPath);
-                }
+                var measured = await PoolUnderTestAsync(parse, target, modelFile, Positive(parse.GetValue(nodes), "--nodes"), signals, started => pool = started);
+                if (measured is not { } under) return ExitCodes.Interrupted;
+                (target, var modelPath) = under;
                 NativeRuntime.EnsureLoaded();
                 var options = new PoolBenchmarkOptions(target, modelPath, promptTokens, decodeTokens, runCount);
                 var result = await ProgressDisplay.RunAsync("pool benchmark", progress =>
@@ -257,25 +244,11 @@ public static class BenchCommand
             LocalPoolRunner? pool = null;
             try
             {
-                string modelPath;
-                if (target is null)
-                {
-                    // Every session comes from this one client: the per-client limits would measure admission, not serving.
-                    var unlimited = new LocalPoolAccess(["--rate-limit", "0", "--concurrency-limit", "0"], new Dictionary<string, string>());
-                    var plan = ServeCommand.PlanPool(modelFile, Positive(parse.GetValue(nodes), "--nodes"), 1, "127.0.0.1", FreeLoopbackPort(), fastFailureDetection: false)
-                        with { Access = unlimited };
-                    pool = new LocalPoolRunner(plan, TimeSpan.FromSeconds(120), parse.GetValue(CliApplication.Verbose), echoChildren: parse.GetValue(CliApplication.Verbose));
-                    signals.Forced = pool.KillAll;
-                    Console.Error.WriteLine($"potluck: starting a local pool of {plan.Nodes.Count} node(s) at {plan.Url}");
-                    if (!await pool.StartAsync(signals.Token)) return ExitCodes.Interrupted;
-                    target = plan.Url;
-                    modelPath = plan.ModelPath;
-                }
-                else
-                {
-                    modelPath = modelFile!.FullName;
-                    ModelCommands.InspectRunnableOrFail(modelPath);
-                }
+                // Every session comes from this one client: the per-client limits would measure admission, not serving.
+                var unlimited = new LocalPoolAccess(["--rate-limit", "0", "--concurrency-limit", "0"], new Dictionary<string, string>());
+                var measured = await PoolUnderTestAsync(parse, target, modelFile, Positive(parse.GetValue(nodes), "--nodes"), signals, started => pool = started, unlimited);
+                if (measured is not { } under) return ExitCodes.Interrupted;
+                (target, var modelPath) = under;
                 NativeRuntime.EnsureLoaded();
                 var options = new LoadBenchmarkOptions
                 {
@@ -441,6 +414,29 @@ public static class BenchCommand
         file.Directory?.Create();
         File.WriteAllText(file.FullName, JsonSerializer.Serialize(report, ReportJson));
         Console.Error.WriteLine($"potluck: report written to {file.FullName}");
+    }
+
+    /// <summary>
+    /// The pool a benchmark measures: the one at <paramref name="url"/> serving <paramref name="modelFile"/>, or a local
+    /// pool of <paramref name="nodes"/> it starts (handed to <paramref name="started"/> at once, so the caller stops it
+    /// even when starting fails). Null when interrupted while starting.
+    /// </summary>
+    private static async Task<(Uri Target, string ModelPath)?> PoolUnderTestAsync(ParseResult parse, Uri? url, FileInfo? modelFile, int nodes,
+        ShutdownSignals signals, Action<LocalPoolRunner> started, LocalPoolAccess? access = null)
+    {
+        if (url is not null)
+        {
+            ModelCommands.InspectRunnableOrFail(modelFile!.FullName);
+            return (url, modelFile.FullName);
+        }
+        var plan = ServeCommand.PlanPool(modelFile, nodes, 1, "127.0.0.1", FreeLoopbackPort(), fastFailureDetection: false);
+        if (access is not null) plan = plan with { Access = access };
+        var verbose = parse.GetValue(CliApplication.Verbose);
+        var pool = new LocalPoolRunner(plan, TimeSpan.FromSeconds(120), verbose, echoChildren: verbose);
+        started(pool);
+        signals.Forced = pool.KillAll;
+        Console.Error.WriteLine($"potluck: starting a local pool of {plan.Nodes.Count} node(s) at {plan.Url}");
+        return await pool.StartAsync(signals.Token) ? (plan.Url, plan.ModelPath) : null;
     }
 
     private static int Positive(int value, string option) =>

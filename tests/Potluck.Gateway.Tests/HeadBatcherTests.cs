@@ -21,13 +21,7 @@ public sealed class HeadBatcherTests
         using var head = new ModelHead(model, threads: 1);
         using var batcher = new HeadBatcher(head);
         var rows = FinalRows(model, head, 8);
-
-        var requests = rows.Select(row =>
-        {
-            var request = new LogitsRequest(head.Width, head.VocabSize);
-            row.CopyTo(request.Row, 0);
-            return request;
-        }).ToList();
+        var requests = Requests(head, rows);
         var before = batcher.Counts;
         await batcher.ComputeAllAsync(requests).WaitAsync(TimeSpan.FromSeconds(60));
         var after = batcher.Counts;
@@ -53,12 +47,7 @@ public sealed class HeadBatcherTests
         using var head = new ModelHead(model, threads: 1);
         using var batcher = new HeadBatcher(head);
         var rows = FinalRows(model, head, 3);
-        var requests = rows.Select(row =>
-        {
-            var request = new LogitsRequest(head.Width, head.VocabSize);
-            row.CopyTo(request.Row, 0);
-            return request;
-        }).ToList();
+        var requests = Requests(head, rows);
         requests[1].Row[5] = float.NaN;
         var tasks = requests.Select(r => batcher.ComputeAsync(r).AsTask()).ToList();
         await Assert.ThrowsAsync<NonFiniteHiddenStateException>(() => tasks[1].WaitAsync(TimeSpan.FromSeconds(60)));
@@ -68,6 +57,13 @@ public sealed class HeadBatcherTests
         head.Logits(rows[2], 1, alone);
         Assert.Equal(ArgMax(alone), ArgMax(requests[2].Logits));
     }
+
+    private static List<LogitsRequest> Requests(ModelHead head, List<float[]> rows) => rows.Select(row =>
+    {
+        var request = new LogitsRequest(head.Width, head.VocabSize);
+        row.CopyTo(request.Row, 0);
+        return request;
+    }).ToList();
 
     /// <summary>Last-position final hidden states of <paramref name="count"/> different prompts, through every layer.</summary>
     private static List<float[]> FinalRows(GgufModel model, ModelHead head, int count)

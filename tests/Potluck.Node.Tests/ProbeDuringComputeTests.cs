@@ -34,6 +34,8 @@ public sealed class ProbeDuringComputeTests(ITestOutputHelper output)
     private static readonly TimeSpan ProbeBound = TimeSpan.FromMilliseconds(500);
     private static readonly TimeSpan MinimumPrefill = ProbeBound * 4;
     private static readonly TimeSpan CallTimeout = TimeSpan.FromSeconds(30);
+    private const string PoolControl = "thread pool round trip (control)";
+    private const int MaxRounds = 3;
 
     [Fact]
     public async Task Status_and_probe_calls_answer_while_a_long_prefill_holds_the_compute_thread()
@@ -48,6 +50,9 @@ public sealed class ProbeDuringComputeTests(ITestOutputHelper output)
         var stage = new GrpcStage.StageClient(channel);
         var probes = new (string Name, Func<Task> Call)[]
         {
+            // The control: touches nothing of the node, so when it stalls the thread pool itself stalled (seen once in CI:
+            // three probes and the pool stuck 1.5 s together on a loaded machine), which says nothing about the forward.
+            (PoolControl, () => Task.Run(() => { })),
             ("SpanHost.FreeKvTokens", () => Task.Run(() => _ = host.FreeKvTokens)),
             ("SpanHost.SessionLength", () => Task.Run(() => _ = host.SessionLength("warm-up"))),
             ("ShardStatusSource.Current", () => Task.Run(() => _ = status.Current())),
@@ -58,12 +63,28 @@ public sealed class ProbeDuringComputeTests(ITestOutputHelper output)
         // First calls connect, activate the grain and JIT: not what is measured.
         foreach (var (_, call) in probes) await call();
 
-        // 2048 rows take about two seconds on a shared CI core; a machine that finishes sooner gets 4096.
-        var (prefillTime, worst, rounds) = await PrefillWhileProbingAsync(host, shard, probes, "long", 2048);
-        if (prefillTime < MinimumPrefill) (prefillTime, worst, rounds) = await PrefillWhileProbingAsync(host, shard, probes, "longer", 4096);
+        // 2048 rows take about two seconds on a shared CI core; a machine that finishes sooner gets 4096. A round in
+        // which the control stalled is measured again (a probe that waits behind the forward fails every round).
+        var rows = 2048;
+        TimeSpan prefillTime = default;
+        double[] worst = [];
+        int[] rounds = [];
+        for (int attempt = 0, judged = 0; judged < MaxRounds; attempt++)
+        {
+            (prefillTime, worst, rounds) = await PrefillWhileProbingAsync(host, shard, probes, $"long-{attempt}", rows);
+            if (prefillTime < MinimumPrefill && rows < 4096)
+            {
+                rows = 4096;
+                continue;
+            }
+            judged++;
+            if (worst[0] < ProbeBound.TotalMilliseconds) break;
+            output.WriteLine($"the thread pool itself stalled {worst[0]:F0} ms in this round; measuring again");
+        }
 
         Assert.True(prefillTime >= MinimumPrefill, $"the prefill took only {prefillTime.TotalMilliseconds:F0} ms; it must run long to show anything");
-        for (var p = 0; p < probes.Length; p++)
+        Assert.True(worst[0] < ProbeBound.TotalMilliseconds, $"the thread pool stalled {worst[0]:F0} ms in each of {MaxRounds} rounds: nothing can be judged");
+        for (var p = 1; p < probes.Length; p++)
         {
             Assert.True(worst[p] < ProbeBound.TotalMilliseconds,
                 $"{probes[p].Name} took {worst[p]:F0} ms during a {prefillTime.TotalMilliseconds:F0} ms prefill (bound {ProbeBound.TotalMilliseconds:F0} ms)");

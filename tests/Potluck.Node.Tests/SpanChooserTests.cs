@@ -192,6 +192,12 @@ public sealed class SpanChooserTests
         var balanced = RebalancePlanner.Consider(8, [Span("a", 0, 4, msPerToken: 4), Span("me", 0, 4, msPerToken: 4), Span("b", 4, 8, msPerToken: 4),
             Span("d", 4, 8, msPerToken: 4)], "me", Room(4, layerCount: 8), 1.0);
         Assert.Null(balanced.MoveTo);
+        // Its start-up measurement came out 16 ms on a busy machine, the speed probe 1 ms per layer: the faster one
+        // counts, so moving still lifts [4,8) from 250 to 500 tokens/s (with 16 ms it would be 250 to 312.5, under 4/3).
+        var slowStart = RebalancePlanner.Consider(8, [Span("a", 0, 4, msPerToken: 4), Span("c", 0, 4, msPerToken: 4), Span("me", 0, 4, msPerToken: 16),
+            Span("b", 4, 8, msPerToken: 4)], "me", Room(4, layerCount: 8), 1.0);
+        Assert.Equal((4, 8), (slowStart.MoveTo!.Start, slowStart.MoveTo.End));
+        Assert.Contains("from 250.0 to 500.0 tokens/s", slowStart.Reason);
     }
 
     [Fact]

@@ -63,8 +63,12 @@ public static class RebalancePlanner
         // Every layer is served either way: move only for a clear gain of the pool's weakest layer.
         var assumed = SpanChooser.AssumedMsPerLayer(others, ownMsPerLayer);
         var throughput = SpanChooser.LayerThroughput(layerCount, others, assumed);
-        var ownTokens = SpanChooser.TokensPerSecond(own, assumed);
         var ownLayers = own.End - own.Start;
+        var ownTokens = SpanChooser.TokensPerSecond(own, assumed);
+        // This node's speed is measured twice (the speed probe, and its start-up median in the pool's view). Noise on a
+        // shared machine only adds time, so the faster of the two is the nearer; a slow start-up alone must not pin it.
+        if (ownMsPerLayer is { } probe && double.IsFinite(probe) && probe > 0)
+            ownTokens = Math.Max(ownTokens, 1000.0 / (probe * ownLayers));
         var msPerLayer = ownTokens > 0 ? 1000.0 / ownTokens / ownLayers : assumed;
         var movedTokens = 1000.0 / (msPerLayer * (choice.End - choice.Start));
         var now = WeakestWith(throughput, own.Start, own.End, ownTokens);
